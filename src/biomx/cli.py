@@ -1,0 +1,155 @@
+"""`biomx`: one command, thin subcommands. Parse, call the library, print.
+
+A user mistake (BiomxError) prints one line and exits non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from biomx.errors import BiomxError
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "pneumonia_demo.yaml"
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from biomx.config import load_config
+    from biomx.experiment import resume_run, train
+
+    if args.resume:
+        if args.config:
+            raise BiomxError("train: give a CONFIG or --resume RUN, not both")
+        resume_run(args.resume, args.set)
+    elif args.config:
+        train(load_config(args.config, args.set))
+    else:
+        raise BiomxError("train: give an experiment CONFIG (YAML) or --resume RUN")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from biomx.config import load_config
+    from biomx.experiment import train
+
+    overrides = [f"output.dir={args.output_dir}", *args.set]
+    run_dir = train(load_config(DEMO_CONFIG, overrides))
+    print(f"demo finished: open {run_dir / 'report.html'}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    from biomx.config import load_config
+    from biomx.experiment import check_config
+
+    check_config(load_config(args.config, args.set))
+    print(f"{args.config}: valid")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from biomx.evaluation import summary_line
+    from biomx.experiment import evaluate_run
+
+    evaluation = evaluate_run(args.run)
+    if evaluation is None:
+        print("this run has no test split")
+    else:
+        print(summary_line(evaluation))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import csv
+
+    from biomx.predict import predict_files
+
+    columns = predict_files(args.run, args.inputs, args.output, skip_errors=args.skip_errors)
+    failures = columns.pop("_failures")
+    if args.output is None:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
+    else:
+        print(f"wrote {len(columns['path'])} predictions to {args.output}", file=sys.stderr)
+    for path, reason in failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from biomx.models.registry import list_models
+
+    print(f"{'name':<14} {'modality':<9} {'parameters':>12}  description")
+    for row in list_models(in_channels=args.in_channels, out_dim=args.out_dim):
+        print(f"{row['name']:<14} {row['modality']:<9} {row['parameters']:>12,}  {row['description']}")
+
+
+def _cmd_datasets(args: argparse.Namespace) -> None:
+    from biomx.datasets import DATASETS
+
+    for d in DATASETS.values():
+        print(f"{d.name}: {d.description}\n  classes: {', '.join(d.classes)}\n  source: {d.citation}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biomx", description="Deep learning for biomedical data.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
+                 "help": "override a config value, e.g. --set train.epochs=3 (repeatable)"}  # fmt: skip
+
+    p = sub.add_parser("demo", help="train, evaluate and explain a pneumonia classifier on embedded X-rays")
+    p.add_argument("--output-dir", default="runs")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="run an experiment from a YAML config, or resume a run")
+    p.add_argument("config", nargs="?", help="experiment YAML")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("validate", help="check a config without running it")
+    p.add_argument("config")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's best model on its test split; rewrite the report")
+    p.add_argument("run")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write class probabilities for image files (CSV)")
+    p.add_argument("run")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
+    p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of failing")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("models", help="list the model zoo with parameter counts")
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--out-dim", type=int, default=2)
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("datasets", help="list the embedded datasets")
+    p.set_defaults(func=_cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BiomxError as err:
+        message = str(err).strip()
+        lines = message.splitlines() or [type(err).__name__]
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
+        return getattr(err, "exit_code", 1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from biomx.engine import distributed
+
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

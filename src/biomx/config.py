@@ -1,0 +1,269 @@
+"""The experiment schema: what a YAML file may say, checked before anything runs.
+
+Every section forbids unknown keys. Errors come back as one line per problem, naming the
+key path, the bad value and what is allowed (with the closest valid name for a typo).
+Configs are data: nothing in them is evaluated or imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from biomx.errors import ConfigError
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    """How samples are divided into train / val / test."""
+
+    method: Literal["stratified", "random", "group", "predefined"] = "stratified"
+    val: Fraction = 0.1  # fraction of all samples (of train, for `predefined` without a val split)
+    test: Fraction = 0.15
+    seed: int = 0
+
+
+class AugmentConfig(Section):
+    """Random augmentations applied to each training batch (off by default)."""
+
+    hflip: Fraction = 0.0  # probability
+    vflip: Fraction = 0.0
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # max degrees
+    scale: tuple[PositiveFloat, PositiveFloat] | None = None  # e.g. [0.9, 1.1]
+    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # fraction of the image size
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # Gaussian std on [0, 1] intensities
+
+
+class DataConfig(Section):
+    """Where the samples come from and how they become tensors."""
+
+    source: Literal["folder", "csv", "npz", "dataset"]
+    path: str  # folder, CSV manifest, .npz file, or an embedded dataset name (`biomx datasets`)
+    modality: Literal["image"] = "image"
+    image_size: tuple[PositiveInt, PositiveInt] | None = None  # [H, W]; None keeps the npz size
+    channels: Literal[1, 3] = 1
+    window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
+    dicom_frames: Literal["first", "all"] = "first"
+    path_column: str = "path"
+    label_column: str = "label"
+    group_column: str = "patient_id"
+    normalize: bool = True  # standardise with the training split's mean and std
+    split: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
+    on_error: Literal["raise", "skip"] = "raise"  # skip = drop unreadable files, list them in the run
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _files_need_a_size(self) -> DataConfig:
+        if self.source in ("folder", "csv") and self.image_size is None:
+            raise ValueError("image_size is required for folder and csv sources, e.g. [224, 224]")
+        return self
+
+
+class ModelConfig(Section):
+    name: str = "small_cnn"  # see `biomx models`
+    args: dict[str, Any] = {}
+
+
+class TaskConfig(Section):
+    kind: Literal["classification"] = "classification"
+    type: Literal["auto", "binary", "multiclass", "multilabel"] = "auto"
+    classes: list[str] | None = None  # class names in label order; default: from the data
+    class_weights: Literal["none", "balanced"] | list[PositiveFloat] = "none"
+    label_smoothing: Fraction = 0.0
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
+    min_lr_ratio: Fraction = 0.01  # cosine floor, as a fraction of lr
+    step_epochs: PositiveInt = 10  # step: decay every N epochs
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+
+
+class TrainConfig(Section):
+    """Settings of the training engine (also the `Trainer`'s settings in Python)."""
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64  # global: split across distributed ranks
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: PositiveFloat | None = 1.0  # max gradient norm
+    accumulate: PositiveInt = 1  # gradient accumulation steps
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False  # torch.compile
+    channels_last: bool = False  # memory format for conv nets (fast on GPUs with tensor cores)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = 0
+    deterministic: bool = False  # bitwise-reproducible kernels (slower)
+    monitor: str = "val_loss"  # metric for the best checkpoint and early stopping
+    early_stopping: PositiveInt | None = None  # patience, in epochs
+    checkpoint_every: PositiveInt | None = None  # also save every N steps (epochs always)
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    progress: bool = True
+
+
+class EvalConfig(Section):
+    bootstrap: Annotated[int, Field(ge=0)] = 1000  # resamples for 95% CIs (0 = none)
+    ci: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    explain: Annotated[int, Field(ge=0)] = 8  # test images with Grad-CAM in the report
+    batch_size: PositiveInt = 256
+
+
+class OutputConfig(Section):
+    dir: str = "runs"
+    name: str | None = None  # default: <experiment name>-<timestamp>
+    tensorboard: bool = True
+
+
+class ExperimentConfig(Section):
+    """A whole experiment; `biomx train FILE.yaml` reads one of these."""
+
+    name: str = "experiment"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid key names of the section at `loc` (for 'did you mean' hints)."""
+    cls: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        cls = field.annotation
+    return list(cls.model_fields)
+
+
+def _describe(error: dict) -> str:
+    loc = tuple(error["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{path}: unknown key{hint} (allowed: {', '.join(allowed)})"
+    if error["type"] == "missing":
+        return f"{path}: required key is missing"
+    value = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a whole section failed a cross-field check
+        return f"{path}: {message}"
+    return f"{path}: {message} (got {value!r})"
+
+
+def format_validation_error(err: ValidationError) -> str:
+    return "\n".join(_describe(e) for e in err.errors())
+
+
+def validate(raw: dict[str, Any]) -> ExperimentConfig:
+    """Check a raw config dict; raise ConfigError listing every problem, one per line."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a mapping of sections (data, model, task, train, ...)")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML: 3, 1e-3, true, [1, 2])."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    # Relative data paths are relative to the config file, so a config works from any cwd.
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("source") != "dataset" and isinstance(data.get("path"), str):
+        path = Path(data["path"]).expanduser()
+        data["path"] = str(path if path.is_absolute() else (base / path).resolve())
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: config file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, task, train, ...)")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML.
+
+    Args:
+        path: the YAML file.
+        overrides: `key.path=value` strings, applied before validation.
+
+    Returns:
+        The validated `ExperimentConfig`.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key or invalid value (all listed).
+
+    Example:
+        >>> cfg = load_config("examples/pneumonia_demo.yaml", ["train.epochs=1"])
+    """
+    raw = read_yaml(path)
+    apply_overrides(raw, overrides or [])
+    _resolve_paths(raw, Path(path).resolve().parent)
+    return validate(raw)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Modality-independent data handling: splits and manifests."""

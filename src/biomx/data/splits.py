@@ -1,0 +1,104 @@
+"""Train / validation / test splits: random, stratified and grouped (by patient), seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
+from biomx.engine.logging import console
+from biomx.errors import ConfigError
+
+
+def _stratify_on(labels: np.ndarray | None, n_holdout: int, n_rest: int) -> np.ndarray | None:
+    """Labels to stratify on, or None when stratification is impossible (then random)."""
+    if labels is None or labels.ndim != 1:
+        return None  # multilabel: no simple stratification; fall back to random
+    _, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2 or n_holdout < len(counts) or n_rest < len(counts):
+        console.print("[yellow]warning: a class is too rare to stratify; splitting at random[/]")
+        return None
+    return labels
+
+
+def _holdout(
+    index: np.ndarray, fraction: float, method: str, labels: np.ndarray | None,
+    groups: np.ndarray | None, seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `index` into (rest, holdout) with `fraction` of it held out."""
+    if fraction <= 0:
+        return index, index[:0]
+    n_holdout = int(round(fraction * len(index)))
+    if n_holdout < 1 or n_holdout >= len(index):
+        raise ConfigError(f"data.split: a fraction of {fraction} of {len(index)} samples leaves an empty split")
+    if method == "group":
+        if groups is None:
+            raise ConfigError("data.split.method: 'group' needs patient ids (a group_column in the CSV manifest)")
+        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        rest, hold = next(splitter.split(index, groups=groups[index]))
+        return index[rest], index[hold]
+    strat = None
+    if method in ("stratified", "predefined") and labels is not None:
+        strat = _stratify_on(labels[index], n_holdout, len(index) - n_holdout)
+    rest, hold = train_test_split(index, test_size=n_holdout, random_state=seed, stratify=strat)
+    return np.sort(rest), np.sort(hold)
+
+
+def split_indices(
+    n: int,
+    *,
+    method: str = "stratified",
+    val: float = 0.1,
+    test: float = 0.15,
+    seed: int = 0,
+    labels: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Assign each of `n` samples to train, val or test.
+
+    Args:
+        method: "random", "stratified" (keeps class proportions) or "group" (no patient in
+            two splits).
+        val, test: fractions of all samples.
+        labels: (n,) class indices for stratification.
+        groups: (n,) patient ids for grouped splits.
+
+    Returns:
+        {"train": idx, "val": idx, "test": idx}, sorted index arrays.
+
+    Raises:
+        ConfigError: fractions that leave a split empty, or a group split without groups.
+    """
+    if val + test >= 1.0:
+        raise ConfigError(f"data.split: val + test must be < 1 (got {val} + {test})")
+    everything = np.arange(n)
+    rest, test_idx = _holdout(everything, test, method, labels, groups, seed)
+    train_idx, val_idx = _holdout(rest, val / (1.0 - test), method, labels, groups, seed + 1)
+    return {"train": train_idx, "val": val_idx, "test": test_idx}
+
+
+def shared_groups(groups: np.ndarray | None, splits: dict[str, np.ndarray]) -> set:
+    """Patient ids that appear in more than one split (data leakage)."""
+    if groups is None:
+        return set()
+    seen: dict = {}
+    leaked = set()
+    for name, idx in splits.items():
+        for g in set(groups[idx].tolist()):
+            if g is None or g == "":
+                continue
+            if g in seen and seen[g] != name:
+                leaked.add(g)
+            seen.setdefault(g, name)
+    return leaked
+
+
+def warn_if_leaking(groups: np.ndarray | None, splits: dict[str, np.ndarray]) -> int:
+    """Print a loud warning if a patient appears in two splits; return how many do."""
+    leaked = shared_groups(groups, splits)
+    if leaked:
+        # Never print the ids themselves: they may identify patients.
+        console.print(
+            f"[bold red]WARNING: {len(leaked)} patients have images in more than one split; "
+            f"test metrics will be optimistic. Use data.split.method: group[/]"
+        )
+    return len(leaked)

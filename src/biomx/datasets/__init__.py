@@ -1,0 +1,45 @@
+"""Real datasets embedded in the package (see ATTRIBUTION.md beside this file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from biomx.errors import ConfigError
+
+HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    name: str
+    file: str
+    modality: str
+    classes: tuple[str, ...]
+    description: str
+    citation: str
+
+    @property
+    def path(self) -> Path:
+        return HERE / self.file
+
+
+DATASETS = {
+    "pneumoniamnist": EmbeddedDataset(
+        name="pneumoniamnist",
+        file="pneumoniamnist.npz",
+        modality="image",
+        classes=("normal", "pneumonia"),
+        description="Paediatric chest X-rays, 28x28 grey; official train (4708) and val (524) splits",
+        citation=(
+            "PneumoniaMNIST, MedMNIST v2 (Yang et al., Scientific Data 2023); images from "
+            "Kermany et al., Cell 2018. CC BY 4.0"
+        ),
+    ),
+}
+
+
+def get_dataset(name: str) -> EmbeddedDataset:
+    if name not in DATASETS:
+        raise ConfigError(f"data.path: unknown embedded dataset {name!r}; available: {', '.join(DATASETS)}")
+    return DATASETS[name]

@@ -1,0 +1,84 @@
+"""torch.distributed helpers: started by `torchrun`, a no-op in a single process.
+
+biomx never launches processes itself; `torchrun --nproc_per_node N -m biomx train ...`
+sets RANK/WORLD_SIZE/LOCAL_RANK and we join the process group it describes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> None:
+    """Join the process group if launched by torchrun (WORLD_SIZE > 1)."""
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over ranks (identity in one process)."""
+    if not is_distributed():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """True if `flag` is set on any rank (so every rank stops at the same step)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate per-rank tensors of different lengths along dim 0, on every rank."""
+    if not is_distributed():
+        return tensor
+    tensor = tensor.detach().cpu().contiguous()
+    n = torch.tensor([tensor.shape[0]])
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype)
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

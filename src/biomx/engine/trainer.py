@@ -1,0 +1,480 @@
+"""The Trainer: trains any `torch.nn.Module` on any map-style dataset.
+
+It knows nothing about images or molecules. It takes a model, a loss function
+`loss_fn(outputs, targets)`, datasets yielding `(inputs, targets)` batches, and a
+`TrainConfig`. It owns the loop, precision, torch.compile, DDP, checkpoints (every epoch,
+atomic, resumable mid-epoch), best-model tracking, early stopping and the logs.
+
+    trainer = Trainer(model, loss_fn, train_ds, val_data=val_ds, settings=TrainConfig(epochs=3),
+                      run_dir="runs/try1", metrics_fn=my_metrics)
+    history = trainer.fit()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from biomx.config import TrainConfig
+from biomx.engine import distributed as dist
+from biomx.engine.checkpoint import load_checkpoint, save_checkpoint
+from biomx.engine.logging import MetricsLog, console, format_epoch, make_progress
+from biomx.engine.optim import build_optimizer, build_scheduler
+from biomx.errors import BiomxError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MetricsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+
+
+class TrainingInterrupted(BiomxError):
+    """Training stopped on request (Ctrl-C / SIGTERM); the checkpoint was saved."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; under torchrun each rank takes its LOCAL_RANK GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise BiomxError("train.device: cuda was asked for but no CUDA GPU is available")
+        return torch.device("cuda", dist.local_rank() % torch.cuda.device_count())
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BiomxError("train.device: mps was asked for but is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled and torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.benchmark = not enabled
+    torch.backends.cudnn.deterministic = enabled
+
+
+class ResumableSampler(DistributedSampler):
+    """torch's DistributedSampler that can start part-way into an epoch (mid-epoch resume).
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+
+    start = 0  # samples of this rank's epoch already consumed
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """Each rank takes every world_size-th sample, in order, with no padding (evaluation)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+
+
+class Trainer:
+    """Train a model; see the module docstring.
+
+    Args:
+        model: any `nn.Module` mapping an input batch to outputs.
+        loss_fn: `loss_fn(outputs, targets) -> scalar tensor`.
+        train_data: map-style dataset of `(input, target)`; may define `__getitems__`
+            (batched fetch) and `set_epoch(epoch)` (per-epoch augmentation seeds).
+        val_data: optional validation dataset, evaluated after every epoch.
+        settings: a `TrainConfig` (the `train:` section of an experiment).
+        run_dir: where checkpoints and logs go; None = no files written.
+        metrics_fn: `metrics_fn(outputs, targets) -> {name: value}` on validation outputs.
+        collate_fn: passed to the DataLoader.
+        model_config: JSON-able description saved in checkpoints (to rebuild the model).
+        tensorboard: also write TensorBoard event files.
+        step_hook: called as `step_hook(trainer)` after every optimizer step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_data: Dataset,
+        *,
+        val_data: Dataset | None = None,
+        settings: TrainConfig | None = None,
+        run_dir: str | Path | None = None,
+        metrics_fn: MetricsFn | None = None,
+        collate_fn: Callable | None = None,
+        model_config: dict[str, Any] | None = None,
+        tensorboard: bool = True,
+        step_hook: Callable[[Trainer], None] | None = None,
+    ):
+        self.settings = settings or TrainConfig()
+        s = self.settings
+        self.device = select_device(s.device)
+        dist.init_from_env(self.device)
+        set_deterministic(s.deterministic)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if s.batch_size % self.world:
+            raise BiomxError(
+                f"train.batch_size: {s.batch_size} is not divisible by the {self.world} processes"
+            )
+        self.local_batch = s.batch_size // self.world
+        self.loss_fn, self.metrics_fn, self.collate_fn = loss_fn, metrics_fn, collate_fn
+        self.train_data, self.val_data = train_data, val_data
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.model_config = model_config or {}
+        self.step_hook = step_hook
+        self.tensorboard = tensorboard
+        self._stop_reason: str | None = None
+
+        self.model = model.to(self.device)
+        if s.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, s.optimizer)
+        self.sampler = ResumableSampler(
+            train_data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=s.seed
+        )
+        self.train_loader = self._loader(train_data, self.sampler, drop_last=True)
+        self.batches_per_epoch = len(self.sampler) // self.local_batch
+        if self.batches_per_epoch == 0:
+            raise BiomxError(
+                f"train: the training split has {len(train_data)} samples, fewer than "
+                f"train.batch_size={s.batch_size}; lower the batch size"
+            )
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / s.accumulate)
+        self.scheduler = build_scheduler(
+            self.optimizer, s.schedule, s.epochs * self.steps_per_epoch, self.steps_per_epoch
+        )
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
+        self.autocast_dtype = amp
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16")
+
+        # The network as run: optionally compiled, wrapped for DDP. Checkpoints use _unwrap().
+        net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        if s.compile:
+            net = torch.compile(net)
+        self.net = net
+
+        self.state: dict[str, Any] = {
+            "epoch": 0,  # epochs completed
+            "batch_in_epoch": 0,  # batches done in the current epoch (mid-epoch checkpoint)
+            "step": 0,  # optimizer steps
+            "loss_sum": 0.0,  # this epoch's running training loss (x samples), this rank
+            "samples": 0,
+            "best": None,
+            "best_epoch": None,
+            "bad_epochs": 0,
+            "stopped_early": False,
+        }
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ data
+
+    def _loader(self, data: Dataset, sampler: Sampler, drop_last: bool, batch_size: int | None = None) -> DataLoader:
+        workers = self.settings.num_workers
+        return DataLoader(
+            data,
+            batch_size=batch_size or self.local_batch,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=self.collate_fn,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            # Not persistent: fresh workers each epoch see the dataset's new set_epoch() seed.
+            persistent_workers=False,
+        )
+
+    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        x = x.to(self.device, non_blocking=True)
+        if self.settings.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir is not None else None
+
+    def _rng_state(self) -> dict[str, Any]:
+        # Every rank has its own RNG stream (dropout, augmentation); save all of them.
+        cpu = dist.gather_cat(torch.get_rng_state().unsqueeze(0))
+        state = {"torch": cpu}
+        if self.device.type == "cuda":
+            state["cuda"] = dist.gather_cat(torch.cuda.get_rng_state(self.device).unsqueeze(0))
+        return state
+
+    def save(self, name: str = "last") -> None:
+        """Write `checkpoints/<name>.safetensors` with everything needed to resume."""
+        rng = self._rng_state()  # collective: every rank must call it
+        if self.checkpoint_dir is None or not dist.is_main():
+            return
+        extra = {
+            "trainer": dict(self.state),
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "world_size": self.world,
+            "model_config": self.model_config,
+            "settings": self.settings.model_dump(mode="json"),
+        }
+        save_checkpoint(self.checkpoint_dir / f"{name}.safetensors", _unwrap(self.net).state_dict(), extra)
+
+    def _save_best(self) -> None:
+        if self.checkpoint_dir is None or not dist.is_main():
+            return
+        extra = {
+            "model_config": self.model_config,
+            "epoch": self.state["epoch"],
+            "monitor": self.settings.monitor,
+            "best": self.state["best"],
+        }
+        save_checkpoint(self.checkpoint_dir / "best.safetensors", _unwrap(self.net).state_dict(), extra)
+
+    def load(self, path: Path) -> None:
+        """Restore model, optimizer, scheduler, scaler, RNG and loop position from a checkpoint."""
+        weights, extra = load_checkpoint(path)
+        if "trainer" not in extra:
+            raise BiomxError(f"{path}: holds weights only, not a resumable training state")
+        if extra["world_size"] != self.world:
+            raise BiomxError(
+                f"{path}: saved with {extra['world_size']} processes; resume with the same number "
+                f"(got {self.world})"
+            )
+        _unwrap(self.net).load_state_dict(weights)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        if extra["scaler"]:
+            self.scaler.load_state_dict(extra["scaler"])
+        torch.set_rng_state(extra["rng"]["torch"][self.rank])
+        if "cuda" in extra["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(extra["rng"]["cuda"][self.rank], self.device)
+        self.state.update(extra["trainer"])
+        self.history = list(extra["history"])
+
+    # ------------------------------------------------------------------ stopping
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Stop after the current optimizer step, saving a resumable checkpoint."""
+        self._stop_reason = reason
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_reason is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_reason = signal.Signals(signum).name
+        if dist.is_main():
+            console.print(f"[yellow]{self._stop_reason}: finishing this step and saving a checkpoint[/]")
+
+    @contextlib.contextmanager
+    def _signals(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Train for `settings.epochs` epochs (or continue from the last checkpoint).
+
+        Returns:
+            The per-epoch history (also in `run_dir/metrics.jsonl`).
+
+        Raises:
+            TrainingInterrupted: after Ctrl-C/SIGTERM or `request_stop`, once saved.
+        """
+        s = self.settings
+        if resume:
+            self.load(self.checkpoint_dir / "last.safetensors")
+        else:
+            torch.manual_seed(s.seed + self.rank)
+        log = MetricsLog(self.run_dir, self.tensorboard) if self.run_dir and dist.is_main() else None
+        try:
+            with self._signals():
+                while self.state["epoch"] < s.epochs and not self.state["stopped_early"]:
+                    self._train_epoch(log)
+        finally:
+            if log is not None:
+                log.close()
+        return self.history
+
+    def _train_epoch(self, log: MetricsLog | None) -> None:
+        s, st = self.settings, self.state
+        epoch = st["epoch"]
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = st["batch_in_epoch"] * self.local_batch
+        if hasattr(self.train_data, "set_epoch"):
+            self.train_data.set_epoch(epoch)
+        self.net.train()
+        progress = make_progress(s.progress and dist.is_main())
+        task = progress.add_task(f"epoch {epoch + 1}/{s.epochs}", total=self.batches_per_epoch,
+                                 completed=st["batch_in_epoch"], rate=0.0, loss=0.0) if progress else None
+        started, samples_now = time.perf_counter(), 0
+        with progress or contextlib.nullcontext():
+            for i, batch in enumerate(self.train_loader, start=st["batch_in_epoch"]):
+                x, y = self._to_device(batch)
+                sync = (i + 1) % s.accumulate == 0 or i + 1 == self.batches_per_epoch
+                # Skip DDP's gradient all-reduce on accumulation micro-steps.
+                no_sync = self.world > 1 and not sync
+                with self.net.no_sync() if no_sync else contextlib.nullcontext(), self._autocast():
+                    loss = self.loss_fn(self.net(x), y)
+                self.scaler.scale(loss / s.accumulate).backward()
+                st["loss_sum"] += loss.item() * x.shape[0]
+                st["samples"] += x.shape[0]
+                samples_now += x.shape[0]
+                st["batch_in_epoch"] = i + 1
+                if not sync:
+                    continue
+                self._optimizer_step()
+                if progress:
+                    rate = samples_now * self.world / (time.perf_counter() - started)
+                    progress.update(task, completed=i + 1, rate=rate, loss=st["loss_sum"] / st["samples"])
+                if self.step_hook is not None:
+                    self.step_hook(self)
+                if s.checkpoint_every and st["step"] % s.checkpoint_every == 0:
+                    self.save()
+                if dist.any_rank(self._stop_reason is not None):
+                    self._stop()
+        train_time = time.perf_counter() - started
+        self._end_epoch(log, samples_now * self.world / max(train_time, 1e-9), train_time)
+
+    def _optimizer_step(self) -> None:
+        s = self.settings
+        if s.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), s.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state["step"] += 1
+
+    def _stop(self) -> None:
+        reason = self._stop_reason or "stop requested"
+        self.save()
+        st = self.state
+        where = f"epoch {st['epoch'] + 1}, batch {st['batch_in_epoch']}/{self.batches_per_epoch}"
+        resume = f"biomx train --resume {self.run_dir}" if self.run_dir else "Trainer.fit(resume=True)"
+        code = {"SIGINT": 130, "SIGTERM": 143}.get(reason, 1)
+        raise TrainingInterrupted(f"interrupted ({reason}) at {where}; checkpoint saved; continue with: {resume}", code)
+
+    def _end_epoch(self, log: MetricsLog | None, samples_per_s: float, train_time: float) -> None:
+        st = self.state
+        train_loss = dist.mean_across_ranks(torch.tensor(st["loss_sum"] / max(st["samples"], 1))).item()
+        row: dict[str, Any] = {"epoch": st["epoch"] + 1, "step": st["step"], "train_loss": train_loss}
+        if self.val_data is not None:
+            outputs, targets = self.predict(self.val_data)
+            row["val_loss"] = float(self.loss_fn(outputs, targets))
+            if self.metrics_fn is not None:
+                row.update({f"val_{k}": float(v) for k, v in self.metrics_fn(outputs, targets).items()})
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        row["samples_per_s"] = samples_per_s
+        row["time_s"] = train_time
+        st.update(epoch=st["epoch"] + 1, batch_in_epoch=0, loss_sum=0.0, samples=0)
+        self.history.append(row)
+        self._track_best(row)
+        self.save()
+        if log is not None:
+            log.write(self.history)
+        if dist.is_main():
+            console.print(format_epoch(row))
+
+    def _track_best(self, row: dict[str, Any]) -> None:
+        s, st = self.settings, self.state
+        monitor = s.monitor if s.monitor in row else "train_loss"
+        value = row[monitor]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        lower_is_better = "loss" in monitor or "error" in monitor or monitor.endswith("ece")
+        improved = st["best"] is None or (value < st["best"] if lower_is_better else value > st["best"])
+        if improved:
+            st.update(best=value, best_epoch=row["epoch"], bad_epochs=0)
+            self._save_best()
+        else:
+            st["bad_epochs"] += 1
+            if s.early_stopping and st["bad_epochs"] >= s.early_stopping:
+                st["stopped_early"] = True
+                if dist.is_main():
+                    console.print(f"early stopping: {monitor} has not improved for {s.early_stopping} epochs")
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def predict(self, data: Dataset, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model outputs and targets for every sample of `data`, in dataset order, on CPU.
+
+        Under torchrun each rank runs a shard; all ranks get the gathered result.
+        """
+        sampler = ShardSampler(len(data), self.rank, self.world)
+        loader = self._loader(data, sampler, drop_last=False, batch_size=batch_size or self.local_batch * 2)
+        self.net.eval()
+        outputs, targets = [], []
+        for batch in loader:
+            x, y = self._to_device(batch)
+            with self._autocast():
+                outputs.append(self.net(x).float().cpu())
+            targets.append(y.cpu())
+        self.net.train()
+        out, tgt = torch.cat(outputs), torch.cat(targets)
+        if self.world > 1:
+            order = dist.gather_cat(torch.tensor(sampler.indices))
+            out, tgt = dist.gather_cat(out), dist.gather_cat(tgt)
+            inverse = torch.argsort(order)
+            out, tgt = out[inverse], tgt[inverse]
+        return out, tgt

@@ -1,0 +1,279 @@
+"""The one place that wires data + model + task + trainer for an experiment.
+
+    run_dir = train(load_config("examples/pneumonia_resnet18.yaml"))
+    evaluate_run(run_dir)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import biomx
+from biomx.config import ExperimentConfig, dump_config, load_config
+from biomx.data.splits import split_indices, warn_if_leaking
+from biomx.engine import distributed as dist
+from biomx.engine.checkpoint import atomic_write_text
+from biomx.engine.logging import console
+from biomx.engine.trainer import Trainer, seed_everything, select_device
+from biomx.errors import BiomxError, ConfigError
+from biomx.evaluation import (
+    evaluate_split,
+    explain_examples,
+    pick_examples,
+    summary_line,
+    write_run_report,
+)
+from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch
+from biomx.modalities.image_source import ImageData, encode_labels, load_image_data
+from biomx.models.registry import build_model, check_model_args, suggest
+from biomx.runs import environment, new_run_dir, read_json, write_csv, write_json
+from biomx.tasks.classification import (
+    QUICK_METRICS,
+    ClassificationTask,
+    build_task,
+    class_weights_from_counts,
+)
+
+
+@dataclass
+class Prepared:
+    """Everything an experiment needs before training starts."""
+
+    cfg: ExperimentConfig
+    data: ImageData
+    targets: torch.Tensor
+    task: ClassificationTask
+    splits: dict[str, np.ndarray]
+    datasets: dict[str, ImageTensorDataset]
+    info: dict[str, Any]  # run.json: model, task, preprocessing
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Cross-section checks that need the registry (run before any data is read)."""
+    check_model_args(cfg.model.name, cfg.model.args)
+    for key in ("in_channels", "out_dim"):
+        if key in cfg.model.args:
+            raise ConfigError(f"model.args.{key}: set automatically from the data and task; remove it")
+    allowed = ["train_loss", "val_loss"] + [f"val_{m}" for m in QUICK_METRICS]
+    if cfg.train.monitor not in allowed:
+        raise ConfigError(f"train.monitor: unknown metric {cfg.train.monitor!r}"
+                          f"{suggest(cfg.train.monitor, allowed)}; allowed: {', '.join(allowed)}")  # fmt: skip
+
+
+def _splits(cfg: ExperimentConfig, data: ImageData, targets: torch.Tensor) -> dict[str, np.ndarray]:
+    s = cfg.data.split
+    labels = targets.numpy() if targets.ndim == 1 else None
+    if s.method == "predefined":
+        if not data.predefined or "train" not in data.predefined:
+            raise ConfigError("data.split.method: 'predefined' needs an npz with train_/val_ arrays")
+        train = data.predefined["train"]
+        val = data.predefined.get("val")
+        test = data.predefined.get("test")
+        rest = train
+        if test is None and s.test > 0:  # carve a stratified test split out of train
+            part = split_indices(len(train), method="stratified", val=0.0, test=s.test, seed=s.seed,
+                                 labels=None if labels is None else labels[train])  # fmt: skip
+            rest, test = train[part["train"]], train[part["test"]]
+        if val is None and s.val > 0:
+            part = split_indices(len(rest), method="stratified", val=0.0, test=s.val, seed=s.seed + 1,
+                                 labels=None if labels is None else labels[rest])  # fmt: skip
+            rest, val = rest[part["train"]], rest[part["test"]]
+        empty = np.zeros(0, dtype=np.int64)
+        return {"train": rest, "val": empty if val is None else val, "test": empty if test is None else test}
+    return split_indices(len(targets), method=s.method, val=s.val, test=s.test, seed=s.seed,
+                         labels=labels, groups=data.groups)  # fmt: skip
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Read the data, split it, build the task and datasets. No files are written.
+
+    Raises:
+        BiomxError: any problem with the config or the data, as one line.
+    """
+    check_config(cfg)
+    data = load_image_data(cfg.data, cfg.task.classes)
+    if len(data.labels) == 0:
+        raise BiomxError(f"{cfg.data.path}: no readable images")
+    targets, classes, kind = encode_labels(data, cfg.task.classes, cfg.task.type)
+    splits = _splits(cfg, data, targets)
+    warn_if_leaking(data.groups, splits)
+    train_idx = splits["train"]
+    weights = cfg.task.class_weights
+    if weights == "balanced":
+        weights = class_weights_from_counts(targets[train_idx].numpy(), kind, len(classes))
+    task = build_task(kind, classes, None if weights == "none" else weights,
+                      cfg.task.label_smoothing, cfg.task.threshold)  # fmt: skip
+
+    mean = std = None
+    if cfg.data.normalize:  # statistics of the training images only (no test leakage)
+        sample = data.images[torch.as_tensor(train_idx[:20000])].float()
+        if data.images.dtype == torch.uint8:
+            sample /= 255
+        mean = sample.mean(dim=(0, 2, 3)).tolist()
+        std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+    augment = Augment(**cfg.data.augment.model_dump())
+    datasets = {}
+    for name, idx in splits.items():
+        index = torch.as_tensor(idx, dtype=torch.long)
+        datasets[name] = ImageTensorDataset(
+            data.images[index], targets[index], augment=augment if name == "train" else None,
+            normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed,
+        )  # fmt: skip
+    c, h, w = data.images.shape[1:]
+    info = {
+        "biomx_version": biomx.__version__,
+        "name": cfg.name,
+        "model": {"name": cfg.model.name, "args": {**cfg.model.args, "in_channels": c, "out_dim": task.out_dim}},
+        "task": {"kind": task.kind, "classes": task.classes, "threshold": task.threshold},
+        "preprocessing": {
+            "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.window,
+            "dicom_frames": cfg.data.dicom_frames, "mean": mean, "std": std,
+        },
+    }  # fmt: skip
+    return Prepared(cfg, data, targets, task, splits, datasets, info)
+
+
+def _write_run_files(run_dir: Path, p: Prepared) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(p.cfg))
+    write_json(run_dir / "run.json", p.info)
+    split_of = np.empty(len(p.targets), dtype=object)
+    for name, idx in p.splits.items():
+        split_of[idx] = name
+    labels = ["|".join(x) if isinstance(x, list) else x for x in p.data.labels]
+    columns = {"id": p.data.ids, "label": labels, "split": split_of.tolist()}
+    if p.data.hashes:
+        columns["sha256"] = p.data.hashes
+    write_csv(run_dir / "split.csv", columns)
+    write_json(run_dir / "data.json", {
+        "source": p.cfg.data.source, "path": p.cfg.data.path, "source_sha256": p.data.source_sha256,
+        "n": len(p.targets), "split_sizes": {k: len(v) for k, v in p.splits.items()},
+        "classes": p.task.classes, "skipped": len(p.data.skipped),
+    })  # fmt: skip
+    if p.data.skipped:
+        write_csv(run_dir / "skipped.csv", {"file": [f for f, _ in p.data.skipped],
+                                            "reason": [r for _, r in p.data.skipped]})  # fmt: skip
+
+
+def _check_same_split(run_dir: Path, p: Prepared) -> None:
+    """A resumed or re-evaluated run must see exactly the data it was trained on."""
+    import csv
+
+    with open(run_dir / "split.csv", newline="") as f:
+        saved = {row["id"]: row["split"] for row in csv.DictReader(f)}
+    for name, idx in p.splits.items():
+        for i in idx:
+            if saved.get(p.data.ids[i]) != name:
+                raise BiomxError(f"{run_dir}: the data or its split changed since this run was made "
+                                 f"(sample {p.data.ids[i]!r}); start a new run")  # fmt: skip
+
+
+def _trainer(p: Prepared, run_dir: Path | None) -> Trainer:
+    cfg, task = p.cfg, p.task
+    seed_everything(cfg.train.seed)  # identical initial weights on every rank and every resume
+    model = build_model(cfg.model.name, **p.info["model"]["args"])
+
+    def metrics_fn(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return task.quick_metrics(task.probabilities(outputs).numpy(), targets.numpy())
+
+    return Trainer(
+        model, task.loss, p.datasets["train"],
+        val_data=p.datasets["val"] if len(p.datasets["val"]) else None,
+        settings=cfg.train, run_dir=run_dir, metrics_fn=metrics_fn, collate_fn=collate_batch,
+        model_config=p.info, tensorboard=cfg.output.tensorboard,
+    )  # fmt: skip
+
+
+def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
+    """Run an experiment end to end: train, then evaluate on the test split and report.
+
+    Args:
+        cfg: a validated config (see `load_config`).
+        resume: a run directory to continue (its own config.yaml is used).
+
+    Returns:
+        The run directory.
+
+    Raises:
+        BiomxError: bad data or config; `TrainingInterrupted` after Ctrl-C/SIGTERM.
+    """
+    dist.init_from_env(select_device(cfg.train.device))
+    p = prepare(cfg)
+    if resume is not None:
+        run_dir = Path(resume)
+        _check_same_split(run_dir, p)
+    else:
+        run_dir = Path(cfg.output.dir) / cfg.output.name if cfg.output.name else new_run_dir(cfg.output.dir, cfg.name)
+        if dist.is_distributed():  # every rank must write into the same directory
+            shared = [str(run_dir)]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            run_dir = Path(shared[0])
+        if (run_dir / "checkpoints" / "last.safetensors").exists():
+            raise BiomxError(f"{run_dir}: already holds a run; use --resume {run_dir} or another output.name")
+        if dist.is_main():
+            _write_run_files(run_dir, p)
+            console.print(f"run: {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in p.splits.items())})")
+    trainer = _trainer(p, run_dir)
+    trainer.fit(resume=resume is not None)
+    _finish(p, trainer, run_dir)
+    return run_dir
+
+
+def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
+    """Evaluate the best checkpoint on the test split and write the report (rank 0 writes)."""
+    best = run_dir / "checkpoints" / "best.safetensors"
+    dist.barrier()
+    if best.is_file():
+        from biomx.engine.checkpoint import load_checkpoint
+
+        weights, _ = load_checkpoint(best)
+        trainer.model.load_state_dict(weights)
+    evaluation, examples = None, []
+    test = p.datasets["test"]
+    if len(test):
+        outputs, targets = trainer.predict(test, batch_size=p.cfg.eval.batch_size)
+        if dist.is_main():
+            ids = [p.data.ids[i] for i in p.splits["test"]]
+            evaluation = evaluate_split(trainer.model, p.task, outputs, targets, ids, run_dir,
+                                        p.cfg.eval, p.cfg.train.seed)  # fmt: skip
+            console.print(summary_line(evaluation))
+            probs = p.task.probabilities(outputs).numpy()
+            chosen = pick_examples(p.task, probs, targets.numpy(), p.cfg.eval.explain)
+            display = p.data.images[torch.as_tensor(p.splits["test"])]
+            if display.dtype == torch.uint8:
+                display = display.float() / 255
+            examples = explain_examples(trainer.model, p.task, test, display, probs, targets.numpy(), chosen)
+    if dist.is_main():
+        notes = [f"skipped unreadable file: {f} ({r})" for f, r in p.data.skipped[:50]]
+        if len(p.data.skipped) > 50:
+            notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
+        write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, examples,
+                         p.cfg.model_dump(mode="json"), environment(trainer.device, trainer.world), notes)  # fmt: skip
+    dist.barrier()
+    return evaluation
+
+
+def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
+    """Continue an interrupted run from its last checkpoint (same config, same split)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints" / "last.safetensors").is_file():
+        raise BiomxError(f"{run_dir}: no checkpoints/last.safetensors to resume from")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    return train(cfg, resume=run_dir)
+
+
+def evaluate_run(run_dir: str | Path) -> dict[str, Any] | None:
+    """Re-evaluate a run's best checkpoint on its test split; rewrite metrics and report."""
+    run_dir = Path(run_dir)
+    read_json(run_dir / "run.json")  # a clear error if this is not a run directory
+    cfg = load_config(run_dir / "config.yaml")
+    p = prepare(cfg)
+    _check_same_split(run_dir, p)
+    cfg.train.progress = False
+    trainer = _trainer(p, None)
+    return _finish(p, trainer, run_dir)

@@ -1,0 +1,1 @@
+"""Modalities: how each kind of raw input (images, ...) becomes tensors."""

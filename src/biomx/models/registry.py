@@ -1,0 +1,116 @@
+"""One explicit registry of buildable models.
+
+Configs name a model; only names registered here can be built (no dotted-path imports,
+no code from a config). Arguments are checked against the builder's signature before
+anything is built, so a typo names the bad key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from biomx.errors import ConfigError
+from biomx.models import image2d
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    modality: str
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module], modality: str, description: str) -> None:
+    """Add a model builder to the zoo under `name` (e.g. from a plug-in module)."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = ModelEntry(name, builder, modality, description)
+
+
+register("small_cnn", image2d.small_cnn, "image", "VGG-style CNN, fast on CPU (the demo model)")
+register("resnet18", image2d.resnet18, "image", "ResNet-18 (MONAI)")
+register("resnet34", image2d.resnet34, "image", "ResNet-34 (MONAI)")
+register("resnet50", image2d.resnet50, "image", "ResNet-50, bottleneck blocks (MONAI)")
+register("densenet121", image2d.densenet121, "image", "DenseNet-121 (MONAI), CheXNet backbone")
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def suggest(name: str, options: list[str]) -> str:
+    """' (did you mean X?)' for the closest option, or ''."""
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"model.name: unknown model {name!r}{suggest(name, model_names())}; "
+            f"run `biomx models` to list them"
+        )
+    return _REGISTRY[name]
+
+
+def check_model_args(name: str, args: dict[str, Any]) -> None:
+    """Raise ConfigError if `args` has a key the builder does not take."""
+    params = inspect.signature(get_entry(name).builder).parameters
+    for key in args:
+        if key not in params:
+            raise ConfigError(
+                f"model.args.{key}: {name} has no argument {key!r}{suggest(key, list(params))}; "
+                f"allowed: {', '.join(params)}"
+            )
+
+
+def build_model(name: str, **args: Any) -> nn.Module:
+    """Build a zoo model by name.
+
+    Args:
+        name: a registered name (see `model_names()` or `biomx models`).
+        **args: builder arguments, e.g. `in_channels=1, out_dim=2`.
+
+    Returns:
+        An initialised `torch.nn.Module`.
+
+    Raises:
+        ConfigError: unknown name or argument, or an invalid argument value.
+
+    Example:
+        >>> model = build_model("resnet18", in_channels=1, out_dim=1)
+    """
+    check_model_args(name, args)
+    try:
+        return get_entry(name).builder(**args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.args: cannot build {name} with {args}: {err}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def list_models(in_channels: int = 1, out_dim: int = 2) -> list[dict[str, Any]]:
+    """Every registered model with its parameter count for the given input/output size."""
+    rows = []
+    for name in model_names():
+        entry = _REGISTRY[name]
+        model = entry.builder(in_channels=in_channels, out_dim=out_dim)
+        rows.append({
+            "name": name,
+            "modality": entry.modality,
+            "parameters": count_parameters(model),
+            "description": entry.description,
+        })
+    return rows

@@ -1,0 +1,113 @@
+"""The run directory: the complete record of one experiment.
+
+    runs/<name>/
+      config.yaml          resolved experiment config (what `--resume` and `evaluate` reread)
+      run.json             model, task and preprocessing: enough to rebuild and call the model
+      split.csv            every sample's id, label, split and sha256 (no patient ids)
+      data.json            source hash, counts per split, skipped files
+      checkpoints/         last.safetensors (resumable), best.safetensors (weights + run.json)
+      metrics.jsonl        one line per epoch; tensorboard/ has the same as event files
+      test_metrics.json    test metrics with bootstrap CIs
+      predictions_test.csv per-sample test probabilities
+      report.html          curves, ROC/PR, confusion, calibration, Grad-CAM, config, environment
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
+from biomx.errors import BiomxError
+from biomx.models.registry import build_model
+
+
+def new_run_dir(root: str | Path, name: str) -> Path:
+    """A fresh directory `root/name-YYYYmmdd-HHMMSS` (suffixed if it already exists)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        path, k = Path(f"{base}-{k}"), k + 1
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BiomxError(f"{path}: not found; is {path.parent} a biomx run directory?") from None
+    except json.JSONDecodeError as err:
+        raise BiomxError(f"{path}: corrupt JSON ({err})") from None
+
+
+def write_csv(path: Path, columns: dict[str, list]) -> None:
+    """Write equal-length columns as a CSV file, atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values(), strict=True))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def environment(device: torch.device | str, world_size: int = 1) -> dict[str, str]:
+    """Versions and hardware, for the report and the model card."""
+    import monai
+    import numpy
+
+    import biomx
+
+    env = {
+        "biomx": biomx.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "processes": str(world_size),
+        "cpu threads": str(torch.get_num_threads()),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    path = run_dir / "checkpoints" / f"{which}.safetensors"
+    if not path.is_file():
+        fallback = run_dir / "checkpoints" / "last.safetensors"
+        if which == "best" and fallback.is_file():
+            return fallback
+        raise BiomxError(f"{run_dir}: no checkpoint in {run_dir / 'checkpoints'}; was training started?")
+    return path
+
+
+def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a run's model from its checkpoint alone (the checkpoint carries run.json).
+
+    Returns:
+        (model in eval mode, run info dict with "model", "task", "preprocessing").
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BiomxError(f"{run_dir}: run directory not found")
+    weights, extra = load_checkpoint(find_checkpoint(run_dir, which))
+    info = extra.get("model_config") or {}
+    if "model" not in info:
+        raise BiomxError(f"{run_dir}: checkpoint has no model description; cannot rebuild the model")
+    model = build_model(info["model"]["name"], **info["model"]["args"])
+    model.load_state_dict(weights)
+    return model.eval(), info

@@ -1,0 +1,513 @@
+"""Classification tasks: loss, probabilities, labels, and metrics with bootstrap CIs.
+
+One `ClassificationTask` covers three kinds of problem:
+
+- binary: one logit per case, P(positive) = sigmoid(logit); classes = [negative, positive].
+- multiclass: K logits, softmax; exactly one class per case.
+- multilabel: K logits, independent sigmoids; any number of labels per case.
+
+All metrics come from one vectorised function (`_summary`) that scores a batch of resamples
+at once, so the point estimate and every bootstrap resample run exactly the same code.
+A metric that is undefined on a sample (AUROC with one class present, precision with no
+positive predictions) is NaN. Macro averages skip undefined classes, except precision, where
+a class that occurs but is never predicted counts as 0 (sklearn's zero_division=0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from biomx.errors import ConfigError, DataError
+
+KINDS = ("binary", "multiclass", "multilabel")
+METRICS = ("accuracy", "balanced_accuracy", "auroc", "auprc", "f1", "sensitivity",
+           "specificity", "precision", "npv", "ece", "brier")
+QUICK_METRICS = ("accuracy", "balanced_accuracy", "auroc", "auprc", "f1")
+MAX_CURVE_POINTS = 200
+_BLOCK_VALUES = 2_000_000  # bootstrap resamples are scored in blocks this big, to bound memory
+
+
+@dataclass
+class ClassificationTask:
+    """A classification problem: its kind, class names, and how it is trained and scored.
+
+    Construction validates every field (ConfigError naming the `task.*` key). For multilabel,
+    `class_weights[k]` is the BCE pos_weight of label k (a positive's weight relative to a
+    negative's), not the weight of label k in the total loss.
+    """
+
+    kind: str
+    classes: list[str]
+    class_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"task.kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not isinstance(self.classes, (list, tuple)) or len(self.classes) < 2:
+            raise ConfigError(
+                f"task.classes: expected a list of at least 2 class names, got {self.classes!r}")
+        self.classes = [str(c) for c in self.classes]
+        if "" in self.classes or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"task.classes: names must be unique, non-empty, got {self.classes}")
+        if self.kind == "binary" and len(self.classes) != 2:
+            raise ConfigError(f"task.classes: binary needs exactly 2 names [negative, positive], "
+                              f"got {len(self.classes)}; use kind: multiclass for more")
+        if self.class_weights is not None:
+            self.class_weights = _check_weights(self.class_weights, len(self.classes))
+        self.label_smoothing = _as_float(self.label_smoothing, "task.label_smoothing")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"task.label_smoothing: expected 0 <= value < 1, got {self.label_smoothing}")
+        self.threshold = _as_float(self.threshold, "task.threshold")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"task.threshold: expected 0 < value < 1, got {self.threshold}")
+
+    @property
+    def out_dim(self) -> int:
+        """Number of logits the model outputs: 1 for binary, else one per class."""
+        return 1 if self.kind == "binary" else len(self.classes)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean training loss.
+
+        Binary and multilabel: BCE-with-logits on smoothed targets y * (1 - eps) + eps / 2, with
+        pos_weight = w_pos / w_neg (binary) or the per-label weights (multilabel). Multiclass:
+        cross-entropy with `weight=class_weights` and `label_smoothing=eps`.
+
+        Args:
+            logits: binary (N,) or (N, 1); multiclass and multilabel (N, K).
+            targets: binary (N,) 0/1; multiclass (N,) class indices; multilabel (N, K) 0/1.
+
+        Returns:
+            A scalar tensor.
+        """
+        eps = self.label_smoothing
+        if self.kind == "multiclass":
+            weight = None if self.class_weights is None else logits.new_tensor(self.class_weights)
+            return F.cross_entropy(logits, targets.long(), weight=weight, label_smoothing=eps)
+        logits = _squeeze_binary(logits) if self.kind == "binary" else logits
+        y = targets.to(logits.dtype) * (1.0 - eps) + eps / 2.0
+        pos_weight, w = None, self.class_weights
+        if w is not None:
+            pos_weight = logits.new_tensor(w[1] / w[0] if self.kind == "binary" else w)
+        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Binary: (N,) P(positive); multiclass: (N, K) softmax; multilabel: (N, K) sigmoid."""
+        if self.kind == "binary":
+            return torch.sigmoid(_squeeze_binary(logits))
+        if self.kind == "multiclass":
+            return torch.softmax(logits, dim=1)
+        return torch.sigmoid(logits)
+
+    def predict_labels(self, probs: np.ndarray) -> np.ndarray:
+        """Binary: (N,) 1 where P >= threshold; multiclass: (N,) argmax; multilabel: (N, K) 0/1."""
+        probs = np.asarray(probs)
+        if self.kind == "multiclass":
+            return probs.argmax(axis=1)
+        probs = probs.reshape(-1) if self.kind == "binary" else probs
+        return (probs >= self.threshold).astype(np.int64)
+
+    def prediction_columns(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns for predictions.csv: "prob_<class>" for every class, then "predicted".
+
+        Binary gives both prob columns (prob_<negative> = 1 - p). Multilabel joins the predicted
+        names with "|" (an empty string when no label passes the threshold).
+        """
+        labels = self.predict_labels(probs)
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.kind == "binary":
+            probs = np.stack([1.0 - probs.reshape(-1), probs.reshape(-1)], axis=1)
+        columns = {f"prob_{name}": probs[:, k] for k, name in enumerate(self.classes)}
+        names = np.array(self.classes, dtype=object)
+        if self.kind == "multilabel":
+            columns["predicted"] = np.array(["|".join(names[row == 1]) for row in labels], object)
+        else:
+            columns["predicted"] = names[labels]
+        return columns
+
+    def quick_metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Cheap metrics for every validation epoch: QUICK_METRICS (macro where K > 2).
+
+        Args:
+            probs: output of `probabilities`, as numpy.
+            targets: true labels, shaped as for `loss`.
+
+        Returns:
+            Metric name -> float; NaN where undefined (one class present, no cases, NaN
+            probs), never raising.
+
+        Raises:
+            DataError: if the shapes or target values do not fit the task.
+        """
+        probs, targets = self._check(probs, targets)
+        if len(targets) == 0 or not np.isfinite(probs).all():  # nothing to score, or diverged
+            return {m: float("nan") for m in QUICK_METRICS}
+        views = _gather(self._views(probs, targets), np.arange(len(targets))[None])
+        point = _summary(self.kind, *views, n_bins=10)
+        return {m: float(point[m][0]) for m in QUICK_METRICS}
+
+    def evaluate(self, probs: np.ndarray, targets: np.ndarray, *, n_bootstrap: int = 1000,
+                 ci: float = 0.95, seed: int = 0, n_bins: int = 10) -> dict:
+        """Full test evaluation: metrics with bootstrap CIs, confusion, curves, calibration.
+
+        Args:
+            probs: output of `probabilities`, as numpy.
+            targets: true labels, shaped as for `loss`.
+            n_bootstrap: resamples of the N cases with replacement (0: CIs are NaN).
+            ci: level of the percentile intervals.
+            seed: seed of the resampling generator; the same seed gives the same CIs.
+            n_bins: equal-width probability bins for the ECE and the reliability diagram.
+
+        Returns:
+            A JSON-serialisable dict: kind, n, classes, threshold, ci, n_bootstrap, metrics
+            ({name: {value, ci_low, ci_high}}), confusion_matrix, curves, calibration, per_class.
+
+        Raises:
+            DataError: if there are no cases, probs are not finite, or shapes or targets do not fit.
+            ConfigError: if n_bootstrap, ci or n_bins is out of range.
+        """
+        if n_bootstrap < 0 or not 0.0 < ci < 1.0 or n_bins < 1:
+            raise ConfigError(f"evaluate: expected n_bootstrap >= 0, 0 < ci < 1, n_bins >= 1, "
+                              f"got n_bootstrap={n_bootstrap}, ci={ci}, n_bins={n_bins}")
+        probs, targets = self._check(probs, targets)
+        n = len(targets)
+        if n == 0:
+            raise DataError("evaluate: the test set is empty; check the split or the data filter")
+        if not np.isfinite(probs).all():
+            raise DataError("evaluate: probs contain NaN or inf; the model diverged (lower the "
+                            "learning rate) or a checkpoint is corrupt")
+        views = self._views(probs, targets)
+        full = _gather(views, np.arange(n)[None])
+        point = _summary(self.kind, *full, n_bins=n_bins)
+        boot = self._bootstrap(views, n_bootstrap, seed, n_bins)
+        metrics = {m: {"value": float(point[m][0]), **_percentile_ci(boot[m], ci)} for m in METRICS}
+        return {
+            "kind": self.kind, "n": n, "classes": list(self.classes), "threshold": self.threshold,
+            "ci": float(ci), "n_bootstrap": int(n_bootstrap), "metrics": metrics,
+            "confusion_matrix": self._confusion(probs, targets),
+            "curves": self._curves(views[0], views[2], _class_stats(*full)),
+            "calibration": _calibration(*_calibration_view(self.kind, *full), n_bins),
+            "per_class": self._per_class(probs, targets),
+        }
+
+    def _check(self, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validate shapes and target values; return float64 probs and int64 targets."""
+        probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
+        k = len(self.classes)
+        if self.kind == "binary":
+            probs = probs.reshape(-1)
+        if self.kind != "multilabel":
+            targets = targets.reshape(-1)
+        expected = (len(targets),) if self.kind == "binary" else (len(targets), k)
+        if probs.shape != expected or targets.shape[0] != probs.shape[0]:
+            raise DataError(f"{self.kind} task: probs have shape {probs.shape}, expected "
+                            f"{expected}; check the model's out_dim and task.classes")
+        if self.kind == "multilabel" and targets.shape != probs.shape:
+            raise DataError(f"multilabel task: targets have shape {targets.shape}, "
+                            f"expected {probs.shape} (one 0/1 column per class)")
+        valid = np.arange(k) if self.kind == "multiclass" else np.array([0, 1])
+        if not np.isin(targets, valid).all():
+            raise DataError(f"{self.kind} task: targets must be in {valid.tolist()}, "
+                            f"got values {np.unique(targets)[:10].tolist()}")
+        return probs, targets.astype(np.int64)
+
+    def _views(self, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One-vs-rest (y, pred, score), each (N, C); binary has C = 1 (the positive class)."""
+        if self.kind == "binary":
+            return targets[:, None] == 1, (probs >= self.threshold)[:, None], probs[:, None]
+        if self.kind == "multiclass":
+            eye = np.eye(len(self.classes), dtype=bool)
+            return eye[targets], eye[probs.argmax(axis=1)], probs
+        return targets == 1, probs >= self.threshold, probs
+
+    def _bootstrap(self, views: tuple, n_boot: int, seed: int, n_bins: int) -> dict:
+        """Each metric over `n_boot` resamples of the N cases with replacement: (n_boot,)."""
+        n, c = views[0].shape
+        rng = np.random.default_rng(seed)
+        block = max(1, _BLOCK_VALUES // (n * c))
+        parts = [{m: np.empty(0) for m in METRICS}]
+        for start in range(0, n_boot, block):
+            idx = rng.integers(0, n, size=(min(block, n_boot - start), n))
+            parts.append(_summary(self.kind, *_gather(views, idx), n_bins=n_bins))
+        return {m: np.concatenate([p[m] for p in parts]) for m in METRICS}
+
+    def _confusion(self, probs: np.ndarray, targets: np.ndarray) -> list | dict:
+        """Rows = true class, columns = predicted; multilabel: {"per_label": {name: 2x2}}."""
+        pred = self.predict_labels(probs)
+        if self.kind == "multilabel":
+            return {"per_label": {name: _confusion(targets[:, k], pred[:, k], 2)
+                                  for k, name in enumerate(self.classes)}}
+        return _confusion(targets, pred, len(self.classes))
+
+    def _curves(self, y: np.ndarray, score: np.ndarray, stats: dict) -> dict:
+        """ROC and PR curves per class (binary: the positive class), at most 200 points each."""
+        names = self.classes[1:] if self.kind == "binary" else self.classes
+        roc, pr = {}, {}
+        for c, name in enumerate(names):
+            if y[:, c].all() or not y[:, c].any():
+                continue  # a curve needs both classes
+            fpr, tpr, _ = roc_curve(y[:, c], score[:, c])
+            precision, recall, _ = precision_recall_curve(y[:, c], score[:, c])
+            roc[name] = {**_downsample(fpr=fpr, tpr=tpr), "auc": float(stats["auroc"][0, c])}
+            pr[name] = {**_downsample(recall=recall, precision=precision),
+                        "ap": float(stats["auprc"][0, c])}
+        return {"roc": roc, "pr": pr}
+
+    def _per_class(self, probs: np.ndarray, targets: np.ndarray) -> dict:
+        """One-vs-rest support, sensitivity, specificity, precision, f1, auroc, auprc per class."""
+        y, pred, score = self._views(probs, targets)
+        if self.kind == "binary":  # both classes; the negative one is scored by 1 - p
+            y, pred = np.hstack([~y, y]), np.hstack([~pred, pred])
+            score = np.hstack([1 - score, score])
+        stats = _class_stats(*_gather((y, pred, score), np.arange(len(targets))[None]))
+        keys = ("sensitivity", "specificity", "precision", "f1", "auroc", "auprc")
+        return {name: {"support": int(stats["support"][0, c]),
+                       **{m: float(stats[m][0, c]) for m in keys}}
+                for c, name in enumerate(self.classes)}
+
+
+def build_task(kind: str, classes: list[str], class_weights: list[float] | None = None,
+               label_smoothing: float = 0.0, threshold: float = 0.5) -> ClassificationTask:
+    """Build a validated ClassificationTask from config values.
+
+    Args:
+        kind: "binary", "multiclass" or "multilabel".
+        classes: unique class names, at least 2 (binary: [negative, positive]).
+        class_weights: one weight > 0 per class, or None for unweighted.
+        label_smoothing: eps, 0 <= eps < 1.
+        threshold: decision threshold for binary and multilabel, 0 < t < 1.
+
+    Returns:
+        The task.
+
+    Raises:
+        ConfigError: naming the offending `task.*` key and what it expects.
+    """
+    return ClassificationTask(kind, classes, class_weights, label_smoothing, threshold)
+
+
+def class_weights_from_counts(targets: np.ndarray, kind: str, num_classes: int) -> list[float]:
+    """'Balanced' class weights from the training targets (config `class_weights: balanced`).
+
+    Binary and multiclass: n / (K * count_k), as sklearn's compute_class_weight("balanced").
+    Multilabel: negatives_k / positives_k, because there the weights are BCE pos_weights and
+    that ratio makes the positives and the negatives of each label weigh the same.
+
+    Args:
+        targets: binary (N,) 0/1; multiclass (N,) class indices; multilabel (N, K) 0/1.
+        kind: "binary", "multiclass" or "multilabel".
+        num_classes: K (2 for binary).
+
+    Returns:
+        One weight per class.
+
+    Raises:
+        DataError: if a class (multilabel: a label's positives or negatives) never occurs.
+    """
+    targets = np.asarray(targets).astype(np.int64)
+    if kind == "multilabel":
+        pos = targets.reshape(len(targets), -1).sum(axis=0)
+        counts = np.minimum(pos, len(targets) - pos)
+    else:
+        targets = targets.reshape(-1)
+        counts = np.bincount(targets, minlength=num_classes)[:num_classes]
+    missing = np.flatnonzero(counts == 0)
+    if len(missing):
+        raise DataError(f"class_weights: balanced: class {int(missing[0])} has no training "
+                        "examples (multilabel: no positives or no negatives); "
+                        "set task.class_weights explicitly")
+    if kind == "multilabel":
+        return [float(w) for w in (len(targets) - pos) / pos]
+    return [float(len(targets) / (num_classes * c)) for c in counts]
+
+
+def auroc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUROC along the last axis: Mann-Whitney U with tied scores given average ranks.
+
+    Args:
+        targets: (..., N) booleans, True = positive.
+        scores: (..., N) scores, higher = more positive.
+
+    Returns:
+        (...) AUROC values; NaN where one class is absent.
+    """
+    n_pos = targets.sum(axis=-1)
+    n_neg = targets.shape[-1] - n_pos
+    u = (rankdata(scores, axis=-1) * targets).sum(axis=-1) - n_pos * (n_pos + 1) / 2.0
+    return _ratio(u, n_pos * n_neg)
+
+
+def average_precision(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Average precision along the last axis, equal to sklearn's average_precision_score.
+
+    AP = sum over distinct thresholds of (recall step) * precision. Tied scores form one
+    threshold, so each positive is credited with the precision at the end of its tie group.
+
+    Args:
+        targets: (..., N) booleans, True = positive.
+        scores: (..., N) scores, higher = more positive.
+
+    Returns:
+        (...) AP values; NaN where there are no positives.
+    """
+    n = scores.shape[-1]
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    s = np.take_along_axis(scores, order, axis=-1)
+    t = np.take_along_axis(targets, order, axis=-1).astype(np.float64)
+    precision = np.cumsum(t, axis=-1) / np.arange(1, n + 1)
+    is_end = np.ones(s.shape, dtype=bool)
+    is_end[..., :-1] = s[..., :-1] != s[..., 1:]
+    # End of each element's tie group = running minimum of end positions, taken from the right.
+    end = np.where(is_end, np.arange(n), n - 1)
+    end = np.flip(np.minimum.accumulate(np.flip(end, -1), axis=-1), -1)
+    credited = (t * np.take_along_axis(precision, end, axis=-1)).sum(axis=-1)
+    return _ratio(credited, t.sum(axis=-1))
+
+
+# Metric kernels. y, pred (bool) and score are (B, C, N): resamples, classes, cases.
+
+
+def _class_stats(y: np.ndarray, pred: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+    """One-vs-rest support and metrics per resample and class, each (B, C)."""
+    tp, fp = (y & pred).sum(-1), (~y & pred).sum(-1)
+    fn, tn = (y & ~pred).sum(-1), (~y & ~pred).sum(-1)
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "support": tp + fn, "accuracy": (tp + tn) / y.shape[-1],
+        "sensitivity": sensitivity, "specificity": specificity,
+        "balanced_accuracy": (sensitivity + specificity) / 2.0,
+        "precision": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "auroc": auroc(y, score), "auprc": average_precision(y, score),
+    }
+
+
+def _summary(kind: str, y: np.ndarray, pred: np.ndarray, score: np.ndarray,
+             n_bins: int) -> dict[str, np.ndarray]:
+    """Every metric in METRICS per resample, each (B,)."""
+    stats = _class_stats(y, pred, score)
+    out = {"ece": _ece(*_calibration_view(kind, y, pred, score), n_bins)}
+    if kind == "binary":
+        out.update({m: stats[m][:, 0] for m in METRICS if m in stats})
+        out["brier"] = ((score - y) ** 2).mean(axis=(1, 2))
+        return out
+    out.update({m: _nanmean(stats[m]) for m in ("auroc", "auprc", "f1", "sensitivity",
+                                                "specificity", "npv")})
+    never_predicted = np.isnan(stats["precision"]) & (stats["support"] > 0)
+    out["precision"] = _nanmean(np.where(never_predicted, 0.0, stats["precision"]))
+    if kind == "multiclass":
+        out["accuracy"] = (y & pred).sum(axis=(1, 2)) / y.shape[-1]
+        out["balanced_accuracy"] = out["sensitivity"]  # mean recall of the classes present
+        out["brier"] = ((score - y) ** 2).sum(axis=1).mean(axis=-1)
+    else:  # multilabel: label-wise (Hamming) accuracy, everything macro over labels
+        out["accuracy"] = _nanmean(stats["accuracy"])
+        out["balanced_accuracy"] = _nanmean(stats["balanced_accuracy"])
+        out["brier"] = ((score - y) ** 2).mean(axis=(1, 2))
+    return out
+
+
+def _calibration_view(kind: str, y: np.ndarray, pred: np.ndarray,
+                      score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, outcome), each (B, M): what the ECE compares.
+
+    Binary: P(positive) vs positive; multiclass: top-class probability vs correct;
+    multilabel: every label's probability vs that label, pooled.
+    """
+    if kind == "multiclass":
+        return score.max(axis=1), (y & pred).any(axis=1)
+    return score.reshape(len(y), -1), y.reshape(len(y), -1)
+
+
+def _bin_sums(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> list[np.ndarray]:
+    """Per resample and equal-width bin: [count, sum of confidence, sum of outcome], (B, bins)."""
+    b = len(conf)
+    # NaN confidences (a diverged model) land in bin 0 and make the ECE NaN, without a warning.
+    bins = np.clip(np.nan_to_num(conf * n_bins), 0, n_bins - 1).astype(np.int64)
+    flat = (bins + n_bins * np.arange(b)[:, None]).ravel()
+    return [np.bincount(flat, weights=w, minlength=b * n_bins).reshape(b, n_bins)
+            for w in (None, conf.ravel(), hit.ravel().astype(np.float64))]
+
+
+def _ece(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> np.ndarray:
+    """Expected calibration error, sum_b (n_b / n) |mean conf_b - mean outcome_b|: (B,)."""
+    _, conf_sum, hit_sum = _bin_sums(conf, hit, n_bins)
+    return np.abs(conf_sum - hit_sum).sum(axis=1) / conf.shape[1]
+
+
+def _calibration(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> dict:
+    """Reliability diagram of one sample; empty bins have NaN confidence and frequency."""
+    count, conf_sum, hit_sum = (s[0] for s in _bin_sums(conf, hit, n_bins))
+    return {"bin_confidence": _ratio(conf_sum, count).tolist(),
+            "bin_frequency": _ratio(hit_sum, count).tolist(),
+            "bin_count": count.astype(int).tolist(),
+            "ece": float(_ece(conf, hit, n_bins)[0])}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den == 0 (an undefined metric), without a warning."""
+    den = np.asarray(den, dtype=np.float64)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _nanmean(x: np.ndarray) -> np.ndarray:
+    """Mean over the last axis (classes) ignoring NaN; NaN if all are, without a warning."""
+    valid = ~np.isnan(x)
+    return _ratio(np.where(valid, x, 0.0).sum(axis=-1), valid.sum(axis=-1))
+
+
+def _gather(views: tuple, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Resample (N, C) views with (B, N) row indices into (B, C, N) arrays."""
+    return tuple(v.T[:, idx].transpose(1, 0, 2) for v in views)
+
+
+def _percentile_ci(values: np.ndarray, ci: float) -> dict[str, float]:
+    """Percentile interval of the defined (non-NaN) bootstrap values; NaN if none."""
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return {"ci_low": float("nan"), "ci_high": float("nan")}
+    low, high = np.percentile(values, [50 * (1 - ci), 50 * (1 + ci)])
+    return {"ci_low": float(low), "ci_high": float(high)}
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> list[list[int]]:
+    """k x k counts, rows = true, columns = predicted (k = 2: [[TN, FP], [FN, TP]])."""
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k).tolist()
+
+
+def _downsample(**curve: np.ndarray) -> dict[str, list[float]]:
+    """At most MAX_CURVE_POINTS evenly spaced points of a curve, keeping both ends."""
+    n = len(next(iter(curve.values())))
+    keep = np.unique(np.linspace(0, n - 1, min(n, MAX_CURVE_POINTS)).round().astype(int))
+    return {name: values[keep].astype(float).tolist() for name, values in curve.items()}
+
+
+def _squeeze_binary(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 1) -> (N,); other shapes unchanged (the loss rejects wrong ones)."""
+    return logits[:, 0] if logits.ndim == 2 and logits.shape[1] == 1 else logits
+
+
+def _as_float(value: object, key: str) -> float:
+    """A config number as float, or ConfigError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _check_weights(weights: object, k: int) -> list[float]:
+    """Validate task.class_weights: k finite numbers > 0."""
+    if not isinstance(weights, (list, tuple)) or len(weights) != k:
+        got = len(weights) if isinstance(weights, (list, tuple)) else repr(weights)
+        raise ConfigError(f"task.class_weights: expected {k} values (one per class), got {got}")
+    values = [_as_float(w, "task.class_weights") for w in weights]
+    if not all(np.isfinite(w) and w > 0 for w in values):
+        raise ConfigError(f"task.class_weights: every weight must be finite and > 0, got {values}")
+    return values
