@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.resources
-
 import numpy as np
 import pytest
 import torch
 from monai.networks.nets import DenseNet121
 from torch import nn
 
+from biomx.datasets import get_dataset
 from biomx.errors import BiomxError
 from biomx.explain import find_last_conv, gradcam, overlay
 
@@ -166,8 +165,7 @@ def _peak_hit_rate(maps: np.ndarray, squares: np.ndarray, tolerance: int = 2) ->
 def test_gradcam_peaks_on_the_evidence_in_real_xrays():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    path = importlib.resources.files("biomx") / "datasets" / "pneumoniamnist.npz"
-    with np.load(path) as data:
+    with np.load(get_dataset("pneumoniamnist").path) as data:
         train_images, test_images = data["train_images"][:256], data["val_images"][:128]
     x_train, y_train, _ = _square_task(train_images, rng)
     x_test, y_test, squares = _square_task(test_images, rng)

@@ -396,6 +396,9 @@ def test_augment_keeps_shape_and_range(dataset_arrays):
     assert (y - x).abs().mean() > 0.01
     flipped = Augment(hflip=1.0)(x, torch.Generator().manual_seed(0))
     assert torch.equal(flipped, x.flip(-1))
+    # with an affine, the flips ride along in the same resampling: still an exact mirror
+    folded = Augment(hflip=1.0, vflip=1.0, translate=1e-9)(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(folded, x.flip(-1, -2), atol=1e-5, rtol=0)
     assert torch.equal(Augment()(x, torch.Generator()), x)
     rgb = torch.rand(4, 3, 20, 36, generator=torch.Generator().manual_seed(1))
     assert FULL(rgb, torch.Generator().manual_seed(2)).shape == (4, 3, 20, 36)

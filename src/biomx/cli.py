@@ -82,8 +82,12 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
-    from biomx.datasets import DATASETS
+    from biomx.datasets import DATASETS, export_images
 
+    if args.export:
+        manifest = export_images(args.name, args.export, args.format, args.limit)
+        print(f"wrote {args.name} images and {manifest}")
+        return
     for d in DATASETS.values():
         print(f"{d.name}: {d.description}\n  classes: {', '.join(d.classes)}\n  source: {d.citation}")
 
@@ -126,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dim", type=int, default=2)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("datasets", help="list the embedded datasets")
+    p = sub.add_parser("datasets", help="list the embedded datasets, or export one as image files")
+    p.add_argument("--export", metavar="DIR", help="write the images as files (folder per class + manifest.csv)")
+    p.add_argument("--name", default="pneumoniamnist")
+    p.add_argument("--format", default="png", choices=["png", "dcm"])
+    p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.set_defaults(func=_cmd_datasets)
     return parser
 

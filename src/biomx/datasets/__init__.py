@@ -43,3 +43,70 @@ def get_dataset(name: str) -> EmbeddedDataset:
     if name not in DATASETS:
         raise ConfigError(f"data.path: unknown embedded dataset {name!r}; available: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def _write_dicom(path: Path, pixels, patient_id: str, label: str) -> None:
+    """A minimal valid DICOM secondary-capture file holding an 8-bit grey image."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.StudyDescription = "CR", patient_id, label
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int | None = None,
+                  split: str = "train") -> Path:
+    """Write an embedded dataset as files, folder-per-class, plus a CSV manifest.
+
+    Handy to try the file doors (`source: folder` / `source: csv`) on real images.
+
+    Args:
+        name: embedded dataset name.
+        out_dir: destination; gets `<class>/<split>_<i>.<fmt>` and `manifest.csv`.
+        fmt: "png" or "dcm".
+        limit: at most this many images (taken in order).
+
+    Returns:
+        The manifest path (columns path, label, patient_id).
+    """
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    if fmt not in ("png", "dcm"):
+        raise ConfigError(f"--format: expected png or dcm, got {fmt!r}")
+    dataset = get_dataset(name)
+    with np.load(dataset.path, allow_pickle=False) as arrays:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"][:, 0]
+    count = len(images) if limit is None else min(limit, len(images))
+    out = Path(out_dir)
+    rows = []
+    for i in range(count):
+        label = dataset.classes[int(labels[i])]
+        path = out / label / f"{split}_{i:05d}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        patient = f"P{i:05d}"  # MedMNIST has no patient ids: one image per pseudo-patient
+        if fmt == "png":
+            Image.fromarray(images[i]).save(path)
+        else:
+            _write_dicom(path, images[i], patient, label)
+        rows.append((path.relative_to(out).as_posix(), label, patient))
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "patient_id"])
+        writer.writerows(rows)
+    return manifest

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from biomx.errors import BiomxError
@@ -123,7 +123,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
         skeleton = json.loads(metadata["biomx"])
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as err:
         raise BiomxError(f"{path}: not a readable biomx checkpoint ({err})") from None
     model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     return model_state, _unflatten(skeleton, tensors)

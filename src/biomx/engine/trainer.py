@@ -164,6 +164,7 @@ class Trainer:
         self.step_hook = step_hook
         self.tensorboard = tensorboard
         self._stop_reason: str | None = None
+        self.last_loss = float("nan")  # this rank's loss of the latest batch
 
         self.model = model.to(self.device)
         if s.channels_last:
@@ -223,6 +224,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             # Not persistent: fresh workers each epoch see the dataset's new set_epoch() seed.
             persistent_workers=False,
+            # Its own generator: creating an iterator must not advance the global RNG, or a
+            # resumed run would draw different dropout masks than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.settings.seed),
         )
 
     def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,7 +379,8 @@ class Trainer:
                 with self.net.no_sync() if no_sync else contextlib.nullcontext(), self._autocast():
                     loss = self.loss_fn(self.net(x), y)
                 self.scaler.scale(loss / s.accumulate).backward()
-                st["loss_sum"] += loss.item() * x.shape[0]
+                self.last_loss = loss.item()
+                st["loss_sum"] += self.last_loss * x.shape[0]
                 st["samples"] += x.shape[0]
                 samples_now += x.shape[0]
                 st["batch_in_epoch"] = i + 1

@@ -1,0 +1,38 @@
+"""Shared fixtures: small samples of real data (PneumoniaMNIST chest X-rays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from biomx.datasets import export_images, get_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def xrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """600 real chest X-rays (uint8, (N, 1, 28, 28)) and binary labels (float)."""
+    with np.load(get_dataset("pneumoniamnist").path) as arrays:
+        images = torch.from_numpy(arrays["train_images"][:600]).unsqueeze(1)
+        labels = torch.from_numpy(arrays["train_labels"][:600, 0]).float()
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def png_folder(tmp_path_factory) -> Path:
+    """160 real X-rays as PNG files, folder per class, with manifest.csv."""
+    root = tmp_path_factory.mktemp("png")
+    export_images("pneumoniamnist", root, "png", limit=160)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dicom_folder(tmp_path_factory) -> Path:
+    """120 real X-rays as DICOM files, folder per class, with manifest.csv."""
+    root = tmp_path_factory.mktemp("dcm")
+    export_images("pneumoniamnist", root, "dcm", limit=120)
+    return root
