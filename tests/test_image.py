@@ -223,8 +223,11 @@ def test_resize_image():
     small = resize_image(image, (64, 48))
     assert small.shape == (1, 64, 48) and small.dtype == torch.float32
     assert 0 <= small.min() and small.max() <= 1
-    # antialiasing averages: the mean brightness survives an 8x downscale
-    assert abs(small.mean().item() - image.mean()) < 0.01
+    # antialiased 8x downscale ~ the 8x8 block average (plain bilinear samples 2 of 64 pixels:
+    # mean error 0.017 on this image)
+    square = resize_image(image, (64, 64))
+    box = torch.nn.functional.avg_pool2d(torch.from_numpy(image)[None], 8)[0]
+    assert (square - box).abs().mean() < 0.01
     big = resize_image(torch.from_numpy(image[:, :32, :32]), (100, 100))
     assert big.shape == (1, 100, 100)
     assert resize_image(image, (512, 512)).shape == (1, 512, 512)

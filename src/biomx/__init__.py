@@ -1,1 +1,51 @@
+"""biomx: deep learning for healthcare and biomedical research, on PyTorch.
+
+Two doors to the same engine:
+
+    biomx train experiment.yaml                 # declarative
+
+    from biomx import Trainer, TrainConfig      # imperative
+    history = Trainer(model, loss_fn, train_ds, val_data=val_ds,
+                      settings=TrainConfig(epochs=5)).fit()
+"""
+
 __version__ = "0.1.0"
+
+from biomx.config import ExperimentConfig, TrainConfig, load_config  # noqa: E402
+from biomx.engine.trainer import Trainer, TrainingInterrupted  # noqa: E402
+from biomx.errors import BiomxError, ConfigError, DataError  # noqa: E402
+from biomx.experiment import evaluate_run, prepare, resume_run, train  # noqa: E402
+from biomx.explain.gradcam import gradcam  # noqa: E402
+from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch, read_image  # noqa: E402
+from biomx.models.registry import build_model, list_models, register  # noqa: E402
+from biomx.predict import predict_files  # noqa: E402
+from biomx.runs import load_run_model  # noqa: E402
+from biomx.tasks.classification import ClassificationTask, build_task  # noqa: E402
+
+__all__ = [
+    "Augment",
+    "BiomxError",
+    "ClassificationTask",
+    "ConfigError",
+    "DataError",
+    "ExperimentConfig",
+    "ImageTensorDataset",
+    "TrainConfig",
+    "Trainer",
+    "TrainingInterrupted",
+    "__version__",
+    "build_model",
+    "build_task",
+    "collate_batch",
+    "evaluate_run",
+    "gradcam",
+    "list_models",
+    "load_config",
+    "load_run_model",
+    "predict_files",
+    "prepare",
+    "read_image",
+    "register",
+    "resume_run",
+    "train",
+]
