@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from biomx.errors import DataError
-from biomx.modalities.image import _is_image_file, decode_images
+from biomx.modalities.image import decode_images, is_image_file
 from biomx.runs import load_run_model, write_csv
 from biomx.tasks.classification import build_task
 
@@ -17,7 +17,7 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".") and _is_image_file(p))
+            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
             if not found:
                 raise DataError(f"{item}: folder holds no image files")
             files += found

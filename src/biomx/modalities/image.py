@@ -287,7 +287,7 @@ class ImageRecords:
         return len(self.paths)
 
 
-def _is_image_file(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
     # Sniffs unknown extensions: DICOM exports often have none, or a UID ("1.2.840.113619.2.55").
     try:
         return _format_of(path) != "unknown"
@@ -322,7 +322,7 @@ def records_from_folder(root: str | Path) -> ImageRecords:
             p for p in class_dir.rglob("*")
             if p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-            and _is_image_file(p)
+            and is_image_file(p)
         )
         if not files:
             raise DataError(f"{class_dir}: class folder has no image files (.png .jpg .bmp .tif "
