@@ -15,6 +15,11 @@ LambdaLR schedule, on the same subset of --steps * --batch-size training images.
 The two alternate (biomx, ceiling, biomx, ceiling, ...) in one process so machine noise hits
 both; the medians and their ratio biomx / ceiling are printed (target >= 0.90).
 
+As a cross-check that is robust to a burst of load from another process, each side also
+records every step's wall time (biomx through the Trainer's `step_hook`: the interval between
+consecutive optimizer steps of the timed epoch, so data loading is included) and reports
+batch / median step time.
+
     .venv/bin/python benchmarks/train_throughput.py [--rounds 3] [--steps 20] [--json out.json]
 """
 
@@ -41,12 +46,15 @@ from biomx.models.registry import build_model
 from biomx.tasks.classification import build_task
 
 SEED = 0
-WARMUP_STEPS = 5  # ceiling only
+WARMUP_STEPS = 5  # ceiling only; biomx warms up with a whole epoch (the Trainer times epochs)
+NOISY = 1.15  # warn when the fastest round of one side beats its slowest by more than 15%
 AUGMENT = Augment(hflip=0.5, rotate=10, translate=0.05, contrast=0.1)
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def load_data(size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """The first `n` training images resized by the real pipeline, targets, and mean/std."""
+    """The first `n` training images as the real npz pipeline resizes them, targets, mean, std."""
     x, y = load_npz_splits(get_dataset("pneumoniamnist").path)["train"]
     if n > len(x):
         raise SystemExit(f"--steps * --batch-size = {n} exceeds the {len(x)} training images")
@@ -54,7 +62,7 @@ def load_data(size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, float, flo
     sample = images.float()
     if images.dtype == torch.uint8:
         sample /= 255
-    # As experiment.prepare: statistics of the training images.
+    # As experiment.prepare does: statistics of the training images.
     mean, std = sample.mean().item(), sample.std().clamp_min(1e-6).item()
     return images, torch.from_numpy(y[:n]).float(), mean, std
 
@@ -64,33 +72,38 @@ def fresh_model() -> torch.nn.Module:
     return build_model("resnet18", in_channels=1, out_dim=1)
 
 
-def run_biomx(dataset: ImageTensorDataset, loss_fn, batch_size: int) -> float:
-    """samples/s of the 2nd (timed) epoch of Trainer.fit() over `dataset`."""
+def run_biomx(dataset: ImageTensorDataset, loss_fn, batch_size: int) -> tuple[float, float]:
+    """(Trainer's samples/s of the 2nd epoch, batch / median step interval of that epoch)."""
     settings = TrainConfig(epochs=2, batch_size=batch_size, precision="fp32", device="cpu",
                            progress=False, seed=SEED)
+    stamps: list[float] = []
     trainer = Trainer(fresh_model(), loss_fn, dataset, settings=settings, run_dir=None,
-                      collate_fn=collate_batch, tensorboard=False)
+                      collate_fn=collate_batch, tensorboard=False,
+                      step_hook=lambda _: stamps.append(time.perf_counter()))
     console = biomx_logging.console
     quiet, console.quiet = console.quiet, True  # no per-epoch lines in the benchmark output
     try:
         history = trainer.fit()
     finally:
         console.quiet = quiet
-    return float(history[-1]["samples_per_s"])
+    timed = stamps[trainer.steps_per_epoch:]  # the 2nd epoch's steps
+    intervals = [b - a for a, b in zip(timed, timed[1:], strict=False)]
+    step_rate = batch_size / statistics.median(intervals) if intervals else float("nan")
+    return float(history[-1]["samples_per_s"]), step_rate
 
 
-def run_ceiling(batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn) -> float:
-    """samples/s of a bare loop over in-memory batches (a short warm-up, then one timed pass)."""
+def run_ceiling(batches: Batches, loss_fn) -> tuple[float, float]:
+    """(samples/s of a bare timed pass over in-memory batches, batch / median step time)."""
     model = fresh_model()
     model.train()
     optimizer = build_optimizer(model, OptimizerConfig())
     steps = len(batches)
-    scheduler = build_scheduler(optimizer, ScheduleConfig(), 2 * steps, steps)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(), WARMUP_STEPS + steps, steps)
     grad_clip = TrainConfig().grad_clip
     torch.manual_seed(SEED)
 
-    def one_pass(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        started = time.perf_counter()
+    def one_pass(batches: Batches) -> list[float]:
+        stamps = [time.perf_counter()]
         for x, y in batches:
             loss = loss_fn(model(x), y)
             loss.backward()
@@ -98,13 +111,14 @@ def run_ceiling(batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn) -> fl
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-        return time.perf_counter() - started
+            stamps.append(time.perf_counter())
+        return stamps
 
-    # Warm-up: the first steps allocate AdamW's state and oneDNN's primitives; a few suffice
-    # (the biomx side warms up with a whole epoch because the Trainer times whole epochs).
-    one_pass(batches[:WARMUP_STEPS])
-    elapsed = one_pass(batches)
-    return sum(len(x) for x, _ in batches) / elapsed
+    one_pass(batches[:WARMUP_STEPS])  # AdamW's state, oneDNN primitives, allocator caches
+    stamps = one_pass(batches)
+    intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    samples = sum(len(x) for x, _ in batches)
+    return samples / (stamps[-1] - stamps[0]), len(batches[0][0]) / statistics.median(intervals)
 
 
 def time_data_path(dataset: ImageTensorDataset, batch_size: int) -> float:
@@ -118,65 +132,89 @@ def time_data_path(dataset: ImageTensorDataset, batch_size: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="biomx/ceiling pairs (default 3)")
     parser.add_argument("--steps", type=int, default=20,
-                        help="optimizer steps per epoch; the subset is steps * batch-size images")
+                        help="timed optimizer steps per measurement (default 20); the subset "
+                             "is steps * batch-size training images")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1 or args.size < 8 or args.batch_size < 1:
-        parser.error("--rounds, --steps and --batch-size must be >= 1, --size >= 8")
+    if args.rounds < 1 or args.steps < 2 or args.size < 8 or args.batch_size < 1:
+        parser.error("needs --rounds >= 1, --steps >= 2, --size >= 8, --batch-size >= 1")
 
     n = args.steps * args.batch_size
     images, targets, mean, std = load_data(args.size, n)
     dataset = ImageTensorDataset(images, targets, augment=AUGMENT, normalize=(mean, std),
                                  seed=SEED)
-    plain = (images.float() / (255 if images.dtype == torch.uint8 else 1) - mean) / std
+    plain = images.float()
+    if images.dtype == torch.uint8:
+        plain /= 255
+    plain = (plain - mean) / std
     batches = [(plain[i:i + args.batch_size].contiguous(), targets[i:i + args.batch_size])
                for i in range(0, n, args.batch_size)]
     loss_fn = build_task("binary", ["normal", "pneumonia"]).loss
 
     print(f"ResNet-18, {args.size}x{args.size}x1, batch {args.batch_size}, fp32 CPU, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"{args.steps} steps/epoch over {n} images ({images.dtype})", flush=True)
-    biomx_rates, ceiling_rates = [], []
+          f"{args.steps} timed steps over {n} images ({images.dtype})", flush=True)
+    biomx, ceiling, biomx_step, ceiling_step = [], [], [], []
     started = time.perf_counter()
     for r in range(args.rounds):
-        biomx_rates.append(run_biomx(dataset, loss_fn, args.batch_size))
-        ceiling_rates.append(run_ceiling(batches, loss_fn))
-        print(f"round {r + 1}/{args.rounds}: biomx {biomx_rates[-1]:7.1f} samples/s   "
-              f"ceiling {ceiling_rates[-1]:7.1f} samples/s   "
-              f"ratio {biomx_rates[-1] / ceiling_rates[-1]:.2f}", flush=True)
+        epoch_rate, step_rate = run_biomx(dataset, loss_fn, args.batch_size)
+        biomx.append(epoch_rate)
+        biomx_step.append(step_rate)
+        epoch_rate, step_rate = run_ceiling(batches, loss_fn)
+        ceiling.append(epoch_rate)
+        ceiling_step.append(step_rate)
+        print(f"round {r + 1}/{args.rounds}: biomx {biomx[-1]:6.1f} samples/s   "
+              f"ceiling {ceiling[-1]:6.1f} samples/s   ratio {biomx[-1] / ceiling[-1]:.2f}   "
+              f"(median step: {biomx_step[-1]:.1f} vs {ceiling_step[-1]:.1f})", flush=True)
+    elapsed = time.perf_counter() - started
     data_ms = time_data_path(dataset, args.batch_size)
 
-    biomx_median = statistics.median(biomx_rates)
-    ceiling_median = statistics.median(ceiling_rates)
+    biomx_median, ceiling_median = statistics.median(biomx), statistics.median(ceiling)
     ratio = biomx_median / ceiling_median
+    step_ratio = statistics.median(biomx_step) / statistics.median(ceiling_step)
     step_ms = args.batch_size / ceiling_median * 1e3
-    print(f"median: biomx {biomx_median:.1f} samples/s, ceiling {ceiling_median:.1f} samples/s")
+    print(f"median of {args.rounds}: biomx {biomx_median:.1f} samples/s "
+          f"(range {spread(biomx)}), ceiling {ceiling_median:.1f} samples/s "
+          f"(range {spread(ceiling)})")
+    print(f"cross-check, batch / median step time: biomx {statistics.median(biomx_step):.1f}, "
+          f"ceiling {statistics.median(ceiling_step):.1f}, ratio {step_ratio:.2f}")
     print(f"data path (index + float + augment + normalise): {data_ms:.1f} ms/batch "
-          f"vs {step_ms:.0f} ms/step of compute ({data_ms / step_ms:.1%})")
-    print(f"ratio biomx/ceiling: {ratio:.2f}  (target >= 0.90)  "
-          f"[{time.perf_counter() - started:.0f} s]")
+          f"= {data_ms / step_ms:.1%} of a {step_ms:.0f} ms ceiling step")
+    noisy = max(biomx) > NOISY * min(biomx) or max(ceiling) > NOISY * min(ceiling)
+    if noisy:
+        print(f"warning: rounds differ by more than {NOISY - 1:.0%}: another process was "
+              "probably using the CPU; trust the cross-check or rerun on a quiet machine")
+    print(f"ratio biomx/ceiling: {ratio:.2f}  (target >= 0.90)   [{elapsed:.0f} s]")
 
     result = {
         "benchmark": "train_throughput",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
+                    "torch": torch.__version__},
         "config": {"model": "resnet18", "size": args.size, "batch_size": args.batch_size,
                    "steps": args.steps, "rounds": args.rounds, "precision": "fp32",
                    "device": "cpu", "image_dtype": str(images.dtype).removeprefix("torch."),
                    "augment": {"hflip": 0.5, "rotate": 10, "translate": 0.05, "contrast": 0.1}},
-        "biomx_samples_per_s": biomx_rates,
-        "ceiling_samples_per_s": ceiling_rates,
+        "biomx_samples_per_s": biomx,
+        "ceiling_samples_per_s": ceiling,
         "biomx_median": biomx_median,
         "ceiling_median": ceiling_median,
         "ratio": round(ratio, 4),
+        "step_median_samples_per_s": {"biomx": biomx_step, "ceiling": ceiling_step},
+        "step_median_ratio": round(step_ratio, 4),
         "data_ms_per_batch": data_ms,
+        "noisy": noisy,
+        "elapsed_s": elapsed,
     }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
