@@ -41,7 +41,7 @@ from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.trainer import Trainer
 from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch, load_npz_splits
-from biomx.modalities.image_source import _fit_size_and_channels
+from biomx.modalities.image_pipeline import _fit_size_and_channels
 from biomx.models.registry import build_model
 from biomx.tasks.classification import build_task
 

@@ -12,24 +12,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 import biomx
 from biomx.config import ExperimentConfig, dump_config, load_config
+from biomx.data.samples import Samples, encode_labels
 from biomx.data.splits import split_indices, warn_if_leaking
 from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import atomic_write_text
 from biomx.engine.logging import console
 from biomx.engine.trainer import Trainer, seed_everything, select_device
 from biomx.errors import BiomxError, ConfigError
-from biomx.evaluation import (
-    evaluate_split,
-    explain_examples,
-    pick_examples,
-    summary_line,
-    write_run_report,
-)
-from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch
-from biomx.modalities.image_source import ImageData, encode_labels, load_image_data
+from biomx.evaluation import evaluate_split, summary_line, write_run_report
+from biomx.modalities import get_pipeline
+from biomx.modalities.image import collate_batch
 from biomx.models.registry import build_model, check_model_args, suggest
 from biomx.runs import environment, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks.classification import (
@@ -45,11 +41,11 @@ class Prepared:
     """Everything an experiment needs before training starts."""
 
     cfg: ExperimentConfig
-    data: ImageData
+    data: Samples
     targets: torch.Tensor
     task: ClassificationTask
     splits: dict[str, np.ndarray]
-    datasets: dict[str, ImageTensorDataset]
+    datasets: dict[str, Dataset]
     info: dict[str, Any]  # run.json: model, task, preprocessing
 
 
@@ -65,7 +61,7 @@ def check_config(cfg: ExperimentConfig) -> None:
                           f"{suggest(cfg.train.monitor, allowed)}; allowed: {', '.join(allowed)}")  # fmt: skip
 
 
-def _splits(cfg: ExperimentConfig, data: ImageData, targets: torch.Tensor) -> dict[str, np.ndarray]:
+def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict[str, np.ndarray]:
     s = cfg.data.split
     labels = targets.numpy() if targets.ndim == 1 else None
     if s.method == "predefined":
@@ -96,45 +92,26 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         BiomxError: any problem with the config or the data, as one line.
     """
     check_config(cfg)
-    data = load_image_data(cfg.data, cfg.task.classes)
+    pipeline = get_pipeline(cfg.data.modality)
+    data = pipeline.load(cfg.data, cfg.task.classes)
     if len(data.labels) == 0:
-        raise BiomxError(f"{cfg.data.path}: no readable images")
+        raise BiomxError(f"{cfg.data.path}: no readable samples")
     targets, classes, kind = encode_labels(data, cfg.task.classes, cfg.task.type)
     splits = _splits(cfg, data, targets)
     warn_if_leaking(data.groups, splits)
-    train_idx = splits["train"]
     weights = cfg.task.class_weights
     if weights == "balanced":
-        weights = class_weights_from_counts(targets[train_idx].numpy(), kind, len(classes))
+        weights = class_weights_from_counts(targets[splits["train"]].numpy(), kind, len(classes))
     task = build_task(kind, classes, None if weights == "none" else weights,
                       cfg.task.label_smoothing, cfg.task.threshold)  # fmt: skip
-
-    mean = std = None
-    if cfg.data.normalize:  # statistics of the training images only (no test leakage)
-        sample = data.images[torch.as_tensor(train_idx[:20000])].float()
-        if data.images.dtype == torch.uint8:
-            sample /= 255
-        mean = sample.mean(dim=(0, 2, 3)).tolist()
-        std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
-    augment = Augment(**cfg.data.augment.model_dump())
-    datasets = {}
-    for name, idx in splits.items():
-        index = torch.as_tensor(idx, dtype=torch.long)
-        datasets[name] = ImageTensorDataset(
-            data.images[index], targets[index], augment=augment if name == "train" else None,
-            normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed,
-        )  # fmt: skip
-    c, h, w = data.images.shape[1:]
+    datasets, preprocessing, input_args = pipeline.build_datasets(data, targets, splits, cfg)
     info = {
         "biomx_version": biomx.__version__,
         "name": cfg.name,
-        "model": {"name": cfg.model.name, "args": {**cfg.model.args, "in_channels": c, "out_dim": task.out_dim}},
+        "model": {"name": cfg.model.name, "args": {**cfg.model.args, **input_args, "out_dim": task.out_dim}},
         "task": {"kind": task.kind, "classes": task.classes, "threshold": task.threshold},
-        "preprocessing": {
-            "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.window,
-            "dicom_frames": cfg.data.dicom_frames, "mean": mean, "std": std,
-        },
-    }  # fmt: skip
+        "preprocessing": preprocessing,
+    }
     return Prepared(cfg, data, targets, task, splits, datasets, info)
 
 
@@ -233,26 +210,24 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
 
         weights, _ = load_checkpoint(best)
         trainer.model.load_state_dict(weights)
-    evaluation, examples = None, []
+    evaluation, examples, extra = None, [], []
     test = p.datasets["test"]
     if len(test):
+        pipeline = get_pipeline(p.cfg.data.modality)
+        trainer.net = pipeline.inference_model(trainer.model, p.info["preprocessing"])  # e.g. strand averaging
         outputs, targets = trainer.predict(test, batch_size=p.cfg.eval.batch_size)
         if dist.is_main():
             ids = [p.data.ids[i] for i in p.splits["test"]]
-            evaluation = evaluate_split(trainer.model, p.task, outputs, targets, ids, run_dir,
-                                        p.cfg.eval, p.cfg.train.seed)  # fmt: skip
+            evaluation = evaluate_split(p.task, outputs, targets, ids, run_dir, p.cfg.eval, p.cfg.train.seed)
             console.print(summary_line(evaluation))
             probs = p.task.probabilities(outputs).numpy()
-            chosen = pick_examples(p.task, probs, targets.numpy(), p.cfg.eval.explain)
-            display = p.data.images[torch.as_tensor(p.splits["test"])]
-            if display.dtype == torch.uint8:
-                display = display.float() / 255
-            examples = explain_examples(trainer.model, p.task, test, display, probs, targets.numpy(), chosen)
+            examples, extra = pipeline.explain(trainer.model, p.task, p.data, p.splits["test"], test, probs,
+                                               targets.numpy(), p.cfg.eval.explain, p.cfg)  # fmt: skip
     if dist.is_main():
         notes = [f"skipped unreadable file: {f} ({r})" for f, r in p.data.skipped[:50]]
         if len(p.data.skipped) > 50:
             notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
-        write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, examples,
+        write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, examples, extra,
                          p.cfg.model_dump(mode="json"), environment(trainer.device, trainer.world), notes)  # fmt: skip
     dist.barrier()
     return evaluation

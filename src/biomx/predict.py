@@ -1,13 +1,15 @@
-"""Call a trained run's model on new image files: one CSV row of probabilities per file."""
+"""Call a trained run's model on new inputs: one CSV row of probabilities per file or record."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from biomx.errors import DataError
-from biomx.modalities.image import decode_images, is_image_file
+from biomx.modalities import get_pipeline
+from biomx.modalities.image import is_image_file
 from biomx.runs import load_run_model, write_csv
 from biomx.tasks.classification import build_task
 
@@ -33,36 +35,31 @@ def predict_files(
     run_dir: str | Path, inputs: list[str | Path], output: str | Path | None = None,
     *, skip_errors: bool = False, batch_size: int = 256,
 ) -> dict[str, list]:
-    """Predict class probabilities for image files with a run's best model.
+    """Predict class probabilities for new inputs with a run's best model.
 
     Args:
         run_dir: a finished (or interrupted) run directory.
-        inputs: image files and/or folders of images.
+        inputs: what the run's modality reads: image files and/or folders of images;
+            FASTA / CSV files of sequences.
         output: CSV to write (atomically); None = only return the columns.
-        skip_errors: leave out unreadable files (listed in the "error" output) instead of failing.
+        skip_errors: leave out unreadable inputs (listed under "_failures") instead of failing.
 
     Returns:
-        Columns: "path", "prob_<class>" for each class, "predicted".
+        Columns: "path" (file or record id), "prob_<class>" for each class, "predicted",
+        and "_failures": (input, reason) pairs.
 
     Raises:
         DataError: an unreadable input (unless skip_errors), a missing path.
     """
     model, info = load_run_model(run_dir)
     pre, task_info = info["preprocessing"], info["task"]
+    pipeline = get_pipeline(pre["modality"])
+    model = pipeline.inference_model(model, pre).eval()
     task = build_task(task_info["kind"], task_info["classes"], threshold=task_info["threshold"])
-    files = collect_inputs(inputs)
-    images, kept, failures = decode_images(
-        files, size=tuple(pre["image_size"]), channels=pre["channels"], window=pre["window"],
-        dicom_frames=pre["dicom_frames"], on_error="skip" if skip_errors else "raise",
-    )  # fmt: skip
-    probs = []
-    for batch in images.split(batch_size):
-        x = batch.float()
-        if pre["mean"] is not None:
-            x = (x - torch.tensor(pre["mean"]).view(1, -1, 1, 1)) / torch.tensor(pre["std"]).view(1, -1, 1, 1)
-        probs.append(task.probabilities(model(x)))
-    probs_np = torch.cat(probs).numpy() if probs else torch.zeros(0).numpy()
-    columns: dict[str, list] = {"path": [str(files[i]) for i in kept]}
+    x, names, failures = pipeline.read_inputs(pre, inputs, skip_errors)
+    probs = [task.probabilities(model(batch)) for batch in x.split(batch_size)]
+    probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, task.out_dim)).squeeze(-1)
+    columns: dict[str, list] = {"path": names}
     for name, values in task.prediction_columns(probs_np).items():
         columns[name] = [f"{v:.6f}" if isinstance(v, float) else v for v in values.tolist()]
     if output is not None:

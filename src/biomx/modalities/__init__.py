@@ -1,1 +1,19 @@
-"""Modalities: how each kind of raw input (images, ...) becomes tensors."""
+"""Modalities: how each kind of data is read, checked, augmented and batched.
+
+Each modality has a low-level module (`image.py`, `sequence.py`: formats, encodings,
+datasets) and a pipeline module (`image_pipeline.py`, ...) that connects it to an
+experiment with the same five functions: `load`, `build_datasets`, `inference_model`,
+`explain`, `read_inputs`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+PIPELINES = {"image": "biomx.modalities.image_pipeline", "sequence": "biomx.modalities.sequence_pipeline"}
+
+
+def get_pipeline(modality: str) -> ModuleType:
+    """The pipeline module of a modality named in a config (only names listed here)."""
+    return importlib.import_module(PIPELINES[modality])

@@ -302,6 +302,19 @@ def _examples_section(examples: list[dict]) -> str:
     )
 
 
+def _extra_section(section: dict) -> str:
+    parts = [f"<h2>{html.escape(str(section['title']))}</h2>"]
+    if section.get("text"):
+        parts.append(f"<p>{html.escape(str(section['text']))}</p>")
+    if section.get("table"):
+        table = section["table"]
+        rows = [[html.escape(str(cell)) for cell in row] for row in table["rows"]]
+        parts.append(_table([str(h) for h in table["header"]], rows, numeric=False))
+    for fig in section.get("figures", []):
+        parts.append(_img(figure_to_data_uri(fig), str(section["title"])))
+    return "\n".join(parts)
+
+
 def _plain(value: Any) -> Any:
     """Make a config YAML-safe: paths, numpy scalars, tuples and other objects."""
     if isinstance(value, dict):
@@ -325,6 +338,7 @@ def write_report(
     environment: dict,
     examples: list[dict] | None = None,
     notes: list[str] | None = None,
+    extra: list[dict] | None = None,
 ) -> Path:
     """Write the run report as one self-contained HTML file, atomically.
 
@@ -340,6 +354,9 @@ def write_report(
         examples: dicts with `image` (C, H, W) in [0, 1], `heatmap` (H, W) or None, and
             `caption`, shown as an image/Grad-CAM grid.
         notes: free-text remarks (e.g. skipped files).
+        extra: modality-specific sections, each `{"title": str, "text": str (optional),
+            "figures": [Figure, ...] (optional), "table": {"header": [...], "rows": [[...]]}
+            (optional)}`; text and cells are escaped.
 
     Returns:
         `path`.
@@ -356,6 +373,7 @@ def write_report(
     ]
     if examples:
         sections.append(_examples_section(examples))
+    sections += [_extra_section(section) for section in extra or []]
     config_yaml = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
     sections.append(f"<h2>Resolved config</h2><pre>{html.escape(config_yaml)}</pre>")
     env_rows = [[html.escape(str(k)), html.escape(str(v))] for k, v in environment.items()]

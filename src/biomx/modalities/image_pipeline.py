@@ -1,0 +1,226 @@
+"""The image modality in an experiment: config -> samples -> datasets, explanations, predictions.
+
+Sources: a folder-per-class tree, a CSV manifest, an .npz file, or an embedded dataset.
+Everything ends as one (N, C, H, W) tensor in [0, 1] with string labels, so the split,
+the task and the trainer never see a file format. Every pipeline module offers the same
+five functions: `load`, `build_datasets`, `inference_model`, `explain`, `read_inputs`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from biomx.config import DataConfig, ExperimentConfig
+from biomx.data.samples import Samples, sha256_file
+from biomx.datasets import get_dataset
+from biomx.errors import DataError
+from biomx.explain.gradcam import gradcam
+from biomx.modalities.image import (
+    Augment,
+    ImageTensorDataset,
+    decode_images,
+    load_npz_splits,
+    records_from_csv,
+    records_from_folder,
+)
+from biomx.tasks.classification import ClassificationTask
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def _fit_size_and_channels(images: torch.Tensor, size: tuple[int, int] | None, channels: int) -> torch.Tensor:
+    """Resize / convert an (N, C, H, W) uint8 array source once, up front."""
+    if images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    elif images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    if size is not None and tuple(images.shape[-2:]) != tuple(size):
+        down = size[0] < images.shape[-2]
+        chunks = [
+            F.interpolate(chunk.float() / 255, size=size, mode="bilinear", align_corners=False, antialias=down)
+            for chunk in images.split(1024)
+        ]
+        images = torch.cat(chunks).clamp(0, 1).to(torch.float16)
+    return images
+
+
+def _from_npz(path: Path, cfg: DataConfig, classes: list[str] | None) -> Samples:
+    splits = load_npz_splits(path)
+    images, labels, ids, predefined, start = [], [], [], {}, 0
+    for name, (x, y) in splits.items():
+        images.append(torch.from_numpy(x))
+        names = classes or [str(i) for i in range(int(y.max()) + 1)]
+        if y.ndim == 2:  # multilabel
+            labels += [[names[k] for k in np.flatnonzero(row)] for row in y]
+        else:
+            if int(y.max()) >= len(names):
+                raise DataError(f"{path}: {name}_labels has class index {int(y.max())} but only "
+                                f"{len(names)} classes are named in task.classes")  # fmt: skip
+            labels += [names[int(k)] for k in y]
+        ids += [f"{name}:{i}" for i in range(len(y))]
+        predefined[name] = np.arange(start, start + len(y))
+        start += len(y)
+    tensor = _fit_size_and_channels(torch.cat(images), cfg.image_size, cfg.channels)
+    return Samples(tensor, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
+
+
+def _from_files(cfg: DataConfig) -> Samples:
+    path = Path(cfg.path)
+    if cfg.source == "folder":
+        records = records_from_folder(path)
+        where = {i: str(p) for i, p in enumerate(records.paths)}
+    else:
+        records = records_from_csv(path, path_column=cfg.path_column, label_column=cfg.label_column,
+                                   group_column=cfg.group_column)  # fmt: skip
+        where = {i: f"{path}: row {i + 2}" for i in range(len(records))}
+    images, kept, failures = decode_images(
+        records.paths, size=tuple(cfg.image_size), channels=cfg.channels, window=cfg.window,
+        dicom_frames=cfg.dicom_frames, on_error=cfg.on_error,
+    )  # fmt: skip
+    groups = [records.groups[i] for i in kept]
+    kept_paths = [records.paths[i] for i in kept]
+    return Samples(
+        inputs=images,
+        labels=[records.labels[i] for i in kept],
+        ids=[str(p) for p in kept_paths],
+        groups=np.array(groups, dtype=object) if any(g for g in groups) else None,
+        skipped=[(str(p), reason) for p, reason in failures],
+        hashes=[sha256_file(p) for p in kept_paths],
+        source_sha256=sha256_file(path) if path.is_file() else None,
+        where={new: where[old] for new, old in enumerate(kept)},
+    )
+
+
+def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
+    """Read every image named by `cfg` into memory.
+
+    Args:
+        cfg: the experiment's `data:` section.
+        classes: class names from `task.classes` (names npz integer labels).
+
+    Raises:
+        DataError: unreadable files (unless `on_error: skip`), bad manifests, empty sources.
+    """
+    if cfg.source == "dataset":
+        dataset = get_dataset(cfg.path)
+        samples = _from_npz(dataset.path, cfg, classes or list(dataset.classes))
+        samples.default_classes = list(dataset.classes)
+        return samples
+    if cfg.source == "npz":
+        return _from_npz(Path(cfg.path), cfg, classes)
+    if cfg.source in ("folder", "csv"):
+        return _from_files(cfg)
+    raise DataError(f"data.source: {cfg.source!r} is not an image source; use folder, csv, npz or dataset")
+
+
+# ---------------------------------------------------------------------------------- datasets
+
+
+def build_datasets(
+    samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray], cfg: ExperimentConfig
+) -> tuple[dict[str, ImageTensorDataset], dict[str, Any], dict[str, Any]]:
+    """Per-split datasets (augmenting only train), the preprocessing record, model input args."""
+    images = samples.inputs
+    mean = std = None
+    if cfg.data.normalize:  # statistics of the training images only (no test leakage)
+        sample = images[torch.as_tensor(splits["train"][:20000])].float()
+        if images.dtype == torch.uint8:
+            sample /= 255
+        mean = sample.mean(dim=(0, 2, 3)).tolist()
+        std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+    augment = Augment(**cfg.data.augment.model_dump())
+    datasets = {}
+    for name, idx in splits.items():
+        index = torch.as_tensor(idx, dtype=torch.long)
+        datasets[name] = ImageTensorDataset(
+            images[index], targets[index], augment=augment if name == "train" else None,
+            normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed,
+        )  # fmt: skip
+    c, h, w = images.shape[1:]
+    preprocessing = {
+        "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.window,
+        "dicom_frames": cfg.data.dicom_frames, "mean": mean, "std": std,
+    }  # fmt: skip
+    return datasets, preprocessing, {"in_channels": c}
+
+
+def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
+    return model
+
+
+# ---------------------------------------------------------------------------------- explanations
+
+
+def _pick(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
+    """Test cases worth looking at: the most confident hits and the most confident misses."""
+    if n <= 0 or len(targets) == 0:
+        return []
+    if task.kind == "multilabel":
+        return list(range(min(n, len(targets))))
+    predicted = task.predict_labels(probs)
+    confidence = probs if task.kind == "binary" else probs.max(axis=1)
+    if task.kind == "binary":
+        confidence = np.where(predicted == 1, confidence, 1 - confidence)
+    truth = targets.astype(np.int64)
+    wrong, right = np.flatnonzero(predicted != truth), np.flatnonzero(predicted == truth)
+    wrong = wrong[np.argsort(-confidence[wrong])][: n // 2]
+    right = right[np.argsort(-confidence[right])][: n - len(wrong)]
+    return sorted(np.concatenate([right, wrong]).tolist())
+
+
+def explain(
+    model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
+    test_data: ImageTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
+) -> tuple[list[dict], list[dict]]:
+    """Grad-CAM maps for chosen test images: (report examples, no extra sections)."""
+    chosen = _pick(task, probs, targets, n)
+    if not chosen:
+        return [], []
+    x, _ = test_data.__getitems__(chosen)
+    predicted = task.predict_labels(probs[chosen])
+    # Binary models have one logit: explain it (evidence for the positive class).
+    target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
+    device = next(model.parameters()).device
+    heatmaps = gradcam(model, x.to(device), target).cpu().numpy()
+    display = samples.inputs[torch.as_tensor(test_index[chosen])].float()
+    if samples.inputs.dtype == torch.uint8:
+        display /= 255
+    examples = []
+    for row, i in enumerate(chosen):
+        if task.kind == "multilabel":
+            caption = f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(targets[i])) or '-'}"
+        else:
+            p = probs[i] if task.kind == "binary" else probs[i].max()
+            caption = (f"true: {task.classes[int(targets[i])]} | predicted: "
+                       f"{task.classes[int(predicted[row])]} (p={float(p):.2f})")  # fmt: skip
+        examples.append({"image": display[row].numpy(), "heatmap": heatmaps[row], "caption": caption})
+    return examples, []
+
+
+# ---------------------------------------------------------------------------------- prediction
+
+
+def read_inputs(
+    preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
+) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """Image files/folders -> a model-ready float batch, names, and skipped files."""
+    from biomx.predict import collect_inputs
+
+    files = collect_inputs(inputs)
+    images, kept, failures = decode_images(
+        files, size=tuple(preprocessing["image_size"]), channels=preprocessing["channels"],
+        window=preprocessing["window"], dicom_frames=preprocessing["dicom_frames"],
+        on_error="skip" if skip_errors else "raise",
+    )  # fmt: skip
+    x = images.float()
+    if preprocessing["mean"] is not None:
+        mean = torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1)
+        x = (x - mean) / torch.tensor(preprocessing["std"]).view(1, -1, 1, 1)
+    return x, [str(files[i]) for i in kept], failures
