@@ -28,10 +28,21 @@ class Section(BaseModel):
 class SplitConfig(Section):
     """How samples are divided into train / val / test."""
 
-    method: Literal["stratified", "random", "group", "predefined"] = "stratified"
+    method: Literal["stratified", "random", "group", "predefined", "chromosome"] = "stratified"
     val: Fraction = 0.1  # fraction of all samples (of train, for `predefined` without a val split)
     test: Fraction = 0.15
     seed: int = 0
+    val_chromosomes: list[str] = []  # chromosome: held out for validation (e.g. [chr8])
+    test_chromosomes: list[str] = []  # chromosome: held out for testing (e.g. [chr9])
+
+    @model_validator(mode="after")
+    def _chromosomes_named(self) -> SplitConfig:
+        if self.method == "chromosome" and not self.test_chromosomes:
+            raise ValueError("method 'chromosome' needs test_chromosomes, e.g. [chr8, chr9]")
+        overlap = set(self.val_chromosomes) & set(self.test_chromosomes)
+        if overlap:
+            raise ValueError(f"chromosomes {sorted(overlap)} are in both val_chromosomes and test_chromosomes")
+        return self
 
 
 class AugmentConfig(Section):
@@ -48,12 +59,30 @@ class AugmentConfig(Section):
     noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # Gaussian std on [0, 1] intensities
 
 
+class SequenceConfig(Section):
+    """How DNA, RNA or protein sequences are read and encoded (data.modality: sequence)."""
+
+    alphabet: Literal["dna", "rna", "protein"] = "dna"
+    length: PositiveInt | None = None  # pad / centre-crop to this length; None = the longest
+    files: dict[str, str] | None = None  # source fasta, labels from files: {label: file in data.path}
+    label_from: Literal["file", "header", "csv"] = "file"  # source fasta: where labels come from
+    labels_csv: str | None = None  # label_from csv: id,label table
+    sequence_column: str = "sequence"  # source csv
+    id_column: str = "id"
+    genome: str | None = None  # source intervals: indexed genome FASTA
+    flank: Annotated[int, Field(ge=0)] = 0  # source intervals: bases added on each side
+    rc_augment: bool = False  # DNA/RNA: reverse-complement half the training samples
+    shift: Annotated[int, Field(ge=0)] = 0  # random shift by up to this many bases
+    strand_average: bool = True  # DNA/RNA: average both strands at test and prediction
+    known_motifs: dict[str, str] = {}  # class -> consensus (IUPAC), compared in the report
+
+
 class DataConfig(Section):
     """Where the samples come from and how they become tensors."""
 
-    source: Literal["folder", "csv", "npz", "dataset"]
-    path: str  # folder, CSV manifest, .npz file, or an embedded dataset name (`biomx datasets`)
-    modality: Literal["image"] = "image"
+    source: Literal["folder", "csv", "npz", "dataset", "fasta", "intervals"]
+    path: str  # folder, CSV, .npz, FASTA (or folder of FASTA), BED, or an embedded dataset name
+    modality: Literal["image", "sequence"] = "image"
     image_size: tuple[PositiveInt, PositiveInt] | None = None  # [H, W]; None keeps the npz size
     channels: Literal[1, 3] = 1
     window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
@@ -64,13 +93,20 @@ class DataConfig(Section):
     normalize: bool = True  # standardise with the training split's mean and std
     split: SplitConfig = SplitConfig()
     augment: AugmentConfig = AugmentConfig()
+    sequence: SequenceConfig = SequenceConfig()
     on_error: Literal["raise", "skip"] = "raise"  # skip = drop unreadable files, list them in the run
     num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
-    def _files_need_a_size(self) -> DataConfig:
-        if self.source in ("folder", "csv") and self.image_size is None:
+    def _sources_fit_the_modality(self) -> DataConfig:
+        sources = {"image": ("folder", "csv", "npz", "dataset"), "sequence": ("fasta", "csv", "intervals")}
+        if self.source not in sources[self.modality]:
+            raise ValueError(f"source {self.source!r} does not hold {self.modality} data; "
+                             f"use one of {', '.join(sources[self.modality])}")  # fmt: skip
+        if self.modality == "image" and self.source in ("folder", "csv") and self.image_size is None:
             raise ValueError("image_size is required for folder and csv sources, e.g. [224, 224]")
+        if self.source == "intervals" and not self.sequence.genome:
+            raise ValueError("source 'intervals' needs sequence.genome (an indexed FASTA)")
         return self
 
 
@@ -218,12 +254,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _resolve(value: Any, base: Path) -> Any:
+    if not isinstance(value, str):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     # Relative data paths are relative to the config file, so a config works from any cwd.
     data = raw.get("data")
-    if isinstance(data, dict) and data.get("source") != "dataset" and isinstance(data.get("path"), str):
-        path = Path(data["path"]).expanduser()
-        data["path"] = str(path if path.is_absolute() else (base / path).resolve())
+    if not isinstance(data, dict):
+        return
+    if data.get("source") != "dataset" and "path" in data:
+        data["path"] = _resolve(data["path"], base)
+    sequence = data.get("sequence")
+    if isinstance(sequence, dict):
+        for key in ("genome", "labels_csv"):
+            if key in sequence:
+                sequence[key] = _resolve(sequence[key], base)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

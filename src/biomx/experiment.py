@@ -64,6 +64,8 @@ def check_config(cfg: ExperimentConfig) -> None:
 def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict[str, np.ndarray]:
     s = cfg.data.split
     labels = targets.numpy() if targets.ndim == 1 else None
+    if s.method == "chromosome":
+        return _chromosome_splits(s, data, labels)
     if s.method == "predefined":
         if not data.predefined or "train" not in data.predefined:
             raise ConfigError("data.split.method: 'predefined' needs an npz with train_/val_ arrays")
@@ -83,6 +85,29 @@ def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict
         return {"train": rest, "val": empty if val is None else val, "test": empty if test is None else test}
     return split_indices(len(targets), method=s.method, val=s.val, test=s.test, seed=s.seed,
                          labels=labels, groups=data.groups)  # fmt: skip
+
+
+def _chromosome_splits(s, data: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Hold out whole chromosomes, so overlapping windows cannot leak between splits."""
+    if data.chromosomes is None or any(c is None for c in data.chromosomes):
+        raise ConfigError("data.split.method: 'chromosome' needs every record id to be an interval "
+                          "like chr8:100-300 (or an intervals source)")  # fmt: skip
+    chroms = data.chromosomes
+    known = set(chroms.tolist())
+    for key in ("val_chromosomes", "test_chromosomes"):
+        missing = [c for c in getattr(s, key) if c not in known]
+        if missing:
+            raise ConfigError(f"data.split.{key}: {missing} not in the data (have {sorted(known)[:30]})")
+    test = np.flatnonzero(np.isin(chroms, s.test_chromosomes))
+    if s.val_chromosomes:
+        val = np.flatnonzero(np.isin(chroms, s.val_chromosomes))
+        train = np.flatnonzero(~np.isin(chroms, s.val_chromosomes + s.test_chromosomes))
+    else:  # a stratified fraction of the remaining chromosomes' samples
+        rest = np.flatnonzero(~np.isin(chroms, s.test_chromosomes))
+        part = split_indices(len(rest), method="stratified", val=0.0, test=s.val, seed=s.seed,
+                             labels=None if labels is None else labels[rest])  # fmt: skip
+        train, val = rest[part["train"]], rest[part["test"]]
+    return {"train": train, "val": val, "test": test}
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -141,13 +166,16 @@ def _check_same_split(run_dir: Path, p: Prepared) -> None:
     """A resumed or re-evaluated run must see exactly the data it was trained on."""
     import csv
 
-    with open(run_dir / "split.csv", newline="") as f:
-        saved = {row["id"]: row["split"] for row in csv.DictReader(f)}
+    split_of = np.empty(len(p.targets), dtype=object)
     for name, idx in p.splits.items():
-        for i in idx:
-            if saved.get(p.data.ids[i]) != name:
-                raise BiomxError(f"{run_dir}: the data or its split changed since this run was made "
-                                 f"(sample {p.data.ids[i]!r}); start a new run")  # fmt: skip
+        split_of[idx] = name
+    with open(run_dir / "split.csv", newline="") as f:
+        saved = [(row["id"], row["split"]) for row in csv.DictReader(f)]
+    now = list(zip(p.data.ids, split_of.tolist(), strict=True))
+    if saved != now:
+        first = next((i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if a != b), min(len(saved), len(now)))
+        raise BiomxError(f"{run_dir}: the data or its split changed since this run was made "
+                         f"(first difference at sample {first + 1} of split.csv); start a new run")  # fmt: skip
 
 
 def _trainer(p: Prepared, run_dir: Path | None) -> Trainer:
@@ -223,6 +251,9 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
             probs = p.task.probabilities(outputs).numpy()
             examples, extra = pipeline.explain(trainer.model, p.task, p.data, p.splits["test"], test, probs,
                                                targets.numpy(), p.cfg.eval.explain, p.cfg)  # fmt: skip
+            found = {section["title"]: section["json"] for section in extra if "json" in section}
+            if found:
+                write_json(run_dir / "explanations.json", found)
     if dist.is_main():
         notes = [f"skipped unreadable file: {f} ({r})" for f, r in p.data.skipped[:50]]
         if len(p.data.skipped) > 50:

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from biomx.errors import ConfigError
-from biomx.models import image2d
+from biomx.models import image2d, sequence
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,17 @@ register("resnet18", image2d.resnet18, "image", "ResNet-18 (MONAI)")
 register("resnet34", image2d.resnet34, "image", "ResNet-34 (MONAI)")
 register("resnet50", image2d.resnet50, "image", "ResNet-50, bottleneck blocks (MONAI)")
 register("densenet121", image2d.densenet121, "image", "DenseNet-121 (MONAI), CheXNet backbone")
+register("deepsea", sequence.deepsea, "sequence", "DeepSEA, 3-layer DNA CNN (Zhou 2015)")
+register("basset", sequence.basset, "sequence", "Basset, DNA CNN with batch norm (Kelley 2016)")
+register("danq", sequence.danq, "sequence", "DanQ, DNA CNN + BiLSTM (Quang & Xie 2016)")
+register(
+    "sequence_transformer",
+    sequence.sequence_transformer,
+    "sequence",
+    "Small transformer encoder over patches, padding-masked",
+)
+register("protein_cnn", sequence.protein_cnn, "sequence", "Multi-kernel protein CNN, max pool")
+register("protein_lstm", sequence.protein_lstm, "sequence", "Protein BiLSTM, mean + max pool")
 
 
 def model_names() -> list[str]:

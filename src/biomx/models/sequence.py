@@ -82,16 +82,21 @@ def deepsea(
     c1, c2, c3 = width, width * 3 // 2, width * 3
     hidden = max(1, width * 925 // 320)
     bins = length // 4 // 4  # positions left after the two max-pools (floor, as nn.MaxPool1d)
+    # "same" padding for the even kernel 8 is 3 left + 4 right; written out because
+    # Conv1d(padding="same") warns about even kernels
     return nn.Sequential(
-        nn.Conv1d(in_channels, c1, 8, padding="same"),
+        nn.ConstantPad1d((3, 4), 0.0),
+        nn.Conv1d(in_channels, c1, 8),
         nn.ReLU(inplace=True),
         nn.MaxPool1d(4),
         nn.Dropout(dropout),
-        nn.Conv1d(c1, c2, 8, padding="same"),
+        nn.ConstantPad1d((3, 4), 0.0),
+        nn.Conv1d(c1, c2, 8),
         nn.ReLU(inplace=True),
         nn.MaxPool1d(4),
         nn.Dropout(dropout),
-        nn.Conv1d(c2, c3, 8, padding="same"),
+        nn.ConstantPad1d((3, 4), 0.0),
+        nn.Conv1d(c2, c3, 8),
         nn.ReLU(inplace=True),
         nn.AdaptiveMaxPool1d(bins),
         nn.Dropout(dropout),
@@ -158,7 +163,7 @@ class DanQ(nn.Module):
         self, in_channels: int, out_dim: int, filters: int, hidden: int, dropout: float
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(in_channels, filters, 26, padding="same")
+        self.conv = nn.Conv1d(in_channels, filters, 26)  # "same"-padded in forward
         self.pool = nn.MaxPool1d(13)
         self.dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(filters, hidden, batch_first=True, bidirectional=True)
@@ -168,13 +173,19 @@ class DanQ(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.dropout(self.pool(F.relu(self.conv(x))))  # (B, filters, L // 13)
+        # "same" padding for the even kernel 26 (12 left + 13 right), written out because
+        # Conv1d(padding="same") warns about even kernels
+        h = self.dropout(self.pool(F.relu(self.conv(F.pad(x, (12, 13))))))  # (B, filters, L // 13)
         h, _ = self.lstm(h.transpose(1, 2))  # (B, L // 13, 2 * hidden)
         return self.head(self.dropout(h.amax(1)))
 
 
 def danq(
-    in_channels: int = 4, out_dim: int = 1, filters: int = 320, hidden: int = 320, dropout: float = 0.2
+    in_channels: int = 4,
+    out_dim: int = 1,
+    filters: int = 320,
+    hidden: int = 320,
+    dropout: float = 0.2,
 ) -> nn.Module:
     """DanQ: conv + max-pool + BiLSTM + dense (see `DanQ`)."""
     return DanQ(in_channels, out_dim, filters, hidden, dropout)
@@ -336,7 +347,11 @@ class ProteinLSTM(nn.Module):
 
 
 def protein_lstm(
-    in_channels: int = 20, out_dim: int = 1, hidden: int = 128, layers: int = 1, dropout: float = 0.2
+    in_channels: int = 20,
+    out_dim: int = 1,
+    hidden: int = 128,
+    layers: int = 1,
+    dropout: float = 0.2,
 ) -> nn.Module:
     """BiLSTM with masked mean + max pooling for proteins (see `ProteinLSTM`)."""
     if layers < 1:
@@ -368,7 +383,7 @@ class StrandAveraged(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != 4:
-            raise ValueError(f"expected one-hot DNA (B, 4, L) in ACGT order; got {tuple(x.shape)}")
+            raise ValueError(f"expected one-hot DNA (B, 4, L), ACGT order; got {tuple(x.shape)}")
         return (self.model(x) + self.model(reverse_complement(x))) / 2
 
 

@@ -1,0 +1,448 @@
+"""Explanations for DNA sequence models: which bases drive a prediction, and which motifs.
+
+All functions work on one-hot DNA of shape (B, 4, L) in ACGT order and a model that maps it
+to (B, K) logits; `target` picks the logit to explain (0 for a binary, single-logit model: the
+positive class). Three attribution methods:
+
+- `in_silico_mutagenesis`: the exact change of the logit for each of the 3L single-base
+  substitutions. Model-agnostic and easy to read, 3L forward passes per sequence.
+- `integrated_gradients`: Captum's IG from a baseline (shuffled sequence, zeros or 0.25).
+- `saliency`: gradient x input, one backward pass; fast but local.
+
+Gradient methods return "x input" scores: only the observed base of each position has a
+non-zero score, its contribution, which is what a sequence logo of one sequence shows.
+`find_motifs` groups high-attribution windows over many sequences into PWMs (a small
+TF-MoDISco) and `match_motif` compares a PWM with a known consensus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import numpy as np
+import torch
+from captum.attr import InputXGradient, IntegratedGradients
+from matplotlib.axes import Axes
+from matplotlib.collections import PatchCollection
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import PathPatch
+from matplotlib.path import Path as MplPath
+from matplotlib.textpath import TextPath
+from matplotlib.transforms import Affine2D
+from torch import Tensor, nn
+
+from biomx.errors import BiomxError
+
+BASES = "ACGT"
+IUPAC = {"A": "A", "C": "C", "G": "G", "T": "T", "U": "T", "R": "AG", "Y": "CT", "S": "CG",
+         "W": "AT", "K": "GT", "M": "AC", "B": "CGT", "D": "AGT", "H": "ACT", "V": "ACG",
+         "N": "ACGT"}
+_COMPLEMENT = str.maketrans("ACGTURYSWKMBDHVN", "TGCAAYRSWMKVHDBN")
+LOGO_COLORS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the model in eval mode, then restore every submodule's own training flag."""
+    was_training = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        # Per module, not model.train(flag): frozen eval-mode parts must stay that way.
+        for module, training in was_training.items():
+            module.training = training
+
+
+def _as_batch(x: Tensor, name: str) -> Tensor:
+    """Check a one-hot input and return it as a float (B, 4, L) batch."""
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() != 3 or x.shape[1] != 4:
+        raise BiomxError(f"{name} needs one-hot DNA of shape (B, 4, L) or (4, L), "
+                         f"got {tuple(x.shape)}")
+    return x.detach().float()
+
+
+def _target_logit(logits: Tensor, target: int, batch: int) -> Tensor:
+    """The `target` column of (B, K) logits, with a clear error for a bad shape or target."""
+    if logits.dim() != 2 or logits.shape[0] != batch:
+        raise BiomxError(f"the model must return (B, K) logits, got shape {tuple(logits.shape)} "
+                         f"for {batch} sequences")
+    if not 0 <= target < logits.shape[1]:
+        raise BiomxError(f"target {target} is out of range for a model with {logits.shape[1]} "
+                         f"outputs (valid: 0..{logits.shape[1] - 1}; a binary model has only 0)")
+    return logits[:, target].float()
+
+
+def in_silico_mutagenesis(model: nn.Module, x: Tensor, *, target: int = 0,
+                          batch_size: int = 512) -> Tensor:
+    """Predicted change of the target logit for every single-base substitution.
+
+    Args:
+        model: maps (B, 4, L) one-hot DNA to (B, K) logits.
+        x: one sequence (4, L) or a batch (B, 4, L), one-hot in ACGT order.
+        target: the logit to explain (0 for a single-logit binary model).
+        batch_size: mutants per forward pass.
+
+    Returns:
+        (B, 4, L) float tensor on x's device: effects[b, k, j] = logit(sequence b with base k
+        at position j) - logit(sequence b). It is 0 at the observed bases; a position that is
+        not one-hot (e.g. N = 0.25 each) gets all four substitutions.
+
+    Raises:
+        BiomxError: if x is not (B, 4, L), the model does not return (B, K) logits or the
+            target is out of range.
+    """
+    x = _as_batch(x, "in_silico_mutagenesis")
+    effects = torch.zeros_like(x)
+    with _eval_mode(model), torch.no_grad():
+        for i, sequence in enumerate(x):
+            reference = _target_logit(model(sequence[None]), target, 1)[0]
+            # Every (base, position) that is not already the observed base: 3L mutants.
+            bases, positions = torch.nonzero(sequence != 1, as_tuple=True)
+            for lo in range(0, len(bases), batch_size):
+                b, p = bases[lo:lo + batch_size], positions[lo:lo + batch_size]
+                rows = torch.arange(len(b), device=x.device)
+                mutants = sequence.expand(len(b), -1, -1).clone()
+                mutants[rows, :, p] = 0.0
+                mutants[rows, b, p] = 1.0
+                effects[i, b, p] = _target_logit(model(mutants), target, len(b)) - reference
+    return effects
+
+
+def _shuffled(x: Tensor, seed: int) -> Tensor:
+    """Each sequence with its positions permuted: same base composition, motifs destroyed."""
+    generator = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(x.shape[2], generator=generator) for _ in range(x.shape[0])]
+    return torch.stack([seq[:, perm.to(x.device)] for seq, perm in zip(x, perms, strict=True)])
+
+
+def integrated_gradients(model: nn.Module, x: Tensor, *, target: int = 0, steps: int = 50,
+                         baseline: str = "shuffle", seed: int = 0,
+                         batch_size: int = 1024) -> Tensor:
+    """Integrated gradients (Captum), returned as attribution x input.
+
+    IG integrates the gradient along the straight path from a baseline to the input. Its raw
+    attribution is non-zero for bases that are absent too (their value moves from the
+    baseline's to 0); multiplying by the one-hot input keeps only the observed base's
+    contribution, the usual form for logos and motif discovery. (The raw scores sum to
+    logit(x) - logit(baseline); the kept ones sum to that minus the absent bases' share.)
+
+    Args:
+        model: maps (B, 4, L) one-hot DNA to (B, K) logits.
+        x: (B, 4, L) one-hot batch.
+        target: the logit to explain.
+        steps: integration steps.
+        baseline: "shuffle" (each sequence's positions randomly permuted, a background with
+            the same composition), "zeros" or "uniform" (0.25 for every base).
+        seed: seed of the shuffle.
+        batch_size: interpolated inputs per forward pass (Captum's internal_batch_size).
+
+    Returns:
+        (B, 4, L) float tensor of contributions, zero at absent bases.
+
+    Raises:
+        BiomxError: bad input shape, unknown baseline, bad model output or target.
+    """
+    x = _as_batch(x, "integrated_gradients")
+    if baseline == "shuffle":
+        base = _shuffled(x, seed)
+    elif baseline in ("zeros", "uniform"):
+        base = torch.full_like(x, 0.0 if baseline == "zeros" else 0.25)
+    else:
+        raise BiomxError(f"unknown IG baseline {baseline!r}; use 'shuffle', 'zeros' or 'uniform'")
+    with _eval_mode(model):
+        with torch.no_grad():
+            _target_logit(model(x[:1]), target, 1)
+        with torch.enable_grad():
+            attr = IntegratedGradients(model).attribute(
+                x.clone().requires_grad_(True), baselines=base, target=target, n_steps=steps,
+                internal_batch_size=max(batch_size, 1))
+    return (attr * x).detach()
+
+
+def saliency(model: nn.Module, x: Tensor, *, target: int = 0) -> Tensor:
+    """Gradient x input: the first-order contribution of each observed base.
+
+    Args:
+        model: maps (B, 4, L) one-hot DNA to (B, K) logits.
+        x: (B, 4, L) one-hot batch.
+        target: the logit to explain.
+
+    Returns:
+        (B, 4, L) float tensor, zero at absent bases.
+
+    Raises:
+        BiomxError: bad input shape, model output or target.
+    """
+    x = _as_batch(x, "saliency")
+    with _eval_mode(model):
+        with torch.no_grad():
+            _target_logit(model(x[:1]), target, 1)
+        with torch.enable_grad():
+            attr = InputXGradient(model).attribute(x.clone().requires_grad_(True), target=target)
+    return attr.detach()
+
+
+@lru_cache(maxsize=64)
+def _glyph(letter: str) -> MplPath:
+    """The outline of a bold letter, moved and scaled to fill the unit square."""
+    path = TextPath((0, 0), letter, size=1, prop=FontProperties(family="DejaVu Sans",
+                                                                weight="bold"))
+    box = path.get_extents()
+    unit = Affine2D().translate(-box.x0, -box.y0).scale(1 / box.width, 1 / box.height)
+    return unit.transform_path(path)
+
+
+def draw_logo(ax: Axes, scores: np.ndarray, *, alphabet: str = BASES,
+              colors: dict[str, str] | None = None, start: int = 0) -> None:
+    """Draw a sequence logo: each letter's height is its score, positive up, negative down.
+
+    At each position positive letters are stacked above 0 and negative ones below, the
+    largest farthest from the axis.
+
+    Args:
+        ax: the matplotlib axes to draw into.
+        scores: (len(alphabet), L) array, e.g. one sequence's attributions.
+        alphabet: the letters of the rows.
+        colors: letter -> colour; default A green, C blue, G orange, T red, others grey.
+        start: coordinate of the first column (for the x axis).
+
+    Raises:
+        BiomxError: if scores is not (len(alphabet), L).
+    """
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64))
+    if scores.ndim != 2 or scores.shape[0] != len(alphabet):
+        raise BiomxError(f"draw_logo needs scores of shape ({len(alphabet)}, L), "
+                         f"got {scores.shape}")
+    colors = {**LOGO_COLORS, **(colors or {})}
+    length = scores.shape[1]
+    peak = np.abs(scores).sum(axis=0).max(initial=0.0)
+    patches, top, bottom = [], 0.0, 0.0
+    for j in range(length):
+        up, down = 0.0, 0.0
+        for k in np.argsort(np.abs(scores[:, j])):  # small first: the largest ends up outermost
+            height = scores[k, j]
+            if abs(height) <= 1e-6 * peak:  # invisible; skipping keeps long logos fast
+                continue
+            y0 = up if height > 0 else down - abs(height)
+            place = Affine2D().scale(0.9, abs(height)).translate(start + j - 0.45, y0)
+            letter = alphabet[k]
+            patches.append(PathPatch(place.transform_path(_glyph(letter)), linewidth=0,
+                                     facecolor=colors.get(letter, "#777777")))
+            up, down = (up + height, down) if height > 0 else (up, down + height)
+        top, bottom = max(top, up), min(bottom, down)
+    # One collection instead of hundreds of artists: drawing a 200 bp logo stays fast.
+    ax.add_collection(PatchCollection(patches, match_original=True))
+    span = (top - bottom) or 1.0
+    ax.set_xlim(start - 0.5, start + length - 0.5)
+    ax.set_ylim(bottom - 0.05 * span, top + 0.05 * span)
+    ax.axhline(0.0, color="black", linewidth=0.5)
+
+
+def _width(length: int) -> float:
+    return float(np.clip(length * 0.1, 4.0, 24.0))
+
+
+def logo_figure(scores: np.ndarray, title: str = "", start: int = 0) -> Figure:
+    """A one-panel figure with the sequence logo of (4, L) scores (see `draw_logo`)."""
+    scores = np.asarray(scores)
+    fig = Figure(figsize=(_width(scores.shape[-1]), 2.2))
+    ax = fig.add_subplot()
+    draw_logo(ax, scores, start=start)
+    ax.set_xlabel("position")
+    ax.set_ylabel("contribution")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def ism_heatmap_figure(effects: np.ndarray, sequence: str, title: str = "") -> Figure:
+    """Heatmap of substitution effects: rows A, C, G, T, one column per position.
+
+    Blue lowers the target logit, red raises it; the colour scale is symmetric around 0. A
+    black dot marks the reference base of each column (its effect is 0 by definition).
+
+    Args:
+        effects: (4, L) effects, e.g. one sequence from `in_silico_mutagenesis`.
+        sequence: the reference sequence, length L.
+        title: figure title.
+
+    Returns:
+        A matplotlib Figure.
+
+    Raises:
+        BiomxError: if effects is not (4, L) or the sequence length differs from L.
+    """
+    effects = np.nan_to_num(np.asarray(effects, dtype=np.float64))
+    if effects.ndim != 2 or effects.shape[0] != 4 or len(sequence) != effects.shape[1]:
+        raise BiomxError(f"ism_heatmap_figure needs (4, L) effects and a sequence of length L, "
+                         f"got {effects.shape} and length {len(sequence)}")
+    limit = float(np.abs(effects).max()) or 1.0
+    fig = Figure(figsize=(_width(len(sequence)), 2.0))
+    ax = fig.add_subplot()
+    image = ax.imshow(effects, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                      interpolation="nearest")
+    ref = [(j, BASES.index(base)) for j, base in enumerate(sequence.upper()) if base in BASES]
+    if ref:
+        columns, rows = zip(*ref, strict=True)
+        ax.scatter(columns, rows, s=4, c="black", marker="o", linewidths=0)
+    ax.set_yticks(range(4), list(BASES))
+    if len(sequence) <= 60:
+        ax.set_xticks(range(len(sequence)), list(sequence.upper()), fontsize=7)
+    ax.set_xlabel("position")
+    fig.colorbar(image, ax=ax, label="change of logit", fraction=0.03, pad=0.01)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _window(array: np.ndarray, n: int, start: int, strand: str, width: int) -> np.ndarray:
+    """(4, width) slice of sequence n; on "-" reverse complemented (ACGT reversed = TGCA)."""
+    window = array[n, :, start:start + width]
+    return window[::-1, ::-1] if strand == "-" else window
+
+
+def _seqlets(attr: np.ndarray, width: int, per_sequence: int) -> list[tuple[float, int, int]]:
+    """(strength, sequence, start) of the strongest non-overlapping windows per sequence."""
+    per_position = np.abs(attr).sum(axis=1)
+    cumulative = np.concatenate([np.zeros((len(attr), 1)), per_position.cumsum(axis=1)], axis=1)
+    window_sums = cumulative[:, width:] - cumulative[:, :-width]
+    found = []
+    for n, sums in enumerate(window_sums):
+        for _ in range(per_sequence):
+            best = int(np.argmax(sums))
+            if sums[best] <= 0:
+                break
+            # Centre on the attribution mass: a motif shorter than the window then sits at
+            # the same place in every seqlet, however argmax breaks the tie between shifts.
+            weights = per_position[n, best:best + width]
+            centre = best + float(weights @ np.arange(width)) / float(weights.sum())
+            start = int(np.clip(round(centre - (width - 1) / 2), 0, len(sums) - 1))
+            found.append((float(sums[best]), n, start))
+            sums[max(0, start - width + 1):start + width] = -np.inf
+    return found
+
+
+def find_motifs(attributions: np.ndarray, sequences_onehot: np.ndarray, *, width: int = 10,
+                top: int = 3, per_sequence: int = 1,
+                min_similarity: float = 0.7) -> list[dict]:
+    """Discover motifs: cluster high-attribution windows (seqlets) and build their PWMs.
+
+    A small TF-MoDISco: (1) take the `per_sequence` windows of `width` with the largest total
+    |attribution| in each sequence, centred on their attribution mass; (2) strongest first,
+    add each seqlet to the cluster whose summed attribution it matches best (cosine
+    similarity, over shifts of up to width // 3 and both strands) if that similarity is at
+    least `min_similarity`, else start a new cluster; (3) count the aligned bases of each
+    cluster into a PWM. Clustering on attributions, not bases, ignores the flanks the model
+    does not use, and keeps activating and repressing motifs apart.
+
+    Args:
+        attributions: (N, 4, L) contribution scores, e.g. from `integrated_gradients`.
+        sequences_onehot: (N, 4, L) the one-hot sequences they explain.
+        width: seqlet width.
+        top: number of clusters returned.
+        per_sequence: seqlets taken per sequence.
+        min_similarity: cosine similarity needed to join a cluster.
+
+    Returns:
+        Up to `top` clusters, largest first: {"pwm": (4, width) nested list of base
+        frequencies (ACGT rows), "consensus": str (the top base of each column, "N" where no
+        base reaches 0.5), "support": number of seqlets, "mean_attribution": mean summed
+        attribution of its seqlets, "seqlets": [(sequence index, start, strand), ...]}.
+
+    Raises:
+        BiomxError: if the arrays differ in shape, are not (N, 4, L), or width > L.
+    """
+    attr = np.nan_to_num(np.asarray(attributions, dtype=np.float64))
+    onehot = np.asarray(sequences_onehot, dtype=np.float64)
+    if attr.shape != onehot.shape or attr.ndim != 3 or attr.shape[1] != 4:
+        raise BiomxError(f"find_motifs needs attributions and sequences of the same shape "
+                         f"(N, 4, L), got {attr.shape} and {onehot.shape}")
+    if not 1 <= width <= attr.shape[2]:
+        raise BiomxError(f"motif width {width} must be between 1 and the length {attr.shape[2]}")
+    shift = width // 3
+    sums: list[np.ndarray] = []  # per cluster: summed aligned attributions (4, width)
+    counts: list[np.ndarray] = []  # per cluster: summed aligned one-hot bases (4, width)
+    members: list[list[tuple[int, int, str]]] = []
+    totals: list[list[float]] = []
+    for _, n, start in sorted(_seqlets(attr, width, per_sequence), key=lambda s: -s[0]):
+        placement = (start, "+")
+        if sums:
+            options = [(start + s, strand) for s in range(-shift, shift + 1) for strand in "+-"
+                       if 0 <= start + s <= attr.shape[2] - width]
+            candidates = np.stack([_window(attr, n, s, strand, width) for s, strand in options])
+            flat = candidates.reshape(len(options), -1)
+            centroids = np.stack(sums).reshape(len(sums), -1)
+            similarity = (flat @ centroids.T) / np.maximum(
+                np.outer(np.linalg.norm(flat, axis=1), np.linalg.norm(centroids, axis=1)), 1e-12)
+            option, cluster = np.unravel_index(int(np.argmax(similarity)), similarity.shape)
+            if similarity[option, cluster] >= min_similarity:
+                placement = options[option]
+            else:
+                cluster = len(sums)
+        else:
+            cluster = 0
+        if cluster == len(sums):
+            sums.append(np.zeros((4, width)))
+            counts.append(np.zeros((4, width)))
+            members.append([])
+            totals.append([])
+        s, strand = placement
+        sums[cluster] += _window(attr, n, s, strand, width)
+        counts[cluster] += _window(onehot, n, s, strand, width)
+        members[cluster].append((int(n), int(s), strand))
+        totals[cluster].append(float(attr[n, :, s:s + width].sum()))
+    motifs = []
+    for count, seqlets, total in zip(counts, members, totals, strict=True):
+        pwm = count / np.maximum(count.sum(axis=0, keepdims=True), 1e-12)
+        consensus = "".join(BASES[k] if pwm[k, j] >= 0.5 else "N"
+                            for j, k in enumerate(pwm.argmax(axis=0)))
+        motifs.append({"pwm": pwm.tolist(), "consensus": consensus, "support": len(seqlets),
+                       "mean_attribution": float(np.mean(total)), "seqlets": seqlets})
+    motifs.sort(key=lambda m: (-m["support"], -abs(m["mean_attribution"])))
+    return motifs[:top]
+
+
+def match_motif(pwm: np.ndarray, consensus: str) -> dict:
+    """Best alignment of a known consensus (IUPAC codes allowed) with a PWM, both strands.
+
+    The shorter of the two slides fully inside the longer. At each offset the score is the
+    mean, over the aligned columns, of the PWM probability of the consensus letter (for a
+    code such as S = C or G, the summed probability of its bases).
+
+    Args:
+        pwm: (4, w) base frequencies or counts (ACGT rows; columns are normalised here).
+        consensus: e.g. "ATGCAAAT" or "TGCTGASTCAGCA".
+
+    Returns:
+        {"score": 0..1, "offset": the PWM column of the (reverse-complemented, on "-")
+        consensus' first letter, negative if the consensus is longer, "strand": "+" or "-"}.
+
+    Raises:
+        BiomxError: if pwm is not (4, w) or the consensus has a letter that is no IUPAC code.
+    """
+    p = np.asarray(pwm, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != 4 or p.shape[1] == 0:
+        raise BiomxError(f"match_motif needs a (4, w) PWM, got shape {p.shape}")
+    p = p / np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
+    consensus = consensus.upper()
+    bad = sorted(set(consensus) - set(IUPAC))
+    if not consensus or bad:
+        raise BiomxError(f"consensus {consensus!r} must be IUPAC DNA letters (bad: {bad})")
+    w, k = p.shape[1], len(consensus)
+    best = {"score": -1.0, "offset": 0, "strand": "+"}
+    for strand, motif in (("+", consensus), ("-", consensus.translate(_COMPLEMENT)[::-1])):
+        allowed = np.array([[base in IUPAC[c] for c in motif] for base in BASES], dtype=float)
+        for offset in range(min(0, w - k), max(0, w - k) + 1):
+            first, last = max(0, -offset), min(k, w - offset)  # aligned consensus letters
+            cols = np.arange(first, last)
+            score = float((p[:, cols + offset] * allowed[:, cols]).sum(axis=0).mean())
+            if score > best["score"] + 1e-12:
+                best = {"score": score, "offset": offset, "strand": strand}
+    return best
