@@ -1,18 +1,12 @@
 """Explanations for DNA sequence models: which bases drive a prediction, and which motifs.
 
-All functions work on one-hot DNA of shape (B, 4, L) in ACGT order and a model that maps it
-to (B, K) logits; `target` picks the logit to explain (0 for a binary, single-logit model: the
-positive class). Three attribution methods:
-
-- `in_silico_mutagenesis`: the exact change of the logit for each of the 3L single-base
-  substitutions. Model-agnostic and easy to read, 3L forward passes per sequence.
-- `integrated_gradients`: Captum's IG from a baseline (shuffled sequence, zeros or 0.25).
-- `saliency`: gradient x input, one backward pass; fast but local.
-
-Gradient methods return "x input" scores: only the observed base of each position has a
-non-zero score, its contribution, which is what a sequence logo of one sequence shows.
-`find_motifs` groups high-attribution windows over many sequences into PWMs (a small
-TF-MoDISco) and `match_motif` compares a PWM with a known consensus.
+Inputs are one-hot DNA (B, 4, L) in ACGT order, models map them to (B, K) logits and `target`
+picks the logit explained (0 for a single-logit binary model: the positive class).
+`in_silico_mutagenesis` gives the exact effect of all 3L substitutions (3L forward passes);
+`integrated_gradients` (Captum) and `saliency` return "x input" scores: only the observed base
+of a position scores, its contribution, as a logo shows. Models are run in eval mode and left
+as found. `find_motifs` clusters high-attribution windows of many sequences into PWMs (a small
+TF-MoDISco); `match_motif` compares a PWM with a known consensus.
 """
 
 from __future__ import annotations
@@ -58,7 +52,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _as_batch(x: Tensor, name: str) -> Tensor:
-    """Check a one-hot input and return it as a float (B, 4, L) batch."""
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() != 3 or x.shape[1] != 4:
@@ -68,7 +61,7 @@ def _as_batch(x: Tensor, name: str) -> Tensor:
 
 
 def _target_logit(logits: Tensor, target: int, batch: int) -> Tensor:
-    """The `target` column of (B, K) logits, with a clear error for a bad shape or target."""
+    """The `target` column of (B, K) logits; BiomxError for a bad shape or target."""
     if logits.dim() != 2 or logits.shape[0] != batch:
         raise BiomxError(f"the model must return (B, K) logits, got shape {tuple(logits.shape)} "
                          f"for {batch} sequences")
@@ -84,18 +77,16 @@ def in_silico_mutagenesis(model: nn.Module, x: Tensor, *, target: int = 0,
 
     Args:
         model: maps (B, 4, L) one-hot DNA to (B, K) logits.
-        x: one sequence (4, L) or a batch (B, 4, L), one-hot in ACGT order.
-        target: the logit to explain (0 for a single-logit binary model).
+        x: one sequence (4, L) or a batch (B, 4, L).
+        target: the logit to explain.
         batch_size: mutants per forward pass.
 
     Returns:
-        (B, 4, L) float tensor on x's device: effects[b, k, j] = logit(sequence b with base k
-        at position j) - logit(sequence b). It is 0 at the observed bases; a position that is
-        not one-hot (e.g. N = 0.25 each) gets all four substitutions.
+        (B, 4, L) float tensor: effects[b, k, j] = logit(sequence b with base k at j) -
+        logit(sequence b); 0 at observed bases (a non-one-hot column, e.g. N, gets all 4).
 
     Raises:
-        BiomxError: if x is not (B, 4, L), the model does not return (B, K) logits or the
-            target is out of range.
+        BiomxError: x not (B, 4, L), model output not (B, K), or target out of range.
     """
     x = _as_batch(x, "in_silico_mutagenesis")
     effects = torch.zeros_like(x)
@@ -122,24 +113,25 @@ def _shuffled(x: Tensor, seed: int) -> Tensor:
 
 
 def integrated_gradients(model: nn.Module, x: Tensor, *, target: int = 0, steps: int = 50,
-                         baseline: str = "shuffle", seed: int = 0,
+                         baseline: str = "shuffle", shuffles: int = 4, seed: int = 0,
                          batch_size: int = 1024) -> Tensor:
     """Integrated gradients (Captum), returned as attribution x input.
 
-    IG integrates the gradient along the straight path from a baseline to the input. Its raw
-    attribution is non-zero for bases that are absent too (their value moves from the
-    baseline's to 0); multiplying by the one-hot input keeps only the observed base's
-    contribution, the usual form for logos and motif discovery. (The raw scores sum to
-    logit(x) - logit(baseline); the kept ones sum to that minus the absent bases' share.)
+    Raw IG also scores absent bases (their value moves from the baseline's to 0); multiplying
+    by the one-hot input keeps the observed base's contribution, the usual form for logos.
+    (Raw scores sum to logit(x) - logit(baseline); kept ones lack the absent bases' share.)
+    One shuffled baseline gives no attribution where it has the input's base; averaging over
+    `shuffles` baselines fills that hole, at steps x shuffles passes per sequence.
 
     Args:
         model: maps (B, 4, L) one-hot DNA to (B, K) logits.
         x: (B, 4, L) one-hot batch.
         target: the logit to explain.
         steps: integration steps.
-        baseline: "shuffle" (each sequence's positions randomly permuted, a background with
-            the same composition), "zeros" or "uniform" (0.25 for every base).
-        seed: seed of the shuffle.
+        baseline: "shuffle" (positions permuted: same composition, no motifs), "zeros" or
+            "uniform" (0.25 for every base).
+        shuffles: shuffled baselines averaged over ("shuffle" only).
+        seed: seed of the shuffles.
         batch_size: interpolated inputs per forward pass (Captum's internal_batch_size).
 
     Returns:
@@ -149,24 +141,34 @@ def integrated_gradients(model: nn.Module, x: Tensor, *, target: int = 0, steps:
         BiomxError: bad input shape, unknown baseline, bad model output or target.
     """
     x = _as_batch(x, "integrated_gradients")
-    if baseline == "shuffle":
-        base = _shuffled(x, seed)
-    elif baseline in ("zeros", "uniform"):
-        base = torch.full_like(x, 0.0 if baseline == "zeros" else 0.25)
-    else:
+    if baseline not in ("shuffle", "zeros", "uniform"):
         raise BiomxError(f"unknown IG baseline {baseline!r}; use 'shuffle', 'zeros' or 'uniform'")
+    if shuffles < 1:
+        raise BiomxError(f"IG needs shuffles >= 1, got {shuffles}")
+    repeats = shuffles if baseline == "shuffle" else 1
+    inputs = x.repeat(repeats, 1, 1)  # copy k of the batch is paired with shuffle k
+    if baseline == "shuffle":
+        base = _shuffled(inputs, seed)
+    else:
+        base = torch.full_like(inputs, 0.0 if baseline == "zeros" else 0.25)
+    attr = _attribute(IntegratedGradients(model), model, inputs, target, baselines=base,
+                      n_steps=steps, internal_batch_size=max(batch_size, 1))
+    return attr.reshape(repeats, *x.shape).mean(dim=0) * x
+
+
+def _attribute(method, model: nn.Module, inputs: Tensor, target: int, **kwargs) -> Tensor:
+    """Run a Captum method in eval mode with gradients on, after checking the target."""
     with _eval_mode(model):
         with torch.no_grad():
-            _target_logit(model(x[:1]), target, 1)
+            _target_logit(model(inputs[:1]), target, 1)
         with torch.enable_grad():
-            attr = IntegratedGradients(model).attribute(
-                x.clone().requires_grad_(True), baselines=base, target=target, n_steps=steps,
-                internal_batch_size=max(batch_size, 1))
-    return (attr * x).detach()
+            # Our own leaf copy: the caller's tensor never gains requires_grad.
+            leaf = inputs.detach().clone().requires_grad_(True)
+            return method.attribute(leaf, target=target, **kwargs).detach()
 
 
 def saliency(model: nn.Module, x: Tensor, *, target: int = 0) -> Tensor:
-    """Gradient x input: the first-order contribution of each observed base.
+    """Gradient x input, the first-order contribution of each observed base.
 
     Args:
         model: maps (B, 4, L) one-hot DNA to (B, K) logits.
@@ -179,13 +181,7 @@ def saliency(model: nn.Module, x: Tensor, *, target: int = 0) -> Tensor:
     Raises:
         BiomxError: bad input shape, model output or target.
     """
-    x = _as_batch(x, "saliency")
-    with _eval_mode(model):
-        with torch.no_grad():
-            _target_logit(model(x[:1]), target, 1)
-        with torch.enable_grad():
-            attr = InputXGradient(model).attribute(x.clone().requires_grad_(True), target=target)
-    return attr.detach()
+    return _attribute(InputXGradient(model), model, _as_batch(x, "saliency"), target)
 
 
 @lru_cache(maxsize=64)
@@ -200,10 +196,8 @@ def _glyph(letter: str) -> MplPath:
 
 def draw_logo(ax: Axes, scores: np.ndarray, *, alphabet: str = BASES,
               colors: dict[str, str] | None = None, start: int = 0) -> None:
-    """Draw a sequence logo: each letter's height is its score, positive up, negative down.
-
-    At each position positive letters are stacked above 0 and negative ones below, the
-    largest farthest from the axis.
+    """Draw a sequence logo: letter heights are scores, stacked up from 0 if positive and
+    down if negative, the largest farthest from the axis.
 
     Args:
         ax: the matplotlib axes to draw into.
@@ -249,29 +243,41 @@ def _width(length: int) -> float:
 
 
 def logo_figure(scores: np.ndarray, title: str = "", start: int = 0) -> Figure:
-    """A one-panel figure with the sequence logo of (4, L) scores (see `draw_logo`)."""
+    """A one-panel figure with the sequence logo of scores (see `draw_logo`).
+
+    Args:
+        scores: (4, L) scores in ACGT order: attributions, or a PWM (probabilities or bits).
+        title: figure title.
+        start: coordinate of the first column (for the x axis).
+
+    Returns:
+        A matplotlib Figure (render with `biomx.report.html.figure_to_data_uri`).
+
+    Raises:
+        BiomxError: if scores is not (4, L).
+    """
     scores = np.asarray(scores)
-    fig = Figure(figsize=(_width(scores.shape[-1]), 2.2))
+    fig = Figure(figsize=(_width(scores.shape[-1]), 2.2), layout="constrained")
     ax = fig.add_subplot()
     draw_logo(ax, scores, start=start)
     ax.set_xlabel("position")
     ax.set_ylabel("contribution")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+    ax.set_title(title)
     return fig
 
 
-def ism_heatmap_figure(effects: np.ndarray, sequence: str, title: str = "") -> Figure:
+def ism_heatmap_figure(effects: np.ndarray, sequence: str, title: str = "",
+                       start: int = 0) -> Figure:
     """Heatmap of substitution effects: rows A, C, G, T, one column per position.
 
-    Blue lowers the target logit, red raises it; the colour scale is symmetric around 0. A
-    black dot marks the reference base of each column (its effect is 0 by definition).
+    Blue lowers the logit, red raises it (scale symmetric around 0); black dots mark the
+    reference bases.
 
     Args:
         effects: (4, L) effects, e.g. one sequence from `in_silico_mutagenesis`.
         sequence: the reference sequence, length L.
         title: figure title.
+        start: coordinate of the first column (for the x axis).
 
     Returns:
         A matplotlib Figure.
@@ -284,32 +290,31 @@ def ism_heatmap_figure(effects: np.ndarray, sequence: str, title: str = "") -> F
         raise BiomxError(f"ism_heatmap_figure needs (4, L) effects and a sequence of length L, "
                          f"got {effects.shape} and length {len(sequence)}")
     limit = float(np.abs(effects).max()) or 1.0
-    fig = Figure(figsize=(_width(len(sequence)), 2.0))
+    fig = Figure(figsize=(_width(len(sequence)), 2.0), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(effects, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                      interpolation="nearest")
-    ref = [(j, BASES.index(base)) for j, base in enumerate(sequence.upper()) if base in BASES]
+                      interpolation="nearest",
+                      extent=(start - 0.5, start + len(sequence) - 0.5, 3.5, -0.5))
+    ref = [(start + j, BASES.index(b)) for j, b in enumerate(sequence.upper()) if b in BASES]
     if ref:
         columns, rows = zip(*ref, strict=True)
         ax.scatter(columns, rows, s=4, c="black", marker="o", linewidths=0)
     ax.set_yticks(range(4), list(BASES))
-    if len(sequence) <= 60:
-        ax.set_xticks(range(len(sequence)), list(sequence.upper()), fontsize=7)
+    if len(sequence) <= 60:  # short enough to label every column with its base
+        ax.set_xticks(range(start, start + len(sequence)), list(sequence.upper()), fontsize=7)
     ax.set_xlabel("position")
     fig.colorbar(image, ax=ax, label="change of logit", fraction=0.03, pad=0.01)
-    if title:
-        ax.set_title(title)
+    ax.set_title(title)
     return fig
 
 
-def _window(array: np.ndarray, n: int, start: int, strand: str, width: int) -> np.ndarray:
-    """(4, width) slice of sequence n; on "-" reverse complemented (ACGT reversed = TGCA)."""
-    window = array[n, :, start:start + width]
+def _flip(window: np.ndarray, strand: str) -> np.ndarray:
+    """A (4, w) window as is, or reverse complemented ("-": ACGT reversed is TGCA)."""
     return window[::-1, ::-1] if strand == "-" else window
 
 
 def _seqlets(attr: np.ndarray, width: int, per_sequence: int) -> list[tuple[float, int, int]]:
-    """(strength, sequence, start) of the strongest non-overlapping windows per sequence."""
+    """(strength, sequence, start) of the strongest non-overlapping windows, strongest first."""
     per_position = np.abs(attr).sum(axis=1)
     cumulative = np.concatenate([np.zeros((len(attr), 1)), per_position.cumsum(axis=1)], axis=1)
     window_sums = cumulative[:, width:] - cumulative[:, :-width]
@@ -323,10 +328,45 @@ def _seqlets(attr: np.ndarray, width: int, per_sequence: int) -> list[tuple[floa
             # the same place in every seqlet, however argmax breaks the tie between shifts.
             weights = per_position[n, best:best + width]
             centre = best + float(weights @ np.arange(width)) / float(weights.sum())
-            start = int(np.clip(round(centre - (width - 1) / 2), 0, len(sums) - 1))
+            start = round(centre - (width - 1) / 2)  # may hang over an end: padded there
             found.append((float(sums[best]), n, start))
-            sums[max(0, start - width + 1):start + width] = -np.inf
-    return found
+            sums[max(0, start - width + 1):max(0, start + width)] = -np.inf
+    return sorted(found, key=lambda seqlet: -seqlet[0])
+
+
+def _best_match(row: np.ndarray, start: int, width: int,
+                centroids: list[np.ndarray]) -> tuple[float, int, int, str]:
+    """Best cosine similarity of a window of `row` (4, L), at `start` shifted by up to
+    width // 3 on either strand, with any centroid: (similarity, centroid, start, strand)."""
+    shift = width // 3
+    options = [(start + s, strand) for s in range(-shift, shift + 1) for strand in "+-"
+               if 0 <= start + s <= row.shape[1] - width]
+    windows = np.stack([_flip(row[:, s:s + width], strand) for s, strand in options])
+    flat = windows.reshape(len(options), -1)
+    targets = np.stack(centroids).reshape(len(centroids), -1)
+    norms = np.outer(np.linalg.norm(flat, axis=1), np.linalg.norm(targets, axis=1))
+    similarity = flat @ targets.T / np.maximum(norms, 1e-12)
+    option, cluster = np.unravel_index(int(np.argmax(similarity)), similarity.shape)
+    return float(similarity[option, cluster]), int(cluster), *options[option]
+
+
+def _greedy(seqlets: list[tuple[float, int, int]], attr: np.ndarray, width: int,
+            min_similarity: float, seeds: list[np.ndarray]) -> tuple[list, list]:
+    """Add each seqlet to the best-matching cluster or start a new one: (sums, members).
+
+    A cluster's centroid is its seed plus the sum of its aligned attribution windows."""
+    sums = [seed.copy() for seed in seeds]
+    members: list[list[tuple[int, int, str]]] = [[] for _ in seeds]
+    for _, n, start in seqlets:
+        similarity, cluster, s, strand = (_best_match(attr[n], start, width, sums) if sums
+                                          else (-1.0, 0, start, "+"))
+        if similarity < min_similarity:
+            cluster, s, strand = len(sums), start, "+"
+            sums.append(np.zeros((4, width)))
+            members.append([])
+        sums[cluster] += _flip(attr[n, :, s:s + width], strand)
+        members[cluster].append((n, s, strand))
+    return sums, members
 
 
 def find_motifs(attributions: np.ndarray, sequences_onehot: np.ndarray, *, width: int = 10,
@@ -338,9 +378,10 @@ def find_motifs(attributions: np.ndarray, sequences_onehot: np.ndarray, *, width
     |attribution| in each sequence, centred on their attribution mass; (2) strongest first,
     add each seqlet to the cluster whose summed attribution it matches best (cosine
     similarity, over shifts of up to width // 3 and both strands) if that similarity is at
-    least `min_similarity`, else start a new cluster; (3) count the aligned bases of each
-    cluster into a PWM. Clustering on attributions, not bases, ignores the flanks the model
-    does not use, and keeps activating and repressing motifs apart.
+    least `min_similarity`, else start a new cluster; (3) merge clusters whose centroids
+    match and assign every seqlet again; (4) count each cluster's aligned bases into a PWM.
+    Clustering on attributions, not bases, ignores flanks the model does not use and keeps
+    activating and repressing motifs apart.
 
     Args:
         attributions: (N, 4, L) contribution scores, e.g. from `integrated_gradients`.
@@ -354,7 +395,8 @@ def find_motifs(attributions: np.ndarray, sequences_onehot: np.ndarray, *, width
         Up to `top` clusters, largest first: {"pwm": (4, width) nested list of base
         frequencies (ACGT rows), "consensus": str (the top base of each column, "N" where no
         base reaches 0.5), "support": number of seqlets, "mean_attribution": mean summed
-        attribution of its seqlets, "seqlets": [(sequence index, start, strand), ...]}.
+        attribution of its seqlets, "seqlets": [(sequence index, start, strand), ...]} (a
+        window at a sequence end may start before 0 or end after L).
 
     Raises:
         BiomxError: if the arrays differ in shape, are not (N, 4, L), or width > L.
@@ -366,45 +408,33 @@ def find_motifs(attributions: np.ndarray, sequences_onehot: np.ndarray, *, width
                          f"(N, 4, L), got {attr.shape} and {onehot.shape}")
     if not 1 <= width <= attr.shape[2]:
         raise BiomxError(f"motif width {width} must be between 1 and the length {attr.shape[2]}")
-    shift = width // 3
-    sums: list[np.ndarray] = []  # per cluster: summed aligned attributions (4, width)
-    counts: list[np.ndarray] = []  # per cluster: summed aligned one-hot bases (4, width)
-    members: list[list[tuple[int, int, str]]] = []
-    totals: list[list[float]] = []
-    for _, n, start in sorted(_seqlets(attr, width, per_sequence), key=lambda s: -s[0]):
-        placement = (start, "+")
-        if sums:
-            options = [(start + s, strand) for s in range(-shift, shift + 1) for strand in "+-"
-                       if 0 <= start + s <= attr.shape[2] - width]
-            candidates = np.stack([_window(attr, n, s, strand, width) for s, strand in options])
-            flat = candidates.reshape(len(options), -1)
-            centroids = np.stack(sums).reshape(len(sums), -1)
-            similarity = (flat @ centroids.T) / np.maximum(
-                np.outer(np.linalg.norm(flat, axis=1), np.linalg.norm(centroids, axis=1)), 1e-12)
-            option, cluster = np.unravel_index(int(np.argmax(similarity)), similarity.shape)
-            if similarity[option, cluster] >= min_similarity:
-                placement = options[option]
-            else:
-                cluster = len(sums)
-        else:
-            cluster = 0
-        if cluster == len(sums):
-            sums.append(np.zeros((4, width)))
-            counts.append(np.zeros((4, width)))
-            members.append([])
-            totals.append([])
-        s, strand = placement
-        sums[cluster] += _window(attr, n, s, strand, width)
-        counts[cluster] += _window(onehot, n, s, strand, width)
-        members[cluster].append((int(n), int(s), strand))
-        totals[cluster].append(float(attr[n, :, s:s + width].sum()))
+    # Zero padding lets a window hang over a sequence end, so a motif at the very edge is
+    # still aligned with the others (the missing bases simply do not count in the PWM).
+    pad = ((0, 0), (0, 0), (width, width))
+    attr, onehot = np.pad(attr, pad), np.pad(onehot, pad)
+    seqlets = [(strength, n, start + width)
+               for strength, n, start in _seqlets(attr[:, :, width:-width], width, per_sequence)]
+    sums, members = _greedy(seqlets, attr, width, min_similarity, seeds=[])
+    # Greedy order can split one motif in two when its first seqlets are sparse (IG from a
+    # shuffled baseline gives 0 where the baseline has the same base). Keep one centroid per
+    # distinct motif, largest first, and assign every seqlet again against those.
+    # A seed keeps its first-pass weight, so a few sparse seqlets cannot pull it around.
+    seeds: list[np.ndarray] = []
+    for c in sorted(range(len(sums)), key=lambda c: -len(members[c])):
+        padded = np.pad(sums[c], ((0, 0), (width, width)))
+        if not seeds or _best_match(padded, width, width, seeds)[0] < min_similarity:
+            seeds.append(sums[c])
+    _, members = _greedy(seqlets, attr, width, min_similarity, seeds)
     motifs = []
-    for count, seqlets, total in zip(counts, members, totals, strict=True):
+    for group in filter(None, members):
+        count = sum(_flip(onehot[n, :, s:s + width], strand) for n, s, strand in group)
         pwm = count / np.maximum(count.sum(axis=0, keepdims=True), 1e-12)
         consensus = "".join(BASES[k] if pwm[k, j] >= 0.5 else "N"
                             for j, k in enumerate(pwm.argmax(axis=0)))
-        motifs.append({"pwm": pwm.tolist(), "consensus": consensus, "support": len(seqlets),
-                       "mean_attribution": float(np.mean(total)), "seqlets": seqlets})
+        totals = [attr[n, :, s:s + width].sum() for n, s, _ in group]
+        motifs.append({"pwm": pwm.tolist(), "consensus": consensus, "support": len(group),
+                       "mean_attribution": float(np.mean(totals)),
+                       "seqlets": [(n, s - width, strand) for n, s, strand in group]})
     motifs.sort(key=lambda m: (-m["support"], -abs(m["mean_attribution"])))
     return motifs[:top]
 

@@ -149,8 +149,9 @@ def explain(
         attributions = sign * integrated_gradients(model, x.to(device), target=logit, steps=32).cpu()
         attributions = attributions.numpy()
         onehot = x.numpy()
-        motifs = find_motifs(attributions, onehot, width=12, top=3)
         known = s.known_motifs.get(name)
+        # Seqlets a little wider than the known motif, so that it can fit whole.
+        motifs = find_motifs(attributions, onehot, width=max(12, len(known or "") + 4), top=3)
         class_summary = []
         for motif in motifs:
             match = match_motif(np.asarray(motif["pwm"]), known) if known else None
