@@ -123,3 +123,22 @@ def test_invalid_base_names_file_and_record(tmp_path, fasta_dir, capsys):
     assert main(["train", str(_config(tmp_path, bad))]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {bad / 'oct4.fa'}: line 3: record {lines[2][1:]}: invalid character 'Z' at position 11")
+
+
+@pytest.mark.slow
+def test_protein_peptides_from_modlamp(tmp_path, capsys):
+    """Real antimicrobial vs transmembrane peptides (variable length, padded and masked)."""
+    assert main(["datasets", "--name", "amp_vs_tm", "--export", str(tmp_path / "amp")]) == 0
+    cfg = Path(__file__).resolve().parents[1] / "examples" / "amp_vs_tm.yaml"
+    csv_path = tmp_path / "amp" / "amp_vs_tm.csv"
+    assert main(["train", str(cfg), "--set", f"data.path={csv_path}", "--set", "train.epochs=12",
+                 "--set", f"output.dir={tmp_path / 'runs'}", "--set", "output.name=amp",
+                 "--set", "train.progress=false", "--set", "eval.bootstrap=100"]) == 0  # fmt: skip
+    run = tmp_path / "runs" / "amp"
+    assert json.loads((run / "test_metrics.json").read_text())["metrics"]["auroc"]["value"] > 0.85
+    peptides = tmp_path / "new.csv"
+    peptides.write_text("id,sequence\nmagainin2,GIGKFLHSAKKFGKAFVGEIMNS\nhelix,LLVIVLLAGSYLAVLAVLLV\n")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), str(peptides), "-o", str(out)]) == 0
+    rows = {row["path"]: row for row in csv.DictReader(open(out))}
+    assert rows["magainin2"]["predicted"] == "AMP" and rows["helix"]["predicted"] == "TM"

@@ -97,14 +97,19 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
-    from biomx.datasets import DATASETS, export_images
+    from biomx.datasets import DATASETS, export_amp_vs_tm, export_images
 
+    if args.export and args.name == "amp_vs_tm":
+        print(f"wrote {export_amp_vs_tm(args.export)}")
+        return
     if args.export:
         manifest = export_images(args.name, args.export, args.format, args.limit)
         print(f"wrote {args.name} images and {manifest}")
         return
     for d in DATASETS.values():
         print(f"{d.name}: {d.description}\n  classes: {', '.join(d.classes)}\n  source: {d.citation}")
+    print("amp_vs_tm: 412 antimicrobial vs transmembrane peptides, exported from the modlamp package "
+          "(--name amp_vs_tm --export DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list the embedded datasets, or export one as image files")
     p.add_argument("--export", metavar="DIR", help="write the images as files (folder per class + manifest.csv)")
-    p.add_argument("--name", default="pneumoniamnist")
+    p.add_argument("--name", default="pneumoniamnist", help="pneumoniamnist, or amp_vs_tm (peptides, needs modlamp)")
     p.add_argument("--format", default="png", choices=["png", "dcm"])
     p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.set_defaults(func=_cmd_datasets)

@@ -110,3 +110,29 @@ def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int |
         writer.writerow(["path", "label", "patient_id"])
         writer.writerows(rows)
     return manifest
+
+
+def export_amp_vs_tm(out_dir: str | Path) -> Path:
+    """Write modlamp's antimicrobial vs transmembrane peptides (412 real sequences) as a CSV.
+
+    Columns: id, sequence, label (AMP or TM). Needs the `modlamp` package.
+
+    Returns:
+        The CSV path (`out_dir/amp_vs_tm.csv`).
+    """
+    import csv
+
+    try:
+        from modlamp.datasets import load_AMPvsTM
+    except ImportError:
+        raise ConfigError("the amp_vs_tm peptides come from the modlamp package: pip install modlamp") from None
+    data = load_AMPvsTM()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "amp_vs_tm.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "sequence", "label"])
+        for i, (sequence, target) in enumerate(zip(data["sequences"], data["target"], strict=True)):
+            writer.writerow([f"pep{i:04d}", sequence, data["target_names"][int(target)]])
+    return path

@@ -133,9 +133,9 @@ def explain(
     test_data: SequenceDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
 ) -> tuple[list[dict], list[dict]]:
     """Attribution logos, an in-silico mutagenesis map and recovered motifs for the report."""
-    if n <= 0 or len(test_data) == 0:
-        return [], []
     s = cfg.data.sequence
+    if n <= 0 or len(test_data) == 0 or s.alphabet not in ("dna", "rna"):
+        return [], []  # logos, motifs and mutagenesis are drawn for nucleotides only (so far)
     model = model.eval()
     device = next(model.parameters()).device
     logos, motif_rows, figures_motif, ism_figures, summary = [], [], [], [], {}
@@ -200,8 +200,12 @@ def read_inputs(
         if not item.is_file():
             raise DataError(f"{item}: no such file")
         is_table = item.suffix.lower() in (".csv", ".tsv", ".txt")
-        records = (records_from_table(item, label_column=None, id_column=None) if is_table
-                   else records_from_fasta([item], label_from=None))  # fmt: skip
+        if is_table:  # records are named by an "id" column when there is one, else by row
+            with open(item, newline="") as f:
+                header = f.readline().replace("\t", ",").strip().split(",")
+            records = records_from_table(item, label_column=None, id_column="id" if "id" in header else None)
+        else:
+            records = records_from_fasta([item], label_from=None)
         ids += records.ids
         sequences += records.sequences
         sources += records.sources
