@@ -91,9 +91,9 @@ def _cmd_ism(args: argparse.Namespace) -> None:
 def _cmd_models(args: argparse.Namespace) -> None:
     from biomx.models.registry import list_models
 
-    print(f"{'name':<14} {'modality':<9} {'parameters':>12}  description")
+    print(f"{'name':<22} {'modality':<9} {'parameters':>12}  description")
     for row in list_models(in_channels=args.in_channels, out_dim=args.out_dim):
-        print(f"{row['name']:<14} {row['modality']:<9} {row['parameters']:>12,}  {row['description']}")
+        print(f"{row['name']:<22} {row['modality']:<9} {row['parameters']:>12,}  {row['description']}")
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:

@@ -151,7 +151,7 @@ def explain(
         onehot = x.numpy()
         known = s.known_motifs.get(name)
         # Seqlets a little wider than the known motif, so that it can fit whole.
-        motifs = find_motifs(attributions, onehot, width=max(12, len(known or "") + 4), top=3)
+        motifs = find_motifs(attributions, onehot, width=max(16, len(known or "") + 8), top=3)
         class_summary = []
         for motif in motifs:
             match = match_motif(np.asarray(motif["pwm"]), known) if known else None

@@ -117,7 +117,9 @@ def list_models(in_channels: int = 1, out_dim: int = 2) -> list[dict[str, Any]]:
     rows = []
     for name in model_names():
         entry = _REGISTRY[name]
-        model = entry.builder(in_channels=in_channels, out_dim=out_dim)
+        # Sequence models count with their own alphabet size (4 for DNA, 20 for protein).
+        inputs = {"in_channels": in_channels} if entry.modality == "image" else {}
+        model = entry.builder(**inputs, out_dim=out_dim)
         rows.append({
             "name": name,
             "modality": entry.modality,

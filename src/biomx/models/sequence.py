@@ -36,6 +36,17 @@ def _length_mask(x: Tensor) -> Tensor:
     return positions[None, :] <= lengths[:, None]
 
 
+def _reverse_index(mask: Tensor) -> Tensor:
+    """(B, L) index that reverses positions [0, length) of each row and keeps the padding after.
+
+    `mask` is a `_length_mask`. Gathering with it twice is the identity, so the same index also
+    maps reversed outputs back.
+    """
+    lengths = mask.sum(1, keepdim=True)  # the mask is a prefix
+    positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
+    return torch.where(mask, lengths - 1 - positions, positions)
+
+
 def _masked_max(h: Tensor, mask: Tensor) -> Tensor:
     """Max over the last axis of `h` (B, C, L) at positions where `mask` (B, L) is True.
 
@@ -238,6 +249,11 @@ class SequenceTransformer(nn.Module):
         x = F.pad(x, (0, -x.shape[-1] % self.patch))  # zeros, like any other padding
         tokens = self.stem(x).transpose(1, 2)  # (B, T, dim)
         n_tokens = tokens.shape[1]
+        if n_tokens > self.positions.shape[1]:  # a shape check, fine for torch.compile
+            raise ValueError(
+                f"sequence of {x.shape[-1]} positions is longer than max_length "
+                f"({self.positions.shape[1] * self.patch}); build with a larger max_length"
+            )
         # token t covers positions [t * patch, (t + 1) * patch): valid if it starts inside
         starts = torch.arange(n_tokens, device=x.device) * self.patch
         keep = mask.sum(1, keepdim=True) > starts[None, :]  # (B, T)
@@ -328,11 +344,7 @@ class ProteinLSTM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         mask = _length_mask(x)  # (B, L)
-        lengths = mask.sum(1, keepdim=True)  # (B, 1); the mask is a prefix
-        positions = torch.arange(x.shape[-1], device=x.device)[None, :]
-        # reverses positions [0, length) of each sequence and leaves the padding in place;
-        # applying it twice is the identity, so it also maps the outputs back
-        reverse = torch.where(mask, lengths - 1 - positions, positions)[..., None]  # (B, L, 1)
+        reverse = _reverse_index(mask)[..., None]  # (B, L, 1); its own inverse
         h = x.transpose(1, 2)  # (B, L, A)
         for i, (fwd, bwd) in enumerate(zip(self.forward_lstms, self.backward_lstms, strict=True)):
             if i > 0:  # between layers, as nn.LSTM's own dropout argument does
@@ -360,11 +372,15 @@ def protein_lstm(
 
 
 def reverse_complement(x: Tensor) -> Tensor:
-    """Reverse complement of one-hot DNA (B, 4, L) in ACGT order.
+    """Reverse complement of one-hot DNA (B, 4, L) in ACGT order; padding stays at the end.
 
-    Complementing swaps A<->T and C<->G, which in ACGT order is reversing the channel axis.
+    Complementing swaps A<->T and C<->G, which in ACGT order is reversing the channel axis. For
+    an unpadded batch this is `x.flip(1).flip(2)`; a right-padded sequence is reversed within
+    its own length (see the module docstring), as a plain flip would move its padding to the
+    front, where the masked models would read it as sequence.
     """
-    return x.flip(1).flip(2)
+    index = _reverse_index(_length_mask(x))[:, None, :].expand_as(x)
+    return x.flip(1).gather(2, index)
 
 
 class StrandAveraged(nn.Module):
@@ -374,7 +390,8 @@ class StrandAveraged(nn.Module):
     should not depend on which strand the window was read from. DeepSEA (Zhou & Troyanskaya
     2015) averages its forward and reverse-complement predictions this way at inference.
     The two strands go through the model in separate calls rather than one concatenated batch,
-    so that the result is exactly invariant to reverse-complementing the input.
+    so that the result is exactly invariant to reverse-complementing the input (with
+    `reverse_complement`, which keeps right padding on the right).
     """
 
     def __init__(self, model: nn.Module) -> None:
