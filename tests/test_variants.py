@@ -12,7 +12,6 @@ import gzip
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -25,42 +24,15 @@ from biomx.genomics import (
     variant_windows,
     write_variant_scores,
 )
+from motif_helpers import OCT4, OCT4_RC, motif_model, read_fasta, to_one_hot
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dna_tf_binding"
-OCT4, OCT4_RC = "ATGCAAAT", "ATTTGCAT"
 MOTIF_AT = 1020  # 0-based start of the planted octamer on chrA
 
 
-def read_fasta(name: str) -> list[str]:
-    records = (DATA / name).read_text().split(">")[1:]
-    return ["".join(record.splitlines()[1:]) for record in records]
 
 
-def to_one_hot(seqs: list[str]) -> torch.Tensor:
-    """(N, 4, L) float one-hot in ACGT order (lower case too; any other letter 0.25 each)."""
-    table = np.full((256, 4), 0.25, dtype=np.float32)
-    for k, base in enumerate("ACGT"):
-        table[ord(base)] = table[ord(base.lower())] = np.eye(4, dtype=np.float32)[k]
-    codes = np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)
-    onehot = table[codes].reshape(len(seqs), -1, 4)
-    return torch.from_numpy(np.ascontiguousarray(onehot.transpose(0, 2, 1)))
 
 
-def motif_model(*motifs: str, outputs: int = 1) -> nn.Sequential:
-    """Filters score 1 on a perfect motif match, else 0; logit = 4 * max over filters and
-    positions - 2 (2 with a motif, -2 without)."""
-    conv = nn.Conv1d(4, len(motifs), max(len(m) for m in motifs))
-    linear = nn.Linear(1, outputs)
-    with torch.no_grad():
-        conv.weight.zero_()
-        for i, motif in enumerate(motifs):
-            for j, base in enumerate(motif):
-                conv.weight[i, "ACGT".index(base), j] = 1.0
-            conv.bias[i] = 1.0 - len(motif)
-        linear.weight.fill_(4.0)
-        linear.bias.fill_(-2.0)
-    return nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Unflatten(1, (1, -1)),
-                         nn.AdaptiveMaxPool1d(1), nn.Flatten(), linear)
 
 
 def sigmoid(z: float) -> float:

@@ -35,6 +35,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from torch.utils.data import Dataset, default_collate
 
+from biomx.data.batching import batch_generator
 from biomx.errors import DataError
 
 _SUFFIX_FORMAT = {".png": "pillow", ".jpg": "pillow", ".jpeg": "pillow", ".bmp": "pillow",
@@ -673,9 +674,7 @@ class ImageTensorDataset(Dataset):
         if self.images.dtype == torch.uint8:
             x.div_(255)
         if self.augment is not None:
-            key = [self.seed, self.epoch, int(indices[0]), len(indices)]
-            seed = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0])
-            x = self.augment(x, torch.Generator().manual_seed(seed))
+            x = self.augment(x, batch_generator(self.seed, self.epoch, indices))
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x, self.targets[index]

@@ -34,6 +34,7 @@ import pyfaidx
 import torch
 from torch.utils.data import Dataset
 
+from biomx.data.batching import batch_generator
 from biomx.errors import DataError
 
 ALPHABETS = {"dna": "ACGT", "rna": "ACGU", "protein": "ACDEFGHIKLMNPQRSTVWY"}
@@ -570,9 +571,7 @@ class SequenceDataset(Dataset):
         index = np.asarray(indices, dtype=np.int64)
         tokens, lengths = self.tokens.numpy()[index], self.lengths.numpy()[index]
         if self.shift or self.rc_augment:
-            key = [self.seed, self.epoch, int(indices[0]), len(indices)]
-            seed = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0])
-            generator = torch.Generator().manual_seed(seed)
+            generator = batch_generator(self.seed, self.epoch, indices)
             if self.shift:
                 offsets = torch.randint(-self.shift, self.shift + 1, (len(index),),
                                         generator=generator)
