@@ -377,3 +377,68 @@ def test_figure_to_data_uri_is_a_decodable_png():
     pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(uri[len(PNG_PREFIX) :])))
     assert pixels.ndim == 3 and pixels.shape[1] > 100
     assert not math.isnan(float(pixels.mean()))
+
+
+def regression_evaluation(n_targets: int) -> dict:
+    """A real evaluation from RegressionTask (not a hand-written dict), so the two stay in step."""
+    from biomx.tasks.regression import build_regression_task
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(-3.0, 1.5, size=(150, n_targets))
+    pred = true + rng.normal(0, 0.5, size=true.shape)
+    names = ["logS", "logP", "pKa", "tox", "ames"][:n_targets]
+    return build_regression_task(names).evaluate(pred, true, n_bootstrap=100, seed=0)
+
+
+@pytest.mark.parametrize("n_targets, n_images", [(1, 3), (3, 7), (5, 9)])
+def test_regression_report(tmp_path, n_targets, n_images):
+    evaluation = regression_evaluation(n_targets)
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_rmse": 0.6 / e}
+               for e in range(1, 4)]
+    path = write_report(
+        tmp_path / "reg.html",
+        title="solubility",
+        history=history,
+        evaluation=evaluation,
+        config={},
+        environment=ENVIRONMENT,
+    )
+    parser = parse(path)
+    # learning curves, then a scatter and a residual histogram for at most 4 targets
+    assert len(_png_images(parser)) == n_images
+    alts = [img["alt"] for img in parser.images]
+    assert "logS predicted vs true" in alts and "logS residuals" in alts
+    assert "ames residuals" not in alts  # the fifth target has no figures
+    rmse, r2 = evaluation["metrics"]["rmse"], evaluation["metrics"]["r2"]
+    assert parser.row("rmse") == [
+        "rmse", f"{rmse['value']:.3f}", f"[{rmse['ci_low']:.3f}, {rmse['ci_high']:.3f}]"
+    ]
+    assert [r[0] for r in parser.rows if r and r[0] in evaluation["metrics"]] == [
+        "rmse", "mae", "r2", "spearman", "pearson"
+    ]
+    header = parser.row("target")
+    assert header == ["target", "n", "rmse", "mae", "r2", "spearman", "pearson"]
+    stats = evaluation["per_target"]["logS"]
+    assert parser.row("logS") == ["logS", "150"] + [f"{stats[m]:.3f}" for m in header[2:]]
+    text = parser.plain_text
+    assert (f"rmse {rmse['value']:.3f} (95% CI {rmse['ci_low']:.3f}\u2013{rmse['ci_high']:.3f})"
+            in text)
+    assert f"r2 {r2['value']:.3f} (95% CI" in text and "n = 150" in text
+    assert "auroc" not in text and "threshold" not in text
+    assert ("first 4 of 5 targets" in text) == (n_targets == 5)
+
+
+def test_regression_report_with_an_unobserved_target(tmp_path):
+    from biomx.tasks.regression import build_regression_task
+
+    rng = np.random.default_rng(0)
+    pred = rng.normal(size=(30, 2))
+    true = pred + rng.normal(0, 0.1, size=(30, 2))
+    true[:, 1] = np.nan  # no test labels for the second task: table row of n/a, no figures
+    evaluation = build_regression_task(["a", "b"]).evaluate(pred, true, n_bootstrap=20)
+    parser = parse(
+        write_report(tmp_path / "u.html", title="t", history=[], evaluation=evaluation,
+                     config={}, environment={})
+    )
+    assert len(_png_images(parser)) == 2
+    assert parser.row("b") == ["b", "0", "n/a", "n/a", "n/a", "n/a", "n/a"]

@@ -116,8 +116,10 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    kind: Literal["classification"] = "classification"
-    type: Literal["auto", "binary", "multiclass", "multilabel"] = "auto"
+    kind: Literal["classification", "regression"] = "classification"
+    type: Literal["auto", "binary", "multiclass", "multilabel"] = "auto"  # classification
+    loss: Literal["mse", "huber", "mae"] = "mse"  # regression (on standardised targets)
+    target_name: str | None = None  # regression: name shown in reports (default: the label column)
     classes: list[str] | None = None  # class names in label order; default: from the data
     class_weights: Literal["none", "balanced"] | list[PositiveFloat] = "none"
     label_smoothing: Fraction = 0.0

@@ -13,20 +13,21 @@ import torch
 from biomx.engine.logging import console
 from biomx.report.html import write_report
 from biomx.runs import read_json, write_csv, write_json
-from biomx.tasks.classification import ClassificationTask
 
 
 def evaluate_split(
-    task: ClassificationTask, outputs: torch.Tensor, targets: torch.Tensor,
+    task, outputs: torch.Tensor, targets: torch.Tensor,
     ids: list[str], run_dir: Path, eval_cfg, seed: int,
 ) -> dict[str, Any]:
     """Score test outputs, write test_metrics.json and predictions_test.csv; return the evaluation."""
-    probs = task.probabilities(outputs).numpy()
+    probs = task.predictions(outputs).numpy()
     truth = targets.numpy()
     evaluation = task.evaluate(probs, truth, n_bootstrap=eval_cfg.bootstrap, ci=eval_cfg.ci, seed=seed)
     write_json(run_dir / "test_metrics.json", evaluation)
     columns: dict[str, list] = {"id": list(ids)}
-    if task.kind == "multilabel":
+    if task.kind == "regression":
+        columns["true"] = [f"{v:.6g}" for v in truth.reshape(len(truth), -1)[:, 0]]
+    elif task.kind == "multilabel":
         columns["true"] = ["|".join(task.classes[k] for k in np.flatnonzero(t)) for t in truth]
     else:
         columns["true"] = [task.classes[int(t)] for t in truth]
@@ -38,7 +39,9 @@ def evaluate_split(
 
 def summary_line(evaluation: dict[str, Any]) -> str:
     parts = []
-    for name in ("auroc", "accuracy", "balanced_accuracy", "f1"):
+    names = ("rmse", "mae", "r2", "spearman") if evaluation["kind"] == "regression" else (
+        "auroc", "accuracy", "balanced_accuracy", "f1")
+    for name in names:
         m = evaluation["metrics"].get(name)
         if m and not math.isnan(m["value"]):
             ci = "" if math.isnan(m["ci_low"]) else f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 import biomx
 from biomx.config import ExperimentConfig, dump_config, load_config
-from biomx.data.samples import Samples, encode_labels
+from biomx.data.samples import Samples, encode_labels, encode_values
 from biomx.data.splits import split_indices, warn_if_leaking
 from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import atomic_write_text
@@ -28,12 +28,13 @@ from biomx.modalities import get_pipeline
 from biomx.modalities.image import collate_batch
 from biomx.models.registry import build_model, check_model_args, suggest
 from biomx.runs import environment, new_run_dir, read_json, write_csv, write_json
+from biomx.tasks import quick_metric_names
 from biomx.tasks.classification import (
-    QUICK_METRICS,
     ClassificationTask,
     build_task,
     class_weights_from_counts,
 )
+from biomx.tasks.regression import RegressionTask, build_regression_task
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Prepared:
     cfg: ExperimentConfig
     data: Samples
     targets: torch.Tensor
-    task: ClassificationTask
+    task: ClassificationTask | RegressionTask
     splits: dict[str, np.ndarray]
     datasets: dict[str, Dataset]
     info: dict[str, Any]  # run.json: model, task, preprocessing
@@ -55,7 +56,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     for key in ("in_channels", "out_dim"):
         if key in cfg.model.args:
             raise ConfigError(f"model.args.{key}: set automatically from the data and task; remove it")
-    allowed = ["train_loss", "val_loss"] + [f"val_{m}" for m in QUICK_METRICS]
+    allowed = ["train_loss", "val_loss"] + [f"val_{m}" for m in quick_metric_names(cfg.task.kind)]
     if cfg.train.monitor not in allowed:
         raise ConfigError(f"train.monitor: unknown metric {cfg.train.monitor!r}"
                           f"{suggest(cfg.train.monitor, allowed)}; allowed: {', '.join(allowed)}")  # fmt: skip
@@ -63,7 +64,8 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict[str, np.ndarray]:
     s = cfg.data.split
-    labels = targets.numpy() if targets.ndim == 1 else None
+    # Stratify on class labels; regression targets and multilabel sets split at random.
+    labels = targets.numpy() if targets.ndim == 1 and cfg.task.kind == "classification" else None
     if s.method == "chromosome":
         return _chromosome_splits(s, data, labels)
     if s.method == "predefined":
@@ -121,20 +123,29 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     data = pipeline.load(cfg.data, cfg.task.classes)
     if len(data.labels) == 0:
         raise BiomxError(f"{cfg.data.path}: no readable samples")
-    targets, classes, kind = encode_labels(data, cfg.task.classes, cfg.task.type)
-    splits = _splits(cfg, data, targets)
+    if cfg.task.kind == "regression":
+        targets = encode_values(data)
+        splits = _splits(cfg, data, targets)
+        task = build_regression_task([cfg.task.target_name or cfg.data.label_column], cfg.task.loss)
+        task.fit_scaling(targets[splits["train"]].numpy())  # standardise on train; predict in units
+        task_info = {"kind": "regression", "targets": task.targets, "loss": task.loss_name,
+                     "mean": task.mean, "std": task.std}  # fmt: skip
+    else:
+        targets, classes, kind = encode_labels(data, cfg.task.classes, cfg.task.type)
+        splits = _splits(cfg, data, targets)
+        weights = cfg.task.class_weights
+        if weights == "balanced":
+            weights = class_weights_from_counts(targets[splits["train"]].numpy(), kind, len(classes))
+        task = build_task(kind, classes, None if weights == "none" else weights,
+                          cfg.task.label_smoothing, cfg.task.threshold)  # fmt: skip
+        task_info = {"kind": task.kind, "classes": task.classes, "threshold": task.threshold}
     warn_if_leaking(data.groups, splits)
-    weights = cfg.task.class_weights
-    if weights == "balanced":
-        weights = class_weights_from_counts(targets[splits["train"]].numpy(), kind, len(classes))
-    task = build_task(kind, classes, None if weights == "none" else weights,
-                      cfg.task.label_smoothing, cfg.task.threshold)  # fmt: skip
     datasets, preprocessing, input_args = pipeline.build_datasets(data, targets, splits, cfg)
     info = {
         "biomx_version": biomx.__version__,
         "name": cfg.name,
         "model": {"name": cfg.model.name, "args": {**cfg.model.args, **input_args, "out_dim": task.out_dim}},
-        "task": {"kind": task.kind, "classes": task.classes, "threshold": task.threshold},
+        "task": task_info,
         "preprocessing": preprocessing,
     }
     return Prepared(cfg, data, targets, task, splits, datasets, info)
@@ -184,7 +195,7 @@ def _trainer(p: Prepared, run_dir: Path | None) -> Trainer:
     model = build_model(cfg.model.name, **p.info["model"]["args"])
 
     def metrics_fn(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return task.quick_metrics(task.probabilities(outputs).numpy(), targets.numpy())
+        return task.quick_metrics(task.predictions(outputs).numpy(), targets.numpy())
 
     return Trainer(
         model, task.loss, p.datasets["train"],
@@ -248,7 +259,7 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
             ids = [p.data.ids[i] for i in p.splits["test"]]
             evaluation = evaluate_split(p.task, outputs, targets, ids, run_dir, p.cfg.eval, p.cfg.train.seed)
             console.print(summary_line(evaluation))
-            probs = p.task.probabilities(outputs).numpy()
+            probs = p.task.predictions(outputs).numpy()
             examples, extra = pipeline.explain(trainer.model, p.task, p.data, p.splits["test"], test, probs,
                                                targets.numpy(), p.cfg.eval.explain, p.cfg)  # fmt: skip
             found = {section["title"]: section["json"] for section in extra if "json" in section}

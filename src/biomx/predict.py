@@ -11,7 +11,7 @@ from biomx.errors import DataError
 from biomx.modalities import get_pipeline
 from biomx.modalities.image import is_image_file
 from biomx.runs import load_run_model, write_csv
-from biomx.tasks.classification import build_task
+from biomx.tasks import task_from_info
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -55,9 +55,9 @@ def predict_files(
     pre, task_info = info["preprocessing"], info["task"]
     pipeline = get_pipeline(pre["modality"])
     model = pipeline.inference_model(model, pre).eval()
-    task = build_task(task_info["kind"], task_info["classes"], threshold=task_info["threshold"])
+    task = task_from_info(task_info)
     x, names, failures = pipeline.read_inputs(pre, inputs, skip_errors)
-    probs = [task.probabilities(model(batch)) for batch in x.split(batch_size)]
+    probs = [task.predictions(model(batch)) for batch in x.split(batch_size)]
     probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, task.out_dim)).squeeze(-1)
     columns: dict[str, list] = {"path": names}
     for name, values in task.prediction_columns(probs_np).items():

@@ -43,6 +43,22 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def encode_values(samples: Samples) -> torch.Tensor:
+    """Numeric labels -> a float target tensor (N,) for regression; empty or 'nan' -> NaN (masked).
+
+    Raises:
+        DataError: a label that is not a number, naming the file or row.
+    """
+    values = []
+    for i, label in enumerate(samples.labels):
+        try:
+            values.append(float(label) if label not in (None, "") else float("nan"))
+        except (TypeError, ValueError):
+            where = samples.where.get(i, samples.ids[i])
+            raise DataError(f"{where}: label {label!r} is not a number (task.kind is regression)") from None
+    return torch.tensor(values, dtype=torch.float32)
+
+
 def _names(label) -> list:
     return label if isinstance(label, list) else [label]
 

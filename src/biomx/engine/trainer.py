@@ -446,7 +446,7 @@ class Trainer:
         value = row[monitor]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return
-        lower_is_better = "loss" in monitor or "error" in monitor or monitor.endswith("ece")
+        lower_is_better = any(word in monitor for word in ("loss", "error", "rmse", "mae", "ece", "brier"))
         improved = st["best"] is None or (value < st["best"] if lower_is_better else value > st["best"])
         if improved:
             st.update(best=value, best_epoch=row["epoch"], bad_epochs=0)

@@ -162,6 +162,9 @@ def _pick(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, n: i
     """Test cases worth looking at: the most confident hits and the most confident misses."""
     if n <= 0 or len(targets) == 0:
         return []
+    if task.kind == "regression":  # spread over the range of predicted values
+        order = np.argsort(probs.reshape(len(probs), -1)[:, 0])
+        return sorted(order[np.linspace(0, len(order) - 1, min(n, len(order))).astype(int)].tolist())
     if task.kind == "multilabel":
         return list(range(min(n, len(targets))))
     predicted = task.predict_labels(probs)
@@ -184,8 +187,9 @@ def explain(
     if not chosen:
         return [], []
     x, _ = test_data.__getitems__(chosen)
-    predicted = task.predict_labels(probs[chosen])
-    # Binary models have one logit: explain it (evidence for the positive class).
+    predicted = probs[chosen] if task.kind == "regression" else task.predict_labels(probs[chosen])
+    # Binary models have one logit: explain it (evidence for the positive class); a regression
+    # model's first output: evidence for a higher value.
     target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
     device = next(model.parameters()).device
     heatmaps = gradcam(model, x.to(device), target).cpu().numpy()
@@ -194,7 +198,9 @@ def explain(
         display /= 255
     examples = []
     for row, i in enumerate(chosen):
-        if task.kind == "multilabel":
+        if task.kind == "regression":
+            caption = f"true: {float(np.ravel(targets[i])[0]):.3g} | predicted: {float(np.ravel(probs[i])[0]):.3g}"
+        elif task.kind == "multilabel":
             caption = f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(targets[i])) or '-'}"
         else:
             p = probs[i] if task.kind == "binary" else probs[i].max()

@@ -134,8 +134,8 @@ def explain(
 ) -> tuple[list[dict], list[dict]]:
     """Attribution logos, an in-silico mutagenesis map and recovered motifs for the report."""
     s = cfg.data.sequence
-    if n <= 0 or len(test_data) == 0 or s.alphabet not in ("dna", "rna"):
-        return [], []  # logos, motifs and mutagenesis are drawn for nucleotides only (so far)
+    if n <= 0 or len(test_data) == 0 or s.alphabet not in ("dna", "rna") or task.kind == "regression":
+        return [], []  # logos, motifs and mutagenesis: nucleotide classifiers only (so far)
     model = model.eval()
     device = next(model.parameters()).device
     logos, motif_rows, figures_motif, ism_figures, summary = [], [], [], [], {}

@@ -109,7 +109,8 @@ def _header(title: str, evaluation: dict | None) -> str:
     metrics = evaluation.get("metrics", {})
     level = f"{100 * float(evaluation.get('ci', 0.95)):g}% CI"
     found = []
-    for wanted in ("auroc", "accuracy"):
+    headline = ("rmse", "r2") if evaluation.get("kind") == "regression" else ("auroc", "accuracy")
+    for wanted in headline:
         # Exact name first, so "balanced_accuracy" does not stand in for "accuracy".
         name = wanted if wanted in metrics else next((k for k in metrics if wanted in k), None)
         if name is not None:
@@ -240,6 +241,66 @@ def _calibration_figure(calibration: dict) -> str:
     return _img(figure_to_data_uri(fig), "reliability diagram")
 
 
+MAX_SCATTER_TARGETS = 4  # a report with a figure pair for each of 12 Tox21 tasks is unreadable
+
+
+def _scatter_figure(name: str, true: np.ndarray, pred: np.ndarray, stats: dict) -> str:
+    """Predicted vs true with the identity line; RMSE and R\u00b2 in the title."""
+    fig = Figure(figsize=(4.6, 4))
+    ax = fig.add_subplot()
+    low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([low, high], [low, high], linestyle="--", color="grey", linewidth=1, label="y = x")
+    # Fainter points when there are many, so dense regions still show their density.
+    ax.scatter(true, pred, s=10, alpha=0.6 if len(true) < 500 else 0.25, color="tab:blue")
+    ax.set_xlabel(f"true {name}")
+    ax.set_ylabel(f"predicted {name}")
+    ax.set_title(f"{name}: RMSE {_fmt(stats.get('rmse'))}, R\u00b2 {_fmt(stats.get('r2'))}")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _img(figure_to_data_uri(fig), f"{name} predicted vs true")
+
+
+def _residual_figure(name: str, true: np.ndarray, pred: np.ndarray) -> str:
+    """Histogram of residuals (predicted - true), with zero marked."""
+    fig = Figure(figsize=(4.6, 4))
+    ax = fig.add_subplot()
+    ax.hist(pred - true, bins=min(40, max(5, len(true) // 10)), color="tab:blue", alpha=0.7)
+    ax.axvline(0.0, linestyle="--", color="grey", linewidth=1)
+    ax.set_xlabel(f"residual (predicted - true {name})")
+    ax.set_ylabel("cases")
+    ax.set_title(f"{name}: residuals")
+    ax.grid(alpha=0.3)
+    return _img(figure_to_data_uri(fig), f"{name} residuals")
+
+
+def _regression_parts(evaluation: dict) -> list[str]:
+    """Per-target table, then a scatter and a residual histogram for the first few targets."""
+    parts = []
+    per_target = evaluation.get("per_target", {})
+    if per_target:
+        columns = list(dict.fromkeys(k for stats in per_target.values() for k in stats))
+        rows = [
+            [html.escape(str(name))] + [_fmt(stats.get(c)) for c in columns]
+            for name, stats in per_target.items()
+        ]
+        parts.append("<h3>Per target</h3>" + _table(["target"] + columns, rows))
+    figures = []
+    scatter = evaluation.get("scatter", {})
+    for name in list(scatter)[:MAX_SCATTER_TARGETS]:
+        true = np.asarray(scatter[name].get("true", []), dtype=float)
+        pred = np.asarray(scatter[name].get("pred", []), dtype=float)
+        if len(true) == 0:  # a target with no observed test value has nothing to plot
+            continue
+        stats = per_target.get(name, {})
+        figures.append(_scatter_figure(str(name), true, pred, stats))
+        figures.append(_residual_figure(str(name), true, pred))
+    if len(scatter) > MAX_SCATTER_TARGETS:
+        figures.append(f"<p>Figures for the first {MAX_SCATTER_TARGETS} of {len(scatter)} "
+                       "targets; every target is in the table above.</p>")
+    parts.append('<div class="grid">' + "".join(figures) + "</div>")
+    return parts
+
+
 def _evaluation_section(evaluation: dict | None) -> str:
     parts = ["<h2>Test evaluation</h2>"]
     if evaluation is None:
@@ -262,6 +323,9 @@ def _evaluation_section(evaluation: dict | None) -> str:
         for name, m in evaluation.get("metrics", {}).items()
     ]
     parts.append(_table(["metric", "value", f"{level} CI"], rows))
+    if evaluation.get("kind") == "regression":
+        parts.extend(_regression_parts(evaluation))
+        return "\n".join(parts)
     figures = []
     curves = evaluation.get("curves", {})
     for kind in ("roc", "pr"):
@@ -348,7 +412,8 @@ def write_report(
         history: per-epoch dicts (`epoch`, `train_loss`, `val_loss`, `val_<metric>`, ...);
             missing keys are skipped, an empty list gives a "no history" note.
         evaluation: the test evaluation dict (`kind`, `n`, `metrics`, `curves`,
-            `confusion_matrix` or `per_label`, `calibration`, `per_class`), or None.
+            `confusion_matrix` or `per_label`, `calibration`, `per_class`; regression:
+            `per_target` and `scatter`), or None.
         config: the resolved experiment config, shown as YAML.
         environment: versions, device and the like, shown as a table.
         examples: dicts with `image` (C, H, W) in [0, 1], `heatmap` (H, W) or None, and

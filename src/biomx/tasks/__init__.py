@@ -1,13 +1,37 @@
 """Prediction tasks: what a model's outputs mean, how they are trained and how they are scored.
 
-`classification` covers binary, multiclass and multilabel problems: the loss, the conversion of
-logits to probabilities and labels, and the metrics (with bootstrap confidence intervals).
+`classification` covers binary, multiclass and multilabel problems; `regression` covers one or
+several continuous targets (standardised for training, predicted in the original units).
+Every task has `loss`, `predictions`, `quick_metrics`, `evaluate`, `prediction_columns`,
+`out_dim`, `kind` and `classes`.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from biomx.tasks.classification import (
+    QUICK_METRICS,
     ClassificationTask,
     build_task,
     class_weights_from_counts,
 )
 
-__all__ = ["ClassificationTask", "build_task", "class_weights_from_counts"]
+REGRESSION_QUICK_METRICS = ("rmse", "mae", "r2", "spearman", "pearson")
+
+
+def quick_metric_names(kind: str) -> tuple[str, ...]:
+    """The validation metrics a task of this kind reports each epoch (for train.monitor)."""
+    return REGRESSION_QUICK_METRICS if kind == "regression" else tuple(QUICK_METRICS)
+
+
+def task_from_info(info: dict[str, Any]):
+    """Rebuild a run's task from the "task" entry of its run.json (or checkpoint)."""
+    if info["kind"] == "regression":
+        from biomx.tasks.regression import build_regression_task
+
+        return build_regression_task(info["targets"], info["loss"], info["mean"], info["std"])
+    return build_task(info["kind"], info["classes"], threshold=info["threshold"])
+
+
+__all__ = ["ClassificationTask", "build_task", "class_weights_from_counts", "quick_metric_names", "task_from_info"]

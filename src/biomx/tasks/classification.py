@@ -108,6 +108,10 @@ class ClassificationTask:
             return torch.softmax(logits, dim=1)
         return torch.sigmoid(logits)
 
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """The task's prediction from model outputs (every task has this): the probabilities."""
+        return self.probabilities(logits)
+
     def predict_labels(self, probs: np.ndarray) -> np.ndarray:
         """Binary: (N,) 1 where P >= threshold; multiclass: (N,) argmax; multilabel: (N, K) 0/1."""
         probs = np.asarray(probs)
