@@ -26,11 +26,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from biomx.config import TrainConfig, load_config
+from biomx.data.batching import collate_batch
 from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.trainer import Trainer
 from biomx.experiment import train
-from biomx.modalities.image import collate_batch
 from biomx.modalities.sequence import (
     SequenceDataset,
     encode,

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from biomx.data.batching import collate_batch
 from biomx.errors import DataError
-from biomx.modalities.image import collate_batch
 from biomx.modalities.sequence import (
     PAD,
     SequenceDataset,

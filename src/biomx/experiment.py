@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 import biomx
 from biomx.config import ExperimentConfig, dump_config, load_config
+from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples, encode_labels, encode_values
 from biomx.data.splits import split_indices, warn_if_leaking
 from biomx.engine import distributed as dist
@@ -25,7 +26,6 @@ from biomx.engine.trainer import Trainer, seed_everything, select_device
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import evaluate_split, summary_line, write_run_report
 from biomx.modalities import get_pipeline
-from biomx.modalities.image import collate_batch
 from biomx.models.registry import build_model, check_model_args, suggest
 from biomx.runs import environment, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks import quick_metric_names

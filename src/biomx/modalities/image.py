@@ -33,9 +33,9 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
-from biomx.data.batching import batch_generator
+from biomx.data.batching import batch_generator, collate_batch  # noqa: F401 (re-exported)
 from biomx.errors import DataError
 
 _SUFFIX_FORMAT = {".png": "pillow", ".jpg": "pillow", ".jpeg": "pillow", ".bmp": "pillow",
@@ -678,12 +678,3 @@ class ImageTensorDataset(Dataset):
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x, self.targets[index]
-
-
-def collate_batch(batch: Any) -> Any:
-    """DataLoader collate_fn: pass an already-stacked (x, y) batch through, else default_collate."""
-    if (isinstance(batch, tuple) and len(batch) == 2
-            and all(isinstance(t, torch.Tensor) and t.ndim > 0 for t in batch)
-            and len(batch[0]) == len(batch[1])):
-        return batch
-    return default_collate(batch)
