@@ -1,0 +1,29 @@
+"""Helpers shared by the batched datasets of every modality."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+
+def batch_generator(seed: int, epoch: int, indices: list[int]) -> torch.Generator:
+    """A generator seeded by (seed, epoch, first index, batch size) for a batch's augmentations.
+
+    The same batch gets the same random draws whatever the number of DataLoader workers and
+    after a resume, because nothing depends on global RNG state or on which worker runs it.
+    """
+    key = [seed, epoch, int(indices[0]), len(indices)]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]))
+
+
+def collate_batch(batch: Any) -> Any:
+    """DataLoader collate_fn for datasets with `__getitems__`: an already-stacked (x, y) batch
+    passes through unchanged; anything else goes to torch's default_collate."""
+    if (isinstance(batch, tuple) and len(batch) == 2
+            and all(isinstance(t, torch.Tensor) and t.ndim > 0 for t in batch)
+            and len(batch[0]) == len(batch[1])):  # fmt: skip
+        return batch
+    return default_collate(batch)
