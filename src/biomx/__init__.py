@@ -17,10 +17,12 @@ from biomx.errors import BiomxError, ConfigError, DataError  # noqa: E402
 from biomx.experiment import evaluate_run, prepare, resume_run, train  # noqa: E402
 from biomx.explain.gradcam import gradcam  # noqa: E402
 from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch, read_image  # noqa: E402
+from biomx.modalities.sequence import SequenceDataset, encode, one_hot, records_from_fasta  # noqa: E402
 from biomx.models.registry import build_model, list_models, register  # noqa: E402
 from biomx.predict import predict_files  # noqa: E402
 from biomx.runs import load_run_model  # noqa: E402
 from biomx.tasks.classification import ClassificationTask, build_task  # noqa: E402
+from biomx.tasks.regression import RegressionTask, build_regression_task  # noqa: E402
 
 __all__ = [
     "Augment",
@@ -30,21 +32,27 @@ __all__ = [
     "DataError",
     "ExperimentConfig",
     "ImageTensorDataset",
+    "RegressionTask",
+    "SequenceDataset",
     "TrainConfig",
     "Trainer",
     "TrainingInterrupted",
     "__version__",
     "build_model",
+    "build_regression_task",
     "build_task",
     "collate_batch",
+    "encode",
     "evaluate_run",
     "gradcam",
     "list_models",
     "load_config",
     "load_run_model",
+    "one_hot",
     "predict_files",
     "prepare",
     "read_image",
+    "records_from_fasta",
     "register",
     "resume_run",
     "train",
