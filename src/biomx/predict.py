@@ -7,27 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biomx.errors import DataError
 from biomx.modalities import get_pipeline
-from biomx.modalities.image import is_image_file
 from biomx.runs import load_run_model, write_csv
 from biomx.tasks import task_from_info
-
-
-def collect_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and image files found under folders (sorted)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
-            if not found:
-                raise DataError(f"{item}: folder holds no image files")
-            files += found
-        elif item.exists():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    return files
 
 
 @torch.no_grad()

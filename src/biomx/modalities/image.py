@@ -296,6 +296,16 @@ def is_image_file(path: Path) -> bool:
         return False
 
 
+def image_files_under(folder: Path) -> list[Path]:
+    """Every image file below `folder`, sorted; hidden files and folders (".name") skipped."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and is_image_file(p)
+    )  # fmt: skip
+
+
 def records_from_folder(root: str | Path) -> ImageRecords:
     """List a folder-per-class tree: `root/<class>/**/<image files>`, label = class folder name.
 
@@ -319,12 +329,7 @@ def records_from_folder(root: str | Path) -> ImageRecords:
     paths: list[Path] = []
     labels: list[Any] = []
     for class_dir in class_dirs:
-        files = sorted(
-            p for p in class_dir.rglob("*")
-            if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-            and is_image_file(p)
-        )
+        files = image_files_under(class_dir)
         if not files:
             raise DataError(f"{class_dir}: class folder has no image files (.png .jpg .bmp .tif "
                             ".dcm .nii .nii.gz); add images or remove the folder")

@@ -25,6 +25,7 @@ from biomx.modalities.image import (
     Augment,
     ImageTensorDataset,
     decode_images,
+    image_files_under,
     load_npz_splits,
     records_from_csv,
     records_from_folder,
@@ -213,12 +214,26 @@ def explain(
 # ---------------------------------------------------------------------------------- prediction
 
 
+def collect_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, and the image files found under folders (sorted)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = image_files_under(item)
+            if not found:
+                raise DataError(f"{item}: folder holds no image files")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return files
+
+
 def read_inputs(
     preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
     """Image files/folders -> a model-ready float batch, names, and skipped files."""
-    from biomx.predict import collect_inputs
-
     files = collect_inputs(inputs)
     images, kept, failures = decode_images(
         files, size=tuple(preprocessing["image_size"]), channels=preprocessing["channels"],
