@@ -12,7 +12,7 @@ import torch
 
 from biomx.engine.logging import console
 from biomx.report.html import write_report
-from biomx.runs import read_json, write_csv, write_json
+from biomx.runs import write_csv, write_json
 
 
 def evaluate_split(
@@ -57,10 +57,6 @@ def write_run_report(
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.is_file():
         history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    data_info = run_dir / "data.json"
-    if data_info.is_file():
-        info = read_json(data_info)
-        notes = [f"split sizes: {info.get('split_sizes')}"] + notes
     path = write_report(run_dir / "report.html", title=title, history=history, evaluation=evaluation,
                         config=config, environment=environment, examples=examples, notes=notes,
                         extra=extra)  # fmt: skip

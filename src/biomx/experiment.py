@@ -151,15 +151,20 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     return Prepared(cfg, data, targets, task, splits, datasets, info)
 
 
+def _split_names(p: Prepared) -> list[str]:
+    """The split ("train", "val", "test") of every sample, in sample order."""
+    split_of = np.empty(len(p.targets), dtype=object)
+    for name, idx in p.splits.items():
+        split_of[idx] = name
+    return split_of.tolist()
+
+
 def _write_run_files(run_dir: Path, p: Prepared) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(p.cfg))
     write_json(run_dir / "run.json", p.info)
-    split_of = np.empty(len(p.targets), dtype=object)
-    for name, idx in p.splits.items():
-        split_of[idx] = name
     labels = ["|".join(x) if isinstance(x, list) else x for x in p.data.labels]
-    columns = {"id": p.data.ids, "label": labels, "split": split_of.tolist()}
+    columns = {"id": p.data.ids, "label": labels, "split": _split_names(p)}
     if p.data.hashes:
         columns["sha256"] = p.data.hashes
     write_csv(run_dir / "split.csv", columns)
@@ -177,12 +182,9 @@ def _check_same_split(run_dir: Path, p: Prepared) -> None:
     """A resumed or re-evaluated run must see exactly the data it was trained on."""
     import csv
 
-    split_of = np.empty(len(p.targets), dtype=object)
-    for name, idx in p.splits.items():
-        split_of[idx] = name
     with open(run_dir / "split.csv", newline="") as f:
         saved = [(row["id"], row["split"]) for row in csv.DictReader(f)]
-    now = list(zip(p.data.ids, split_of.tolist(), strict=True))
+    now = list(zip(p.data.ids, _split_names(p), strict=True))
     if saved != now:
         first = next((i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if a != b), min(len(saved), len(now)))
         raise BiomxError(f"{run_dir}: the data or its split changed since this run was made "
@@ -266,7 +268,8 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
             if found:
                 write_json(run_dir / "explanations.json", found)
     if dist.is_main():
-        notes = [f"skipped unreadable file: {f} ({r})" for f, r in p.data.skipped[:50]]
+        notes = [f"split sizes: { {k: len(v) for k, v in p.splits.items()} }"]
+        notes += [f"skipped unreadable file: {f} ({r})" for f, r in p.data.skipped[:50]]
         if len(p.data.skipped) > 50:
             notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
         write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, examples, extra,

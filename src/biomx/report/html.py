@@ -273,17 +273,22 @@ def _residual_figure(name: str, true: np.ndarray, pred: np.ndarray) -> str:
     return _img(figure_to_data_uri(fig), f"{name} residuals")
 
 
+def _stats_table(title: str, label: str, stats_by_name: dict) -> str:
+    """A table of per-class or per-target statistics, one row per name."""
+    columns = list(dict.fromkeys(k for stats in stats_by_name.values() for k in stats))
+    rows = [
+        [html.escape(str(name))] + [_fmt(stats.get(c)) for c in columns]
+        for name, stats in stats_by_name.items()
+    ]
+    return f"<h3>{title}</h3>" + _table([label] + columns, rows)
+
+
 def _regression_parts(evaluation: dict) -> list[str]:
     """Per-target table, then a scatter and a residual histogram for the first few targets."""
     parts = []
     per_target = evaluation.get("per_target", {})
     if per_target:
-        columns = list(dict.fromkeys(k for stats in per_target.values() for k in stats))
-        rows = [
-            [html.escape(str(name))] + [_fmt(stats.get(c)) for c in columns]
-            for name, stats in per_target.items()
-        ]
-        parts.append("<h3>Per target</h3>" + _table(["target"] + columns, rows))
+        parts.append(_stats_table("Per target", "target", per_target))
     figures = []
     scatter = evaluation.get("scatter", {})
     for name in list(scatter)[:MAX_SCATTER_TARGETS]:
@@ -339,12 +344,7 @@ def _evaluation_section(evaluation: dict | None) -> str:
     parts.append('<div class="grid">' + "".join(figures) + "</div>")
     per_class = evaluation.get("per_class")
     if per_class:
-        columns = list(dict.fromkeys(k for stats in per_class.values() for k in stats))
-        rows = [
-            [html.escape(str(name))] + [_fmt(stats.get(c)) for c in columns]
-            for name, stats in per_class.items()
-        ]
-        parts.append("<h3>Per class</h3>" + _table(["class"] + columns, rows))
+        parts.append(_stats_table("Per class", "class", per_class))
     return "\n".join(parts)
 
 
