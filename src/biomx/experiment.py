@@ -35,6 +35,7 @@ from biomx.tasks.classification import (
     class_weights_from_counts,
 )
 from biomx.tasks.regression import RegressionTask, build_regression_task
+from biomx.uncertainty import mean_and_std, uncertainty_evaluation, uncertainty_section
 
 
 @dataclass
@@ -68,9 +69,12 @@ def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict
     labels = targets.numpy() if targets.ndim == 1 and cfg.task.kind == "classification" else None
     if s.method == "chromosome":
         return _chromosome_splits(s, data, labels)
+    if s.method in ("scaffold", "cluster"):  # molecules: keep related structures in one split
+        return get_pipeline(cfg.data.modality).split(s, data)
     if s.method == "predefined":
         if not data.predefined or "train" not in data.predefined:
-            raise ConfigError("data.split.method: 'predefined' needs an npz with train_/val_ arrays")
+            raise ConfigError("data.split.method: 'predefined' needs an npz with train_/val_ arrays, "
+                              f"or a CSV column {s.column!r} of train/val/test")  # fmt: skip
         train = data.predefined["train"]
         val = data.predefined.get("val")
         test = data.predefined.get("test")
@@ -126,7 +130,9 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     if cfg.task.kind == "regression":
         targets = encode_values(data)
         splits = _splits(cfg, data, targets)
-        task = build_regression_task([cfg.task.target_name or cfg.data.label_column], cfg.task.loss)
+        columns = cfg.data.label_column if isinstance(cfg.data.label_column, list) else [cfg.data.label_column]
+        names = [cfg.task.target_name] if cfg.task.target_name and len(columns) == 1 else columns
+        task = build_regression_task(names, cfg.task.loss)
         task.fit_scaling(targets[splits["train"]].numpy())  # standardise on train; predict in units
         task_info = {"kind": "regression", "targets": task.targets, "loss": task.loss_name,
                      "mean": task.mean, "std": task.std}  # fmt: skip
@@ -140,6 +146,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
                           cfg.task.label_smoothing, cfg.task.threshold)  # fmt: skip
         task_info = {"kind": task.kind, "classes": task.classes, "threshold": task.threshold}
     warn_if_leaking(data.groups, splits)
+    data.extra["splits"] = splits  # for a pipeline's report sections (e.g. scaffold overlap)
     datasets, preprocessing, input_args = pipeline.build_datasets(data, targets, splits, cfg)
     info = {
         "biomx_version": biomx.__version__,
@@ -147,6 +154,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         "model": {"name": cfg.model.name, "args": {**cfg.model.args, **input_args, "out_dim": task.out_dim}},
         "task": task_info,
         "preprocessing": preprocessing,
+        "uncertainty": {"ensemble": cfg.model.ensemble, "mc_dropout": cfg.eval.mc_dropout},
     }
     return Prepared(cfg, data, targets, task, splits, datasets, info)
 
@@ -191,9 +199,16 @@ def _check_same_split(run_dir: Path, p: Prepared) -> None:
                          f"(first difference at sample {first + 1} of split.csv); start a new run")  # fmt: skip
 
 
-def _trainer(p: Prepared, run_dir: Path | None) -> Trainer:
+def member_dirs(run_dir: Path, ensemble: int) -> list[Path]:
+    """Where each ensemble member keeps its checkpoints and logs (one model: the run itself)."""
+    return [run_dir] if ensemble == 1 else [run_dir / "members" / str(k) for k in range(ensemble)]
+
+
+def _trainer(p: Prepared, run_dir: Path | None, member: int = 0) -> Trainer:
     cfg, task = p.cfg, p.task
-    seed_everything(cfg.train.seed)  # identical initial weights on every rank and every resume
+    # Ensemble members differ only in their seed: initial weights, batch order, dropout.
+    settings = cfg.train.model_copy(update={"seed": cfg.train.seed + member})
+    seed_everything(settings.seed)  # identical initial weights on every rank and every resume
     model = build_model(cfg.model.name, **p.info["model"]["args"])
 
     def metrics_fn(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -202,7 +217,7 @@ def _trainer(p: Prepared, run_dir: Path | None) -> Trainer:
     return Trainer(
         model, task.loss, p.datasets["train"],
         val_data=p.datasets["val"] if len(p.datasets["val"]) else None,
-        settings=cfg.train, run_dir=run_dir, metrics_fn=metrics_fn, collate_fn=collate_batch,
+        settings=settings, run_dir=run_dir, metrics_fn=metrics_fn, collate_fn=collate_batch,
         model_config=p.info, tensorboard=cfg.output.tensorboard,
     )  # fmt: skip
 
@@ -231,45 +246,70 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
             shared = [str(run_dir)]
             torch.distributed.broadcast_object_list(shared, src=0)
             run_dir = Path(shared[0])
-        if (run_dir / "checkpoints" / "last.safetensors").exists():
+        if (run_dir / "run.json").exists():
             raise BiomxError(f"{run_dir}: already holds a run; use --resume {run_dir} or another output.name")
         if dist.is_main():
             _write_run_files(run_dir, p)
             console.print(f"run: {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in p.splits.items())})")
-    trainer = _trainer(p, run_dir)
-    trainer.fit(resume=resume is not None)
+    members = member_dirs(run_dir, cfg.model.ensemble)
+    for k, member_dir in enumerate(members):
+        if len(members) > 1 and dist.is_main():
+            console.print(f"ensemble member {k + 1}/{len(members)} (seed {cfg.train.seed + k})")
+        trainer = _trainer(p, member_dir, member=k)
+        # On resume, finished members return at once and the interrupted one continues.
+        trainer.fit(resume=resume is not None and (member_dir / "checkpoints" / "last.safetensors").is_file())
     _finish(p, trainer, run_dir)
     return run_dir
 
 
-def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
-    """Evaluate the best checkpoint on the test split and write the report (rank 0 writes)."""
-    best = run_dir / "checkpoints" / "best.safetensors"
-    dist.barrier()
-    if best.is_file():
-        from biomx.engine.checkpoint import load_checkpoint
+def _test_predictions(p: Prepared, trainer: Trainer, run_dir: Path) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Test predictions (task space) of every ensemble member's best checkpoint and dropout pass."""
+    from biomx.engine.checkpoint import load_checkpoint
 
-        weights, _ = load_checkpoint(best)
-        trainer.model.load_state_dict(weights)
+    pipeline = get_pipeline(p.cfg.data.modality)
+    passes, mc = [], p.cfg.eval.mc_dropout
+    targets = torch.zeros(0)
+    for member_dir in member_dirs(run_dir, p.cfg.model.ensemble):
+        best = member_dir / "checkpoints" / "best.safetensors"
+        if best.is_file():
+            weights, _ = load_checkpoint(best)
+            trainer.model.load_state_dict(weights)
+        trainer.net = pipeline.inference_model(trainer.model, p.info["preprocessing"])  # e.g. strand averaging
+        for k in range(max(mc, 1)):
+            torch.manual_seed(p.cfg.train.seed + k)  # reproducible dropout masks
+            outputs, targets = trainer.predict(p.datasets["test"], batch_size=p.cfg.eval.batch_size,
+                                               mc_dropout=mc > 0)  # fmt: skip
+            passes.append(p.task.predictions(outputs).numpy())
+    return passes, targets
+
+
+def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
+    """Evaluate the best checkpoint(s) on the test split and write the report (rank 0 writes)."""
+    dist.barrier()
     evaluation, examples, extra = None, [], []
     test = p.datasets["test"]
     if len(test):
         pipeline = get_pipeline(p.cfg.data.modality)
-        trainer.net = pipeline.inference_model(trainer.model, p.info["preprocessing"])  # e.g. strand averaging
-        outputs, targets = trainer.predict(test, batch_size=p.cfg.eval.batch_size)
+        passes, targets = _test_predictions(p, trainer, run_dir)
         if dist.is_main():
+            probs, std = mean_and_std(passes)
             ids = [p.data.ids[i] for i in p.splits["test"]]
-            evaluation = evaluate_split(p.task, outputs, targets, ids, run_dir, p.cfg.eval, p.cfg.train.seed)
+            evaluation = evaluate_split(p.task, probs, targets.numpy(), ids, run_dir, p.cfg.eval,
+                                        p.cfg.train.seed, std=std)  # fmt: skip
             console.print(summary_line(evaluation))
-            probs = p.task.predictions(outputs).numpy()
             examples, extra = pipeline.explain(trainer.model, p.task, p.data, p.splits["test"], test, probs,
                                                targets.numpy(), p.cfg.eval.explain, p.cfg)  # fmt: skip
+            if std is not None:
+                names = (p.task.targets if p.task.kind == "regression"
+                         else p.task.classes[1:] if p.task.kind == "binary" else p.task.classes)  # fmt: skip
+                unc = uncertainty_evaluation(p.task.kind, names, probs, std, targets.numpy())
+                extra = [uncertainty_section(unc), *extra]
             found = {section["title"]: section["json"] for section in extra if "json" in section}
             if found:
                 write_json(run_dir / "explanations.json", found)
     if dist.is_main():
         notes = [f"split sizes: { {k: len(v) for k, v in p.splits.items()} }"]
-        notes += [f"skipped unreadable file: {f} ({r})" for f, r in p.data.skipped[:50]]
+        notes += [f"skipped: {f} ({r})" for f, r in p.data.skipped[:50]]
         if len(p.data.skipped) > 50:
             notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
         write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, examples, extra,

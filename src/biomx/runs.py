@@ -111,3 +111,17 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module,
     model = build_model(info["model"]["name"], **info["model"]["args"])
     model.load_state_dict(weights)
     return model.eval(), info
+
+
+def load_run_models(run_dir: str | Path, which: str = "best") -> tuple[list[nn.Module], dict[str, Any]]:
+    """Every model of a run: one, or each deep-ensemble member (`members/<k>/`), in eval mode."""
+    run_dir = Path(run_dir)
+    members = run_dir / "members"
+    if not members.is_dir():
+        model, info = load_run_model(run_dir, which)
+        return [model], info
+    dirs = sorted((d for d in members.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+    loaded = [load_run_model(d, which) for d in dirs if (d / "checkpoints").is_dir()]
+    if not loaded:
+        raise BiomxError(f"{run_dir}: no ensemble member has a checkpoint yet")
+    return [model for model, _ in loaded], loaded[0][1]

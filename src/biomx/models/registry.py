@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from biomx.errors import ConfigError
-from biomx.models import image2d, sequence
+from biomx.models import image2d, molecule, sequence
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,15 @@ register(
 )
 register("protein_cnn", sequence.protein_cnn, "sequence", "Multi-kernel protein CNN, max pool")
 register("protein_lstm", sequence.protein_lstm, "sequence", "Protein BiLSTM, mean + max pool")
+register("dmpnn", molecule.dmpnn, "molecule", "Directed message passing network (chemprop, Yang 2019)")
+register("gin", molecule.gin, "molecule", "GIN with bond features (Xu 2019; GINE, Hu 2020)")
+register("attentive_fp", molecule.attentive_fp, "molecule", "AttentiveFP graph attention (Xiong 2020)")
+register(
+    "fingerprint_mlp",
+    molecule.fingerprint_mlp,
+    "molecule",
+    "MLP on Morgan fingerprints / RDKit descriptors (no graph)",
+)
 
 
 def model_names() -> list[str]:
@@ -117,8 +126,13 @@ def list_models(in_channels: int = 1, out_dim: int = 2) -> list[dict[str, Any]]:
     rows = []
     for name in model_names():
         entry = _REGISTRY[name]
-        # Sequence models count with their own alphabet size (4 for DNA, 20 for protein).
-        inputs = {"in_channels": in_channels} if entry.modality == "image" else {}
+        # Sequence models count with their own alphabet size (4 for DNA, 20 for protein);
+        # molecule models with chemprop's atom / bond sizes or a 2048-bit fingerprint.
+        inputs: dict[str, int] = {}
+        if entry.modality == "image":
+            inputs = {"in_channels": in_channels}
+        elif entry.modality == "molecule":
+            inputs = molecule.listing_inputs(name)
         model = entry.builder(**inputs, out_dim=out_dim)
         rows.append({
             "name": name,

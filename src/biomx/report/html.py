@@ -51,14 +51,18 @@ def figure_to_data_uri(fig: Figure, dpi: int = _DPI) -> str:
     """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png_data_uri(buffer.getvalue())
+
+
+def _png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _array_to_data_uri(rgb: np.ndarray) -> str:
     """Encode an (H, W, 3) uint8 picture as a PNG data URI at its native size."""
     buffer = io.BytesIO()
     matplotlib.image.imsave(buffer, rgb, format="png")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png_data_uri(buffer.getvalue())
 
 
 def _img(uri: str, alt: str, css_class: str = "") -> str:
@@ -374,8 +378,9 @@ def _extra_section(section: dict) -> str:
         table = section["table"]
         rows = [[html.escape(str(cell)) for cell in row] for row in table["rows"]]
         parts.append(_table([str(h) for h in table["header"]], rows, numeric=False))
-    for fig in section.get("figures", []):
-        parts.append(_img(figure_to_data_uri(fig), str(section["title"])))
+    for fig in section.get("figures", []):  # matplotlib figures or ready PNG bytes (e.g. RDKit drawings)
+        uri = figure_to_data_uri(fig) if isinstance(fig, Figure) else _png_data_uri(fig)
+        parts.append(_img(uri, str(section["title"])))
     return "\n".join(parts)
 
 

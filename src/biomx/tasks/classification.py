@@ -11,6 +11,12 @@ at once, so the point estimate and every bootstrap resample run exactly the same
 A metric that is undefined on a sample (AUROC with one class present, precision with no
 positive predictions) is NaN. Macro averages skip undefined classes, except precision, where
 a class that occurs but is never predicted counts as 0 (sklearn's zero_division=0).
+
+Multilabel targets may be NaN: not measured, as in multi-task assay data (Tox21), where most
+molecules lack most labels. Such entries are left out of the loss and every label is scored
+on its observed cases only. The kernels take an `observed` mask next to (y, pred, score), so
+this costs no Python loop over labels or resamples; with nothing missing the mask is all True
+and the numbers are exactly those of the unmasked formulas.
 """
 
 from __future__ import annotations
@@ -79,26 +85,38 @@ class ClassificationTask:
         """Mean training loss.
 
         Binary and multilabel: BCE-with-logits on smoothed targets y * (1 - eps) + eps / 2, with
-        pos_weight = w_pos / w_neg (binary) or the per-label weights (multilabel). Multiclass:
-        cross-entropy with `weight=class_weights` and `label_smoothing=eps`.
+        pos_weight = w_pos / w_neg (binary) or the per-label weights (multilabel), averaged over
+        the observed (non-NaN) targets only: a missing label has no loss and no gradient.
+        Multiclass: cross-entropy with `weight=class_weights` and `label_smoothing=eps`.
 
         Args:
             logits: binary (N,) or (N, 1); multiclass and multilabel (N, K).
-            targets: binary (N,) 0/1; multiclass (N,) class indices; multilabel (N, K) 0/1.
+            targets: binary (N,) 0/1; multiclass (N,) class indices; multilabel (N, K) 0/1, NaN
+                = not measured.
 
         Returns:
-            A scalar tensor.
+            A scalar tensor; 0 (still attached to the graph) when every target is missing.
         """
         eps = self.label_smoothing
         if self.kind == "multiclass":
             weight = None if self.class_weights is None else logits.new_tensor(self.class_weights)
             return F.cross_entropy(logits, targets.long(), weight=weight, label_smoothing=eps)
         logits = _squeeze_binary(logits) if self.kind == "binary" else logits
-        y = targets.to(logits.dtype) * (1.0 - eps) + eps / 2.0
+        y = targets.to(logits.dtype)
         pos_weight, w = None, self.class_weights
         if w is not None:
             pos_weight = logits.new_tensor(w[1] / w[0] if self.kind == "binary" else w)
-        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+        observed = ~torch.isnan(y)
+        if bool(observed.all()):  # the common case, exactly as without missing labels
+            y = y * (1.0 - eps) + eps / 2.0
+            return F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+        # Missing targets become 0 before the loss: a NaN target would make the gradient NaN
+        # even where the masked loss is 0.
+        y = torch.where(observed, y, torch.zeros_like(y)) * (1.0 - eps) + eps / 2.0
+        per_entry = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight,
+                                                       reduction="none")
+        masked = torch.where(observed, per_entry, torch.zeros_like(per_entry))
+        return masked.sum() / observed.sum().clamp(min=1)  # 0, with a graph, if none observed
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Binary: (N,) P(positive); multiclass: (N, K) softmax; multilabel: (N, K) sigmoid."""
@@ -143,19 +161,19 @@ class ClassificationTask:
 
         Args:
             probs: output of `probabilities`, as numpy.
-            targets: true labels, shaped as for `loss`.
+            targets: true labels, shaped as for `loss` (multilabel: NaN = not measured).
 
         Returns:
             Metric name -> float; NaN where undefined (one class present, no cases, NaN
-            probs), never raising.
+            probs), never raising. Multilabel: each label on its observed cases, then macro.
 
         Raises:
             DataError: if the shapes or target values do not fit the task.
         """
-        probs, targets = self._check(probs, targets)
+        probs, targets, observed = self._check(probs, targets)
         if len(targets) == 0 or not np.isfinite(probs).all():  # nothing to score, or diverged
             return {m: float("nan") for m in QUICK_METRICS}
-        views = _gather(self._views(probs, targets), np.arange(len(targets))[None])
+        views = _gather(self._views(probs, targets, observed), np.arange(len(targets))[None])
         point = _summary(self.kind, *views, n_bins=10)
         return {m: float(point[m][0]) for m in QUICK_METRICS}
 
@@ -165,7 +183,9 @@ class ClassificationTask:
 
         Args:
             probs: output of `probabilities`, as numpy.
-            targets: true labels, shaped as for `loss`.
+            targets: true labels, shaped as for `loss` (multilabel: NaN = not measured; each
+                label is scored on its observed cases, in the point estimate and in every
+                resample).
             n_bootstrap: resamples of the N cases with replacement (0: CIs are NaN).
             ci: level of the percentile intervals.
             seed: seed of the resampling generator; the same seed gives the same CIs.
@@ -173,7 +193,8 @@ class ClassificationTask:
 
         Returns:
             A JSON-serialisable dict: kind, n, classes, threshold, ci, n_bootstrap, metrics
-            ({name: {value, ci_low, ci_high}}), confusion_matrix, curves, calibration, per_class.
+            ({name: {value, ci_low, ci_high}}), confusion_matrix, curves, calibration, per_class
+            (multilabel: with "n", the label's observed cases).
 
         Raises:
             DataError: if there are no cases, probs are not finite, or shapes or targets do not fit.
@@ -182,14 +203,14 @@ class ClassificationTask:
         if n_bootstrap < 0 or not 0.0 < ci < 1.0 or n_bins < 1:
             raise ConfigError(f"evaluate: expected n_bootstrap >= 0, 0 < ci < 1, n_bins >= 1, "
                               f"got n_bootstrap={n_bootstrap}, ci={ci}, n_bins={n_bins}")
-        probs, targets = self._check(probs, targets)
+        probs, targets, observed = self._check(probs, targets)
         n = len(targets)
         if n == 0:
             raise DataError("evaluate: the test set is empty; check the split or the data filter")
         if not np.isfinite(probs).all():
             raise DataError("evaluate: probs contain NaN or inf; the model diverged (lower the "
                             "learning rate) or a checkpoint is corrupt")
-        views = self._views(probs, targets)
+        views = self._views(probs, targets, observed)
         full = _gather(views, np.arange(n)[None])
         point = _summary(self.kind, *full, n_bins=n_bins)
         boot = self._bootstrap(views, n_bootstrap, seed, n_bins)
@@ -197,14 +218,16 @@ class ClassificationTask:
         return {
             "kind": self.kind, "n": n, "classes": list(self.classes), "threshold": self.threshold,
             "ci": float(ci), "n_bootstrap": int(n_bootstrap), "metrics": metrics,
-            "confusion_matrix": self._confusion(probs, targets),
-            "curves": self._curves(views[0], views[2], _class_stats(*full)),
+            "confusion_matrix": self._confusion(probs, targets, observed),
+            "curves": self._curves(views, _class_stats(*full)),
             "calibration": _calibration(*_calibration_view(self.kind, *full), n_bins),
-            "per_class": self._per_class(probs, targets),
+            "per_class": self._per_class(views),
         }
 
-    def _check(self, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Validate shapes and target values; return float64 probs and int64 targets."""
+    def _check(self, probs: np.ndarray,
+               targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate shapes and target values; return float64 probs, int64 targets (missing
+        multilabel entries as 0) and the observed mask, shaped as the targets."""
         probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
         k = len(self.classes)
         if self.kind == "binary":
@@ -219,19 +242,28 @@ class ClassificationTask:
             raise DataError(f"multilabel task: targets have shape {targets.shape}, "
                             f"expected {probs.shape} (one 0/1 column per class)")
         valid = np.arange(k) if self.kind == "multiclass" else np.array([0, 1])
+        observed = np.ones(targets.shape, dtype=bool)
+        if self.kind == "multilabel" and targets.dtype.kind == "f":
+            observed = ~np.isnan(targets)
+            targets = np.where(observed, targets, 0)
         if not np.isin(targets, valid).all():
-            raise DataError(f"{self.kind} task: targets must be in {valid.tolist()}, "
+            missing = " or NaN (not measured)" if self.kind == "multilabel" else ""
+            raise DataError(f"{self.kind} task: targets must be in {valid.tolist()}{missing}, "
                             f"got values {np.unique(targets)[:10].tolist()}")
-        return probs, targets.astype(np.int64)
+        return probs, targets.astype(np.int64), observed
 
-    def _views(self, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:
-        """One-vs-rest (y, pred, score), each (N, C); binary has C = 1 (the positive class)."""
+    def _views(self, probs: np.ndarray, targets: np.ndarray,
+               observed: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One-vs-rest (y, pred, score, observed), each (N, C); binary has C = 1 (the positive
+        class). y is False where the target is missing; `observed` says where it is not."""
         if self.kind == "binary":
-            return targets[:, None] == 1, (probs >= self.threshold)[:, None], probs[:, None]
+            return (targets[:, None] == 1, (probs >= self.threshold)[:, None], probs[:, None],
+                    observed[:, None])
         if self.kind == "multiclass":
             eye = np.eye(len(self.classes), dtype=bool)
-            return eye[targets], eye[probs.argmax(axis=1)], probs
-        return targets == 1, probs >= self.threshold, probs
+            return (eye[targets], eye[probs.argmax(axis=1)], probs,
+                    np.broadcast_to(observed[:, None], probs.shape))
+        return targets == 1, probs >= self.threshold, probs, observed
 
     def _bootstrap(self, views: tuple, n_boot: int, seed: int, n_bins: int) -> dict:
         """Each metric over `n_boot` resamples of the N cases with replacement: (n_boot,)."""
@@ -244,37 +276,46 @@ class ClassificationTask:
             parts.append(_summary(self.kind, *_gather(views, idx), n_bins=n_bins))
         return {m: np.concatenate([p[m] for p in parts]) for m in METRICS}
 
-    def _confusion(self, probs: np.ndarray, targets: np.ndarray) -> list | dict:
-        """Rows = true class, columns = predicted; multilabel: {"per_label": {name: 2x2}}."""
+    def _confusion(self, probs: np.ndarray, targets: np.ndarray,
+                   observed: np.ndarray) -> list | dict:
+        """Rows = true class, columns = predicted; multilabel: {"per_label": {name: 2x2}}, each
+        label's counts over its observed cases."""
         pred = self.predict_labels(probs)
         if self.kind == "multilabel":
-            return {"per_label": {name: _confusion(targets[:, k], pred[:, k], 2)
+            return {"per_label": {name: _confusion(targets[observed[:, k], k],
+                                                   pred[observed[:, k], k], 2)
                                   for k, name in enumerate(self.classes)}}
         return _confusion(targets, pred, len(self.classes))
 
-    def _curves(self, y: np.ndarray, score: np.ndarray, stats: dict) -> dict:
-        """ROC and PR curves per class (binary: the positive class), at most 200 points each."""
+    def _curves(self, views: tuple, stats: dict) -> dict:
+        """ROC and PR curves per class (binary: the positive class) over its observed cases,
+        at most 200 points each."""
+        y, _, score, observed = views
         names = self.classes[1:] if self.kind == "binary" else self.classes
         roc, pr = {}, {}
         for c, name in enumerate(names):
-            if y[:, c].all() or not y[:, c].any():
+            yc, sc = y[observed[:, c], c], score[observed[:, c], c]
+            if yc.all() or not yc.any():
                 continue  # a curve needs both classes
-            fpr, tpr, _ = roc_curve(y[:, c], score[:, c])
-            precision, recall, _ = precision_recall_curve(y[:, c], score[:, c])
+            fpr, tpr, _ = roc_curve(yc, sc)
+            precision, recall, _ = precision_recall_curve(yc, sc)
             roc[name] = {**_downsample(fpr=fpr, tpr=tpr), "auc": float(stats["auroc"][0, c])}
             pr[name] = {**_downsample(recall=recall, precision=precision),
                         "ap": float(stats["auprc"][0, c])}
         return {"roc": roc, "pr": pr}
 
-    def _per_class(self, probs: np.ndarray, targets: np.ndarray) -> dict:
-        """One-vs-rest support, sensitivity, specificity, precision, f1, auroc, auprc per class."""
-        y, pred, score = self._views(probs, targets)
+    def _per_class(self, views: tuple) -> dict:
+        """One-vs-rest support, sensitivity, specificity, precision, f1, auroc, auprc per class
+        (multilabel: also n, the label's observed cases, on which all of these are computed)."""
+        y, pred, score, observed = views
         if self.kind == "binary":  # both classes; the negative one is scored by 1 - p
             y, pred = np.hstack([~y, y]), np.hstack([~pred, pred])
-            score = np.hstack([1 - score, score])
-        stats = _class_stats(*_gather((y, pred, score), np.arange(len(targets))[None]))
+            score, observed = np.hstack([1 - score, score]), np.hstack([observed, observed])
+        stats = _class_stats(*_gather((y, pred, score, observed), np.arange(len(y))[None]))
         keys = ("sensitivity", "specificity", "precision", "f1", "auroc", "auprc")
-        return {name: {"support": int(stats["support"][0, c]),
+        observed_n = observed.sum(axis=0)
+        return {name: {**({"n": int(observed_n[c])} if self.kind == "multilabel" else {}),
+                       "support": int(stats["support"][0, c]),
                        **{m: float(stats[m][0, c]) for m in keys}}
                 for c, name in enumerate(self.classes)}
 
@@ -304,10 +345,12 @@ def class_weights_from_counts(targets: np.ndarray, kind: str, num_classes: int) 
 
     Binary and multiclass: n / (K * count_k), as sklearn's compute_class_weight("balanced").
     Multilabel: negatives_k / positives_k, because there the weights are BCE pos_weights and
-    that ratio makes the positives and the negatives of each label weigh the same.
+    that ratio makes the positives and the negatives of each label weigh the same; missing
+    (NaN) entries are neither.
 
     Args:
-        targets: binary (N,) 0/1; multiclass (N,) class indices; multilabel (N, K) 0/1.
+        targets: binary (N,) 0/1; multiclass (N,) class indices; multilabel (N, K) 0/1, NaN
+            = not measured.
         kind: "binary", "multiclass" or "multilabel".
         num_classes: K (2 for binary).
 
@@ -317,12 +360,18 @@ def class_weights_from_counts(targets: np.ndarray, kind: str, num_classes: int) 
     Raises:
         DataError: if a class (multilabel: a label's positives or negatives) never occurs.
     """
-    targets = np.asarray(targets).astype(np.int64)
+    targets = np.asarray(targets)
     if kind == "multilabel":
-        pos = targets.reshape(len(targets), -1).sum(axis=0)
-        counts = np.minimum(pos, len(targets) - pos)
+        targets = targets.reshape(len(targets), -1)
+        observed = ~np.isnan(targets) if targets.dtype.kind == "f" else np.ones(targets.shape, bool)
+        pos = np.where(observed, targets, 0).astype(np.int64).sum(axis=0)
+        neg = observed.sum(axis=0) - pos
+        counts = np.minimum(pos, neg)
     else:
-        targets = targets.reshape(-1)
+        if targets.dtype.kind == "f" and np.isnan(targets).any():
+            raise DataError(f"class_weights: balanced: {kind} targets contain NaN (missing "
+                            "labels); only multilabel targets may be missing")
+        targets = targets.astype(np.int64).reshape(-1)
         counts = np.bincount(targets, minlength=num_classes)[:num_classes]
     missing = np.flatnonzero(counts == 0)
     if len(missing):
@@ -330,27 +379,35 @@ def class_weights_from_counts(targets: np.ndarray, kind: str, num_classes: int) 
                         "examples (multilabel: no positives or no negatives); "
                         "set task.class_weights explicitly")
     if kind == "multilabel":
-        return [float(w) for w in (len(targets) - pos) / pos]
+        return [float(w) for w in neg / pos]
     return [float(len(targets) / (num_classes * c)) for c in counts]
 
 
-def auroc(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def auroc(targets: np.ndarray, scores: np.ndarray,
+          observed: np.ndarray | None = None) -> np.ndarray:
     """AUROC along the last axis: Mann-Whitney U with tied scores given average ranks.
 
     Args:
         targets: (..., N) booleans, True = positive.
-        scores: (..., N) scores, higher = more positive.
+        scores: (..., N) finite scores, higher = more positive.
+        observed: (..., N) booleans, False = leave the case out (a missing label); None = all.
 
     Returns:
         (...) AUROC values; NaN where one class is absent.
     """
+    n = targets.shape[-1]
+    if observed is not None:
+        # Left-out cases rank last (inf), so the observed ones get ranks 1..n_observed.
+        targets, scores = targets & observed, np.where(observed, scores, np.inf)
+        n = observed.sum(axis=-1)
     n_pos = targets.sum(axis=-1)
-    n_neg = targets.shape[-1] - n_pos
+    n_neg = n - n_pos
     u = (rankdata(scores, axis=-1) * targets).sum(axis=-1) - n_pos * (n_pos + 1) / 2.0
     return _ratio(u, n_pos * n_neg)
 
 
-def average_precision(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def average_precision(targets: np.ndarray, scores: np.ndarray,
+                      observed: np.ndarray | None = None) -> np.ndarray:
     """Average precision along the last axis, equal to sklearn's average_precision_score.
 
     AP = sum over distinct thresholds of (recall step) * precision. Tied scores form one
@@ -358,11 +415,16 @@ def average_precision(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
     Args:
         targets: (..., N) booleans, True = positive.
-        scores: (..., N) scores, higher = more positive.
+        scores: (..., N) finite scores, higher = more positive.
+        observed: (..., N) booleans, False = leave the case out (a missing label); None = all.
 
     Returns:
         (...) AP values; NaN where there are no positives.
     """
+    if observed is not None:
+        # Left-out cases sort after every observed one (-inf) and are never positive, so
+        # they change neither the precision at an observed case nor the credited sum.
+        targets, scores = targets & observed, np.where(observed, scores, -np.inf)
     n = scores.shape[-1]
     order = np.argsort(-scores, axis=-1, kind="stable")
     s = np.take_along_axis(scores, order, axis=-1)
@@ -377,32 +439,38 @@ def average_precision(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return _ratio(credited, t.sum(axis=-1))
 
 
-# Metric kernels. y, pred (bool) and score are (B, C, N): resamples, classes, cases.
+# Metric kernels. y, pred, observed (bool) and score are (B, C, N): resamples, classes, cases.
+# y is False where observed is (a missing multilabel target); every count is over observed.
 
 
-def _class_stats(y: np.ndarray, pred: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+def _class_stats(y: np.ndarray, pred: np.ndarray, score: np.ndarray,
+                 observed: np.ndarray) -> dict[str, np.ndarray]:
     """One-vs-rest support and metrics per resample and class, each (B, C)."""
-    tp, fp = (y & pred).sum(-1), (~y & pred).sum(-1)
-    fn, tn = (y & ~pred).sum(-1), (~y & ~pred).sum(-1)
+    y, neg = y & observed, ~y & observed
+    tp, fp = (y & pred).sum(-1), (neg & pred).sum(-1)
+    fn, tn = (y & ~pred).sum(-1), (neg & ~pred).sum(-1)
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     return {
-        "support": tp + fn, "accuracy": (tp + tn) / y.shape[-1],
+        "support": tp + fn, "accuracy": _ratio(tp + tn, observed.sum(-1)),
         "sensitivity": sensitivity, "specificity": specificity,
         "balanced_accuracy": (sensitivity + specificity) / 2.0,
         "precision": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "auroc": auroc(y, score), "auprc": average_precision(y, score),
+        "auroc": auroc(y, score, observed), "auprc": average_precision(y, score, observed),
     }
 
 
 def _summary(kind: str, y: np.ndarray, pred: np.ndarray, score: np.ndarray,
-             n_bins: int) -> dict[str, np.ndarray]:
+             observed: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
     """Every metric in METRICS per resample, each (B,)."""
-    stats = _class_stats(y, pred, score)
-    out = {"ece": _ece(*_calibration_view(kind, y, pred, score), n_bins)}
+    stats = _class_stats(y, pred, score, observed)
+    out = {"ece": _ece(*_calibration_view(kind, y, pred, score, observed), n_bins)}
+    # Mean squared error of the observed entries: sum / count is bit-identical to .mean().
+    brier = _ratio(np.where(observed, (score - y) ** 2, 0.0).sum(axis=(1, 2)),
+                   observed.sum(axis=(1, 2)))
     if kind == "binary":
         out.update({m: stats[m][:, 0] for m in METRICS if m in stats})
-        out["brier"] = ((score - y) ** 2).mean(axis=(1, 2))
+        out["brier"] = brier
         return out
     out.update({m: _nanmean(stats[m]) for m in ("auroc", "auprc", "f1", "sensitivity",
                                                 "specificity", "npv")})
@@ -415,45 +483,48 @@ def _summary(kind: str, y: np.ndarray, pred: np.ndarray, score: np.ndarray,
     else:  # multilabel: label-wise (Hamming) accuracy, everything macro over labels
         out["accuracy"] = _nanmean(stats["accuracy"])
         out["balanced_accuracy"] = _nanmean(stats["balanced_accuracy"])
-        out["brier"] = ((score - y) ** 2).mean(axis=(1, 2))
+        out["brier"] = brier
     return out
 
 
-def _calibration_view(kind: str, y: np.ndarray, pred: np.ndarray,
-                      score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence, outcome), each (B, M): what the ECE compares.
+def _calibration_view(kind: str, y: np.ndarray, pred: np.ndarray, score: np.ndarray,
+                      observed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(confidence, outcome, observed), each (B, M): what the ECE compares.
 
     Binary: P(positive) vs positive; multiclass: top-class probability vs correct;
-    multilabel: every label's probability vs that label, pooled.
+    multilabel: every observed label's probability vs that label, pooled.
     """
     if kind == "multiclass":
-        return score.max(axis=1), (y & pred).any(axis=1)
-    return score.reshape(len(y), -1), y.reshape(len(y), -1)
+        return score.max(axis=1), (y & pred).any(axis=1), observed.all(axis=1)
+    return score.reshape(len(y), -1), y.reshape(len(y), -1), observed.reshape(len(y), -1)
 
 
-def _bin_sums(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> list[np.ndarray]:
-    """Per resample and equal-width bin: [count, sum of confidence, sum of outcome], (B, bins)."""
+def _bin_sums(conf: np.ndarray, hit: np.ndarray, observed: np.ndarray,
+              n_bins: int) -> list[np.ndarray]:
+    """Per resample and equal-width bin: [count, sum of confidence, sum of outcome], (B, bins),
+    over the observed entries."""
     b = len(conf)
     # NaN confidences (a diverged model) land in bin 0 and make the ECE NaN, without a warning.
     bins = np.clip(np.nan_to_num(conf * n_bins), 0, n_bins - 1).astype(np.int64)
     flat = (bins + n_bins * np.arange(b)[:, None]).ravel()
+    weight = observed.ravel().astype(np.float64)
     return [np.bincount(flat, weights=w, minlength=b * n_bins).reshape(b, n_bins)
-            for w in (None, conf.ravel(), hit.ravel().astype(np.float64))]
+            for w in (weight, conf.ravel() * weight, hit.ravel() * weight)]
 
 
-def _ece(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> np.ndarray:
+def _ece(conf: np.ndarray, hit: np.ndarray, observed: np.ndarray, n_bins: int) -> np.ndarray:
     """Expected calibration error, sum_b (n_b / n) |mean conf_b - mean outcome_b|: (B,)."""
-    _, conf_sum, hit_sum = _bin_sums(conf, hit, n_bins)
-    return np.abs(conf_sum - hit_sum).sum(axis=1) / conf.shape[1]
+    _, conf_sum, hit_sum = _bin_sums(conf, hit, observed, n_bins)
+    return _ratio(np.abs(conf_sum - hit_sum).sum(axis=1), observed.sum(axis=1))
 
 
-def _calibration(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> dict:
+def _calibration(conf: np.ndarray, hit: np.ndarray, observed: np.ndarray, n_bins: int) -> dict:
     """Reliability diagram of one sample; empty bins have NaN confidence and frequency."""
-    count, conf_sum, hit_sum = (s[0] for s in _bin_sums(conf, hit, n_bins))
+    count, conf_sum, hit_sum = (s[0] for s in _bin_sums(conf, hit, observed, n_bins))
     return {"bin_confidence": _ratio(conf_sum, count).tolist(),
             "bin_frequency": _ratio(hit_sum, count).tolist(),
             "bin_count": count.astype(int).tolist(),
-            "ece": float(_ece(conf, hit, n_bins)[0])}
+            "ece": float(_ece(conf, hit, observed, n_bins)[0])}
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -469,7 +540,7 @@ def _nanmean(x: np.ndarray) -> np.ndarray:
 
 
 def _gather(views: tuple, idx: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Resample (N, C) views with (B, N) row indices into (B, C, N) arrays."""
+    """Resample (N, C) views with (B, N) row indices into (B, C, N) arrays (any number of views)."""
     return tuple(v.T[:, idx].transpose(1, 0, 2) for v in views)
 
 

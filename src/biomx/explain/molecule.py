@@ -1,0 +1,368 @@
+"""Per-atom attributions for molecular property models, drawn on the 2D structure.
+
+Integrated gradients (IG) of one model output with respect to the atom feature matrix `x`,
+from an all-zero baseline, summed over the feature dimension: one score per atom, in the
+units of the model's raw output (a logit for classification, the standardised target for
+regression). The scores of a molecule add up to f(x) - f(0) (IG's completeness), so an atom's
+score is its share of the prediction relative to a molecule whose atoms carry no features
+(bonds and molecule-level vectors are kept as they are).
+
+Why not Captum's `IntegratedGradients`: it scales inputs and concatenates the copies along
+dim 0, which for node features would break `batch` and `edge_index`. Instead the graph batch
+is replicated once per integration step, with offset atom indices, so one forward/backward
+pass evaluates many steps; molecules are independent in eval mode, so the gradient of the
+summed outputs is each copy's own gradient. The copies are concatenated molecule by molecule
+and every molecule holds an even number of edges, so the reverse of edge e stays `e ^ 1`
+(D-MPNN relies on it).
+
+Models that read only molecule-level `features` (the fingerprint MLP) have no atoms to
+attribute to: `atom_attributions` returns None and `molecule_explanations` no section.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import matplotlib
+import numpy as np
+import torch
+from rdkit import Chem
+from rdkit.Chem.Draw import rdMolDraw2D
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from biomx.errors import BiomxError
+
+ATOMS_PER_PASS = 100_000  # replicated atoms per forward pass: bounds memory on big batches
+CLASSIFICATION_KINDS = ("binary", "multiclass", "multilabel")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the model in eval mode, then restore every submodule's own training flag."""
+    was_training = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        # Per module, not model.train(flag): frozen eval-mode parts must stay that way.
+        for module, training in was_training.items():
+            module.training = training
+
+
+def _target_column(outputs: Tensor, target: int, num_molecules: int) -> Tensor:
+    """Column `target` of (num_molecules, K) outputs; BiomxError for a bad shape or target."""
+    if outputs.dim() == 1:
+        outputs = outputs.unsqueeze(1)
+    if outputs.dim() != 2 or outputs.shape[0] != num_molecules:
+        raise BiomxError(f"the model must return (num_molecules, K) outputs, got shape "
+                         f"{tuple(outputs.shape)} for {num_molecules} molecules")
+    if not 0 <= target < outputs.shape[1]:
+        raise BiomxError(f"target {target} is out of range for a model with {outputs.shape[1]} "
+                         f"outputs (valid: 0..{outputs.shape[1] - 1})")
+    return outputs[:, target].float()
+
+
+def _replicate(batch: Data, x: Tensor, copies: int) -> Data:
+    """`copies` stacked copies of a graph batch, with `x` (copies * atoms rows) as atom features.
+
+    Copy c holds molecules c*B .. c*B + B - 1 and atoms offset by c * atoms, so the result is
+    again a batch whose edges run molecule by molecule. Only the contract's keys are carried.
+    """
+    atoms, molecules = batch.x.shape[0], int(batch.num_molecules)
+    device = batch.x.device
+    copy = torch.arange(copies, device=device)
+    edge_index = batch.edge_index.unsqueeze(1) + (copy * atoms).view(1, -1, 1)
+    out = Data(
+        x=x,
+        edge_index=edge_index.reshape(2, -1),
+        batch=(batch.batch.unsqueeze(0) + (copy * molecules).view(-1, 1)).reshape(-1),
+    )
+    out.num_molecules = copies * molecules
+    if getattr(batch, "edge_attr", None) is not None:
+        out.edge_attr = batch.edge_attr.repeat(copies, 1)
+    if getattr(batch, "features", None) is not None:
+        out.features = batch.features.repeat(copies, 1)
+    return out
+
+
+def atom_attributions(
+    model: nn.Module, batch: Data, target: int = 0, steps: int = 32
+) -> list[np.ndarray] | None:
+    """Integrated gradients of output column `target` per atom, one array per molecule.
+
+    The path integral from the all-zero atom features to `batch.x` uses Gauss-Legendre
+    quadrature with `steps` nodes (as Captum does by default); each atom's score is summed
+    over its features. The model runs in eval mode (training flags restored afterwards), with
+    gradients enabled even inside a caller's `torch.no_grad()`; gradients are taken with
+    `torch.autograd.grad` with respect to the atom features only, so no parameter's `.grad`
+    changes, and `batch` is not modified.
+
+    Args:
+        model: maps a graph batch (the molecule contract: x, edge_index, edge_attr, batch,
+            num_molecules, optional features) to (num_molecules, K) outputs.
+        batch: the molecules to explain, on the model's device.
+        target: the output column explained (0 for a single-logit binary model).
+        steps: quadrature nodes; more gives a smaller completeness error.
+
+    Returns:
+        A list of `num_molecules` float64 arrays, molecule i's scores in its atom order, or
+        None when the batch has no atom features (a fingerprint-only model).
+
+    Raises:
+        BiomxError: the model output is not (num_molecules, K) or `target` is out of range.
+        ValueError: `steps` < 1.
+    """
+    if getattr(batch, "x", None) is None:
+        return None
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    x = batch.x.detach()
+    atoms, molecules = x.shape[0], int(batch.num_molecules)
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    alphas = torch.tensor((nodes + 1.0) / 2.0, dtype=x.dtype, device=x.device)
+    weights = torch.tensor(weights / 2.0, dtype=torch.float32, device=x.device)
+    per_pass = max(1, min(steps, ATOMS_PER_PASS // max(atoms, 1)))
+    path_gradient = torch.zeros_like(x, dtype=torch.float32)
+    with _eval_mode(model), torch.enable_grad():
+        for lo in range(0, steps, per_pass):
+            alpha, weight = alphas[lo:lo + per_pass], weights[lo:lo + per_pass]
+            k = len(alpha)
+            scaled = (alpha.view(-1, 1, 1) * x.unsqueeze(0)).reshape(k * atoms, -1)
+            scaled.requires_grad_(True)
+            column = _target_column(model(_replicate(batch, scaled, k)), target, k * molecules)
+            # Row r of the output is copy r // molecules, i.e. quadrature node lo + r // molecules.
+            objective = (column * weight.repeat_interleave(molecules)).sum()
+            (gradient,) = torch.autograd.grad(objective, scaled, allow_unused=True)
+            if gradient is not None:  # None: the model never reads x
+                path_gradient += gradient.detach().float().reshape(k, atoms, -1).sum(dim=0)
+    scores = (x.float() * path_gradient).sum(dim=1).double().cpu()
+    owner = batch.batch.detach().cpu()
+    order = torch.argsort(owner, stable=True)
+    counts = torch.bincount(owner, minlength=molecules).tolist()
+    return [part.numpy() for part in torch.split(scores[order], counts)]
+
+
+def draw_atom_attributions(
+    smiles: str, scores: np.ndarray, title: str, size: tuple[int, int] = (360, 300)
+) -> bytes:
+    """A PNG of the molecule with each atom circled in red (raises the output) or blue (lowers it).
+
+    Colours are on a diverging scale normalised by the molecule's largest |score|, so the
+    picture shows where the model looks, not how much; white is no contribution.
+
+    Args:
+        smiles: the molecule; `scores` follow the atom order of `Chem.MolFromSmiles(smiles)`
+            (heavy atoms, hydrogens implicit), which is the featuriser's order.
+        scores: one score per atom.
+        title: the legend under the drawing.
+        size: width and height in pixels.
+
+    Returns:
+        PNG bytes.
+
+    Raises:
+        ValueError: the SMILES does not parse or the number of scores is not the atom count.
+    """
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"cannot draw attributions: RDKit cannot parse SMILES {smiles!r}")
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64).reshape(-1))
+    if len(scores) != mol.GetNumAtoms():
+        raise ValueError(f"got {len(scores)} atom scores for {smiles!r}, which has "
+                         f"{mol.GetNumAtoms()} atoms (RDKit order, hydrogens implicit)")
+    scale = float(np.abs(scores).max()) if len(scores) else 0.0
+    scale = scale if scale > 0 else 1.0
+    colormap = matplotlib.colormaps["bwr"]
+    colours = {i: tuple(float(c) for c in colormap(0.5 + 0.5 * s / scale)[:3])
+               for i, s in enumerate(scores)}  # fmt: skip
+    drawer = rdMolDraw2D.MolDraw2DCairo(*size)
+    rdMolDraw2D.PrepareAndDrawMolecule(
+        drawer, mol, legend=title, highlightAtoms=list(range(len(scores))), highlightBonds=[],
+        highlightAtomColors=colours, highlightAtomRadii=dict.fromkeys(range(len(scores)), 0.4),
+    )
+    drawer.FinishDrawing()
+    return drawer.GetDrawingText()
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def _infer_kind(predictions: np.ndarray, targets: np.ndarray, names: list[str]) -> str:
+    """Guess the task kind from array shapes, for callers that do not pass it."""
+    columns = 1 if predictions.ndim == 1 else predictions.shape[1]
+    if columns == 1:
+        return "binary" if len(names) == 2 else "regression"
+    probabilities = bool(((predictions >= 0) & (predictions <= 1)).all())
+    if targets.ndim == 1 and probabilities and np.allclose(predictions.sum(axis=1), 1, atol=1e-3):
+        return "multiclass"
+    observed = targets[np.isfinite(targets)]
+    if targets.ndim == 2 and probabilities and np.isin(observed, (0, 1)).all():
+        return "multilabel"
+    return "regression"
+
+
+def _take(groups: list[tuple[str, np.ndarray]], n: int, total: int) -> list[tuple[int, str]]:
+    """Up to n distinct rows: half from each group (ranked best first), topped up from the
+    other group, then from the remaining rows in index order."""
+    chosen: dict[int, str] = {}
+
+    def add(name: str, rows: np.ndarray, limit: int) -> None:
+        for row in rows.tolist():
+            if len(chosen) >= limit:
+                return
+            chosen.setdefault(int(row), name)
+
+    (first, first_rows), (second, second_rows) = groups
+    add(first, first_rows, (n + 1) // 2)
+    add(second, second_rows, n)
+    add(first, first_rows, n)
+    add("other", np.arange(total), n)
+    return list(chosen.items())
+
+
+def _pick(kind: str, preds: np.ndarray, targets: np.ndarray, n: int) -> list[tuple[int, str, int]]:
+    """(row, group, output column) of the molecules to show.
+
+    Regression: the smallest and the largest absolute errors of target 0. Binary and
+    multilabel (label 0): the most confident correct positives and the most confident
+    mistakes. Multiclass: the most confident correct and wrong predictions, explaining the
+    predicted class. Molecules with a missing label only top up the list.
+    """
+    total = len(preds)
+    if kind == "regression":
+        error = np.abs(preds.reshape(total, -1)[:, 0] - targets.reshape(total, -1)[:, 0])
+        labelled = np.flatnonzero(np.isfinite(error))
+        ranked = labelled[np.argsort(error[labelled], kind="stable")]
+        return [(row, group, 0) for row, group in _take([("best", ranked), ("worst", ranked[::-1])], n, total)]
+    if kind == "multiclass":
+        predicted = preds.argmax(axis=1)
+        confidence = preds[np.arange(total), predicted]
+        labelled = np.isfinite(targets)
+        truth = np.where(labelled, targets, -1).astype(np.int64)
+        correct = np.flatnonzero(labelled & (predicted == truth))
+        wrong = np.flatnonzero(labelled & (predicted != truth))
+        groups = [("confident", correct[np.argsort(-confidence[correct], kind="stable")]),
+                  ("miss", wrong[np.argsort(-confidence[wrong], kind="stable")])]  # fmt: skip
+        return [(row, group, int(predicted[row])) for row, group in _take(groups, n, total)]
+    p = preds.reshape(total, -1)[:, 0]
+    y = targets.reshape(total, -1)[:, 0].astype(np.float64)
+    labelled = np.isfinite(y)
+    positive = np.flatnonzero(labelled & (y == 1) & (p >= 0.5))
+    wrong = np.flatnonzero(labelled & ((p >= 0.5) != (y == 1)))
+    groups = [("confident", positive[np.argsort(-p[positive], kind="stable")]),
+              ("miss", wrong[np.argsort(-np.abs(p[wrong] - y[wrong]), kind="stable")])]  # fmt: skip
+    return [(row, group, 0) for row, group in _take(groups, n, total)]
+
+
+def _subset(batch: Data, rows: list[int]) -> Data:
+    """The molecules `rows` (ascending) of a graph batch, renumbered 0..len(rows)-1."""
+    device = batch.x.device
+    keep = torch.zeros(int(batch.num_molecules), dtype=torch.bool, device=device)
+    keep[torch.as_tensor(rows, device=device)] = True
+    atom_mask = keep[batch.batch]
+    new_index = torch.cumsum(atom_mask.long(), dim=0) - 1  # old atom -> new atom (where kept)
+    edge_mask = atom_mask[batch.edge_index[0]]
+    new_molecule = torch.cumsum(keep.long(), dim=0) - 1
+    out = Data(x=batch.x[atom_mask], edge_index=new_index[batch.edge_index[:, edge_mask]],
+               batch=new_molecule[batch.batch[atom_mask]])  # fmt: skip
+    out.num_molecules = len(rows)
+    if getattr(batch, "edge_attr", None) is not None:
+        out.edge_attr = batch.edge_attr[edge_mask]
+    if getattr(batch, "features", None) is not None:
+        out.features = batch.features[keep]
+    return out
+
+
+def _caption(kind: str, names: list[str], column: int, pred: np.ndarray, target) -> tuple[str, float, object]:
+    """The figure legend, and the JSON prediction and target of the explained output."""
+    if kind == "regression":
+        value, truth = float(np.ravel(pred)[0]), float(np.ravel(target)[0])
+        measured = f"{truth:.3g}" if math.isfinite(truth) else "missing"
+        return (f"{names[0]}: predicted {value:.3g}, measured {measured}", value,
+                truth if math.isfinite(truth) else None)  # fmt: skip
+    if kind == "multiclass":
+        value = float(pred[column])
+        truth = float(target)
+        true_name = names[int(truth)] if math.isfinite(truth) else None
+        return f"P({names[column]}) = {value:.2f}, true: {true_name or 'missing'}", value, true_name
+    value, truth = float(np.ravel(pred)[0]), float(np.ravel(target)[0])
+    label = names[1] if kind == "binary" else names[0]
+    true = None if not math.isfinite(truth) else int(truth)
+    shown = "missing" if true is None else ("yes" if true else "no")
+    return f"P({label}) = {value:.2f}, true {label}: {shown}", value, true
+
+
+def molecule_explanations(
+    model: nn.Module,
+    smiles: list[str],
+    batch: Data,
+    predictions: np.ndarray,
+    targets: np.ndarray,
+    target_names: list[str],
+    n: int,
+    *,
+    kind: str | None = None,
+    steps: int = 32,
+) -> dict | None:
+    """A report section with atom attributions for up to n test molecules.
+
+    Regression shows the best and the worst predicted molecules (absolute error of target 0);
+    classification the most confident correct positives and the worst mistakes (see `_pick`).
+    Only molecules and model outputs are reported, never sample ids.
+
+    Args:
+        model: a graph model following the molecule contract.
+        smiles: the canonical SMILES of the batch's molecules, in batch order.
+        batch: all those molecules as one graph batch, on the model's device.
+        predictions: the task's predictions, (N,) or (N, K) (regression in original units,
+            classification probabilities).
+        targets: (N,) or (N, K) labels; NaN = missing.
+        target_names: regression target names, or the class names.
+        n: how many molecules to show at most.
+        kind: "regression", "binary", "multiclass" or "multilabel"; guessed from the array
+            shapes when None (pass it when known).
+        steps: integrated-gradient quadrature nodes.
+
+    Returns:
+        `{"title", "text", "figures": [PNG bytes], "json": {smiles: {...}}}`, or None when
+        n <= 0, there is no molecule, or the batch has no atom features.
+
+    Raises:
+        ValueError: the smiles, batch, predictions and targets disagree on the molecule count.
+    """
+    if n <= 0 or not smiles or getattr(batch, "x", None) is None:
+        return None
+    preds = np.asarray(predictions, dtype=np.float64)
+    labels = np.asarray(targets, dtype=np.float64)
+    sizes = {len(smiles), int(batch.num_molecules), len(preds), len(labels)}
+    if len(sizes) != 1:
+        raise ValueError(f"molecule_explanations: {len(smiles)} SMILES, {batch.num_molecules} "
+                         f"molecules in the batch, {len(preds)} predictions, {len(labels)} targets")  # fmt: skip
+    kind = kind or _infer_kind(preds, labels, list(target_names))
+    if kind not in ("regression", *CLASSIFICATION_KINDS):
+        raise ValueError(f"unknown task kind {kind!r}")
+    picks = _pick(kind, preds, labels, n)
+    rows = sorted(row for row, _, _ in picks)
+    columns = sorted({column for _, _, column in picks})
+    sub = _subset(batch, rows)
+    scores = {column: atom_attributions(model, sub, column, steps) for column in columns}
+    figures, entries = [], {}
+    for row, group, column in picks:
+        atom_scores = scores[column][rows.index(row)]
+        caption, value, truth = _caption(kind, list(target_names), column, preds[row], labels[row])
+        figures.append(draw_atom_attributions(smiles[row], atom_scores, caption))
+        explained = target_names[0] if kind in ("regression", "multilabel") else (
+            target_names[-1] if kind == "binary" else target_names[column])
+        entries[smiles[row]] = {"prediction": value, "target": truth, "group": group,
+                                "explained": str(explained),
+                                "atom_scores": [round(float(s), 6) for s in atom_scores]}  # fmt: skip
+    output = "the standardised prediction" if kind == "regression" else "the logit"
+    text = (f"Integrated gradients ({steps} steps, all-zero atom features as the baseline) of "
+            f"{output} with respect to each atom's features, summed per atom. Red atoms raise "
+            "the prediction, blue atoms lower it; colours are scaled to each molecule's largest "
+            "score. Regression shows the best and worst predicted test molecules, classification "
+            "the most confident correct positives and the worst mistakes.")
+    return {"title": "Atom attributions", "text": text, "figures": figures, "json": entries}
