@@ -63,11 +63,14 @@ def featurize(smiles: list[str], vectors: bool = False) -> Data:
             bonds += [[float(b.GetBondType() == t) for t in BONDS]] * 2
         owner += [i] * mol.GetNumAtoms()
         offset += mol.GetNumAtoms()
-    batch = Data(x=torch.tensor(xs), edge_index=torch.tensor(edges, dtype=torch.long).reshape(-1, 2).T,
-                 edge_attr=torch.tensor(bonds).reshape(-1, len(BONDS)), batch=torch.tensor(owner))  # fmt: skip
+    edge_index = torch.tensor(edges, dtype=torch.long).reshape(-1, 2).T
+    edge_attr = torch.tensor(bonds).reshape(-1, len(BONDS))
+    batch = Data(x=torch.tensor(xs), edge_index=edge_index, edge_attr=edge_attr,
+                 batch=torch.tensor(owner))  # fmt: skip
     batch.num_molecules = len(smiles)
     if vectors:
-        batch.features = torch.tensor([[Chem.MolFromSmiles(s).GetNumAtoms() / 10.0] for s in smiles])
+        sizes = [[Chem.MolFromSmiles(s).GetNumAtoms() / 10.0] for s in smiles]
+        batch.features = torch.tensor(sizes)
     return batch
 
 
@@ -113,6 +116,26 @@ class TinyGINE(nn.Module):
         return self.head(pooled)
 
 
+class SmoothMPNN(nn.Module):
+    """Message passing with tanh everywhere (no kinks): the IG path integrand is smooth."""
+
+    def __init__(self, out_dim: int = 2, hidden: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Linear(ATOM_DIM, hidden)
+        self.message = nn.Linear(hidden + len(BONDS), hidden)
+        self.update = nn.Linear(2 * hidden, hidden)
+        self.head = nn.Linear(hidden, out_dim)
+
+    def forward(self, batch: Data) -> torch.Tensor:
+        h = torch.tanh(self.embed(batch.x))
+        source, target = batch.edge_index
+        for _ in range(2):
+            m = torch.tanh(self.message(torch.cat([h[source], batch.edge_attr], dim=1)))
+            incoming = torch.zeros_like(h).index_add_(0, target, m)
+            h = torch.tanh(self.update(torch.cat([h, incoming], dim=1)))
+        return self.head(pool(h, batch))
+
+
 @pytest.fixture(scope="module")
 def freesolv() -> tuple[list[str], np.ndarray]:
     """40 real FreeSolv molecules (canonical SMILES) and their hydration free energies."""
@@ -141,19 +164,38 @@ def test_one_score_per_atom_and_only_oxygens_count(freesolv):
     assert oxygens_seen > 10  # the check above was not vacuous
 
 
-def test_completeness_for_a_nonlinear_gnn(freesolv, gine):
+def output_change(model: nn.Module, batch: Data, target: int) -> np.ndarray:
+    """f(x) - f(0) per molecule: what the attributions of each molecule must add up to."""
+    empty = Data(**{**batch.to_dict(), "x": torch.zeros_like(batch.x)})
+    with torch.no_grad():
+        model.eval()
+        return (model(batch)[:, target] - model(empty)[:, target]).double().numpy()
+
+
+def test_completeness_for_a_smooth_gnn(freesolv):
+    """A smooth model: quadrature converges fast, so the sums match tightly."""
+    smiles, _ = freesolv
+    torch.manual_seed(0)
+    model, batch = SmoothMPNN(), featurize(smiles)
+    for target in (0, 1):
+        delta = output_change(model, batch, target)
+        sums = np.array([s.sum() for s in atom_attributions(model, batch, target, steps=32)])
+        assert np.abs(delta).max() > 0.1  # the output does depend on the atoms
+        np.testing.assert_allclose(sums, delta, atol=1e-4 * np.abs(delta).max())
+
+
+def test_completeness_converges_for_a_relu_gnn(freesolv, gine):
+    """ReLUs switching along the path make the integrand jump, so the error shrinks like
+    1/steps rather than fast; it still goes to zero."""
     smiles, _ = freesolv
     batch = featurize(smiles)
-    for target in (0, 1):
-        scores = atom_attributions(gine, batch, target=target, steps=64)
-        with torch.no_grad():
-            gine.eval()
-            full = gine(batch)[:, target]
-            empty = gine(Data(**{**batch.to_dict(), "x": torch.zeros_like(batch.x)}))[:, target]
-        delta = (full - empty).double().numpy()
-        sums = np.array([s.sum() for s in scores])
-        assert np.abs(delta).max() > 0.1  # the model's output does depend on the atoms
-        np.testing.assert_allclose(sums, delta, atol=2e-3 * np.abs(delta).max())
+    delta = output_change(gine, batch, 0)
+    errors = []
+    for steps in (16, 256):
+        sums = np.array([s.sum() for s in atom_attributions(gine, batch, 0, steps)])
+        errors.append(np.abs(sums - delta).max())
+    assert errors[1] < errors[0] / 4
+    assert errors[1] < 0.02 * np.abs(delta).max()
 
 
 def test_molecules_do_not_leak_into_each_other(freesolv, gine, monkeypatch):
@@ -234,8 +276,9 @@ def test_regression_section_with_a_missing_target(freesolv, gine):
     assert len(entries) == 4 and smiles[worst] not in entries
     errors = np.abs(preds - expt)
     order = np.argsort(np.where(np.isnan(errors), np.inf, errors))
-    assert {smiles[i] for i in order[:2]} == {s for s, e in entries.items() if e["group"] == "best"}
-    assert {smiles[i] for i in order[9:11]} == {s for s, e in entries.items() if e["group"] == "worst"}
+    groups = {s: e["group"] for s, e in entries.items()}
+    assert {smiles[i] for i in order[:2]} == {s for s, g in groups.items() if g == "best"}
+    assert {smiles[i] for i in order[9:11]} == {s for s, g in groups.items() if g == "worst"}
     for s, entry in entries.items():
         i = smiles.index(s)
         assert entry["prediction"] == pytest.approx(preds[i])
@@ -261,11 +304,14 @@ def test_binary_section_shows_confident_positives_and_misses():
     torch.manual_seed(2)
     model = TinyGINE(out_dim=1)
     batch = featurize(smiles)
-    with torch.no_grad():
-        probs = torch.sigmoid(model.eval()(batch)[:, 0]).double().numpy()
+    with torch.no_grad():  # centre the untrained model's logits: it predicts both classes
+        model.head.bias -= model.eval()(batch)[:, 0].median()
+        probs = torch.sigmoid(model(batch)[:, 0]).double().numpy()
+    # No kind given: (N,) probabilities with two class names is guessed as binary.
     section = molecule_explanations(model, smiles, batch, probs, soluble,
-                                    ["insoluble", "soluble"], n=4, steps=8)  # kind guessed  # fmt: skip
+                                    ["insoluble", "soluble"], n=4, steps=8)  # fmt: skip
     entries = section["json"]
+    assert {e["group"] for e in entries.values()} == {"confident", "miss"}
     assert len(section["figures"]) == len(entries) == 4
     for s, entry in entries.items():
         i = smiles.index(s)
@@ -277,6 +323,31 @@ def test_binary_section_shows_confident_positives_and_misses():
             assert predicted != bool(soluble[i])
 
 
+def test_multiclass_section_explains_the_predicted_class():
+    df = dm.data.solubility().iloc[:30]
+    smiles = [Chem.MolToSmiles(m) for m in df["mol"]]
+    classes = sorted(set(df["SOL_classification"]))
+    truth = np.array([classes.index(c) for c in df["SOL_classification"]], dtype=np.float64)
+    truth[0] = np.nan
+    torch.manual_seed(3)
+    model = TinyGINE(out_dim=len(classes))
+    batch = featurize(smiles)
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(batch), dim=1).double().numpy()
+    section = molecule_explanations(model, smiles, batch, probs, truth, classes, n=6, steps=8)
+    entries = section["json"]
+    assert len(entries) == len(section["figures"]) == 6 and smiles[0] not in entries
+    for s, entry in entries.items():
+        i = smiles.index(s)
+        predicted = int(probs[i].argmax())
+        assert entry["explained"] == classes[predicted]
+        assert entry["prediction"] == pytest.approx(probs[i, predicted])
+        assert entry["target"] == classes[int(truth[i])]
+        assert (entry["group"] == "confident") == (predicted == truth[i])
+        (alone,) = atom_attributions(model, featurize([s]), target=predicted, steps=8)
+        np.testing.assert_allclose(entry["atom_scores"], alone, atol=1e-5)
+
+
 def test_no_section_without_atoms_or_examples(freesolv, gine):
     smiles, expt = freesolv
     batch = featurize(smiles[:3])
@@ -285,3 +356,33 @@ def test_no_section_without_atoms_or_examples(freesolv, gine):
     vectors.num_molecules = 3
     assert molecule_explanations(nn.Linear(4, 1), smiles[:3], vectors, expt[:3], expt[:3],
                                  ["expt"], n=3) is None  # fmt: skip
+
+
+def test_the_real_featuriser_and_models():
+    """biomx's own featuriser and graph models (D-MPNN relies on the e ^ 1 reverse edges, which
+    the replicated batches must keep); the fingerprint MLP has no atoms to explain."""
+    from biomx.modalities import molecule as mol
+    from biomx.models import molecule as models
+
+    smiles = [Chem.MolToSmiles(m) for m in dm.data.solubility()["mol"].iloc[:10]]
+    graphs = mol.featurize_graphs(smiles)
+    vectors = np.random.default_rng(0).random((10, 5)).astype(np.float32)
+    batch = mol.graph_batch(graphs, np.arange(10), vectors)
+    sizes = dict(atom_dim=mol.ATOM_DIM, bond_dim=mol.BOND_DIM, feature_dim=5, out_dim=2,
+                 hidden=16, ffn_hidden=16)  # fmt: skip
+    torch.manual_seed(0)
+    for build in (models.dmpnn, models.gin, models.attentive_fp):
+        model = build(**sizes)
+        scores = atom_attributions(model, batch, target=1, steps=128)
+        for s, atom_scores in zip(smiles, scores, strict=True):
+            assert atom_scores.shape == (Chem.MolFromSmiles(s).GetNumAtoms(),)
+        delta = output_change(model, batch, 1)
+        sums = np.array([s.sum() for s in scores])
+        name = build.__name__
+        np.testing.assert_allclose(sums, delta, atol=0.03 * np.abs(delta).max(), err_msg=name)
+        for i in (0, 7):
+            (alone,) = atom_attributions(model, mol.graph_batch(graphs, [i], vectors), 1, 128)
+            np.testing.assert_allclose(scores[i], alone, rtol=1e-4, atol=1e-6, err_msg=name)
+    fingerprint_model = models.fingerprint_mlp(feature_dim=5, out_dim=1, hidden_sizes=(8,))
+    vectors_only = mol.graph_batch(None, np.arange(10), vectors)
+    assert atom_attributions(fingerprint_model, vectors_only) is None

@@ -236,7 +236,8 @@ def _pick(kind: str, preds: np.ndarray, targets: np.ndarray, n: int) -> list[tup
         error = np.abs(preds.reshape(total, -1)[:, 0] - targets.reshape(total, -1)[:, 0])
         labelled = np.flatnonzero(np.isfinite(error))
         ranked = labelled[np.argsort(error[labelled], kind="stable")]
-        return [(row, group, 0) for row, group in _take([("best", ranked), ("worst", ranked[::-1])], n, total)]
+        groups = [("best", ranked), ("worst", ranked[::-1])]
+        return [(row, group, 0) for row, group in _take(groups, n, total)]
     if kind == "multiclass":
         predicted = preds.argmax(axis=1)
         confidence = preds[np.arange(total), predicted]
@@ -276,7 +277,9 @@ def _subset(batch: Data, rows: list[int]) -> Data:
     return out
 
 
-def _caption(kind: str, names: list[str], column: int, pred: np.ndarray, target) -> tuple[str, float, object]:
+def _caption(
+    kind: str, names: list[str], column: int, pred: np.ndarray, target: np.ndarray
+) -> tuple[str, float, object]:
     """The figure legend, and the JSON prediction and target of the explained output."""
     if kind == "regression":
         value, truth = float(np.ravel(pred)[0]), float(np.ravel(target)[0])
@@ -340,7 +343,8 @@ def molecule_explanations(
     sizes = {len(smiles), int(batch.num_molecules), len(preds), len(labels)}
     if len(sizes) != 1:
         raise ValueError(f"molecule_explanations: {len(smiles)} SMILES, {batch.num_molecules} "
-                         f"molecules in the batch, {len(preds)} predictions, {len(labels)} targets")  # fmt: skip
+                         f"molecules in the batch, {len(preds)} predictions, "
+                         f"{len(labels)} targets")  # fmt: skip
     kind = kind or _infer_kind(preds, labels, list(target_names))
     if kind not in ("regression", *CLASSIFICATION_KINDS):
         raise ValueError(f"unknown task kind {kind!r}")
@@ -356,13 +360,23 @@ def molecule_explanations(
         figures.append(draw_atom_attributions(smiles[row], atom_scores, caption))
         explained = target_names[0] if kind in ("regression", "multilabel") else (
             target_names[-1] if kind == "binary" else target_names[column])
-        entries[smiles[row]] = {"prediction": value, "target": truth, "group": group,
-                                "explained": str(explained),
-                                "atom_scores": [round(float(s), 6) for s in atom_scores]}  # fmt: skip
-    output = "the standardised prediction" if kind == "regression" else "the logit"
+        entries[smiles[row]] = {
+            "prediction": value if math.isfinite(value) else None, "target": truth, "group": group,
+            "explained": str(explained),
+            "atom_scores": [float(f"{s:.6g}") for s in atom_scores],
+        }  # fmt: skip
+    if kind == "regression":
+        output = f"the model's raw output for {target_names[0]} (before scaling back to its units)"
+        shown = "the best and the worst predicted test molecules"
+    elif kind == "multiclass":
+        output = "the predicted class's logit"
+        shown = "the most confident correct and the most confident wrong predictions"
+    else:
+        output = f"the logit of {target_names[-1] if kind == 'binary' else target_names[0]}"
+        shown = "the most confident correct positives and the worst mistakes"
     text = (f"Integrated gradients ({steps} steps, all-zero atom features as the baseline) of "
-            f"{output} with respect to each atom's features, summed per atom. Red atoms raise "
-            "the prediction, blue atoms lower it; colours are scaled to each molecule's largest "
-            "score. Regression shows the best and worst predicted test molecules, classification "
-            "the most confident correct positives and the worst mistakes.")
+            f"{output} with respect to each atom's features, summed per atom; a molecule's "
+            "scores add up to its output minus the baseline's. Red atoms raise the prediction, "
+            "blue atoms lower it; colours are scaled to each molecule's largest score. "
+            f"Shown: {shown}.")
     return {"title": "Atom attributions", "text": text, "figures": figures, "json": entries}

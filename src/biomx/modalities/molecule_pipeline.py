@@ -208,7 +208,8 @@ def explain(
         batch, _ = test_data.__getitems__(list(range(len(test_data))))
         names = task.targets if task.kind == "regression" else task.classes
         section = molecule_explanations(model.eval(), [smiles[i] for i in test_index],
-                                        batch.to(next(model.parameters()).device), preds, targets, names, n)  # fmt: skip
+                                        batch.to(next(model.parameters()).device), preds, targets, names, n,
+                                        kind=task.kind)  # fmt: skip
         if section:
             extra.append(section)
     return [], extra
