@@ -32,13 +32,13 @@ def freesolv(tmp_path_factory) -> Path:
     return path
 
 
-def _config(tmp_path: Path, data: str, model: str, extra: str = "", name: str = "m") -> Path:
+def _config(tmp_path: Path, data: str, model: str, extra: str = "", name: str = "m", epochs: int = 3) -> Path:
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(
         f"name: {name}\n"
         f"data: {{modality: molecule, {data}}}\n"
         f"model: {model}\n"
-        "train: {epochs: 3, batch_size: 32, progress: false, optimizer: {lr: 0.002}}\n"
+        f"train: {{epochs: {epochs}, batch_size: 32, progress: false, optimizer: {{lr: 0.002}}}}\n"
         f"{extra}"
         f"output: {{dir: {tmp_path / 'runs'}, name: {name}, tensorboard: false}}\n"
     )
@@ -154,3 +154,33 @@ def test_bad_molecule_inputs_give_one_line_errors(freesolv, tmp_path, capsys):
                    " split: {method: scaffold}}\n")  # fmt: skip
     assert main(["validate", str(cfg)]) == 1
     assert "needs molecules" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_multitask_classification_with_missing_labels(freesolv, tmp_path):
+    """Tox21-style: two assays per molecule, about a third of the cells not measured."""
+    rows = list(csv.DictReader(open(freesolv)))[:400]
+    path = tmp_path / "assays.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["smiles", "hydrophilic_expt", "hydrophilic_calc"])
+        for i, row in enumerate(rows):
+            expt = "active" if float(row["expt"]) < -4 else "inactive"
+            calc = "active" if float(row["calc"]) < -4 else "inactive"
+            writer.writerow([row["smiles"], "" if i % 3 == 0 else expt, "" if i % 3 == 1 else calc])
+    cfg = _config(
+        tmp_path,
+        f"source: csv, path: {path}, label_column: [hydrophilic_expt, hydrophilic_calc],"
+        " split: {method: random, val: 0.15, test: 0.2}",
+        "{name: attentive_fp, args: {hidden: 48, num_layers: 2, num_timesteps: 1}}",
+        "eval: {bootstrap: 100, explain: 2}\n",
+        name="mt", epochs=12,
+    )
+    assert main(["train", str(cfg)]) == 0
+    metrics = json.loads((tmp_path / "runs" / "mt" / "test_metrics.json").read_text())
+    assert metrics["kind"] == "multilabel"
+    per_task = metrics["per_class"]
+    assert set(per_task) == {"hydrophilic_expt", "hydrophilic_calc"}
+    # Each task is scored on its measured molecules only (about two thirds of the 80 test rows).
+    assert all(40 <= per_task[t]["n"] < 80 for t in per_task)
+    assert metrics["metrics"]["auroc"]["value"] > 0.7

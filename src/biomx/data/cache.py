@@ -64,7 +64,7 @@ def default_cache_dir() -> Path:
 
 
 def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in `path` durable (a no-op where directories cannot be opened)."""
+    """Make a rename or a new file in `path` durable (no-op where a folder cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -118,7 +118,8 @@ class ArrayCache:
         except (OSError, ValueError, KeyError):
             return None
 
-    def put(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> Path:
+    def put(self, key: str, arrays: dict[str, np.ndarray],
+            meta: dict[str, Any] | None = None) -> Path:
         """Write an entry atomically; if another process already wrote it, keep theirs.
 
         Returns:

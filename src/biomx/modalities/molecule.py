@@ -114,13 +114,17 @@ class MoleculeRecords:
 
 def _did_you_mean(name: str, names: Sequence[str]) -> str:
     lower = {n.lower(): n for n in names}
-    close = [lower[name.lower()]] if name.lower() in lower else difflib.get_close_matches(name, names, n=1)
+    if name.lower() in lower:
+        close = [lower[name.lower()]]
+    else:
+        close = difflib.get_close_matches(name, names, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _missing(path: Path, what: str, plural: str, name: str, found: Sequence[str]) -> DataError:
     listed = ", ".join(found[:30]) + (", ..." if len(found) > 30 else "") or "none"
-    return DataError(f"{path}: no {what} {name!r} ({plural} found: {listed}){_did_you_mean(name, found)}")
+    hint = _did_you_mean(name, found)
+    return DataError(f"{path}: no {what} {name!r} ({plural} found: {listed}){hint}")
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -170,12 +174,12 @@ def read_molecule_table(path: str | Path, smiles_column: str = "smiles",
     except csv.Error as e:
         raise DataError(f"{path}: cannot read table: {e}") from None
     if not header:
-        raise DataError(f"{path}: empty file (expected a header row with a {smiles_column!r} column)")
+        raise DataError(f"{path}: empty file (expected a header with a {smiles_column!r} column)")
     label_columns = list(label_columns or [])
     for name in [smiles_column, *label_columns, *([id_column] if id_column else [])]:
         if name not in header:
             raise _missing(path, "column", "columns", name, header)
-    col = {name: header.index(name) for name in header[::-1]}  # first occurrence wins
+    col = {name: header.index(name) for name in header}  # first occurrence wins
 
     def cell(row: list[str], name: str) -> str:
         i = col[name]
@@ -212,13 +216,14 @@ def read_sdf(path: str | Path, label_columns: list[str] | None = None,
         with opener(path, "rb") as f, BlockLogs():
             supplier = Chem.ForwardSDMolSupplier(f, sanitize=False, removeHs=False)
             for n, mol in enumerate(supplier, start=1):
-                props = mol.GetPropsAsDict(includePrivate=False) if mol is not None else {}
+                # Property values as written (GetPropsAsDict would turn "007" into 7).
+                props = {k: mol.GetProp(k).strip() for k in mol.GetPropNames()} if mol else {}
                 seen.update(props)
-                title = mol.GetProp("_Name").strip() if mol is not None and mol.HasProp("_Name") else ""
-                pid = str(props.get(id_property, "")).strip() if id_property else ""
+                title = mol.GetProp("_Name").strip() if mol and mol.HasProp("_Name") else ""
+                pid = props.get(id_property, "") if id_property else ""
                 records.smiles.append(_sdf_smiles(mol))
                 records.ids.append(pid or title or f"record {n}")
-                records.labels.append([str(props.get(name, "")).strip() for name in label_columns])
+                records.labels.append([props.get(name, "") for name in label_columns])
                 records.where.append(f"{path.name} record {n}")
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read SDF: {e}") from None
@@ -278,7 +283,8 @@ def standardize(smiles_list: Sequence[str], where: Sequence[str],
         for i, smiles in enumerate(smiles_list):
             smiles = (smiles or "").strip()
             if not smiles:
-                invalid.append((where[i], "no molecule (empty SMILES, or an SDF block RDKit cannot read)"))
+                invalid.append((where[i], "no molecule (empty SMILES, or an SDF block RDKit "
+                                          "cannot read)"))
                 continue
             mol = Chem.MolFromSmiles(smiles)
             if mol is None:
@@ -292,7 +298,8 @@ def standardize(smiles_list: Sequence[str], where: Sequence[str],
                     continue
                 canonical.append(Chem.MolToSmiles(mol))
             except Exception as e:  # noqa: BLE001 - an RDKit failure on one molecule
-                invalid.append((where[i], f"cannot standardise {smiles!r}: {' '.join(str(e).split())}"))
+                message = " ".join(str(e).split())
+                invalid.append((where[i], f"cannot standardise {smiles!r}: {message}"))
                 continue
             kept.append(i)
     return canonical, kept, invalid
@@ -347,7 +354,8 @@ def _graph_chunk(smiles: list[str]) -> dict[str, np.ndarray]:
     return {"atoms": np.array(atoms, dtype=np.int64).reshape(-1, 7),
             "masses": np.array(masses, dtype=np.float32),
             "bonds": np.array(bonds, dtype=np.int64).reshape(-1, 6),
-            "n_atoms": np.array(n_atoms, dtype=np.int64), "n_bonds": np.array(n_bonds, dtype=np.int64)}
+            "n_atoms": np.array(n_atoms, dtype=np.int64),
+            "n_bonds": np.array(n_bonds, dtype=np.int64)}
 
 
 def _one_hot(columns: list[np.ndarray], widths: list[int], n: int, extra: int) -> np.ndarray:
@@ -415,7 +423,8 @@ def _morgan_chunk(smiles: list[str], radius: int, size: int, counts: bool) -> np
 def morgan_fingerprints(smiles: Sequence[str], radius: int = 2, size: int = 2048,
                         counts: bool = False, workers: int = 1) -> np.ndarray:
     """(N, size) float32 Morgan (ECFP-like) fingerprints: 0/1 bits, or counts per bit."""
-    parts = _map_chunks(partial(_morgan_chunk, radius=radius, size=size, counts=counts), smiles, workers)
+    chunk = partial(_morgan_chunk, radius=radius, size=size, counts=counts)
+    parts = _map_chunks(chunk, smiles, workers)
     return np.concatenate(parts) if parts else np.zeros((0, size), np.float32)
 
 
@@ -478,7 +487,8 @@ def featurize(smiles: Sequence[str], settings: dict[str, Any], cache: ArrayCache
     settings = _check_settings(settings)
     workers = default_workers() if workers is None else workers
     digest = hashlib.sha256("\n".join(smiles).encode()).hexdigest()
-    key = cache_key("molecule-features", FEATURE_VERSION, rdkit.__version__, source_digest, digest, settings)
+    key = cache_key("molecule-features", FEATURE_VERSION, rdkit.__version__, source_digest,
+                    digest, settings)
     if cache is not None:
         hit = cache.get(key)
         if hit is not None:
@@ -531,7 +541,7 @@ def graph_batch(graphs: MolGraphs | None, indices: np.ndarray | Sequence[int],
         data.edge_attr = torch.from_numpy(np.asarray(graphs.bond_features[edges], dtype=np.float32))
         data.batch = torch.from_numpy(np.repeat(np.arange(len(idx), dtype=np.int64), atom_counts))
     if vectors is not None:
-        data.features = torch.from_numpy(np.array(vectors[idx], dtype=np.float32))
+        data.features = torch.from_numpy(np.asarray(vectors[idx], dtype=np.float32))
     data.num_molecules = len(idx)
     return data
 
@@ -546,7 +556,8 @@ def murcko_scaffold(smiles: str) -> str:
 
 def _sizes(n: int, val: float, test: float) -> tuple[int, int, int]:
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ConfigError(f"data.split: val and test must be fractions with val + test < 1 (got {val}, {test})")
+        raise ConfigError(f"data.split: val and test must be fractions with val + test < 1 "
+                          f"(got {val}, {test})")
     n_val, n_test = int(round(val * n)), int(round(test * n))
     return n - n_val - n_test, n_val, n_test
 
@@ -557,10 +568,13 @@ def _assign_groups(groups: list[list[int]], n: int, val: float, test: float, see
     go first (so they land in train), then the rest in a seeded random order; each group goes
     to train until it is full, then val, then test."""
     n_train, n_val, n_test = _sizes(n, val, test)
-    big = [g for g in groups if (n_val and len(g) > n_val / 2) or (n_test and len(g) > n_test / 2)]
-    small = [g for g in groups if not ((n_val and len(g) > n_val / 2) or (n_test and len(g) > n_test / 2))]
+    halves = [size / 2 for size in (n_val, n_test) if size]
+    is_big = [any(len(g) > half for half in halves) for g in groups]
+    big = [g for g, b in zip(groups, is_big, strict=True) if b]
+    small = [g for g, b in zip(groups, is_big, strict=True) if not b]
     rng = np.random.default_rng(seed)
-    order = [big[i] for i in rng.permutation(len(big))] + [small[i] for i in rng.permutation(len(small))]
+    order = [big[i] for i in rng.permutation(len(big))]
+    order += [small[i] for i in rng.permutation(len(small))]
     train, val_idx, test_idx = [], [], []
     for group in order:
         if len(train) + len(group) <= n_train:
@@ -585,7 +599,8 @@ def _groups(labels: Sequence) -> list[list[int]]:
     return list(groups.values())
 
 
-def scaffold_split(smiles: Sequence[str], val: float, test: float, seed: int = 0) -> dict[str, np.ndarray]:
+def scaffold_split(smiles: Sequence[str], val: float, test: float,
+                   seed: int = 0) -> dict[str, np.ndarray]:
     """Train/val/test with every Bemis-Murcko scaffold in one split only (chemprop's balanced
     scaffold split), so the test set measures generalisation to new chemotypes.
 
@@ -654,13 +669,18 @@ def scaffold_overlap(smiles: Sequence[str], splits: dict[str, np.ndarray],
     out = {}
     for name, idx in splits.items():
         idx = np.asarray(idx, dtype=np.int64)
-        stats: dict[str, Any] = {"molecules": len(idx), "scaffolds": len({scaffolds[i] for i in idx}),
-                                 "shared_scaffold_fraction": None, "mean_nn_similarity": None}  # fmt: skip
+        stats: dict[str, Any] = {
+            "molecules": len(idx),
+            "scaffolds": len({scaffolds[i] for i in idx}),
+            "shared_scaffold_fraction": None,
+            "mean_nn_similarity": None,
+        }
         if name != "train" and len(idx) and len(train):
             stats["shared_scaffold_fraction"] = round(
                 float(np.mean([scaffolds[i] in train_scaffolds for i in idx])), 4)
-            queries = idx if len(idx) <= max_queries else rng.choice(idx, max_queries, replace=False)
-            nearest = [max(DataStructs.BulkTanimotoSimilarity(fps[i], train_fps)) for i in queries]
+            if len(idx) > max_queries:
+                idx = rng.choice(idx, max_queries, replace=False)
+            nearest = [max(DataStructs.BulkTanimotoSimilarity(fps[i], train_fps)) for i in idx]
             stats["mean_nn_similarity"] = round(float(np.mean(nearest)), 4)
         out[name] = stats
     return out

@@ -205,14 +205,15 @@ def _draw_confusion(ax: Any, matrix: np.ndarray, labels: list[str], title: str) 
 
 def _confusion_figure(evaluation: dict) -> str | None:
     """One matrix for binary/multiclass, a small grid of 2x2 matrices for multilabel."""
-    if evaluation.get("confusion_matrix") is not None:
-        matrix = np.asarray(evaluation["confusion_matrix"])
+    confusion = evaluation.get("confusion_matrix")
+    if confusion is not None and not isinstance(confusion, dict):
+        matrix = np.asarray(confusion)
         classes = [str(c) for c in evaluation.get("classes", range(len(matrix)))]
         size = 3 + 0.45 * len(classes)
         fig = Figure(figsize=(size, size))
         _draw_confusion(fig.add_subplot(), matrix, classes, "Confusion matrix")
         return _img(figure_to_data_uri(fig), "confusion matrix")
-    per_label = evaluation.get("per_label")
+    per_label = confusion.get("per_label") if isinstance(confusion, dict) else evaluation.get("per_label")
     if not per_label:
         return None
     cols = min(4, len(per_label))
