@@ -184,3 +184,24 @@ def test_multitask_classification_with_missing_labels(freesolv, tmp_path):
     # Each task is scored on its measured molecules only (about two thirds of the 80 test rows).
     assert all(40 <= per_task[t]["n"] < 80 for t in per_task)
     assert metrics["metrics"]["auroc"]["value"] > 0.7
+
+
+def test_ensemble_resumes_member_by_member(freesolv, tmp_path):
+    """An ensemble interrupted before its second member: resume keeps member 0, trains member 1."""
+    import shutil
+
+    cfg = _config(
+        tmp_path,
+        f"source: csv, path: {freesolv}, label_column: expt, split: {{method: random, val: 0.1, test: 0.1}}",
+        "{name: dmpnn, args: {hidden: 16, depth: 1}, ensemble: 2}",
+        "task: {kind: regression}\neval: {bootstrap: 0, explain: 0}\n",
+        name="ens", epochs=1,
+    )  # fmt: skip
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "runs" / "ens"
+    first = (run / "members" / "0" / "checkpoints" / "last.safetensors").read_bytes()
+    shutil.rmtree(run / "members" / "1")
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "members" / "0" / "checkpoints" / "last.safetensors").read_bytes() == first
+    assert (run / "members" / "1" / "checkpoints" / "best.safetensors").is_file()
+    assert "pred_expt_std" in (run / "predictions_test.csv").read_text().splitlines()[0]

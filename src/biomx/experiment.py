@@ -321,7 +321,8 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
     """Continue an interrupted run from its last checkpoint (same config, same split)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "checkpoints" / "last.safetensors").is_file():
+    checkpoints = [run_dir / "checkpoints", *(run_dir / "members").glob("*/checkpoints")]
+    if not any((c / "last.safetensors").is_file() for c in checkpoints):
         raise BiomxError(f"{run_dir}: no checkpoints/last.safetensors to resume from")
     cfg = load_config(run_dir / "config.yaml", overrides)
     return train(cfg, resume=run_dir)
