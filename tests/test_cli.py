@@ -102,7 +102,7 @@ def test_corrupt_image_fails_then_is_skipped_and_listed(tmp_path, capsys, png_fo
     skipped = list(csv.DictReader(open(run / "skipped.csv")))
     assert [row["file"] for row in skipped] == [str(victim)]
     assert json.loads((run / "data.json").read_text())["skipped"] == 1
-    assert "skipped unreadable file" in (run / "report.html").read_text()
+    assert f"skipped: {victim}" in (run / "report.html").read_text()
 
 
 def test_no_traceback_from_the_real_entry_point(tmp_path):
