@@ -6,6 +6,7 @@ A user mistake (BiomxError) prints one line and exits non-zero; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python would fail again flushing stdout)
+        return 0
     finally:
         from biomx.engine import distributed
 

@@ -162,7 +162,8 @@ def build_datasets(
         raise ConfigError(f"data.molecule.features: {cfg.model.name} reads molecule-level vectors; "
                           "set e.g. features: [morgan] or [morgan, descriptors]")  # fmt: skip
     pre: dict[str, Any] = {"modality": "molecule", "standardize": m.standardize, "graph": not vector_only,
-                           "settings": feature_settings(m), "smiles_column": m.smiles_column}  # fmt: skip
+                           "settings": feature_settings(m), "smiles_column": m.smiles_column,
+                           "id_column": m.id_column}  # fmt: skip
     if pre["settings"]["descriptors"]:
         pre["descriptor_mean"], pre["descriptor_std"] = _descriptor_scaling(features["descriptors"], splits["train"])
     vectors = _vectors(features, pre)
@@ -233,6 +234,18 @@ def _read_smi(path: Path | None) -> mol.MoleculeRecords:
     return mol.MoleculeRecords(smiles=smiles, ids=ids, labels=[[] for _ in smiles], where=where)
 
 
+def _id_column(path: Path, preprocessing: dict[str, Any]) -> str | None:
+    """The column naming molecules in a prediction table: the run's id column, `id` or `name`."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
+        header = next(csv.reader(f, delimiter="\t" if ".tsv" in path.suffixes else ","), [])
+    candidates = [preprocessing.get("id_column"), "id", "name"]
+    return next((c for c in candidates if c and c in header), None)
+
+
 def read_inputs(
     preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
 ) -> tuple[MoleculeDataset, list[str], list[tuple[str, str]]]:
@@ -253,7 +266,7 @@ def read_inputs(
                 records = _read_smi(path)
             else:
                 records = mol.read_molecule_table(path, smiles_column=preprocessing["smiles_column"],
-                                                  label_columns=[], id_column=None)  # fmt: skip
+                                                  label_columns=[], id_column=_id_column(path, preprocessing))  # fmt: skip
         smiles += records.smiles
         ids += records.ids
         where += records.where
