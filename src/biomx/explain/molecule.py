@@ -22,8 +22,6 @@ attribute to: `atom_attributions` returns None and `molecule_explanations` no se
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import matplotlib
 import numpy as np
@@ -34,22 +32,10 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from biomx.errors import BiomxError
+from biomx.explain import eval_mode
 
 ATOMS_PER_PASS = 100_000  # replicated atoms per forward pass: bounds memory on big batches
 CLASSIFICATION_KINDS = ("binary", "multiclass", "multilabel")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run the model in eval mode, then restore every submodule's own training flag."""
-    was_training = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        # Per module, not model.train(flag): frozen eval-mode parts must stay that way.
-        for module, training in was_training.items():
-            module.training = training
 
 
 def _target_column(outputs: Tensor, target: int, num_molecules: int) -> Tensor:
@@ -126,7 +112,7 @@ def atom_attributions(
     weights = torch.tensor(weights / 2.0, dtype=torch.float32, device=x.device)
     per_pass = max(1, min(steps, ATOMS_PER_PASS // max(atoms, 1)))
     path_gradient = torch.zeros_like(x, dtype=torch.float32)
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for lo in range(0, steps, per_pass):
             alpha, weight = alphas[lo:lo + per_pass], weights[lo:lo + per_pass]
             k = len(alpha)

@@ -11,8 +11,6 @@ TF-MoDISco); `match_motif` compares a PWM with a known consensus.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -29,6 +27,7 @@ from matplotlib.transforms import Affine2D
 from torch import Tensor, nn
 
 from biomx.errors import BiomxError
+from biomx.explain import eval_mode
 
 BASES = "ACGT"
 IUPAC = {"A": "A", "C": "C", "G": "G", "T": "T", "U": "T", "R": "AG", "Y": "CT", "S": "CG",
@@ -36,19 +35,6 @@ IUPAC = {"A": "A", "C": "C", "G": "G", "T": "T", "U": "T", "R": "AG", "Y": "CT",
          "N": "ACGT"}
 _COMPLEMENT = str.maketrans("ACGTURYSWKMBDHVN", "TGCAAYRSWMKVHDBN")
 LOGO_COLORS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run the model in eval mode, then restore every submodule's own training flag."""
-    was_training = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        # Per module, not model.train(flag): frozen eval-mode parts must stay that way.
-        for module, training in was_training.items():
-            module.training = training
 
 
 def _as_batch(x: Tensor, name: str) -> Tensor:
@@ -90,7 +76,7 @@ def in_silico_mutagenesis(model: nn.Module, x: Tensor, *, target: int = 0,
     """
     x = _as_batch(x, "in_silico_mutagenesis")
     effects = torch.zeros_like(x)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for i, sequence in enumerate(x):
             reference = _target_logit(model(sequence[None]), target, 1)[0]
             # Every (base, position) that is not already the observed base: 3L mutants.
@@ -158,7 +144,7 @@ def integrated_gradients(model: nn.Module, x: Tensor, *, target: int = 0, steps:
 
 def _attribute(method, model: nn.Module, inputs: Tensor, target: int, **kwargs) -> Tensor:
     """Run a Captum method in eval mode with gradients on, after checking the target."""
-    with _eval_mode(model):
+    with eval_mode(model):
         with torch.no_grad():
             _target_logit(model(inputs[:1]), target, 1)
         with torch.enable_grad():
