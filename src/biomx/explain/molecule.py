@@ -31,24 +31,10 @@ from rdkit.Chem.Draw import rdMolDraw2D
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from biomx.errors import BiomxError
-from biomx.explain import eval_mode
+from biomx.explain import eval_mode, output_column
 
 ATOMS_PER_PASS = 100_000  # replicated atoms per forward pass: bounds memory on big batches
 CLASSIFICATION_KINDS = ("binary", "multiclass", "multilabel")
-
-
-def _target_column(outputs: Tensor, target: int, num_molecules: int) -> Tensor:
-    """Column `target` of (num_molecules, K) outputs; BiomxError for a bad shape or target."""
-    if outputs.dim() == 1:
-        outputs = outputs.unsqueeze(1)
-    if outputs.dim() != 2 or outputs.shape[0] != num_molecules:
-        raise BiomxError(f"the model must return (num_molecules, K) outputs, got shape "
-                         f"{tuple(outputs.shape)} for {num_molecules} molecules")
-    if not 0 <= target < outputs.shape[1]:
-        raise BiomxError(f"target {target} is out of range for a model with {outputs.shape[1]} "
-                         f"outputs (valid: 0..{outputs.shape[1] - 1})")
-    return outputs[:, target].float()
 
 
 def _replicate(batch: Data, x: Tensor, copies: int) -> Data:
@@ -118,7 +104,9 @@ def atom_attributions(
             k = len(alpha)
             scaled = (alpha.view(-1, 1, 1) * x.unsqueeze(0)).reshape(k * atoms, -1)
             scaled.requires_grad_(True)
-            column = _target_column(model(_replicate(batch, scaled, k)), target, k * molecules)
+            outputs = model(_replicate(batch, scaled, k))
+            outputs = outputs.unsqueeze(1) if outputs.dim() == 1 else outputs  # a one-output model
+            column = output_column(outputs, target, k * molecules, "molecules")
             # Row r of the output is copy r // molecules, i.e. quadrature node lo + r // molecules.
             objective = (column * weight.repeat_interleave(molecules)).sum()
             (gradient,) = torch.autograd.grad(objective, scaled, allow_unused=True)

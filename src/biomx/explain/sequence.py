@@ -27,7 +27,7 @@ from matplotlib.transforms import Affine2D
 from torch import Tensor, nn
 
 from biomx.errors import BiomxError
-from biomx.explain import eval_mode
+from biomx.explain import eval_mode, output_column
 
 BASES = "ACGT"
 IUPAC = {"A": "A", "C": "C", "G": "G", "T": "T", "U": "T", "R": "AG", "Y": "CT", "S": "CG",
@@ -44,17 +44,6 @@ def _as_batch(x: Tensor, name: str) -> Tensor:
         raise BiomxError(f"{name} needs one-hot DNA of shape (B, 4, L) or (4, L), "
                          f"got {tuple(x.shape)}")
     return x.detach().float()
-
-
-def _target_logit(logits: Tensor, target: int, batch: int) -> Tensor:
-    """The `target` column of (B, K) logits; BiomxError for a bad shape or target."""
-    if logits.dim() != 2 or logits.shape[0] != batch:
-        raise BiomxError(f"the model must return (B, K) logits, got shape {tuple(logits.shape)} "
-                         f"for {batch} sequences")
-    if not 0 <= target < logits.shape[1]:
-        raise BiomxError(f"target {target} is out of range for a model with {logits.shape[1]} "
-                         f"outputs (valid: 0..{logits.shape[1] - 1}; a binary model has only 0)")
-    return logits[:, target].float()
 
 
 def in_silico_mutagenesis(model: nn.Module, x: Tensor, *, target: int = 0,
@@ -78,7 +67,7 @@ def in_silico_mutagenesis(model: nn.Module, x: Tensor, *, target: int = 0,
     effects = torch.zeros_like(x)
     with eval_mode(model), torch.no_grad():
         for i, sequence in enumerate(x):
-            reference = _target_logit(model(sequence[None]), target, 1)[0]
+            reference = output_column(model(sequence[None]), target, 1, "sequences")[0]
             # Every (base, position) that is not already the observed base: 3L mutants.
             bases, positions = torch.nonzero(sequence != 1, as_tuple=True)
             for lo in range(0, len(bases), batch_size):
@@ -87,7 +76,7 @@ def in_silico_mutagenesis(model: nn.Module, x: Tensor, *, target: int = 0,
                 mutants = sequence.expand(len(b), -1, -1).clone()
                 mutants[rows, :, p] = 0.0
                 mutants[rows, b, p] = 1.0
-                effects[i, b, p] = _target_logit(model(mutants), target, len(b)) - reference
+                effects[i, b, p] = output_column(model(mutants), target, len(b), "sequences") - reference
     return effects
 
 
@@ -146,7 +135,7 @@ def _attribute(method, model: nn.Module, inputs: Tensor, target: int, **kwargs) 
     """Run a Captum method in eval mode with gradients on, after checking the target."""
     with eval_mode(model):
         with torch.no_grad():
-            _target_logit(model(inputs[:1]), target, 1)
+            output_column(model(inputs[:1]), target, 1, "sequences")
         with torch.enable_grad():
             # Our own leaf copy: the caller's tensor never gains requires_grad.
             leaf = inputs.detach().clone().requires_grad_(True)
