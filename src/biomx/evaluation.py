@@ -38,16 +38,19 @@ def evaluate_split(
     return evaluation
 
 
-def std_columns(task, std: np.ndarray) -> dict[str, list[str]]:
-    """`<target>_std` (regression) or `prob_<class>_std` columns for a predictions CSV."""
-    std = std.reshape(len(std), -1)
+def output_names(task) -> list[str]:
+    """One name per column of the task's predictions: targets, P(positive) for binary, classes."""
     if task.kind == "regression":
-        names = [f"pred_{t}_std" for t in task.targets]
-    elif task.kind == "binary":
-        names = [f"prob_{task.classes[1]}_std"]
-    else:
-        names = [f"prob_{c}_std" for c in task.classes]
-    return {name: [f"{v:.6f}" for v in std[:, k].tolist()] for k, name in enumerate(names)}
+        return list(task.targets)
+    return task.classes[1:] if task.kind == "binary" else list(task.classes)
+
+
+def std_columns(task, std: np.ndarray) -> dict[str, list[str]]:
+    """`pred_<target>_std` (regression) or `prob_<class>_std` columns for a predictions CSV."""
+    std = std.reshape(len(std), -1)
+    prefix = "pred" if task.kind == "regression" else "prob"
+    return {f"{prefix}_{name}_std": [f"{v:.6f}" for v in std[:, k].tolist()]
+            for k, name in enumerate(output_names(task))}  # fmt: skip
 
 
 def summary_line(evaluation: dict[str, Any]) -> str:

@@ -24,10 +24,10 @@ from biomx.engine.checkpoint import atomic_write_text
 from biomx.engine.logging import console
 from biomx.engine.trainer import Trainer, seed_everything, select_device
 from biomx.errors import BiomxError, ConfigError
-from biomx.evaluation import evaluate_split, summary_line, write_run_report
+from biomx.evaluation import evaluate_split, output_names, summary_line, write_run_report
 from biomx.modalities import get_pipeline
 from biomx.models.registry import build_model, check_model_args, suggest
-from biomx.runs import environment, new_run_dir, read_json, write_csv, write_json
+from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks import quick_metric_names
 from biomx.tasks.classification import (
     ClassificationTask,
@@ -199,11 +199,6 @@ def _check_same_split(run_dir: Path, p: Prepared) -> None:
                          f"(first difference at sample {first + 1} of split.csv); start a new run")  # fmt: skip
 
 
-def member_dirs(run_dir: Path, ensemble: int) -> list[Path]:
-    """Where each ensemble member keeps its checkpoints and logs (one model: the run itself)."""
-    return [run_dir] if ensemble == 1 else [run_dir / "members" / str(k) for k in range(ensemble)]
-
-
 def _trainer(p: Prepared, run_dir: Path | None, member: int = 0) -> Trainer:
     cfg, task = p.cfg, p.task
     # Ensemble members differ only in their seed: initial weights, batch order, dropout.
@@ -300,9 +295,7 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
             examples, extra = pipeline.explain(trainer.model, p.task, p.data, p.splits["test"], test, probs,
                                                targets.numpy(), p.cfg.eval.explain, p.cfg)  # fmt: skip
             if std is not None:
-                names = (p.task.targets if p.task.kind == "regression"
-                         else p.task.classes[1:] if p.task.kind == "binary" else p.task.classes)  # fmt: skip
-                unc = uncertainty_evaluation(p.task.kind, names, probs, std, targets.numpy())
+                unc = uncertainty_evaluation(p.task.kind, output_names(p.task), probs, std, targets.numpy())
                 extra = [uncertainty_section(unc), *extra]
             found = {section["title"]: section["json"] for section in extra if "json" in section}
             if found:
@@ -321,10 +314,9 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
     """Continue an interrupted run from its last checkpoint (same config, same split)."""
     run_dir = Path(run_dir)
-    checkpoints = [run_dir / "checkpoints", *(run_dir / "members").glob("*/checkpoints")]
-    if not any((c / "last.safetensors").is_file() for c in checkpoints):
-        raise BiomxError(f"{run_dir}: no checkpoints/last.safetensors to resume from")
     cfg = load_config(run_dir / "config.yaml", overrides)
+    if not any((d / "checkpoints" / "last.safetensors").is_file() for d in member_dirs(run_dir, cfg.model.ensemble)):
+        raise BiomxError(f"{run_dir}: no checkpoints/last.safetensors to resume from")
     return train(cfg, resume=run_dir)
 
 

@@ -113,6 +113,12 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module,
     return model.eval(), info
 
 
+def member_dirs(run_dir: Path, ensemble: int) -> list[Path]:
+    """Where each model of a run keeps its checkpoints and logs: the run itself for one model,
+    `members/<k>/` for each member of a deep ensemble."""
+    return [run_dir] if ensemble == 1 else [run_dir / "members" / str(k) for k in range(ensemble)]
+
+
 def load_run_models(run_dir: str | Path, which: str = "best") -> tuple[list[nn.Module], dict[str, Any]]:
     """Every model of a run: one, or each deep-ensemble member (`members/<k>/`), in eval mode."""
     run_dir = Path(run_dir)
