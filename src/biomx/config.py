@@ -38,6 +38,9 @@ class SplitConfig(Section):
     test_chromosomes: list[str] = []  # chromosome: held out for testing (e.g. [chr9])
     column: str = "split"  # predefined, csv sources: column of train/val/test per row
     cluster_cutoff: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6  # cluster: Tanimoto distance (Butina)
+    # predefined: the source's split held out as the test set. "val" for sources that ship only
+    # official train and val splits (e.g. the MedMNIST copies): val then comes from train.
+    holdout: Literal["test", "val"] = "test"
 
     @model_validator(mode="after")
     def _chromosomes_named(self) -> SplitConfig:
@@ -96,12 +99,50 @@ class MoleculeConfig(Section):
     workers: Annotated[int, Field(ge=0)] = 0  # featurisation processes; 0 = automatic
 
 
+class VolumeAugmentConfig(Section):
+    """Random 3D (or 2D) augmentations of training volumes and patches (off by default).
+
+    Spatial transforms move image and mask together (the mask with nearest neighbours)."""
+
+    flip: Fraction = 0.0  # probability of a flip, drawn per spatial axis
+    rotate90: Fraction = 0.0  # probability of a quarter turn in the first two spatial axes
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # affine: max degrees about each axis
+    scale: tuple[PositiveFloat, PositiveFloat] | None = None  # affine zoom range, e.g. [0.9, 1.1]
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # intensity shift, in std units
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # intensity scale 1 +/- this
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # Gaussian std, in std units
+
+
+class VolumeConfig(Section):
+    """How volumes (and segmentation images) are read, preprocessed, cached and patched."""
+
+    spacing: list[PositiveFloat] | None = None  # resample to this voxel size (mm); None keeps it
+    intensity: Literal["zscore", "ct", "minmax", "none"] = "zscore"  # ct: clip ct_window, scale
+    ct_window: tuple[float, float] = (-175.0, 250.0)  # HU [low, high] for intensity: ct
+    nonzero: bool = False  # zscore: statistics of non-zero voxels only (skull-stripped MR)
+    crop_foreground: bool = True  # crop to the bounding box of voxels above the image minimum
+    patch_size: list[PositiveInt] | None = None  # segmentation: training patch, e.g. [96, 96, 96]
+    pos_ratio: Fraction = 0.5  # segmentation: share of patches centred on a foreground voxel
+    patches_per_case: PositiveInt = 4  # segmentation: training patches per case per epoch
+    val_patches_per_case: PositiveInt = 2
+    overlap: Fraction = 0.5  # sliding-window inference: overlap of neighbouring windows
+    sw_batch_size: PositiveInt = 4  # sliding-window inference: windows per forward pass
+    geometry_tolerance_mm: PositiveFloat = 0.01  # mask vs image origin/spacing tolerance
+    nan_policy: Literal["raise", "zero"] = "raise"  # NaN voxels: an error, or set to 0
+    cache: bool = True  # keep preprocessed samples on disk, keyed by content and settings
+    cache_dir: str | None = None  # default: $BIOMX_CACHE or ~/.cache/biomx
+    augment: VolumeAugmentConfig = VolumeAugmentConfig()
+
+
 class DataConfig(Section):
     """Where the samples come from and how they become tensors."""
 
-    source: Literal["folder", "csv", "npz", "dataset", "fasta", "intervals", "sdf"]
-    path: str  # folder, CSV, .npz, FASTA (or folder of FASTA), BED, SDF, or an embedded dataset name
-    modality: Literal["image", "sequence", "molecule"] = "image"
+    source: Literal["folder", "csv", "npz", "dataset", "fasta", "intervals", "sdf", "msd"]
+    # folder, CSV, .npz, FASTA (or folder of FASTA), BED, SDF, an embedded dataset name, or an
+    # MSD-style folder (dataset.json + imagesTr/ + labelsTr/) of images and masks
+    path: str
+    modality: Literal["image", "sequence", "molecule", "volume"] = "image"
     image_size: tuple[PositiveInt, PositiveInt] | None = None  # [H, W]; None keeps the npz size
     channels: Literal[1, 3] = 1
     window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
@@ -114,13 +155,15 @@ class DataConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     sequence: SequenceConfig = SequenceConfig()
     molecule: MoleculeConfig = MoleculeConfig()
+    volume: VolumeConfig = VolumeConfig()
     on_error: Literal["raise", "skip"] = "raise"  # skip = drop unreadable files, list them in the run
+    cache: bool = True  # image files: keep decoded images on disk, keyed by content and settings
     num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _sources_fit_the_modality(self) -> DataConfig:
-        sources = {"image": ("folder", "csv", "npz", "dataset"), "sequence": ("fasta", "csv", "intervals"),
-                   "molecule": ("csv", "sdf")}  # fmt: skip
+        sources = {"image": ("folder", "csv", "npz", "dataset", "msd"), "sequence": ("fasta", "csv", "intervals"),
+                   "molecule": ("csv", "sdf"), "volume": ("npz", "msd")}  # fmt: skip
         if self.source not in sources[self.modality]:
             raise ValueError(f"source {self.source!r} does not hold {self.modality} data; "
                              f"use one of {', '.join(sources[self.modality])}")  # fmt: skip
@@ -142,14 +185,25 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    kind: Literal["classification", "regression"] = "classification"
+    kind: Literal["classification", "regression", "segmentation"] = "classification"
     type: Literal["auto", "binary", "multiclass", "multilabel"] = "auto"  # classification
-    loss: Literal["mse", "huber", "mae"] = "mse"  # regression (on standardised targets)
+    # regression: mse (default), huber, mae on standardised targets;
+    # segmentation: dice_ce (default), dice, focal
+    loss: Literal["mse", "huber", "mae", "dice", "dice_ce", "focal"] | None = None
     target_name: str | None = None  # regression: name shown in reports (default: the label column)
     classes: list[str] | None = None  # class names in label order; default: from the data
     class_weights: Literal["none", "balanced"] | list[PositiveFloat] = "none"
     label_smoothing: Fraction = 0.0
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+
+    @model_validator(mode="after")
+    def _loss_fits_the_kind(self) -> TaskConfig:
+        allowed = {"regression": ("mse", "huber", "mae"), "segmentation": ("dice", "dice_ce", "focal"),
+                   "classification": ()}  # fmt: skip
+        if self.loss is not None and self.loss not in allowed[self.kind]:
+            hint = f"use one of {', '.join(allowed[self.kind])}" if allowed[self.kind] else "remove it"
+            raise ValueError(f"loss {self.loss!r} does not fit kind {self.kind!r}; {hint}")
+        return self
 
 
 class OptimizerConfig(Section):
@@ -196,6 +250,7 @@ class EvalConfig(Section):
     explain: Annotated[int, Field(ge=0)] = 8  # test samples explained in the report
     mc_dropout: Annotated[int, Field(ge=0)] = 0  # Monte Carlo dropout passes at test/predict (0 = off)
     batch_size: PositiveInt = 256
+    surface_tolerance_mm: PositiveFloat = 1.0  # segmentation: surface Dice tolerance
 
 
 class OutputConfig(Section):
@@ -302,9 +357,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         for key in ("genome", "labels_csv"):
             if key in sequence:
                 sequence[key] = _resolve(sequence[key], base)
-    molecule = data.get("molecule")
-    if isinstance(molecule, dict) and molecule.get("cache_dir"):
-        molecule["cache_dir"] = _resolve(molecule["cache_dir"], base)
+    for section in ("molecule", "volume"):
+        settings = data.get(section)
+        if isinstance(settings, dict) and settings.get("cache_dir"):
+            settings["cache_dir"] = _resolve(settings["cache_dir"], base)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

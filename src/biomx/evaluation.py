@@ -55,8 +55,9 @@ def std_columns(task, std: np.ndarray) -> dict[str, list[str]]:
 
 def summary_line(evaluation: dict[str, Any]) -> str:
     parts = []
-    names = ("rmse", "mae", "r2", "spearman") if evaluation["kind"] == "regression" else (
-        "auroc", "accuracy", "balanced_accuracy", "f1")
+    names = {"regression": ("rmse", "mae", "r2", "spearman"),
+             "segmentation": ("dice", "hd95", "surface_dice")}.get(
+        evaluation["kind"], ("auroc", "accuracy", "balanced_accuracy", "f1"))  # fmt: skip
     for name in names:
         m = evaluation["metrics"].get(name)
         if m and not math.isnan(m["value"]):

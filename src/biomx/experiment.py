@@ -35,6 +35,7 @@ from biomx.tasks.classification import (
     class_weights_from_counts,
 )
 from biomx.tasks.regression import RegressionTask, build_regression_task
+from biomx.tasks.segmentation import SegmentationTask, build_segmentation_task
 from biomx.uncertainty import mean_and_std, uncertainty_evaluation, uncertainty_section
 
 
@@ -45,7 +46,7 @@ class Prepared:
     cfg: ExperimentConfig
     data: Samples
     targets: torch.Tensor
-    task: ClassificationTask | RegressionTask
+    task: ClassificationTask | RegressionTask | SegmentationTask
     splits: dict[str, np.ndarray]
     datasets: dict[str, Dataset]
     info: dict[str, Any]  # run.json: model, task, preprocessing
@@ -57,6 +58,11 @@ def check_config(cfg: ExperimentConfig) -> None:
     for key in ("in_channels", "out_dim"):
         if key in cfg.model.args:
             raise ConfigError(f"model.args.{key}: set automatically from the data and task; remove it")
+    if (cfg.task.kind == "segmentation") != (cfg.data.source == "msd"):
+        raise ConfigError("task.kind: segmentation reads image/mask pairs from data.source: msd "
+                          "(a dataset.json + imagesTr/ + labelsTr/ folder), and msd data is for segmentation")
+    if cfg.task.kind == "segmentation" and cfg.eval.mc_dropout:
+        raise ConfigError("eval.mc_dropout: not available for segmentation yet; use model.ensemble")
     allowed = ["train_loss", "val_loss"] + [f"val_{m}" for m in quick_metric_names(cfg.task.kind)]
     if cfg.train.monitor not in allowed:
         raise ConfigError(f"train.monitor: unknown metric {cfg.train.monitor!r}"
@@ -70,7 +76,7 @@ def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict
     if s.method == "chromosome":
         return _chromosome_splits(s, data, labels)
     if s.method in ("scaffold", "cluster"):  # molecules: keep related structures in one split
-        return get_pipeline(cfg.data.modality).split(s, data)
+        return get_pipeline(cfg.data.modality, cfg.task.kind).split(s, data)
     if s.method == "predefined":
         if not data.predefined or "train" not in data.predefined:
             raise ConfigError("data.split.method: 'predefined' needs an npz with train_/val_ arrays, "
@@ -78,6 +84,10 @@ def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict
         train = data.predefined["train"]
         val = data.predefined.get("val")
         test = data.predefined.get("test")
+        if s.holdout == "val":  # the official val split is the untouched test set
+            if val is None:
+                raise ConfigError("data.split.holdout: 'val' needs a val split in the source")
+            val, test = None, val
         rest = train
         if test is None and s.test > 0:  # carve a stratified test split out of train
             part = split_indices(len(train), method="stratified", val=0.0, test=s.test, seed=s.seed,
@@ -123,16 +133,21 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         BiomxError: any problem with the config or the data, as one line.
     """
     check_config(cfg)
-    pipeline = get_pipeline(cfg.data.modality)
+    pipeline = get_pipeline(cfg.data.modality, cfg.task.kind)
     data = pipeline.load(cfg.data, cfg.task.classes)
     if len(data.labels) == 0:
         raise BiomxError(f"{cfg.data.path}: no readable samples")
-    if cfg.task.kind == "regression":
+    if cfg.task.kind == "segmentation":  # the masks stay in the pipeline's case cache
+        targets = torch.arange(len(data.ids))
+        splits = _splits(cfg, data, targets)
+        task = build_segmentation_task(cfg.task.classes or data.default_classes, cfg.task.loss)
+        task_info = {"kind": "segmentation", "classes": task.classes, "loss": task.loss_name}
+    elif cfg.task.kind == "regression":
         targets = encode_values(data)
         splits = _splits(cfg, data, targets)
         columns = cfg.data.label_column if isinstance(cfg.data.label_column, list) else [cfg.data.label_column]
         names = [cfg.task.target_name] if cfg.task.target_name and len(columns) == 1 else columns
-        task = build_regression_task(names, cfg.task.loss)
+        task = build_regression_task(names, cfg.task.loss or "mse")
         task.fit_scaling(targets[splits["train"]].numpy())  # standardise on train; predict in units
         task_info = {"kind": "regression", "targets": task.targets, "loss": task.loss_name,
                      "mean": task.mean, "std": task.std}  # fmt: skip
@@ -261,7 +276,7 @@ def _test_predictions(p: Prepared, trainer: Trainer, run_dir: Path) -> tuple[lis
     """Test predictions (task space) of every ensemble member's best checkpoint and dropout pass."""
     from biomx.engine.checkpoint import load_checkpoint
 
-    pipeline = get_pipeline(p.cfg.data.modality)
+    pipeline = get_pipeline(p.cfg.data.modality, p.cfg.task.kind)
     passes, mc = [], p.cfg.eval.mc_dropout
     targets = torch.zeros(0)
     for member_dir in member_dirs(run_dir, p.cfg.model.ensemble):
@@ -278,13 +293,35 @@ def _test_predictions(p: Prepared, trainer: Trainer, run_dir: Path) -> tuple[lis
     return passes, targets
 
 
+def _segment_test(p: Prepared, trainer: Trainer, run_dir: Path) -> tuple[dict[str, Any], list[dict]]:
+    """Sliding-window segmentation of every test case by the best checkpoint(s) of every member."""
+    import copy
+
+    from biomx.engine.checkpoint import load_checkpoint
+
+    models = []
+    for member_dir in member_dirs(run_dir, p.cfg.model.ensemble):
+        model = copy.deepcopy(trainer.model)
+        best = member_dir / "checkpoints" / "best.safetensors"
+        if best.is_file():
+            model.load_state_dict(load_checkpoint(best)[0])
+        models.append(model)
+    pipeline = get_pipeline(p.cfg.data.modality, p.cfg.task.kind)
+    return pipeline.evaluate_test(models, p.task, p.datasets["test"], p.info["preprocessing"], p.cfg, run_dir,
+                                  trainer.device, trainer._autocast)  # fmt: skip
+
+
 def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
     """Evaluate the best checkpoint(s) on the test split and write the report (rank 0 writes)."""
     dist.barrier()
     evaluation, examples, extra = None, [], []
     test = p.datasets["test"]
-    if len(test):
-        pipeline = get_pipeline(p.cfg.data.modality)
+    if len(test) and p.task.kind == "segmentation":
+        if dist.is_main():  # whole cases, one at a time: no batched test predictions to gather
+            evaluation, extra = _segment_test(p, trainer, run_dir)
+            console.print(summary_line(evaluation))
+    elif len(test):
+        pipeline = get_pipeline(p.cfg.data.modality, p.cfg.task.kind)
         passes, targets = _test_predictions(p, trainer, run_dir)
         if dist.is_main():
             probs, std = mean_and_std(passes)

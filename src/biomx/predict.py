@@ -33,6 +33,7 @@ def _batches(x: Any, batch_size: int):
 def predict_files(
     run_dir: str | Path, inputs: list[str | Path], output: str | Path | None = None,
     *, skip_errors: bool = False, batch_size: int = 256, mc_dropout: int | None = None,
+    masks_dir: str | Path | None = None,
 ) -> dict[str, list]:
     """Predict with a run's best model (or ensemble) on new inputs.
 
@@ -43,6 +44,8 @@ def predict_files(
         output: CSV to write (atomically); None = only return the columns.
         skip_errors: leave out unreadable inputs (listed under "_failures") instead of failing.
         mc_dropout: Monte Carlo dropout passes per model (None: as the run was evaluated).
+        masks_dir: segmentation runs: where masks go (default: `<output stem>_masks/` beside
+            `output`, else `masks/`); one mask per scan, on the scan's own grid.
 
     Returns:
         Columns: "path" (file or record id), "prob_<class>" per class and "predicted"
@@ -54,6 +57,15 @@ def predict_files(
     """
     models, info = load_run_models(run_dir)
     pre, task_info = info["preprocessing"], info["task"]
+    if task_info["kind"] == "segmentation":
+        from biomx.modalities.segmentation_pipeline import predict_masks
+
+        if masks_dir is None:
+            masks_dir = Path(output).with_name(Path(output).stem + "_masks") if output else Path("masks")
+        columns = predict_masks(models, info, inputs, masks_dir, skip_errors)
+        if output is not None:
+            write_csv(Path(output), {k: v for k, v in columns.items() if k != "_failures"})
+        return columns
     passes_per_model = (info.get("uncertainty", {}).get("mc_dropout", 0) if mc_dropout is None else mc_dropout)
     pipeline = get_pipeline(pre["modality"])
     task = task_from_info(task_info)

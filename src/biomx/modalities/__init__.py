@@ -16,9 +16,15 @@ PIPELINES = {
     "image": "biomx.modalities.image_pipeline",
     "sequence": "biomx.modalities.sequence_pipeline",
     "molecule": "biomx.modalities.molecule_pipeline",
+    "volume": "biomx.modalities.volume_pipeline",
+    "segmentation": "biomx.modalities.segmentation_pipeline",  # 2D images and 3D volumes
 }
 
 
-def get_pipeline(modality: str) -> ModuleType:
-    """The pipeline module of a modality named in a config (only names listed here)."""
-    return importlib.import_module(PIPELINES[modality])
+def get_pipeline(modality: str, task_kind: str | None = None) -> ModuleType:
+    """The pipeline module of a modality named in a config (only names listed here).
+
+    Segmentation (of 2D images or 3D volumes) has one pipeline of its own: its samples are
+    (image, mask) pairs and its outputs dense maps, whatever the modality.
+    """
+    return importlib.import_module(PIPELINES["segmentation" if task_kind == "segmentation" else modality])

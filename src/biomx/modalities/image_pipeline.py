@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biomx.config import DataConfig, ExperimentConfig
+from biomx.data.cache import ArrayCache, cache_key, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.datasets import get_dataset
 from biomx.errors import DataError
@@ -72,6 +73,56 @@ def _from_npz(path: Path, cfg: DataConfig, classes: list[str] | None) -> Samples
     return Samples(tensor, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
 
 
+IMAGE_CACHE_VERSION = "images-v1"  # bump when decoding or resizing changes: old entries miss
+
+
+def _file_hashes(paths: list[Path]) -> list[str | None]:
+    """sha256 per file; None for one that cannot be opened (decoding then reports it)."""
+    hashes: list[str | None] = []
+    for path in paths:
+        try:
+            hashes.append(sha256_file(path))
+        except OSError:
+            hashes.append(None)
+    return hashes
+
+
+def _decode_cached(paths: list[Path], hashes: list[str | None], cfg: DataConfig,
+                   ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """`decode_images`, kept on disk: decoding and resizing every file dominates repeated runs.
+
+    The entry is keyed by the files' content (in source order: rows of the tensor are positional)
+    and every decoding setting, so an edited file or a new image size is a new entry, and a
+    renamed or moved folder of the same files is a hit.
+    """
+    settings = {"image_size": list(cfg.image_size), "channels": cfg.channels,
+                "window": list(cfg.window) if cfg.window else None, "dicom_frames": cfg.dicom_frames,
+                "on_error": cfg.on_error}  # fmt: skip
+
+    def decode() -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+        return decode_images(paths, size=tuple(cfg.image_size), channels=cfg.channels, window=cfg.window,
+                             dicom_frames=cfg.dicom_frames, on_error=cfg.on_error)  # fmt: skip
+
+    if not cfg.cache or any(h is None for h in hashes):
+        return decode()
+    cache = ArrayCache(default_cache_dir())
+    key = cache_key(IMAGE_CACHE_VERSION, hashes, settings)
+    hit, meta = cache.get(key), cache.get_meta(key)
+    if hit is not None and meta is not None and {"images", "kept"} <= hit.keys():
+        kept = hit["kept"].tolist()
+        failures = [(str(paths[i]), reason) for i, reason in meta["failures"]]
+        return torch.from_numpy(np.array(hit["images"])), kept, failures  # a writable copy
+    images, kept, failures = decode()
+    kept_set = set(kept)
+    failed = [i for i in range(len(paths)) if i not in kept_set]  # in the order of `failures`
+    try:
+        cache.put(key, {"images": images.numpy(), "kept": np.asarray(kept, dtype=np.int64)},
+                  meta={"failures": [[i, reason] for i, (_, reason) in zip(failed, failures, strict=True)]})
+    except OSError:
+        pass  # an unwritable cache folder: the images are decoded all the same
+    return images, kept, failures
+
+
 def _from_files(cfg: DataConfig) -> Samples:
     path = Path(cfg.path)
     if cfg.source == "folder":
@@ -81,10 +132,8 @@ def _from_files(cfg: DataConfig) -> Samples:
         records = records_from_csv(path, path_column=cfg.path_column, label_column=cfg.label_column,
                                    group_column=cfg.group_column)  # fmt: skip
         where = {i: f"{path}: row {i + 2}" for i in range(len(records))}
-    images, kept, failures = decode_images(
-        records.paths, size=tuple(cfg.image_size), channels=cfg.channels, window=cfg.window,
-        dicom_frames=cfg.dicom_frames, on_error=cfg.on_error,
-    )  # fmt: skip
+    hashes = _file_hashes(records.paths)
+    images, kept, failures = _decode_cached(records.paths, hashes, cfg)
     groups = [records.groups[i] for i in kept]
     kept_paths = [records.paths[i] for i in kept]
     return Samples(
@@ -93,7 +142,7 @@ def _from_files(cfg: DataConfig) -> Samples:
         ids=[str(p) for p in kept_paths],
         groups=np.array(groups, dtype=object) if any(g for g in groups) else None,
         skipped=[(str(p), reason) for p, reason in failures],
-        hashes=[sha256_file(p) for p in kept_paths],
+        hashes=[hashes[i] for i in kept],
         source_sha256=sha256_file(path) if path.is_file() else None,
         where={new: where[old] for new, old in enumerate(kept)},
     )

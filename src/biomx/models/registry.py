@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from biomx.errors import ConfigError
-from biomx.models import image2d, molecule, sequence
+from biomx.models import image2d, molecule, segmentation, sequence
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,14 @@ register(
     molecule.fingerprint_mlp,
     "molecule",
     "MLP on Morgan fingerprints / RDKit descriptors (no graph)",
+)
+register("unet", segmentation.unet, "segmentation", "Residual UNet (MONAI), 2D/3D segmentation baseline")
+register("segresnet", segmentation.segresnet, "segmentation", "SegResNet (MONAI, Myronenko 2018), 2D/3D")
+register(
+    "swin_unetr",
+    segmentation.swin_unetr,
+    "segmentation",
+    "SwinUNETR (MONAI, Hatamizadeh 2022): Swin encoder + CNN decoder, 2D/3D",
 )
 
 
@@ -129,7 +137,7 @@ def list_models(in_channels: int = 1, out_dim: int = 2) -> list[dict[str, Any]]:
         # Sequence models count with their own alphabet size (4 for DNA, 20 for protein);
         # molecule models with chemprop's atom / bond sizes or a 2048-bit fingerprint.
         inputs: dict[str, int] = {}
-        if entry.modality == "image":
+        if entry.modality in ("image", "segmentation"):
             inputs = {"in_channels": in_channels}
         elif entry.modality == "molecule":
             inputs = molecule.listing_inputs(name)

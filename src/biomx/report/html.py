@@ -113,7 +113,8 @@ def _header(title: str, evaluation: dict | None) -> str:
     metrics = evaluation.get("metrics", {})
     level = f"{100 * float(evaluation.get('ci', 0.95)):g}% CI"
     found = []
-    headline = ("rmse", "r2") if evaluation.get("kind") == "regression" else ("auroc", "accuracy")
+    headline = {"regression": ("rmse", "r2"), "segmentation": ("dice", "hd95")}.get(
+        evaluation.get("kind"), ("auroc", "accuracy"))
     for wanted in headline:
         # Exact name first, so "balanced_accuracy" does not stand in for "accuracy".
         name = wanted if wanted in metrics else next((k for k in metrics if wanted in k), None)

@@ -1,7 +1,8 @@
 """Prediction tasks: what a model's outputs mean, how they are trained and how they are scored.
 
 `classification` covers binary, multiclass and multilabel problems; `regression` covers one or
-several continuous targets (standardised for training, predicted in the original units).
+several continuous targets (standardised for training, predicted in the original units);
+`segmentation` labels every voxel (scored per case: Dice, HD95, surface Dice).
 Every task has `loss`, `predictions`, `quick_metrics`, `evaluate`, `prediction_columns`,
 `out_dim`, `kind` and `classes`.
 """
@@ -16,13 +17,22 @@ from biomx.tasks.classification import (
     build_task,
     class_weights_from_counts,
 )
+from biomx.tasks.segmentation import (
+    SEGMENTATION_QUICK_METRICS,
+    SegmentationTask,
+    build_segmentation_task,
+)
 
 REGRESSION_QUICK_METRICS = ("rmse", "mae", "r2", "spearman", "pearson")
 
 
 def quick_metric_names(kind: str) -> tuple[str, ...]:
     """The validation metrics a task of this kind reports each epoch (for train.monitor)."""
-    return REGRESSION_QUICK_METRICS if kind == "regression" else tuple(QUICK_METRICS)
+    if kind == "regression":
+        return REGRESSION_QUICK_METRICS
+    if kind == "segmentation":
+        return SEGMENTATION_QUICK_METRICS
+    return tuple(QUICK_METRICS)
 
 
 def task_from_info(info: dict[str, Any]):
@@ -31,7 +41,10 @@ def task_from_info(info: dict[str, Any]):
         from biomx.tasks.regression import build_regression_task
 
         return build_regression_task(info["targets"], info["loss"], info["mean"], info["std"])
+    if info["kind"] == "segmentation":
+        return build_segmentation_task(info["classes"], info.get("loss"))
     return build_task(info["kind"], info["classes"], threshold=info["threshold"])
 
 
-__all__ = ["ClassificationTask", "build_task", "class_weights_from_counts", "quick_metric_names", "task_from_info"]
+__all__ = ["ClassificationTask", "SegmentationTask", "build_segmentation_task", "build_task", "class_weights_from_counts",
+           "quick_metric_names", "task_from_info"]

@@ -1,0 +1,355 @@
+"""Segmentation data: image + mask files -> preprocessed arrays in the shared cache -> patches.
+
+1. `read_scan` reads an image (or mask) file: 3D volumes through `volume_io` (canonical RAS,
+   geometry kept), 2D images (TIFF, PNG) through `msd.read_plane`.
+2. `preprocess` resamples to the target spacing, crops to the foreground, normalises
+   intensities and pads up to the patch size; `geometry` records each step so that
+   `restore` can put a predicted mask back on the scan's own voxel grid.
+3. `prepare_case` does 1-2 once per (file content, settings) and stores the result in an
+   `ArrayCache`: a preprocessed case is then a few read-only memory maps on disk, shared by every
+   DataLoader worker, every distributed rank and every later run, and never half-written.
+4. `PatchDataset` cuts training patches out of those memory maps, a whole batch at a time
+   (a share `pos_ratio` centred on a foreground voxel), and augments the batch in one go.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from biomx.data.batching import batch_generator
+from biomx.data.cache import ArrayCache, cache_key, default_cache_dir, file_digest
+from biomx.errors import ConfigError, DataError
+from biomx.modalities.msd import is_2d_file, read_plane
+from biomx.modalities.volume_augment import augment_batch
+from biomx.modalities.volume_io import Volume, check_same_geometry, read_volume
+
+PREPROCESS_VERSION = "segmentation-case-v1"  # bump when preprocessing changes: old entries miss
+_MAX_FOREGROUND_INDICES = 50_000  # positive patch centres kept per case (a random subset)
+
+
+# ---- 1. Reading ------------------------------------------------------------------------------
+
+
+@dataclass
+class Scan:
+    """One image or mask in canonical orientation, with what is needed to write a mask back."""
+
+    array: np.ndarray  # image: float32 (C, *S); mask: integer (*S)
+    spacing: tuple[float, ...]  # mm per spatial axis (2D images: 1.0)
+    source: str
+    volume: Volume | None = None  # 3D: the volume read (geometry for write_nifti)
+
+
+def read_scan(path: str | Path, *, spatial_dims: int, mask: bool = False, nan_policy: str = "raise") -> Scan:
+    """Read a 2D image / 3D volume (or its mask) file; images come back as (C, *S) float32.
+
+    Raises:
+        DataError: unreadable, truncated or corrupt file; NaN voxels with nan_policy "raise";
+            a file whose dimensionality does not match `spatial_dims`.
+    """
+    path = Path(path)
+    if spatial_dims == 2:
+        if not is_2d_file(path):
+            raise DataError(f"{path}: not a 2D image file (TIFF, PNG, BMP, JPEG); this run segments 2D images")
+        array = read_plane(path, mask=mask)
+        if not mask:
+            array = _finite(array, str(path), nan_policy)
+        return Scan(array, (1.0, 1.0), str(path))
+    if is_2d_file(path):
+        raise DataError(f"{path}: a 2D image, but this run segments 3D volumes")
+    volume = read_volume(path, mask=mask, nan_policy=nan_policy)
+    array = volume.array
+    if not mask and array.ndim == 3:
+        array = array[None]
+    if mask and array.ndim == 4:
+        if array.shape[0] != 1:
+            raise DataError(f"{path}: a mask must have one channel, found {array.shape[0]}")
+        array = array[0]
+    return Scan(array, tuple(float(s) for s in volume.spacing), str(path), volume)
+
+
+def _finite(array: np.ndarray, source: str, nan_policy: str) -> np.ndarray:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        if nan_policy == "raise":
+            raise DataError(f"{source}: {int(bad.sum())} NaN or infinite pixel(s); fix the file or set "
+                            "data.volume.nan_policy: zero")  # fmt: skip
+        array = np.where(bad, 0.0, array).astype(np.float32)
+    return array
+
+
+def check_mask_fits(image: Scan, mask: Scan, tolerance_mm: float) -> None:
+    """Refuse a mask that is not on the image's pixel / voxel grid (one line naming both)."""
+    if image.volume is not None and mask.volume is not None:
+        check_same_geometry(image.volume, mask.volume, tolerance_mm)
+        return
+    if image.array.shape[1:] != mask.array.shape:
+        raise DataError(f"{mask.source}: shape {mask.array.shape} does not match the image {image.source} "
+                        f"{image.array.shape[1:]}; a mask must be on the image's pixel grid")  # fmt: skip
+
+
+# ---- 2. Preprocessing and its inverse -------------------------------------------------------------
+
+
+def settings_from(volume_cfg: Any, spatial_dims: int, channels: int | None = None) -> dict[str, Any]:
+    """The preprocessing settings that define a cache entry and go into run.json."""
+    patch = list(volume_cfg.patch_size) if volume_cfg.patch_size else None
+    for key, value in (("patch_size", patch), ("spacing", volume_cfg.spacing)):
+        if value is not None and len(value) != spatial_dims:
+            raise ConfigError(f"data.volume.{key}: {len(value)} values for {spatial_dims}D data; give {spatial_dims}")
+    if patch is None:
+        raise ConfigError(f"data.volume.patch_size: required for segmentation, e.g. {[96] * spatial_dims}")
+    return {
+        "spatial_dims": spatial_dims, "spacing": volume_cfg.spacing, "intensity": volume_cfg.intensity,
+        "ct_window": list(volume_cfg.ct_window), "nonzero": volume_cfg.nonzero,
+        "crop_foreground": volume_cfg.crop_foreground, "patch_size": patch, "nan_policy": volume_cfg.nan_policy,
+        "channels": channels,
+    }  # fmt: skip
+
+
+def _resize(array: np.ndarray, shape: tuple[int, ...], labels: bool) -> np.ndarray:
+    """(C, *S) float or (*S) integer labels -> the same on `shape` (linear / nearest)."""
+    if tuple(array.shape[-len(shape):]) == tuple(shape):
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array))
+    if labels:
+        out = F.interpolate(x[None, None].float(), size=shape, mode="nearest-exact")[0, 0]
+        return out.to(torch.uint8 if array.max(initial=0) < 256 else torch.int32).numpy()
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    return F.interpolate(x[None].float(), size=shape, mode=mode, align_corners=False)[0].numpy()
+
+
+def _foreground_box(image: np.ndarray, label: np.ndarray | None) -> list[list[int]]:
+    """Bounding box of voxels above the image minimum (any channel), widened to hold every label."""
+    flat = image.reshape(len(image), -1)
+    inside = (image > flat.min(axis=1).reshape((-1,) + (1,) * (image.ndim - 1))).any(0)
+    if label is not None:
+        inside |= label > 0
+    if not inside.any():
+        return [[0, n] for n in inside.shape]
+    box = []
+    for axis in range(inside.ndim):
+        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+        box.append([int(hit[0]), int(hit[-1]) + 1])
+    return box
+
+
+def _normalise(image: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+    image = image.astype(np.float32, copy=True)
+    kind = settings["intensity"]
+    if kind == "ct":  # clip to the HU window, scale to [0, 1]
+        low, high = settings["ct_window"]
+        return (np.clip(image, low, high) - low) / max(high - low, 1e-6)
+    for c in range(len(image)):
+        channel = image[c]
+        if kind == "zscore":
+            inside = channel != 0 if settings["nonzero"] else np.ones(channel.shape, dtype=bool)
+            values = channel[inside] if inside.any() else channel.ravel()
+            channel[inside] = (channel[inside] - values.mean()) / max(float(values.std()), 1e-6)
+        elif kind == "minmax":  # robust: 0.5 and 99.5 percentiles -> 0 and 1
+            low, high = np.percentile(channel, [0.5, 99.5])
+            image[c] = np.clip((channel - low) / max(high - low, 1e-6), 0.0, 1.0)
+    return image
+
+
+def preprocess(image: np.ndarray, spacing: tuple[float, ...], settings: dict[str, Any],
+               label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Resample, crop to the foreground, normalise and pad one case.
+
+    Returns:
+        (image float32 (C, *S'), label uint8 (*S') or None, geometry for `restore`).
+    """
+    shape = tuple(int(n) for n in image.shape[1:])
+    target = settings["spacing"]
+    resampled = shape
+    if target is not None:
+        resampled = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+        image = _resize(image, resampled, labels=False)
+        if label is not None:
+            label = _resize(label, resampled, labels=True)
+    box = _foreground_box(image, label) if settings["crop_foreground"] else [[0, n] for n in resampled]
+    crop = tuple(slice(a, b) for a, b in box)
+    image = _normalise(image[(slice(None), *crop)], settings)
+    if label is not None:
+        label = label[crop]
+    pad = [[(max(p - n, 0)) // 2, max(p - n, 0) - (max(p - n, 0)) // 2]
+           for p, n in zip(settings["patch_size"], image.shape[1:], strict=True)]  # fmt: skip
+    if any(a or b for a, b in pad):
+        fill = image.reshape(len(image), -1).min(axis=1)
+        image = np.stack([np.pad(channel, pad, constant_values=v) for channel, v in zip(image, fill, strict=True)])
+        if label is not None:
+            label = np.pad(label, pad)
+    geometry = {"shape": list(shape), "spacing": list(spacing), "resampled": list(resampled), "box": box,
+                "pad": pad}  # fmt: skip
+    if label is not None:
+        if label.max(initial=0) > 255:
+            raise DataError(f"label value {int(label.max())} is too large (at most 255 classes)")
+        label = label.astype(np.uint8)
+    return np.ascontiguousarray(image, dtype=np.float32), label, geometry
+
+
+def restore(labels: np.ndarray, geometry: dict[str, Any]) -> np.ndarray:
+    """A mask predicted on a preprocessed case -> the scan's own (canonical) grid, uint8."""
+    inner = tuple(slice(a, n - b) for (a, b), n in zip(geometry["pad"], labels.shape, strict=True))
+    out = np.zeros(geometry["resampled"], dtype=np.uint8)
+    out[tuple(slice(a, b) for a, b in geometry["box"])] = labels[inner]
+    return _resize(out, tuple(geometry["shape"]), labels=True).astype(np.uint8)
+
+
+# ---- 3. Cases in the cache ------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """A preprocessed (image, mask) pair in the cache."""
+
+    id: str
+    key: str
+    image_path: str
+    label_path: str
+    geometry: dict[str, Any]
+    classes_present: list[int]
+    reference: dict[str, Any] | None  # 3D: the source volume's geometry (see `reference_volume`)
+
+
+def case_store(volume_cfg: Any) -> ArrayCache:
+    """The cache holding preprocessed cases; with `cache: false` a temporary one for this process."""
+    if volume_cfg.cache:
+        return ArrayCache(Path(volume_cfg.cache_dir) if volume_cfg.cache_dir else default_cache_dir())
+    root = Path(tempfile.mkdtemp(prefix="biomx-cases-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return ArrayCache(root)
+
+
+def prepare_case(case_id: str, image_path: Path, label_path: Path, settings: dict[str, Any], store: ArrayCache,
+                 tolerance_mm: float) -> Case:
+    """Preprocess one case into `store` (or find it there); the arrays stay on disk.
+
+    Raises:
+        DataError: unreadable files, a mask off the image's grid, NaN voxels, too many channels.
+    """
+    key = cache_key(PREPROCESS_VERSION, file_digest(image_path), file_digest(label_path), settings)
+    meta = store.get_meta(key)
+    if meta is None or store.get(key) is None:
+        dims = settings["spatial_dims"]
+        image = read_scan(image_path, spatial_dims=dims, nan_policy=settings["nan_policy"])
+        mask = read_scan(label_path, spatial_dims=dims, mask=True)
+        check_mask_fits(image, mask, tolerance_mm)
+        if settings["channels"] is not None and len(image.array) != settings["channels"]:
+            raise DataError(f"{image_path}: {len(image.array)} channel(s), expected {settings['channels']}")
+        x, y, geometry = preprocess(image.array, image.spacing, settings, mask.array)
+        foreground = np.flatnonzero(y > 0)
+        if len(foreground) > _MAX_FOREGROUND_INDICES:  # enough positive centres; bounded size
+            rng = np.random.default_rng(0)
+            foreground = np.sort(rng.choice(foreground, _MAX_FOREGROUND_INDICES, replace=False))
+        present = sorted(int(v) for v in np.unique(y) if v > 0)
+        meta = {"id": case_id, "geometry": geometry, "present": present,
+                "reference": reference_meta(image.volume)}  # fmt: skip
+        store.put(key, {"image": x, "label": y, "foreground": foreground.astype(np.int64)}, meta)
+    return Case(case_id, key, str(image_path), str(label_path), meta["geometry"], meta["present"], meta["reference"])
+
+
+def reference_meta(volume: Volume | None) -> dict[str, Any] | None:
+    """What `write_nifti` needs of the source volume (small: no voxels)."""
+    if volume is None:
+        return None
+    return {"affine": volume.affine.tolist(), "spacing": list(volume.spacing), "source": volume.source,
+            "original_affine": volume.original_affine.tolist(), "original_shape": list(volume.original_shape),
+            "shape": list(volume.array.shape[-3:])}  # fmt: skip
+
+
+def reference_volume(meta: dict[str, Any]) -> Volume:
+    """A voxel-free `Volume` carrying a case's geometry, for `write_nifti`."""
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(meta["shape"])), np.array(meta["affine"]),
+                  tuple(meta["spacing"]), meta["source"], np.array(meta["original_affine"]),
+                  tuple(meta["original_shape"]))  # fmt: skip
+
+
+# ---- 4. Patches ------------------------------------------------------------------------------
+
+
+class PatchDataset(Dataset):
+    """`per_case` patches per case per epoch, cut from the cached memory maps a batch at a time.
+
+    Training: centres are drawn from `batch_generator(seed, epoch, indices)` (the same batch with
+    any number of workers and after a resume). `fixed=True` (validation): the same patches
+    every epoch. Only cache keys are pickled into DataLoader workers; each worker maps the
+    cached arrays itself, so the operating system's page cache holds one copy for all.
+    """
+
+    def __init__(self, root: Path, keys: list[str], patch_size: list[int], per_case: int, pos_ratio: float,
+                 augment: Any = None, seed: int = 0, fixed: bool = False):  # fmt: skip
+        self.root, self.keys, self.patch = Path(root), list(keys), list(patch_size)
+        self.per_case, self.pos_ratio, self.augment = per_case, pos_ratio, augment
+        self.seed, self.fixed, self.epoch = seed, fixed, 0
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys) * self.per_case
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": {}}  # workers open their own memory maps
+
+    def arrays(self, key: str) -> dict[str, np.ndarray]:
+        if key not in self._arrays:
+            found = ArrayCache(self.root).get(key)
+            if found is None:
+                raise DataError(f"{self.root}: cached case {key[:12]} is missing or damaged; run again to rebuild it")
+            self._arrays[key] = found
+        return self._arrays[key]
+
+    def _start(self, label: np.ndarray, foreground: np.ndarray, g: torch.Generator) -> list[int]:
+        shape = label.shape
+        if len(foreground) and float(torch.rand(1, generator=g)) < self.pos_ratio:
+            centre = np.unravel_index(int(foreground[int(torch.randint(len(foreground), (1,), generator=g))]), shape)
+        else:
+            centre = [int(torch.randint(n, (1,), generator=g)) for n in shape]
+        return [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, self.patch, shape, strict=True)]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        g = batch_generator(self.seed, 0 if self.fixed else self.epoch, indices)
+        images, labels = [], []
+        for index in indices:
+            arrays = self.arrays(self.keys[index // self.per_case])
+            start = self._start(arrays["label"], arrays["foreground"], g)
+            window = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
+            images.append(arrays["image"][(slice(None), *window)])
+            labels.append(arrays["label"][window])
+        x = torch.from_numpy(np.stack(images))
+        y = torch.from_numpy(np.stack(labels)).long()
+        if self.augment is not None:
+            x, y = augment_batch(x, y, self.augment, g)
+        return x, y
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+class CaseList(Dataset):
+    """Whole cases (test split): evaluated by sliding-window inference, not batched patches."""
+
+    def __init__(self, root: Path, cases: list[Case]):
+        self.root, self.cases = Path(root), list(cases)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def arrays(self, case: Case) -> dict[str, np.ndarray]:
+        found = ArrayCache(self.root).get(case.key)
+        if found is None:
+            raise DataError(f"{case.image_path}: cached case is missing or damaged; run again to rebuild it")
+        return found

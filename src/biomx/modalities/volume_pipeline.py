@@ -1,0 +1,394 @@
+"""Volume classification in an experiment: an .npz of 3D volumes -> batched datasets, 3D Grad-CAM,
+and predictions on NIfTI / DICOM series / NRRD / MetaImage files.
+
+The source is a MedMNIST-3D-style .npz (`train_images` (N, D, H, W) or (N, C, D, H, W), uint8
+or float, with `train_labels`, `val_*`, optional `test_*`). Volumes stay in memory in their
+stored dtype (uint8 MedMNIST at 64^3 is 311 MB; float32 would be 1.2 GB) and each batch is
+converted, augmented (`volume_augment.augment_batch`) and normalised as a whole. Segmentation
+(source msd) has its own pipeline. The same five functions as every pipeline: `load`,
+`build_datasets`, `inference_model`, `explain`, `read_inputs`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from biomx.config import DataConfig, ExperimentConfig
+from biomx.data.batching import batch_generator
+from biomx.data.samples import Samples, sha256_file
+from biomx.errors import ConfigError, DataError
+from biomx.explain.gradcam import gradcam
+from biomx.modalities.image import _npz_labels
+from biomx.modalities.image_pipeline import _pick
+from biomx.modalities.volume_augment import augment_batch, is_active
+from biomx.modalities.volume_io import read_volume
+from biomx.models.registry import get_entry
+from biomx.tasks.classification import ClassificationTask
+
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz")
+_SPLITS = ("train", "val", "test")
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def _npz_volumes(images: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """(N, D, H, W) -> (N, 1, D, H, W); (N, C, D, H, W) kept; uint8 kept, floats as float32."""
+    if images.ndim == 4:
+        images = images[:, None]
+    if images.ndim != 5:
+        raise DataError(f"{path}: {name} has shape {images.shape}; expected volumes (N, D, H, W) or (N, C, D, H, W)")
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
+        raise DataError(f"{path}: {name} must be uint8 or float, got {images.dtype}")
+    images = images.astype(np.float32, copy=False)
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if not finite.all():
+        raise DataError(f"{path}: {name} row {int(np.flatnonzero(~finite)[0])} has NaN or infinite voxels")
+    return images
+
+
+def _read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split -> (volumes (N, C, D, H, W) uint8 or float32, labels int64 (N,) or (N, K))."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read npz: {' '.join(str(e).split())}") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not an .npz archive (a single .npy array?); save with np.savez")
+    splits = {}
+    with archive:
+        keys = sorted(archive.files)
+        for split in _SPLITS:
+            names = (f"{split}_images", f"{split}_labels")
+            if split == "test" and not any(name in keys for name in names):
+                continue
+            missing = [name for name in names if name not in keys]
+            if missing:
+                raise DataError(f"{path}: missing array {missing[0]!r} (found: {', '.join(keys)})")
+            try:
+                images, labels = archive[names[0]], archive[names[1]]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise DataError(f"{path}: corrupt array in {split!r}: {' '.join(str(e).split())}") from e
+            splits[split] = (_npz_volumes(images, path, names[0]), _npz_labels(labels, len(images), path, names[1]))
+    shapes = {split: volumes.shape[1:] for split, (volumes, _) in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"{path}: the splits hold volumes of different shapes (C, D, H, W): {shapes}")
+    return splits
+
+
+def _label_names(y: np.ndarray, names: list[str], path: Path, split: str) -> list:
+    if y.ndim == 2:  # multilabel
+        if y.shape[1] != len(names):
+            raise DataError(f"{path}: {split}_labels has {y.shape[1]} label columns but {len(names)} classes "
+                            "are named in task.classes")  # fmt: skip
+        return [[names[k] for k in np.flatnonzero(row)] for row in y]
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(names)):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise DataError(f"{path}: {split}_labels has class index {bad} but only {len(names)} classes are named "
+                        "in task.classes")  # fmt: skip
+    return [names[int(k)] for k in y]
+
+
+def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
+    """Read every volume of an .npz into one tensor (N, C, D, H, W), in its stored dtype.
+
+    Args:
+        cfg: the experiment's `data:` section (source npz).
+        classes: class names from `task.classes` (names the npz's integer labels).
+
+    Raises:
+        ConfigError: a source other than npz, or 2D image settings (image_size, augment).
+        DataError: unreadable archive, missing arrays, bad shapes, dtypes, labels or NaN voxels.
+    """
+    if cfg.source != "npz":
+        raise ConfigError(f"data.source: {cfg.source!r} does not hold volumes to classify; use npz "
+                          "(segmentation reads msd folders with task.kind: segmentation)")  # fmt: skip
+    if cfg.image_size is not None:
+        raise ConfigError("data.image_size: volumes keep the npz's own size; remove it")
+    if any(cfg.augment.model_dump().values()):
+        raise ConfigError("data.augment: 2D image augmentation; for volumes use data.volume.augment")
+    path = Path(cfg.path)
+    splits = _read_npz(path)
+    first = next(iter(splits.values()))[1]
+    count = first.shape[1] if first.ndim == 2 else int(max(y.max(initial=0) for _, y in splits.values())) + 1
+    names = classes or [str(i) for i in range(count)]
+    labels, ids, predefined, start = [], [], {}, 0
+    for split, (_, y) in splits.items():
+        labels += _label_names(y, names, path, split)
+        ids += [f"{split}:{i}" for i in range(len(y))]
+        predefined[split] = np.arange(start, start + len(y))
+        start += len(y)
+    volumes = torch.from_numpy(np.concatenate([v for v, _ in splits.values()]))
+    del splits  # the per-split arrays: only the concatenated copy stays
+    samples = Samples(volumes, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
+    samples.extra["intensity"] = _intensity_kind(volumes)
+    return samples
+
+
+def _intensity_kind(volumes: torch.Tensor) -> str:
+    """'uint8' (stored 0-255, used as /255), 'unit' (floats in [0, 1]) or 'float' (other floats)."""
+    if volumes.dtype == torch.uint8:
+        return "uint8"
+    return "unit" if float(volumes.min()) >= 0 and float(volumes.max()) <= 1 else "float"
+
+
+# ---------------------------------------------------------------------------------- datasets
+
+
+class VolumeTensorDataset(Dataset):
+    """One split's rows of a shared (N, C, D, H, W) tensor, served as already-built batches.
+
+    `__getitems__` converts, augments and normalises a whole batch at once; augmentation draws
+    from `batch_generator(seed, epoch, indices)`, so a batch is the same with any number of
+    workers and after a resume. The volumes are shared, not copied, between splits.
+
+    Args:
+        volumes: uint8 (divided by 255) or float, (N, C, D, H, W), all splits.
+        index: this split's rows of `volumes`.
+        targets: this split's targets, aligned with `index`.
+        augment: a `VolumeAugmentConfig` (or None), applied before normalisation.
+        normalize: (mean, std), one value per channel.
+        seed: base seed of the augmentation.
+    """
+
+    def __init__(self, volumes: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, *, augment: Any = None,
+                 normalize: tuple[list[float], list[float]] | None = None, seed: int = 0) -> None:  # fmt: skip
+        if volumes.ndim != 5:
+            raise ValueError(f"volumes must be (N, C, D, H, W), got {tuple(volumes.shape)}")
+        if len(index) != len(targets):
+            raise ValueError(f"{len(index)} rows but {len(targets)} targets")
+        self.volumes, self.index, self.targets = volumes, torch.as_tensor(index, dtype=torch.long), targets
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.mean = self.std = None
+        if normalize is not None:
+            self.mean, self.std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1, 1) for v in normalize)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch (x float32 (B, C, D, H, W), y) for positions `indices` of this split."""
+        x = _as_float(self.volumes[self.index[torch.as_tensor(indices, dtype=torch.long)]])
+        if self.augment is not None:
+            x, _ = augment_batch(x, None, self.augment, batch_generator(self.seed, self.epoch, indices))
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x, self.targets[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def _as_float(volumes: torch.Tensor) -> torch.Tensor:
+    """Stored volumes -> float32 (uint8 / 255); float32 input is returned as it is."""
+    return volumes.float().div_(255) if volumes.dtype == torch.uint8 else volumes.float()
+
+
+def _channel_stats(volumes: torch.Tensor, rows: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of up to 512 evenly spaced training volumes, in chunks."""
+    rows = rows[np.linspace(0, len(rows) - 1, min(512, len(rows))).astype(int)] if len(rows) else rows
+    total = torch.zeros(volumes.shape[1], dtype=torch.float64)
+    squares, count = total.clone(), 0
+    for chunk in np.array_split(rows, max(1, len(rows) // 32)):
+        x = _as_float(volumes[torch.as_tensor(chunk, dtype=torch.long)]).double()
+        total += x.sum(dim=(0, 2, 3, 4))
+        squares += x.square().sum(dim=(0, 2, 3, 4))
+        count += x[:, 0].numel()
+    mean = total / max(count, 1)
+    std = (squares / max(count, 1) - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.tolist(), std.tolist()
+
+
+def _check_model(cfg: ExperimentConfig) -> None:
+    builder = get_entry(cfg.model.name)
+    if builder.modality != "image" or "spatial_dims" not in inspect.signature(builder.builder).parameters:
+        raise ConfigError(f"model.name: {cfg.model.name} is not a 3D classifier; use small_cnn, resnet18, "
+                          "resnet34, resnet50 or densenet121 (built with spatial_dims 3 for volumes)")  # fmt: skip
+
+
+def build_datasets(
+    samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray], cfg: ExperimentConfig
+) -> tuple[dict[str, VolumeTensorDataset], dict[str, Any], dict[str, Any]]:
+    """Per-split datasets (augmenting only train), the preprocessing record, model input args."""
+    _check_model(cfg)
+    volumes = samples.inputs
+    mean = std = None
+    if cfg.data.normalize:  # statistics of the training volumes only (no test leakage)
+        mean, std = _channel_stats(volumes, splits["train"])
+    augment = cfg.data.volume.augment if is_active(cfg.data.volume.augment) else None
+    datasets = {
+        name: VolumeTensorDataset(volumes, torch.as_tensor(idx, dtype=torch.long), targets[torch.as_tensor(idx)],
+                                  augment=augment if name == "train" else None,
+                                  normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed)
+        for name, idx in splits.items()
+    }  # fmt: skip
+    c, *shape = volumes.shape[1:]
+    preprocessing = {"modality": "volume", "shape": list(shape), "channels": c, "mean": mean, "std": std,
+                     "intensity": samples.extra.get("intensity", _intensity_kind(volumes))}  # fmt: skip
+    return datasets, preprocessing, {"in_channels": c, "spatial_dims": 3}
+
+
+def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
+    return model
+
+
+# ---------------------------------------------------------------------------------- explanations
+
+
+def _display(volumes: torch.Tensor) -> torch.Tensor:
+    """Volumes in [0, 1] for pictures: uint8 / 255, floats min-max per volume."""
+    x = _as_float(volumes)
+    if volumes.dtype == torch.uint8:
+        return x
+    lo = x.amin(dim=(1, 2, 3, 4), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3, 4), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def explain(
+    model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
+    test_data: VolumeTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
+) -> tuple[list[dict], list[dict]]:
+    """3D Grad-CAM of chosen test volumes, shown on the slice through each map's maximum.
+
+    The slice is taken across the first spatial axis (D: the slice axis of a (D, H, W) CT or MR
+    stack); the report shows that slice (C, H, W) with the heatmap's slice (H, W) over it.
+    """
+    chosen = _pick(task, probs, targets, n)
+    if not chosen:
+        return [], []
+    predicted = probs[chosen] if task.kind == "regression" else task.predict_labels(probs[chosen])
+    target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
+    device = next(model.parameters()).device
+    heatmaps = []
+    for start in range(0, len(chosen), 8):  # 3D activations are large: a few volumes at a time
+        x, _ = test_data.__getitems__(chosen[start:start + 8])
+        part = target[start:start + 8] if isinstance(target, torch.Tensor) else target
+        heatmaps.append(gradcam(model, x.to(device), part).cpu())
+    heatmaps = torch.cat(heatmaps)
+    display = _display(samples.inputs[torch.as_tensor(test_index[chosen])])
+    depth = heatmaps.shape[1]
+    examples = []
+    for row, i in enumerate(chosen):
+        heat = heatmaps[row]
+        d = int(heat.flatten().argmax()) // heat[0].numel() if heat.max() > 0 else depth // 2
+        if task.kind == "regression":
+            caption = f"true: {float(np.ravel(targets[i])[0]):.3g} | predicted: {float(np.ravel(probs[i])[0]):.3g}"
+        elif task.kind == "multilabel":
+            caption = f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(targets[i])) or '-'}"
+        else:
+            p = probs[i] if task.kind == "binary" else probs[i].max()
+            caption = (f"true: {task.classes[int(targets[i])]} | predicted: "
+                       f"{task.classes[int(predicted[row])]} (p={float(p):.2f})")  # fmt: skip
+        examples.append({"image": display[row][:, d].numpy(), "heatmap": heat[d].numpy(),
+                         "caption": f"{caption} | slice {d + 1}/{depth}"})  # fmt: skip
+    return examples, []
+
+
+# ---------------------------------------------------------------------------------- prediction
+
+
+def collect_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Volume files as given; a folder: its volume files (sorted), else it is one DICOM series."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise DataError(f"{item}: no such file or folder")
+        if item.is_dir():
+            files = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.name.lower().endswith(_VOLUME_SUFFIXES))  # fmt: skip
+            found += files or [item]
+        else:
+            found.append(item)
+    return found
+
+
+def _resize(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """(C, D, H, W) -> (C, *shape): area-averaging where an axis shrinks, trilinear where it grows."""
+    x = x[None]
+    smaller = [min(n, s) for n, s in zip(x.shape[2:], shape, strict=True)]
+    if smaller != list(x.shape[2:]):
+        x = F.interpolate(x, size=smaller, mode="area")  # averages, so no aliasing when shrinking
+    if smaller != list(shape):
+        x = F.interpolate(x, size=list(shape), mode="trilinear", align_corners=False)
+    return x[0]
+
+
+def _read_file(path: Path, preprocessing: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """One input -> [(name, float32 (C, D, H, W) at the training size, in training intensities)]."""
+    channels, shape = preprocessing["channels"], preprocessing["shape"]
+    if path.is_file() and path.name.lower().endswith(".npz"):
+        out = []
+        for split, volumes in _npz_images(path).items():
+            x = _as_float(torch.from_numpy(volumes))
+            for row in range(len(x)):
+                out.append((f"{path}:{split}:{row}", x[row]))
+    else:
+        if preprocessing["intensity"] == "float":
+            raise DataError(f"{path}: this run was trained on raw float intensities from an npz; medical image "
+                            "files are scaled to [0, 1], which would not match: pass .npz volumes instead")  # fmt: skip
+        array = torch.from_numpy(read_volume(path).array)
+        x = array[None] if array.ndim == 3 else array
+        lo, hi = x.min(), x.max()  # MedMNIST volumes are min-max scaled crops: do the same
+        x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+        out = [(str(path), x)]
+    for name, x in out:
+        if x.shape[0] != channels:
+            raise DataError(f"{name}: volume has {x.shape[0]} channels, the model takes {channels}")
+    return [(name, _resize(x, shape)) for name, x in out]
+
+
+def _npz_images(path: Path) -> dict[str, np.ndarray]:
+    """The `<split>_images` arrays of an npz, as (N, C, D, H, W) (labels are not needed)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = [f"{s}_images" for s in _SPLITS if f"{s}_images" in archive.files]
+            if not keys:
+                raise DataError(f"{path}: no train_images, val_images or test_images array")
+            return {key.removesuffix("_images"): _npz_volumes(archive[key], path, key) for key in keys}
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read npz: {' '.join(str(e).split())}") from e
+
+
+def read_inputs(
+    preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
+) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """Volume files/folders/npz -> a model-ready float batch (N, C, D, H, W), names, skipped inputs.
+
+    NIfTI, DICOM series (a folder, or one multi-frame file), NRRD and MetaImage files are read
+    in canonical RAS orientation (`volume_io.read_volume`), min-max scaled to [0, 1] (MedMNIST
+    3D volumes were min-max scaled crops, stored as uint8) and resized to the training shape.
+    The run's model sees them as it saw its training volumes only if they are cropped around the
+    same structure with the same axis order. .npz inputs: every `<split>_images` array, used in
+    the stored units like the training npz (uint8 / 255).
+    """
+    volumes, names, failures = [], [], []
+    for path in collect_inputs(inputs):
+        try:
+            for name, x in _read_file(path, preprocessing):
+                names.append(name)
+                volumes.append(x)
+        except DataError as e:
+            if not skip_errors:
+                raise
+            failures.append((str(path), str(e).removeprefix(f"{path}: ")))
+    x = torch.stack(volumes) if volumes else torch.zeros(0, preprocessing["channels"], *preprocessing["shape"])
+    if preprocessing["mean"] is not None:
+        x = (x - torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1, 1)) / torch.tensor(
+            preprocessing["std"]).view(1, -1, 1, 1, 1)  # fmt: skip
+    return x, names, failures
