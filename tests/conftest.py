@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,10 @@ import pytest
 import torch
 
 from biomx.datasets import export_images, get_dataset
+
+# Caches written by tests (decoded images, featurised molecules, preprocessed cases) go to a
+# throwaway folder, never the user's ~/.cache/biomx; subprocesses inherit it.
+os.environ["BIOMX_CACHE"] = tempfile.mkdtemp(prefix="biomx-test-cache-")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -41,6 +41,7 @@ from biomx.modalities.segmentation_data import (
     restore,
     settings_from,
 )
+from biomx.modalities.volume_augment import is_active
 from biomx.modalities.volume_io import write_nifti
 from biomx.models.segmentation import required_divisor
 from biomx.runs import write_csv, write_json
@@ -111,10 +112,6 @@ def _check_patch(cfg: ExperimentConfig, patch: list[int]) -> None:
                           f"at least {2 * divisor}")  # fmt: skip
 
 
-def _augmenting(augment: Any) -> bool:
-    return any(bool(v) for v in augment.model_dump().values())
-
-
 def build_datasets(samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray], cfg: ExperimentConfig
                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Training patches (augmented), fixed validation patches, whole test cases."""
@@ -123,7 +120,7 @@ def build_datasets(samples: Samples, targets: torch.Tensor, splits: dict[str, np
     patch = settings["patch_size"]
     _check_patch(cfg, patch)
     keys = {name: [cases[i].key for i in idx] for name, idx in splits.items()}
-    augment = vol.augment if _augmenting(vol.augment) else None
+    augment = vol.augment if is_active(vol.augment) else None
     datasets = {
         "train": PatchDataset(root, keys["train"], patch, vol.patches_per_case, vol.pos_ratio, augment,
                               seed=cfg.train.seed),  # fmt: skip
