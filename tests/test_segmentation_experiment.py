@@ -170,3 +170,22 @@ def test_config_mistakes_are_one_line(nuclei, tmp_path, capsys):
                   "{name: unet}")  # fmt: skip
     assert main(["train", str(cfg)]) == 1
     assert "divisible by 16" in capsys.readouterr().err
+
+
+def test_nan_voxels_are_refused_or_zeroed_when_asked(lesions, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / "cache"))
+    data = _copy_dataset(lesions, tmp_path / "nan")
+    scan = sorted((data / "imagesTr").glob("*.nii.gz"))[2]
+    img = nib.load(scan)
+    voxels = np.asarray(img.dataobj, dtype=np.float32)
+    voxels[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(voxels, img.affine), scan)
+    cfg = _config(tmp_path, "nan", f"modality: volume, path: {data}, volume: {{patch_size: [16, 16, 16]}}",
+                  "{name: unet, args: {channels: [8, 16], strides: [2]}}")  # fmt: skip
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert scan.name in err and "NaN" in err
+    p = prepare(load_config(cfg, ["data.volume.nan_policy=zero"]))
+    assert len(p.data.ids) == 8
+    x, _ = p.datasets["train"].__getitems__(list(range(len(p.datasets["train"]))))
+    assert bool(x.isfinite().all())

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -12,18 +9,10 @@ from biomx.errors import ConfigError
 from biomx.models.registry import build_model, check_model_args, get_entry, list_models
 from biomx.models.segmentation import required_divisor
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small 3D convolutions: extra intra-op threads only add synchronisation on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions: extra intra-op threads only add synchronisation on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# MONAI's SwinUNETR needs einops at forward time (an optional MONAI dependency).
-needs_einops = pytest.mark.skipif(importlib.util.find_spec("einops") is None, reason="einops not installed")
 
 # Small variants keep CPU tests fast; the defaults are built (and one is run) below.
 SMALL = {
@@ -36,8 +25,8 @@ CASES = [
     pytest.param("unet", 3, (12, 8, 16), id="unet-3d"),
     pytest.param("segresnet", 2, (16, 24), id="segresnet-2d"),
     pytest.param("segresnet", 3, (8, 12, 16), id="segresnet-3d"),
-    pytest.param("swin_unetr", 2, (32, 64), id="swin_unetr-2d", marks=needs_einops),
-    pytest.param("swin_unetr", 3, (32, 32, 64), id="swin_unetr-3d", marks=needs_einops),
+    pytest.param("swin_unetr", 2, (32, 64), id="swin_unetr-2d"),
+    pytest.param("swin_unetr", 3, (32, 32, 64), id="swin_unetr-3d"),
 ]
 
 

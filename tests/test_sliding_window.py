@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,8 @@ from torch import nn
 from biomx.engine.sliding_window import sliding_window_predict, window_starts
 from biomx.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny convolutions: extra intra-op threads only add synchronisation on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions: extra intra-op threads only add synchronisation on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(spatial_dims: int, in_channels: int = 2, out_channels: int = 3, seed: int = 0) -> nn.Module:

@@ -24,8 +24,10 @@ from torch import nn
 from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.cache import ArrayCache
 from biomx.data.samples import Samples
+from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.engine.sliding_window import sliding_window_predict
+from biomx.engine.trainer import select_device
 from biomx.errors import ConfigError, DataError
 from biomx.modalities.msd import is_2d_file, read_msd
 from biomx.modalities.segmentation_data import (
@@ -79,9 +81,14 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
                 return (str(case.image), str(err))
             raise
 
+    # Under torchrun, rank 0 fills the shared cache while the other ranks wait, then they read it.
+    if cfg.volume.cache and not dist.is_main():
+        dist.barrier()
     # Decompression and resampling release the GIL: threads overlap them on a cold cache.
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         results = list(pool.map(one, labelled))
+    if cfg.volume.cache and dist.is_main():
+        dist.barrier()
     cases = [r for r in results if isinstance(r, Case)]
     skipped = [r for r in results if not isinstance(r, Case)]
     for case in cases:
@@ -205,10 +212,14 @@ def overlay_figure(chosen: list[tuple[str, float, dict[str, np.ndarray]]]) -> Fi
     fig = Figure(figsize=(3.2 * len(chosen), 3.6))
     for k, (case_id, dice, view) in enumerate(chosen):
         ax = fig.add_subplot(1, len(chosen), k + 1)
-        ax.imshow(view["image"].T, cmap="gray", origin="lower")  # axis 0 = right, axis 1 = anterior
+        # 2D images: rows down, as stored. Volume slices: axis 0 runs to the right and axis 1 to the
+        # front (RAS), shown with anterior up.
+        flat = view["slice"] is None
+        show = (lambda a: a) if flat else (lambda a: a.T)
+        ax.imshow(show(view["image"]), cmap="gray", origin="upper" if flat else "lower")
         for mask, colour in ((view["truth"], "#2ca02c"), (view["pred"], "#d62728")):
             if (mask > 0).any() and (mask == 0).any():
-                ax.contour((mask > 0).T.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
+                ax.contour(show((mask > 0).astype(float)), levels=[0.5], colors=colour, linewidths=1.2)
         where = "" if view["slice"] is None else f", slice {view['slice']}"
         ax.set_title(f"{case_id}{where}\nDice {dice:.3f}", fontsize=8)
         ax.axis("off")
@@ -312,7 +323,7 @@ def predict_masks(models: list[nn.Module], info: dict[str, Any], inputs: list[st
     """
     pre, classes = info["preprocessing"], info["task"]["classes"]
     dims = pre["spatial_dims"]
-    device = device or torch.device("cpu")
+    device = device or select_device("auto")
     models = [m.to(device) for m in models]
     unit = "volume_ml" if dims == 3 else "pixels"
     columns: dict[str, list] = {"path": [], "mask": [], **{f"{c}_{unit}": [] for c in classes[1:]}}
