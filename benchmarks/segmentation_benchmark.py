@@ -42,8 +42,11 @@ def _model(device: torch.device) -> torch.nn.Module:
                        strides=[2, 2, 2], num_res_units=1).to(device)  # fmt: skip
 
 
-def _train(loader, steps: int, device: torch.device, warmup: int = 3) -> tuple[float, int]:
-    """The one model step all three pipelines share; returns (seconds for `steps` steps, patches)."""
+def _train(loader, steps: int, device: torch.device, warmup: int = 3, model_step: bool = True) -> tuple[float, int]:
+    """The one model step all three pipelines share; returns (seconds for `steps` steps, patches).
+
+    model_step=False times the data path alone (batches moved to the device, no model): the
+    throughput a pipeline would give a GPU fast enough never to wait."""
     from biomx.tasks.segmentation import build_segmentation_task
 
     torch.manual_seed(0)
@@ -58,10 +61,11 @@ def _train(loader, steps: int, device: torch.device, warmup: int = 3) -> tuple[f
                     torch.cuda.synchronize()
                 started, patches = time.perf_counter(), 0
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = task.loss(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if model_step:
+                loss = task.loss(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             patches += len(x)
             done += 1
             if done >= steps + warmup:
@@ -164,7 +168,7 @@ def run_one(pipeline: str, data: Path, args) -> dict:
     started = time.perf_counter()
     loader = {"ceiling": _ceiling_loader, "biomx": _biomx_loader, "monai": _monai_loader}[pipeline](data, args)
     setup = time.perf_counter() - started
-    seconds, patches = _train(loader, args.steps, device)
+    seconds, patches = _train(loader, args.steps, device, model_step=not args.data_only)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"pipeline": pipeline, "setup_s": setup, "steady": patches / seconds,
             "run": patches / (seconds + setup), "peak_rss_mb": peak_mb,
@@ -183,6 +187,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", type=Path, default=None, help="an MSD folder (default: synthetic lesions)")
+    parser.add_argument("--data-only", action="store_true",
+                        help="time the data pipelines alone (no model step); the ceiling is then meaningless")
     parser.add_argument("--one", choices=["ceiling", "biomx", "monai"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
@@ -201,7 +207,7 @@ def main() -> None:
         env = {"BIOMX_CACHE": str(cache), "PATH": "/usr/bin:/bin"}
         child = [sys.executable, __file__, "--data", str(data), "--patch", str(args.patch), "--batch",
                  str(args.batch), "--steps", str(args.steps), "--workers", str(args.workers), "--threads",
-                 str(args.threads), "--device", args.device]  # fmt: skip
+                 str(args.threads), "--device", args.device] + (["--data-only"] if args.data_only else [])  # fmt: skip
 
         def run(pipeline: str) -> dict:
             out = subprocess.run([*child, "--one", pipeline], env=env, capture_output=True, text=True)

@@ -13,8 +13,10 @@ import torch
 from biomx.config import DataConfig, validate
 from biomx.errors import BiomxError, ConfigError, DataError
 from biomx.experiment import prepare, train
+from biomx.explain.gradcam import find_last_conv, gradcam
 from biomx.modalities import get_pipeline
-from biomx.modalities.volume_pipeline import load, read_inputs
+from biomx.modalities.volume_pipeline import _cam_layer, load, read_inputs
+from biomx.models.registry import build_model
 from biomx.predict import predict_files
 from biomx.runs import read_json
 
@@ -75,6 +77,19 @@ def test_training_writes_a_run_with_test_metrics_and_3d_gradcam(run):
     assert [r["id"] for r in rows] == [f"val:{i}" for i in range(20)]
     report = (run / "report.html").read_text()
     assert report.count("Grad-CAM overlay") >= 2 and "slice " in report and "/28" in report
+
+
+def test_gradcam_explains_a_layer_that_still_has_a_map():
+    """ResNet-18's stride-2 stem leaves 1^3 at its last conv for 28^3 input: use layer2 (4^3)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28, 28)
+    resnet = build_model("resnet18", in_channels=1, out_dim=1, spatial_dims=3, stem="imagenet")
+    layer = _cam_layer(resnet, x)
+    assert layer is resnet.layer2[1].conv2 and resnet.training  # training flags restored
+    heatmap = gradcam(resnet, x, None, layer=layer)
+    assert heatmap.shape == (2, 28, 28, 28) and (heatmap.flatten(1).std(1) > 0.01).all()
+    small = build_model("small_cnn", in_channels=1, out_dim=1, spatial_dims=3, width=4)
+    assert _cam_layer(small, x) is find_last_conv(small)  # 7^3 at its last conv: kept
 
 
 def test_predict_nifti_matches_the_test_prediction(run, tmp_path):

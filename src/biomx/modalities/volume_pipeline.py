@@ -27,7 +27,7 @@ from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.batching import batch_generator
 from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
-from biomx.explain.gradcam import gradcam
+from biomx.explain.gradcam import find_last_conv, gradcam
 from biomx.modalities.image import _npz_labels
 from biomx.modalities.image_pipeline import _pick
 from biomx.modalities.volume_augment import augment_batch, is_active
@@ -260,6 +260,34 @@ def _display(volumes: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def _cam_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The last convolution whose output keeps >= 4 voxels along every axis (fewer if the input has).
+
+    The last convolution of a ResNet with the stride-2 stem sees a 28^3 volume as 1^3: one
+    number, no map. An earlier layer still localises (Grad-CAM works with any conv layer).
+    """
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    sizes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def record(module: nn.Module, _: Any, out: torch.Tensor) -> None:  # returns None: output kept
+        sizes[module] = tuple(out.shape[2:])
+
+    hooks = [m.register_forward_hook(record) for m in convs]
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, training in was_training.items():
+            m.training = training
+    wanted = [min(4, n) for n in x.shape[2:]]
+    fine = [m for m in convs if m in sizes and all(s >= w for s, w in zip(sizes[m], wanted, strict=False))]
+    return fine[-1] if fine else find_last_conv(model)
+
+
 def explain(
     model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
     test_data: VolumeTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
@@ -267,7 +295,8 @@ def explain(
     """3D Grad-CAM of chosen test volumes, shown on the slice through each map's maximum.
 
     The slice is taken across the first spatial axis (D: the slice axis of a (D, H, W) CT or MR
-    stack); the report shows that slice (C, H, W) with the heatmap's slice (H, W) over it.
+    stack); the report shows that slice (C, H, W) with the heatmap's slice (H, W) over it. The
+    explained layer is the last convolution that still has a spatial map (`_cam_layer`).
     """
     chosen = _pick(task, probs, targets, n)
     if not chosen:
@@ -275,11 +304,12 @@ def explain(
     predicted = probs[chosen] if task.kind == "regression" else task.predict_labels(probs[chosen])
     target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
     device = next(model.parameters()).device
-    heatmaps = []
+    heatmaps, layer = [], None
     for start in range(0, len(chosen), 8):  # 3D activations are large: a few volumes at a time
         x, _ = test_data.__getitems__(chosen[start:start + 8])
+        layer = layer or _cam_layer(model, x.to(device))
         part = target[start:start + 8] if isinstance(target, torch.Tensor) else target
-        heatmaps.append(gradcam(model, x.to(device), part).cpu())
+        heatmaps.append(gradcam(model, x.to(device), part, layer=layer).cpu())
     heatmaps = torch.cat(heatmaps)
     display = _display(samples.inputs[torch.as_tensor(test_index[chosen])])
     depth = heatmaps.shape[1]
