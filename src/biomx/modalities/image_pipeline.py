@@ -208,7 +208,7 @@ def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Modul
 # ---------------------------------------------------------------------------------- explanations
 
 
-def _pick(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
+def pick_examples(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
     """Test cases worth looking at: the most confident hits and the most confident misses."""
     if n <= 0 or len(targets) == 0:
         return []
@@ -228,19 +228,37 @@ def _pick(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, n: i
     return sorted(np.concatenate([right, wrong]).tolist())
 
 
+def explain_targets(task: ClassificationTask, probs: np.ndarray) -> tuple[np.ndarray, torch.Tensor | int | None]:
+    """(predicted labels or values, the Grad-CAM target) for the chosen rows' probabilities.
+
+    Multiclass: the predicted class. Binary models have one logit: explain it (evidence for the
+    positive class). Regression: the first output (evidence for a higher value).
+    """
+    predicted = probs if task.kind == "regression" else task.predict_labels(probs)
+    target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
+    return predicted, target
+
+
+def explain_caption(task: ClassificationTask, target: np.ndarray, prob: np.ndarray, predicted: Any) -> str:
+    """One example's caption: the truth, and the prediction with its probability."""
+    if task.kind == "regression":
+        return f"true: {float(np.ravel(target)[0]):.3g} | predicted: {float(np.ravel(prob)[0]):.3g}"
+    if task.kind == "multilabel":
+        return f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(target)) or '-'}"
+    p = prob if task.kind == "binary" else prob.max()
+    return f"true: {task.classes[int(target)]} | predicted: {task.classes[int(predicted)]} (p={float(p):.2f})"
+
+
 def explain(
     model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
     test_data: ImageTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
 ) -> tuple[list[dict], list[dict]]:
     """Grad-CAM maps for chosen test images: (report examples, no extra sections)."""
-    chosen = _pick(task, probs, targets, n)
+    chosen = pick_examples(task, probs, targets, n)
     if not chosen:
         return [], []
     x, _ = test_data.__getitems__(chosen)
-    predicted = probs[chosen] if task.kind == "regression" else task.predict_labels(probs[chosen])
-    # Binary models have one logit: explain it (evidence for the positive class); a regression
-    # model's first output: evidence for a higher value.
-    target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
+    predicted, target = explain_targets(task, probs[chosen])
     device = next(model.parameters()).device
     heatmaps = gradcam(model, x.to(device), target).cpu().numpy()
     display = samples.inputs[torch.as_tensor(test_index[chosen])].float()
@@ -248,14 +266,7 @@ def explain(
         display /= 255
     examples = []
     for row, i in enumerate(chosen):
-        if task.kind == "regression":
-            caption = f"true: {float(np.ravel(targets[i])[0]):.3g} | predicted: {float(np.ravel(probs[i])[0]):.3g}"
-        elif task.kind == "multilabel":
-            caption = f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(targets[i])) or '-'}"
-        else:
-            p = probs[i] if task.kind == "binary" else probs[i].max()
-            caption = (f"true: {task.classes[int(targets[i])]} | predicted: "
-                       f"{task.classes[int(predicted[row])]} (p={float(p):.2f})")  # fmt: skip
+        caption = explain_caption(task, targets[i], probs[i], predicted[row])
         examples.append({"image": display[row].numpy(), "heatmap": heatmaps[row], "caption": caption})
     return examples, []
 

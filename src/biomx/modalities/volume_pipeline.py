@@ -29,7 +29,7 @@ from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
 from biomx.explain.gradcam import find_last_conv, gradcam
 from biomx.modalities.image import _npz_labels
-from biomx.modalities.image_pipeline import _pick
+from biomx.modalities.image_pipeline import explain_caption, explain_targets, pick_examples
 from biomx.modalities.volume_augment import augment_batch, is_active
 from biomx.modalities.volume_io import read_volume
 from biomx.models.registry import get_entry
@@ -298,11 +298,10 @@ def explain(
     stack); the report shows that slice (C, H, W) with the heatmap's slice (H, W) over it. The
     explained layer is the last convolution that still has a spatial map (`_cam_layer`).
     """
-    chosen = _pick(task, probs, targets, n)
+    chosen = pick_examples(task, probs, targets, n)
     if not chosen:
         return [], []
-    predicted = probs[chosen] if task.kind == "regression" else task.predict_labels(probs[chosen])
-    target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
+    predicted, target = explain_targets(task, probs[chosen])
     device = next(model.parameters()).device
     heatmaps, layer = [], None
     for start in range(0, len(chosen), 8):  # 3D activations are large: a few volumes at a time
@@ -317,14 +316,7 @@ def explain(
     for row, i in enumerate(chosen):
         heat = heatmaps[row]
         d = int(heat.flatten().argmax()) // heat[0].numel() if heat.max() > 0 else depth // 2
-        if task.kind == "regression":
-            caption = f"true: {float(np.ravel(targets[i])[0]):.3g} | predicted: {float(np.ravel(probs[i])[0]):.3g}"
-        elif task.kind == "multilabel":
-            caption = f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(targets[i])) or '-'}"
-        else:
-            p = probs[i] if task.kind == "binary" else probs[i].max()
-            caption = (f"true: {task.classes[int(targets[i])]} | predicted: "
-                       f"{task.classes[int(predicted[row])]} (p={float(p):.2f})")  # fmt: skip
+        caption = explain_caption(task, targets[i], probs[i], predicted[row])
         examples.append({"image": display[row][:, d].numpy(), "heatmap": heat[d].numpy(),
                          "caption": f"{caption} | slice {d + 1}/{depth}"})  # fmt: skip
     return examples, []
