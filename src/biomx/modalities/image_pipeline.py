@@ -245,8 +245,10 @@ def explain_caption(task: ClassificationTask, target: np.ndarray, prob: np.ndarr
         return f"true: {float(np.ravel(target)[0]):.3g} | predicted: {float(np.ravel(prob)[0]):.3g}"
     if task.kind == "multilabel":
         return f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(target)) or '-'}"
-    p = prob if task.kind == "binary" else prob.max()
-    return f"true: {task.classes[int(target)]} | predicted: {task.classes[int(predicted)]} (p={float(p):.2f})"
+    # A binary model gives P(positive class): name that class, or "p=0.01" next to a negative
+    # prediction reads as the prediction's own probability.
+    p = f"p({task.classes[1]})={float(np.ravel(prob)[0]):.2f}" if task.kind == "binary" else f"p={float(prob.max()):.2f}"
+    return f"true: {task.classes[int(target)]} | predicted: {task.classes[int(predicted)]} ({p})"
 
 
 def explain(
