@@ -392,7 +392,7 @@ def read_inputs(
 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
     """Volume files/folders/npz -> a model-ready float batch (N, C, D, H, W), names, skipped inputs.
 
-    NIfTI, DICOM series (a folder, or one multi-frame file), NRRD and MetaImage files are read
+    NIfTI, DICOM series (a folder of single-frame slices), NRRD and MetaImage files are read
     in canonical RAS orientation (`volume_io.read_volume`), min-max scaled to [0, 1] (MedMNIST
     3D volumes were min-max scaled crops, stored as uint8) and resized to the training shape.
     The run's model sees them as it saw its training volumes only if they are cropped around the
