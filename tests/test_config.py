@@ -50,6 +50,7 @@ def test_nested_typo_and_several_problems_reported_together():
         ({"data": {"source": "folder", "path": "x"}}, "data: image_size is required"),
         ({"data": {"source": "dataset", "path": "x", "split": {"val": 1.5}}}, "data.split.val: Input should be less than 1"),
         ({"model": {}}, "data: required key is missing"),
+        ({**MINIMAL, "task": {"min_component_size": 10}}, "task: min_component_size applies to kind 'segmentation' only; remove it"),
     ],
 )
 def test_bad_values_name_the_key(raw, expected):

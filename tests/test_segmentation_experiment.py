@@ -32,12 +32,13 @@ def lesions(tmp_path_factory) -> Path:
     return write_lesion_dataset(tmp_path_factory.mktemp("lesions"), n_cases=8, seed=3).parent
 
 
-def _config(tmp_path: Path, name: str, data: str, model: str, extra: str = "") -> Path:
+def _config(tmp_path: Path, name: str, data: str, model: str, extra: str = "",
+            task: str = "{kind: segmentation}") -> Path:  # fmt: skip
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(
         f"name: {name}\n"
         f"data: {{source: msd, {data}}}\n"
-        f"task: {{kind: segmentation}}\n"
+        f"task: {task}\n"
         f"model: {model}\n"
         "train: {epochs: 1, batch_size: 4, progress: false, monitor: val_dice}\n"
         "eval: {bootstrap: 50, explain: 3}\n"
@@ -59,6 +60,7 @@ def test_nuclei_2d_train_evaluate_and_predict(nuclei, tmp_path, monkeypatch):
         f"modality: image, path: {nuclei}, split: {{method: random, val: 0.125, test: 0.125}},"
         " volume: {patch_size: [64, 64], intensity: minmax, patches_per_case: 4, augment: {flip: 0.5, rotate90: 0.5}}",
         "{name: unet, args: {channels: [8, 16, 32], strides: [2, 2], num_res_units: 1}}",
+        task="{kind: segmentation, min_component_size: 20}",
     )  # fmt: skip
     assert main(["train", str(cfg)]) == 0
     run = tmp_path / "runs" / "nuc"
@@ -68,9 +70,10 @@ def test_nuclei_2d_train_evaluate_and_predict(nuclei, tmp_path, monkeypatch):
     assert set(metrics["per_class"]) == {"nucleus"}
     rows = _rows(run / "predictions_test.csv")
     assert len(rows) == 2
-    for row in rows:  # every test mask is on its tile's own grid
+    for row in rows:  # every test mask is on its tile's own grid, without blobs under 20 pixels
         mask = tifffile.imread(row["mask"])
         assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 1}
+        assert _smallest_blob(mask) >= 20
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "val_dice" in history[-1]
     report = (run / "report.html").read_text()
@@ -83,6 +86,15 @@ def test_nuclei_2d_train_evaluate_and_predict(nuclei, tmp_path, monkeypatch):
     assert written.shape == tifffile.imread(tile).shape[-2:]
     assert Path(columns["mask"][0]).parent == tmp_path / "pred_masks"
     assert int(columns["nucleus_pixels"][0]) == int((written == 1).sum())
+    assert _smallest_blob(written) >= 20  # predict post-processes as the test evaluation did
+
+
+def _smallest_blob(mask: np.ndarray) -> float:
+    """Pixels in the smallest 8-connected foreground blob (inf when there is none)."""
+    from scipy import ndimage
+
+    blobs, n = ndimage.label(mask > 0, structure=np.ones((3, 3)))
+    return float(np.bincount(blobs.ravel())[1:].min()) if n else float("inf")
 
 
 def test_lesions_3d_masks_overlay_the_original_scan(lesions, tmp_path, monkeypatch, capsys):

@@ -18,6 +18,7 @@ from biomx.tasks.segmentation import (
     SegmentationTask,
     build_segmentation_task,
     case_metrics,
+    remove_small_components,
 )
 
 CLASSES = ["background", "lesion"]
@@ -309,6 +310,39 @@ def test_case_table_columns():
     assert all(len(v.replace(".", "").lstrip("0")) <= 6 for v in table["dice_a"])
 
 
+# Post-processing
+
+
+def test_remove_small_components_by_physical_size_per_class():
+    mask = np.zeros((12, 12, 12), np.uint8)
+    mask[1:4, 1:4, 1:4] = 1     # 27 voxels x 2 mm^3 = 54 mm^3: kept
+    mask[8, 8, 8] = 1           # 2 mm^3 speckle: removed
+    mask[4, 4, 4] = 1           # touches the cube only at a corner: part of it (26-connected)
+    mask[8:10, 1:3, 1:3] = 2    # class 2, 8 voxels = 16 mm^3: removed at 20, kept at 10
+    before = mask.copy()
+    out = remove_small_components(mask, (1.0, 1.0, 2.0), 20.0)
+    assert np.array_equal(mask, before)  # the input is not modified
+    assert out[8, 8, 8] == 0 and out[4, 4, 4] == 1 and (out[1:4, 1:4, 1:4] == 1).all()
+    assert not (out == 2).any() and (out == 1).sum() == 28
+    kept = remove_small_components(mask, (1.0, 1.0, 2.0), 10.0)
+    assert (kept == 2).sum() == 8 and kept[8, 8, 8] == 0
+    assert remove_small_components(mask, (1.0, 1.0, 2.0), 0.0) is mask
+    # at 0.5 mm the cube is 3.5 mm^3: gone at 4, kept at 3
+    assert not (remove_small_components(mask, (0.5, 0.5, 0.5), 4.0) == 1).any()
+    assert (remove_small_components(mask, (0.5, 0.5, 0.5), 3.0) == 1).sum() == 28
+
+
+def test_postprocess_removes_speckles_and_lowers_hd95():
+    truth = np.zeros((40, 40, 20), np.uint8)
+    truth[10:20, 10:20, 5:12] = 1
+    pred = truth.copy()
+    pred[33:36, 33:36, 15:18] = 1  # a false-positive blob far away: 27 mm^3, ~8% of the surface
+    task = build_segmentation_task(CLASSES, None, min_component_size=30.0)
+    raw = case_metrics(pred, truth, (1.0, 1.0, 1.0), CLASSES)
+    cleaned = case_metrics(task.postprocess(pred, (1.0, 1.0, 1.0)), truth, (1.0, 1.0, 1.0), CLASSES)
+    assert raw["hd95"]["lesion"] > 0 and cleaned["hd95"]["lesion"] == 0 and cleaned["dice"]["lesion"] == 1
+
+
 # Construction and saved-run round trip
 
 
@@ -320,6 +354,9 @@ def test_task_from_info_round_trip_and_quick_metric_names():
     assert isinstance(rebuilt, SegmentationTask)
     assert rebuilt.classes == task.classes and rebuilt.loss_name == "focal"
     assert task_from_info({"kind": "segmentation", "classes": CLASSES, "loss": None}).loss_name == "dice_ce"
+    assert rebuilt.min_component_size == 0.0  # runs saved before the setting existed
+    info["min_component_size"] = 30.0
+    assert task_from_info(info).min_component_size == 30.0
     assert quick_metric_names("segmentation") == ("dice",)
 
 
@@ -328,3 +365,5 @@ def test_task_from_info_round_trip_and_quick_metric_names():
 def test_build_errors_are_config_errors(classes, loss):
     with pytest.raises(ConfigError, match="task\\."):
         build_segmentation_task(classes, loss)
+    with pytest.raises(ConfigError, match="task.min_component_size"):
+        build_segmentation_task(CLASSES, None, -1.0)

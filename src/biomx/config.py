@@ -195,6 +195,9 @@ class TaskConfig(Section):
     class_weights: Literal["none", "balanced"] | list[PositiveFloat] = "none"
     label_smoothing: Fraction = 0.0
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    # segmentation: predicted connected components smaller than this (mm^3 for volumes, pixels
+    # for 2D images) become background; 0 keeps them all
+    min_component_size: Annotated[float, Field(ge=0.0)] = 0.0
 
     @model_validator(mode="after")
     def _loss_fits_the_kind(self) -> TaskConfig:
@@ -203,6 +206,8 @@ class TaskConfig(Section):
         if self.loss is not None and self.loss not in allowed[self.kind]:
             hint = f"use one of {', '.join(allowed[self.kind])}" if allowed[self.kind] else "remove it"
             raise ValueError(f"loss {self.loss!r} does not fit kind {self.kind!r}; {hint}")
+        if self.min_component_size and self.kind != "segmentation":
+            raise ValueError("min_component_size applies to kind 'segmentation' only; remove it")
         return self
 
 

@@ -140,8 +140,10 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     if cfg.task.kind == "segmentation":  # the masks stay in the pipeline's case cache
         targets = torch.arange(len(data.ids))
         splits = _splits(cfg, data, targets)
-        task = build_segmentation_task(cfg.task.classes or data.default_classes, cfg.task.loss)
-        task_info = {"kind": "segmentation", "classes": task.classes, "loss": task.loss_name}
+        task = build_segmentation_task(cfg.task.classes or data.default_classes, cfg.task.loss,
+                                       cfg.task.min_component_size)  # fmt: skip
+        task_info = {"kind": "segmentation", "classes": task.classes, "loss": task.loss_name,
+                     "min_component_size": task.min_component_size}  # fmt: skip
     elif cfg.task.kind == "regression":
         targets = encode_values(data)
         splits = _splits(cfg, data, targets)

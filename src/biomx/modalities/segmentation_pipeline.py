@@ -47,6 +47,7 @@ from biomx.modalities.volume_augment import is_active
 from biomx.modalities.volume_io import write_nifti
 from biomx.models.segmentation import required_divisor
 from biomx.runs import write_csv, write_json
+from biomx.tasks import task_from_info
 from biomx.tasks.segmentation import SegmentationTask, case_metrics
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -246,8 +247,8 @@ def evaluate_test(models: list[nn.Module], task: SegmentationTask, test_data: Ca
         probs = probabilities(models, arrays["image"], preprocessing, task.out_dim, device, autocast)
         pred = probs.argmax(0).astype(np.uint8)
         del probs
-        restored = restore(pred, case.geometry)
         truth = read_scan(case.label_path, spatial_dims=dims, mask=True)
+        restored = task.postprocess(restore(pred, case.geometry), truth.spacing)  # on the scan's grid
         results.append(case_metrics(restored, truth.array, truth.spacing, task.classes,
                                     cfg.eval.surface_tolerance_mm, case.id))  # fmt: skip
         masks.append(str(write_mask(restored, case.reference, run_dir / "test_masks" / _mask_name(case.id, dims))))
@@ -322,6 +323,7 @@ def predict_masks(models: list[nn.Module], info: dict[str, Any], inputs: list[st
         per foreground class, and "_failures": (input, reason) pairs.
     """
     pre, classes = info["preprocessing"], info["task"]["classes"]
+    task = task_from_info(info["task"])
     dims = pre["spatial_dims"]
     device = device or select_device("auto")
     models = [m.to(device) for m in models]
@@ -340,7 +342,7 @@ def predict_masks(models: list[nn.Module], info: dict[str, Any], inputs: list[st
             continue
         image, _, geometry = preprocess(scan.array, scan.spacing, pre)
         probs = probabilities(models, image, pre, len(classes), device)
-        mask = restore(probs.argmax(0).astype(np.uint8), geometry)
+        mask = task.postprocess(restore(probs.argmax(0).astype(np.uint8), geometry), scan.spacing)
         name = _stem(path)
         while name in used:  # two inputs with one name: keep both masks
             name += "_"

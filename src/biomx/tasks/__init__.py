@@ -42,7 +42,7 @@ def task_from_info(info: dict[str, Any]):
 
         return build_regression_task(info["targets"], info["loss"], info["mean"], info["std"])
     if info["kind"] == "segmentation":
-        return build_segmentation_task(info["classes"], info.get("loss"))
+        return build_segmentation_task(info["classes"], info.get("loss"), info.get("min_component_size", 0.0))
     return build_task(info["kind"], info["classes"], threshold=info["threshold"])
 
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
@@ -51,6 +52,7 @@ class SegmentationTask:
 
     classes: list[str]
     loss_name: str = "dice_ce"
+    min_component_size: float = 0.0  # mm^3 (volumes) or pixels (2D images): smaller blobs removed
     kind: ClassVar[str] = "segmentation"
     threshold: ClassVar[None] = None  # argmax, no threshold (what the report prints)
     _loss_fn: torch.nn.Module = field(init=False, repr=False, compare=False)
@@ -65,7 +67,14 @@ class SegmentationTask:
         if self.loss_name not in LOSSES:
             raise ConfigError(f"task.loss: expected one of {', '.join(LOSSES)} for segmentation, "
                               f"got {self.loss_name!r}")
+        if not (isinstance(self.min_component_size, (int, float)) and self.min_component_size >= 0):
+            raise ConfigError(f"task.min_component_size: expected a size >= 0 (mm^3, or pixels in 2D), "
+                              f"got {self.min_component_size!r}")
         self._loss_fn = _build_loss(self.loss_name)
+
+    def postprocess(self, mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """A predicted label map with its small blobs removed (see `remove_small_components`)."""
+        return remove_small_components(mask, spacing, self.min_component_size)
 
     @property
     def out_dim(self) -> int:
@@ -206,17 +215,57 @@ class SegmentationTask:
         return out
 
 
-def build_segmentation_task(classes: list[str], loss: str | None = None) -> SegmentationTask:
+def build_segmentation_task(classes: list[str], loss: str | None = None,
+                            min_component_size: float = 0.0) -> SegmentationTask:  # fmt: skip
     """Build a validated SegmentationTask from config values.
 
     Args:
         classes: class names, background first, at least 2.
         loss: "dice", "dice_ce" or "focal"; None means dice_ce.
+        min_component_size: predicted connected components smaller than this (mm^3 for
+            volumes; pixels for 2D images, whose spacing is 1) become background; 0 keeps all.
 
     Raises:
-        ConfigError: naming `task.classes` or `task.loss` and what it expects.
+        ConfigError: naming `task.classes`, `task.loss` or `task.min_component_size`.
     """
-    return SegmentationTask(classes, loss_name="dice_ce" if loss is None else loss)
+    return SegmentationTask(classes, loss_name="dice_ce" if loss is None else loss,
+                            min_component_size=min_component_size)  # fmt: skip
+
+
+def remove_small_components(mask: np.ndarray, spacing: Sequence[float], min_size: float) -> np.ndarray:
+    """Set each class's connected components smaller than `min_size` (in spacing units) to background.
+
+    Small isolated false positives cost little Dice but dominate HD95 (one speckle far from
+    the lesion sets the distance), so removing blobs below the smallest plausible finding is
+    the standard post-processing (as in nnU-Net). Components are 26-connected in 3D (8 in 2D):
+    voxels touching at a corner belong together, so a thin oblique structure is not cut into
+    "small" pieces. The size is physical (voxel count x voxel volume), so one setting holds
+    across scans of different resolution.
+
+    Args:
+        mask: integer label map (*S), 0 = background.
+        spacing: voxel size per axis of `mask`, in mm.
+        min_size: the smallest kept component; 0 returns `mask` unchanged.
+
+    Returns:
+        a new array (or `mask` itself when nothing is removed).
+    """
+    if min_size <= 0:
+        return mask
+    voxel = float(np.prod(spacing))
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    out = mask
+    for k in np.unique(mask):
+        if k == 0:
+            continue
+        components, n = ndimage.label(mask == k, structure=structure)
+        sizes = np.bincount(components.ravel(), minlength=n + 1) * voxel
+        small = sizes < min_size
+        small[0] = False  # the background of this class's map
+        if small.any():
+            out = out.copy() if out is mask else out
+            out[small[components]] = 0
+    return out
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], classes: list[str],
