@@ -67,7 +67,7 @@ def test_nuclei_2d_train_evaluate_and_predict(nuclei, tmp_path, monkeypatch):
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["kind"] == "segmentation" and metrics["n"] == 2
     assert 0.0 <= metrics["metrics"]["dice"]["value"] <= 1.0
-    assert set(metrics["per_class"]) == {"nucleus"}
+    assert set(metrics["per_class"]) == {"nucleus"} and metrics["min_component_size"] == 20
     rows = _rows(run / "predictions_test.csv")
     assert len(rows) == 2
     for row in rows:  # every test mask is on its tile's own grid, without blobs under 20 pixels

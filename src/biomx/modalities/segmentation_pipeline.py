@@ -254,6 +254,7 @@ def evaluate_test(models: list[nn.Module], task: SegmentationTask, test_data: Ca
         masks.append(str(write_mask(restored, case.reference, run_dir / "test_masks" / _mask_name(case.id, dims))))
         views.append(_overlay_slice(arrays["image"], arrays["label"], pred))
     evaluation = task.evaluate(results, n_bootstrap=cfg.eval.bootstrap, ci=cfg.eval.ci, seed=cfg.train.seed)
+    evaluation["min_component_size"] = task.min_component_size  # how the scored masks were cleaned
     write_json(run_dir / "test_metrics.json", evaluation)
     columns = task.case_table(results)
     columns["mask"] = masks
