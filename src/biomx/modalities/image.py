@@ -393,11 +393,14 @@ def records_from_csv(path: str | Path, *, path_column: str = "path", label_colum
     return ImageRecords(paths, labels, groups)
 
 
-def load_npz_splits(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_npz_splits(path: str | Path, check_images: Callable[[np.ndarray, Path, str], np.ndarray] | None = None,
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Load a MedMNIST-style npz: `train_images`, `train_labels`, `val_*`, optional `test_*`.
 
     Args:
         path: the .npz archive (no pickles are loaded).
+        check_images: validates and shapes one `<split>_images` array (array, path, name);
+            default: 2D images (below). Volumes pass their own.
 
     Returns:
         split name -> (images uint8 (N, C, H, W), labels int64 (N,) single-label or (N, K)
@@ -426,10 +429,45 @@ def load_npz_splits(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
             try:
                 images, labels = archive[names[0]], archive[names[1]]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                raise DataError(f"{path}: corrupt array in {split!r}: {e}") from e
-            splits[split] = (_npz_images(images, path, names[0]),
+                raise DataError(f"{path}: corrupt array in {split!r}: {' '.join(str(e).split())}") from e
+            splits[split] = ((check_images or _npz_images)(images, path, names[0]),
                              _npz_labels(labels, len(images), path, names[1]))
     return splits
+
+
+def npz_labels_and_ids(splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str] | None, path: Path,
+                       ) -> tuple[list, list[str], dict[str, np.ndarray]]:  # fmt: skip
+    """Class names per row, row ids ("<split>:<i>") and each split's rows, in split order.
+
+    Integer labels are named by `classes` (task.classes), else "0".."K-1" with K counted over
+    all splits; multilabel rows (N, K) become lists of names.
+
+    Raises:
+        DataError: a class index outside `classes`, or a multilabel width that differs from it.
+    """
+    first = next(iter(splits.values()))[1]
+    count = first.shape[1] if first.ndim == 2 else int(max(y.max(initial=0) for _, y in splits.values())) + 1
+    names = classes or [str(i) for i in range(count)]
+    labels, ids, predefined, start = [], [], {}, 0
+    for split, (_, y) in splits.items():
+        labels += _label_names(y, names, path, split)
+        ids += [f"{split}:{i}" for i in range(len(y))]
+        predefined[split] = np.arange(start, start + len(y))
+        start += len(y)
+    return labels, ids, predefined
+
+
+def _label_names(y: np.ndarray, names: list[str], path: Path, split: str) -> list:
+    if y.ndim == 2:  # multilabel
+        if y.shape[1] != len(names):
+            raise DataError(f"{path}: {split}_labels has {y.shape[1]} label columns but {len(names)} classes "
+                            "are named in task.classes")  # fmt: skip
+        return [[names[k] for k in np.flatnonzero(row)] for row in y]
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(names)):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise DataError(f"{path}: {split}_labels has class index {bad} but only {len(names)} classes are named "
+                        "in task.classes")  # fmt: skip
+    return [names[int(k)] for k in y]
 
 
 def _npz_images(images: np.ndarray, path: Path, name: str) -> np.ndarray:

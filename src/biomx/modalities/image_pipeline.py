@@ -28,6 +28,7 @@ from biomx.modalities.image import (
     decode_images,
     image_files_under,
     load_npz_splits,
+    npz_labels_and_ids,
     records_from_csv,
     records_from_folder,
 )
@@ -55,21 +56,9 @@ def _fit_size_and_channels(images: torch.Tensor, size: tuple[int, int] | None, c
 
 def _from_npz(path: Path, cfg: DataConfig, classes: list[str] | None) -> Samples:
     splits = load_npz_splits(path)
-    images, labels, ids, predefined, start = [], [], [], {}, 0
-    for name, (x, y) in splits.items():
-        images.append(torch.from_numpy(x))
-        names = classes or [str(i) for i in range(int(y.max()) + 1)]
-        if y.ndim == 2:  # multilabel
-            labels += [[names[k] for k in np.flatnonzero(row)] for row in y]
-        else:
-            if int(y.max()) >= len(names):
-                raise DataError(f"{path}: {name}_labels has class index {int(y.max())} but only "
-                                f"{len(names)} classes are named in task.classes")  # fmt: skip
-            labels += [names[int(k)] for k in y]
-        ids += [f"{name}:{i}" for i in range(len(y))]
-        predefined[name] = np.arange(start, start + len(y))
-        start += len(y)
-    tensor = _fit_size_and_channels(torch.cat(images), cfg.image_size, cfg.channels)
+    labels, ids, predefined = npz_labels_and_ids(splits, classes, path)
+    tensor = _fit_size_and_channels(torch.cat([torch.from_numpy(x) for x, _ in splits.values()]), cfg.image_size,
+                                    cfg.channels)  # fmt: skip
     return Samples(tensor, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
 
 

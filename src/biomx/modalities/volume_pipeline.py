@@ -28,7 +28,7 @@ from biomx.data.batching import batch_generator
 from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
 from biomx.explain.gradcam import find_last_conv, gradcam
-from biomx.modalities.image import _npz_labels
+from biomx.modalities.image import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.image_pipeline import explain_caption, explain_targets, pick_examples
 from biomx.modalities.volume_augment import augment_batch, is_active
 from biomx.modalities.volume_io import read_volume
@@ -60,44 +60,11 @@ def _npz_volumes(images: np.ndarray, path: Path, name: str) -> np.ndarray:
 
 def _read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """split -> (volumes (N, C, D, H, W) uint8 or float32, labels int64 (N,) or (N, K))."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read npz: {' '.join(str(e).split())}") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: not an .npz archive (a single .npy array?); save with np.savez")
-    splits = {}
-    with archive:
-        keys = sorted(archive.files)
-        for split in _SPLITS:
-            names = (f"{split}_images", f"{split}_labels")
-            if split == "test" and not any(name in keys for name in names):
-                continue
-            missing = [name for name in names if name not in keys]
-            if missing:
-                raise DataError(f"{path}: missing array {missing[0]!r} (found: {', '.join(keys)})")
-            try:
-                images, labels = archive[names[0]], archive[names[1]]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                raise DataError(f"{path}: corrupt array in {split!r}: {' '.join(str(e).split())}") from e
-            splits[split] = (_npz_volumes(images, path, names[0]), _npz_labels(labels, len(images), path, names[1]))
+    splits = load_npz_splits(path, check_images=_npz_volumes)
     shapes = {split: volumes.shape[1:] for split, (volumes, _) in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"{path}: the splits hold volumes of different shapes (C, D, H, W): {shapes}")
     return splits
-
-
-def _label_names(y: np.ndarray, names: list[str], path: Path, split: str) -> list:
-    if y.ndim == 2:  # multilabel
-        if y.shape[1] != len(names):
-            raise DataError(f"{path}: {split}_labels has {y.shape[1]} label columns but {len(names)} classes "
-                            "are named in task.classes")  # fmt: skip
-        return [[names[k] for k in np.flatnonzero(row)] for row in y]
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(names)):
-        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
-        raise DataError(f"{path}: {split}_labels has class index {bad} but only {len(names)} classes are named "
-                        "in task.classes")  # fmt: skip
-    return [names[int(k)] for k in y]
 
 
 def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
@@ -120,15 +87,7 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
         raise ConfigError("data.augment: 2D image augmentation; for volumes use data.volume.augment")
     path = Path(cfg.path)
     splits = _read_npz(path)
-    first = next(iter(splits.values()))[1]
-    count = first.shape[1] if first.ndim == 2 else int(max(y.max(initial=0) for _, y in splits.values())) + 1
-    names = classes or [str(i) for i in range(count)]
-    labels, ids, predefined, start = [], [], {}, 0
-    for split, (_, y) in splits.items():
-        labels += _label_names(y, names, path, split)
-        ids += [f"{split}:{i}" for i in range(len(y))]
-        predefined[split] = np.arange(start, start + len(y))
-        start += len(y)
+    labels, ids, predefined = npz_labels_and_ids(splits, classes, path)
     volumes = torch.from_numpy(np.concatenate([v for v, _ in splits.values()]))
     del splits  # the per-split arrays: only the concatenated copy stays
     samples = Samples(volumes, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
