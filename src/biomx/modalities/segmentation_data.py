@@ -31,7 +31,7 @@ from biomx.data.cache import ArrayCache, cache_key, default_cache_dir, file_dige
 from biomx.errors import ConfigError, DataError
 from biomx.modalities.msd import is_2d_file, read_plane
 from biomx.modalities.volume_augment import augment_batch
-from biomx.modalities.volume_io import Volume, check_same_geometry, read_volume
+from biomx.modalities.volume_io import Volume, check_finite, check_same_geometry, read_volume
 
 PREPROCESS_VERSION = "segmentation-case-v1"  # bump when preprocessing changes: old entries miss
 _MAX_FOREGROUND_INDICES = 50_000  # positive patch centres kept per case (a random subset)
@@ -63,7 +63,7 @@ def read_scan(path: str | Path, *, spatial_dims: int, mask: bool = False, nan_po
             raise DataError(f"{path}: not a 2D image file (TIFF, PNG, BMP, JPEG); this run segments 2D images")
         array = read_plane(path, mask=mask)
         if not mask:
-            array = _finite(array, str(path), nan_policy)
+            array = check_finite(array, str(path), nan_policy)
         return Scan(array, (1.0, 1.0), str(path))
     if is_2d_file(path):
         raise DataError(f"{path}: a 2D image, but this run segments 3D volumes")
@@ -76,16 +76,6 @@ def read_scan(path: str | Path, *, spatial_dims: int, mask: bool = False, nan_po
             raise DataError(f"{path}: a mask must have one channel, found {array.shape[0]}")
         array = array[0]
     return Scan(array, tuple(float(s) for s in volume.spacing), str(path), volume)
-
-
-def _finite(array: np.ndarray, source: str, nan_policy: str) -> np.ndarray:
-    bad = ~np.isfinite(array)
-    if bad.any():
-        if nan_policy == "raise":
-            raise DataError(f"{source}: {int(bad.sum())} NaN or infinite pixel(s); fix the file or set "
-                            "data.volume.nan_policy: zero")  # fmt: skip
-        array = np.where(bad, 0.0, array).astype(np.float32)
-    return array
 
 
 def check_mask_fits(image: Scan, mask: Scan, tolerance_mm: float) -> None:

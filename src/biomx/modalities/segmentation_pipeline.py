@@ -38,19 +38,16 @@ from biomx.modalities.segmentation_data import (
     prepare_case,
     preprocess,
     read_scan,
-    reference_meta,
     reference_volume,
     restore,
     settings_from,
 )
 from biomx.modalities.volume_augment import is_active
-from biomx.modalities.volume_io import write_nifti
+from biomx.modalities.volume_io import VOLUME_SUFFIXES, Volume, collect_volume_inputs, write_nifti
 from biomx.models.segmentation import required_divisor
 from biomx.runs import write_csv, write_json
 from biomx.tasks import task_from_info
 from biomx.tasks.segmentation import SegmentationTask, case_metrics
-
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 # ---------------------------------------------------------------------------------- loading
 
@@ -175,11 +172,11 @@ def probabilities(models: list[nn.Module], image: np.ndarray, preprocessing: dic
     return total / len(models)
 
 
-def write_mask(mask: np.ndarray, reference: dict[str, Any] | None, path: Path) -> Path:
+def write_mask(mask: np.ndarray, reference: Volume | None, path: Path) -> Path:
     """A mask on the scan's own grid: NIfTI in the source volume's orientation, or a 2D TIFF."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if reference is not None:
-        return write_nifti(mask, reference_volume(reference), path)
+        return write_nifti(mask, reference, path)
     import io
 
     import tifffile
@@ -251,7 +248,8 @@ def evaluate_test(models: list[nn.Module], task: SegmentationTask, test_data: Ca
         restored = task.postprocess(restore(pred, case.geometry), truth.spacing)  # on the scan's grid
         results.append(case_metrics(restored, truth.array, truth.spacing, task.classes,
                                     cfg.eval.surface_tolerance_mm, case.id))  # fmt: skip
-        masks.append(str(write_mask(restored, case.reference, run_dir / "test_masks" / _mask_name(case.id, dims))))
+        reference = reference_volume(case.reference) if case.reference else None  # 3D: from the cache entry
+        masks.append(str(write_mask(restored, reference, run_dir / "test_masks" / _mask_name(case.id, dims))))
         views.append(_overlay_slice(arrays["image"], arrays["label"], pred))
     evaluation = task.evaluate(results, n_bootstrap=cfg.eval.bootstrap, ci=cfg.eval.ci, seed=cfg.train.seed)
     evaluation["min_component_size"] = task.min_component_size  # how the scored masks were cleaned
@@ -284,7 +282,9 @@ def _overlay_sections(results: list[dict], views: list[dict], n: int) -> list[di
 
 
 def collect_scans(inputs: list[str | Path], spatial_dims: int) -> list[Path]:
-    """Files as given; a folder: its image files, or, holding none, one DICOM series (3D)."""
+    """Files as given; a folder: its image files, or (3D), holding none, one DICOM series."""
+    if spatial_dims == 3:
+        return collect_volume_inputs(inputs)
     found: list[Path] = []
     for item in map(Path, inputs):
         if not item.exists():
@@ -292,14 +292,10 @@ def collect_scans(inputs: list[str | Path], spatial_dims: int) -> list[Path]:
         if not item.is_dir():
             found.append(item)
             continue
-        files = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and (is_2d_file(p) if spatial_dims == 2 else p.name.lower().endswith(_VOLUME_SUFFIXES[:-1])))
-        if files:
-            found += files
-        elif spatial_dims == 3:
-            found.append(item)  # a DICOM series
-        else:
+        files = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".") and is_2d_file(p))
+        if not files:
             raise DataError(f"{item}: folder holds no image files")
+        found += files
     return found
 
 
@@ -309,7 +305,7 @@ def read_inputs(preprocessing: dict[str, Any], inputs: list[str | Path], skip_er
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", *_VOLUME_SUFFIXES, ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".bmp"):
+    for suffix in (".nii.gz", *VOLUME_SUFFIXES, ".dcm", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".bmp"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -348,7 +344,7 @@ def predict_masks(models: list[nn.Module], info: dict[str, Any], inputs: list[st
         while name in used:  # two inputs with one name: keep both masks
             name += "_"
         used.add(name)
-        written = write_mask(mask, reference_meta(scan.volume), Path(masks_dir) / _mask_name(name, dims))
+        written = write_mask(mask, scan.volume, Path(masks_dir) / _mask_name(name, dims))
         voxel = float(np.prod(scan.spacing)) / 1000.0 if dims == 3 else 1.0
         columns["path"].append(str(path))
         columns["mask"].append(str(written))

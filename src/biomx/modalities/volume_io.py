@@ -55,6 +55,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _RAS = axcodes2ornt("RAS")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# One file, one volume (DICOM slices come as a folder of them: a series)
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _GAP_FACTOR = 1.5  # a slice gap this many times the median one means missing slices
 
 # Decoders raise many exception types on damaged files; these mean "this file is bad".
@@ -183,7 +185,7 @@ def _format_of(path: Path) -> str:
 def _make_volume(data: np.ndarray, affine: np.ndarray, source: str, mask: bool,
                  nan_policy: str) -> Volume:
     """File-order data -> checked, typed, canonical `Volume` (channels first)."""
-    data = _check_finite(data, source, nan_policy)
+    data = check_finite(data, source, nan_policy)
     data = _as_labels(data, source) if mask else data.astype(np.float32, copy=False)
     ornt = io_orientation(affine)
     if np.isnan(ornt).any():
@@ -197,7 +199,8 @@ def _make_volume(data: np.ndarray, affine: np.ndarray, source: str, mask: bool,
                   source=source, original_affine=affine, original_shape=tuple(data.shape))
 
 
-def _check_finite(data: np.ndarray, source: str, nan_policy: str) -> np.ndarray:
+def check_finite(data: np.ndarray, source: str, nan_policy: str) -> np.ndarray:
+    """`data` if every value is finite; else an error ("raise") or a copy with them set to 0 ("zero")."""
     if not np.issubdtype(data.dtype, np.floating):
         return data
     bad = ~np.isfinite(data)
@@ -206,7 +209,7 @@ def _check_finite(data: np.ndarray, source: str, nan_policy: str) -> np.ndarray:
         return data
     if nan_policy == "raise":
         raise DataError(f"{source}: {n_bad} of {data.size} voxels are NaN or infinite; fix the "
-                        "file or read it with nan_policy='zero'")
+                        "file or set nan_policy: zero (data.volume.nan_policy in a config)")
     data = data.copy()
     data[bad] = 0
     return data
@@ -254,6 +257,26 @@ def _read_nifti(img: Any) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim > 4:  # e.g. (x, y, z, 1, c) vector images
         data = data.reshape(*data.shape[:3], -1)
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def collect_volume_inputs(inputs: list[str | Path], suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> list[Path]:
+    """Files as given; a folder: its files with `suffixes` (sorted), or, holding none, the
+    folder itself (one DICOM series).
+
+    Raises:
+        DataError: an input that does not exist.
+    """
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise DataError(f"{item}: no such file or folder")
+        if item.is_dir():
+            files = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.name.lower().endswith(suffixes))  # fmt: skip
+            found += files or [item]
+        else:
+            found.append(item)
+    return found
 
 
 # ---- DICOM series ----------------------------------------------------------------------------

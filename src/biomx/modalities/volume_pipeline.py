@@ -31,11 +31,10 @@ from biomx.explain.gradcam import find_last_conv, gradcam
 from biomx.modalities.image import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.image_pipeline import explain_caption, explain_targets, pick_examples
 from biomx.modalities.volume_augment import augment_batch, is_active
-from biomx.modalities.volume_io import read_volume
+from biomx.modalities.volume_io import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
 from biomx.models.registry import get_entry
 from biomx.tasks.classification import ClassificationTask
 
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz")
 _SPLITS = ("train", "val", "test")
 
 # ---------------------------------------------------------------------------------- loading
@@ -285,18 +284,8 @@ def explain(
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Volume files as given; a folder: its volume files (sorted), else it is one DICOM series."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if not item.exists():
-            raise DataError(f"{item}: no such file or folder")
-        if item.is_dir():
-            files = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and p.name.lower().endswith(_VOLUME_SUFFIXES))  # fmt: skip
-            found += files or [item]
-        else:
-            found.append(item)
-    return found
+    """Volume and .npz files as given or found in folders; a folder of none: a DICOM series."""
+    return collect_volume_inputs(inputs, VOLUME_SUFFIXES + (".npz",))
 
 
 def _resize(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
