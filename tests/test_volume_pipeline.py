@@ -145,7 +145,7 @@ def test_datasets_keep_uint8_and_augment_only_training(adrenal, tmp_path):
     p = prepare(validate(_config(adrenal, tmp_path)))
     assert p.data.inputs.dtype == torch.uint8 and p.data.inputs.shape == (80, 1, 28, 28, 28)
     train_set, test_set = p.datasets["train"], p.datasets["test"]
-    assert train_set.volumes is test_set.volumes  # shared, not copied per split
+    assert train_set.images is test_set.images  # shared, not copied per split
     a, _ = train_set.__getitems__([0, 1, 2, 3])
     b, _ = train_set.__getitems__([0, 1, 2, 3])
     train_set.set_epoch(1)

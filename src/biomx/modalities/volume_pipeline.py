@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from biomx.config import DataConfig, ExperimentConfig
-from biomx.data.batching import batch_generator
 from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
 from biomx.explain.gradcam import find_last_conv, gradcam
-from biomx.modalities.image import load_npz_splits, npz_labels_and_ids
+from biomx.modalities.image import ImageTensorDataset, load_npz_splits, npz_labels_and_ids
 from biomx.modalities.image_pipeline import explain_caption, explain_targets, pick_examples
 from biomx.modalities.volume_augment import augment_batch, is_active
 from biomx.modalities.volume_io import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
@@ -104,52 +103,9 @@ def _intensity_kind(volumes: torch.Tensor) -> str:
 # ---------------------------------------------------------------------------------- datasets
 
 
-class VolumeTensorDataset(Dataset):
-    """One split's rows of a shared (N, C, D, H, W) tensor, served as already-built batches.
-
-    `__getitems__` converts, augments and normalises a whole batch at once; augmentation draws
-    from `batch_generator(seed, epoch, indices)`, so a batch is the same with any number of
-    workers and after a resume. The volumes are shared, not copied, between splits.
-
-    Args:
-        volumes: uint8 (divided by 255) or float, (N, C, D, H, W), all splits.
-        index: this split's rows of `volumes`.
-        targets: this split's targets, aligned with `index`.
-        augment: a `VolumeAugmentConfig` (or None), applied before normalisation.
-        normalize: (mean, std), one value per channel.
-        seed: base seed of the augmentation.
-    """
-
-    def __init__(self, volumes: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, *, augment: Any = None,
-                 normalize: tuple[list[float], list[float]] | None = None, seed: int = 0) -> None:  # fmt: skip
-        if volumes.ndim != 5:
-            raise ValueError(f"volumes must be (N, C, D, H, W), got {tuple(volumes.shape)}")
-        if len(index) != len(targets):
-            raise ValueError(f"{len(index)} rows but {len(targets)} targets")
-        self.volumes, self.index, self.targets = volumes, torch.as_tensor(index, dtype=torch.long), targets
-        self.augment, self.seed, self.epoch = augment, seed, 0
-        self.mean = self.std = None
-        if normalize is not None:
-            self.mean, self.std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1, 1) for v in normalize)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch (x float32 (B, C, D, H, W), y) for positions `indices` of this split."""
-        x = _as_float(self.volumes[self.index[torch.as_tensor(indices, dtype=torch.long)]])
-        if self.augment is not None:
-            x, _ = augment_batch(x, None, self.augment, batch_generator(self.seed, self.epoch, indices))
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x, self.targets[torch.as_tensor(indices, dtype=torch.long)]
+def _augment_volumes(x: torch.Tensor, g: torch.Generator, cfg: Any) -> torch.Tensor:
+    """A batch of volumes, augmented by `volume_augment` (a module-level function: picklable)."""
+    return augment_batch(x, None, cfg, g)[0]
 
 
 def _as_float(volumes: torch.Tensor) -> torch.Tensor:
@@ -181,18 +137,18 @@ def _check_model(cfg: ExperimentConfig) -> None:
 
 def build_datasets(
     samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray], cfg: ExperimentConfig
-) -> tuple[dict[str, VolumeTensorDataset], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, ImageTensorDataset], dict[str, Any], dict[str, Any]]:
     """Per-split datasets (augmenting only train), the preprocessing record, model input args."""
     _check_model(cfg)
     volumes = samples.inputs
     mean = std = None
     if cfg.data.normalize:  # statistics of the training volumes only (no test leakage)
         mean, std = _channel_stats(volumes, splits["train"])
-    augment = cfg.data.volume.augment if is_active(cfg.data.volume.augment) else None
-    datasets = {
-        name: VolumeTensorDataset(volumes, torch.as_tensor(idx, dtype=torch.long), targets[torch.as_tensor(idx)],
-                                  augment=augment if name == "train" else None,
-                                  normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed)
+    augment = partial(_augment_volumes, cfg=cfg.data.volume.augment) if is_active(cfg.data.volume.augment) else None
+    datasets = {  # the splits share the volumes tensor: each holds only its row numbers
+        name: ImageTensorDataset(volumes, targets[torch.as_tensor(idx)], augment=augment if name == "train" else None,
+                                 normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed,
+                                 index=torch.as_tensor(idx, dtype=torch.long))
         for name, idx in splits.items()
     }  # fmt: skip
     c, *shape = volumes.shape[1:]
@@ -248,7 +204,7 @@ def _cam_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 def explain(
     model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
-    test_data: VolumeTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
+    test_data: ImageTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
 ) -> tuple[list[dict], list[dict]]:
     """3D Grad-CAM of chosen test volumes, shown on the slice through each map's maximum.
 
