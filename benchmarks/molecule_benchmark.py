@@ -54,7 +54,7 @@ from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.trainer import Trainer, seed_everything
 from biomx.experiment import prepare, train
-from biomx.modalities import molecule as mol
+from biomx.modalities.molecule import chem as mol
 from biomx.models.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ def _train(loader, steps: int, device: torch.device, warmup: int = 3, model_step
 
     model_step=False times the data path alone (batches moved to the device, no model): the
     throughput a pipeline would give a GPU fast enough never to wait."""
-    from biomx.tasks.segmentation import build_segmentation_task
+    from biomx.tasks.segmentation.task import build_segmentation_task
 
     torch.manual_seed(0)
     model = _model(device)

@@ -31,7 +31,7 @@ from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.trainer import Trainer
 from biomx.experiment import train
-from biomx.modalities.sequence import (
+from biomx.modalities.sequence.records import (
     SequenceDataset,
     encode,
     kmer_counts,
@@ -39,7 +39,7 @@ from biomx.modalities.sequence import (
     records_from_fasta,
 )
 from biomx.models.registry import build_model
-from biomx.tasks.classification import build_task
+from biomx.tasks.classification.task import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "oct4_vs_mafk.yaml"

@@ -40,10 +40,15 @@ from biomx.datasets import get_dataset
 from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.trainer import Trainer
-from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch, load_npz_splits
-from biomx.modalities.image_pipeline import _fit_size_and_channels
+from biomx.modalities.image.pipeline import _fit_size_and_channels
+from biomx.modalities.image.readers import (
+    Augment,
+    ImageTensorDataset,
+    collate_batch,
+    load_npz_splits,
+)
 from biomx.models.registry import build_model
-from biomx.tasks.classification import build_task
+from biomx.tasks.classification.task import build_task
 
 SEED = 0
 WARMUP_STEPS = 5  # ceiling only; biomx warms up with a whole epoch (the Trainer times epochs)

@@ -19,9 +19,9 @@ from biomx.config import TrainConfig
 from biomx.datasets import get_dataset
 from biomx.engine import distributed as dist
 from biomx.engine.trainer import Trainer, seed_everything
-from biomx.modalities.image import ImageTensorDataset, collate_batch
+from biomx.modalities.image.readers import ImageTensorDataset, collate_batch
 from biomx.models.registry import build_model
-from biomx.tasks.classification import build_task
+from biomx.tasks.classification.task import build_task
 
 
 def main(out_dir: Path) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from biomx.datasets import get_dataset
 from biomx.errors import BiomxError
-from biomx.explain import find_last_conv, gradcam, overlay
+from biomx.modalities.common.gradcam import find_last_conv, gradcam, overlay
 
 
 def small_cnn(num_outputs: int = 1) -> nn.Sequential:

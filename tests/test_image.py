@@ -1,4 +1,4 @@
-"""Tests for biomx.modalities.image, on real files: MedMNIST, a microscopy TIFF, pydicom's and
+"""Tests for biomx.modalities.image.readers, on real files: MedMNIST, a microscopy TIFF, pydicom's and
 nibabel's test files."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from torch.utils.data import DataLoader
 
 from biomx.errors import DataError
-from biomx.modalities.image import (
+from biomx.modalities.image.readers import (
     Augment,
     ImageTensorDataset,
     collate_batch,

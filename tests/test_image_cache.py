@@ -14,8 +14,8 @@ from PIL import Image
 from biomx.config import DataConfig
 from biomx.data.cache import ArrayCache
 from biomx.datasets import export_images
-from biomx.modalities import image_pipeline
-from biomx.modalities.image import decode_images
+from biomx.modalities.image import pipeline as image_pipeline
+from biomx.modalities.image.readers import decode_images
 
 
 def _entries(cache: Path) -> list[Path]:

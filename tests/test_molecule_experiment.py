@@ -122,7 +122,7 @@ def test_scaffold_split_keeps_scaffolds_apart_and_cache_is_reused(freesolv, tmp_
         "{name: gin, args: {hidden: 32, layers: 2}}", "task: {kind: regression}\n",
     ))  # fmt: skip
     p = prepare(cfg)
-    from biomx.modalities.molecule import murcko_scaffold
+    from biomx.modalities.molecule.chem import murcko_scaffold
 
     smiles = p.data.extra["smiles"]
     train = {murcko_scaffold(smiles[i]) for i in p.splits["train"]}

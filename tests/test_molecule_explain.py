@@ -21,9 +21,9 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import GINEConv
 
-import biomx.explain.molecule as explain_mol
+import biomx.modalities.molecule.explain as explain_mol
 from biomx.errors import BiomxError
-from biomx.explain.molecule import (
+from biomx.modalities.molecule.explain import (
     atom_attributions,
     draw_atom_attributions,
     molecule_explanations,
@@ -361,7 +361,7 @@ def test_no_section_without_atoms_or_examples(freesolv, gine):
 def test_the_real_featuriser_and_models():
     """biomx's own featuriser and graph models (D-MPNN relies on the e ^ 1 reverse edges, which
     the replicated batches must keep); the fingerprint MLP has no atoms to explain."""
-    from biomx.modalities import molecule as mol
+    from biomx.modalities.molecule import chem as mol
     from biomx.models import molecule as models
 
     smiles = [Chem.MolToSmiles(m) for m in dm.data.solubility()["mol"].iloc[:10]]

@@ -18,7 +18,7 @@ from PIL import Image
 
 from biomx.datasets.segmentation import NUCLEI_IMAGE
 from biomx.errors import DataError
-from biomx.modalities.msd import is_2d_file, read_msd, read_plane
+from biomx.modalities.common.msd import is_2d_file, read_msd, read_plane
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 

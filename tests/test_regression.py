@@ -18,7 +18,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 
 from biomx.errors import ConfigError, DataError
-from biomx.tasks.regression import METRICS, RegressionTask, build_regression_task
+from biomx.tasks.regression.task import METRICS, RegressionTask, build_regression_task
 
 
 def _reference(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:

@@ -381,7 +381,7 @@ def test_figure_to_data_uri_is_a_decodable_png():
 
 def regression_evaluation(n_targets: int) -> dict:
     """A real evaluation from RegressionTask (not a hand-written dict), so the two stay in step."""
-    from biomx.tasks.regression import build_regression_task
+    from biomx.tasks.regression.task import build_regression_task
 
     rng = np.random.default_rng(0)
     true = rng.normal(-3.0, 1.5, size=(150, n_targets))
@@ -429,7 +429,7 @@ def test_regression_report(tmp_path, n_targets, n_images):
 
 
 def test_regression_report_with_an_unobserved_target(tmp_path):
-    from biomx.tasks.regression import build_regression_task
+    from biomx.tasks.regression.task import build_regression_task
 
     rng = np.random.default_rng(0)
     pred = rng.normal(size=(30, 2))

@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 
 from biomx.errors import ConfigError, DataError
 from biomx.tasks import quick_metric_names, task_from_info
-from biomx.tasks.segmentation import (
+from biomx.tasks.segmentation.task import (
     SEGMENTATION_QUICK_METRICS,
     SegmentationTask,
     build_segmentation_task,

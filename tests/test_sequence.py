@@ -1,4 +1,4 @@
-"""Tests for biomx.modalities.sequence, on real ChIP-seq windows (Oct4- and Mafk-bound DNA)."""
+"""Tests for biomx.modalities.sequence.records, on real ChIP-seq windows (Oct4- and Mafk-bound DNA)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from biomx.data.batching import collate_batch
 from biomx.errors import DataError
-from biomx.modalities.sequence import (
+from biomx.modalities.sequence.records import (
     PAD,
     SequenceDataset,
     SequenceRecords,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from biomx.errors import BiomxError
-from biomx.explain.sequence import (
+from biomx.modalities.sequence.explain import (
     draw_logo,
     find_motifs,
     in_silico_mutagenesis,

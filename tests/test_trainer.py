@@ -11,9 +11,9 @@ from safetensors import safe_open
 from biomx.config import TrainConfig
 from biomx.engine.checkpoint import load_checkpoint
 from biomx.engine.trainer import Trainer, TrainingInterrupted, seed_everything
-from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch
+from biomx.modalities.image.readers import Augment, ImageTensorDataset, collate_batch
 from biomx.models.registry import build_model
-from biomx.tasks.classification import build_task
+from biomx.tasks.classification.task import build_task
 
 TASK = build_task("binary", ["normal", "pneumonia"])
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from biomx.config import VolumeAugmentConfig
-from biomx.modalities.volume_augment import augment_batch, is_active
+from biomx.data.spatial_augment import augment_batch, is_active
 
 MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 SPATIAL = dict(flip=0.5, rotate90=0.5, rotate=25.0, scale=(0.85, 1.15))

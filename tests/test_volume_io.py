@@ -17,8 +17,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from biomx.errors import DataError
-from biomx.modalities import volume_io
-from biomx.modalities.volume_io import check_same_geometry, read_volume, write_nifti
+from biomx.modalities.volume import files as volume_io
+from biomx.modalities.volume.files import check_same_geometry, read_volume, write_nifti
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 ANATOMICAL = NIB_DATA / "anatomical.nii"  # (33, 41, 25) int16, LAS: x runs right to left

@@ -13,9 +13,9 @@ import torch
 from biomx.config import DataConfig, validate
 from biomx.errors import BiomxError, ConfigError, DataError
 from biomx.experiment import prepare, train
-from biomx.explain.gradcam import find_last_conv, gradcam
 from biomx.modalities import get_pipeline
-from biomx.modalities.volume_pipeline import _cam_layer, load, read_inputs
+from biomx.modalities.common.gradcam import find_last_conv, gradcam
+from biomx.modalities.volume.pipeline import _cam_layer, load, read_inputs
 from biomx.models.registry import build_model
 from biomx.predict import predict_files
 from biomx.runs import read_json
@@ -179,5 +179,5 @@ def test_bad_sources_and_settings_are_one_line_errors(adrenal, tmp_path):
         load(DataConfig(source="msd", path=str(tmp_path), modality="volume"))
     with pytest.raises(ConfigError, match="deepsea is not a 3D classifier"):
         prepare(validate(_config(adrenal, tmp_path, model={"name": "deepsea", "args": {}})))
-    assert get_pipeline("volume").__name__ == "biomx.modalities.volume_pipeline"
+    assert get_pipeline("volume").__name__ == "biomx.modalities.volume.pipeline"
     assert issubclass(DataError, BiomxError)

@@ -15,14 +15,14 @@ from biomx.config import ExperimentConfig, TrainConfig, load_config  # noqa: E40
 from biomx.engine.trainer import Trainer, TrainingInterrupted  # noqa: E402
 from biomx.errors import BiomxError, ConfigError, DataError  # noqa: E402
 from biomx.experiment import evaluate_run, prepare, resume_run, train  # noqa: E402
-from biomx.explain.gradcam import gradcam  # noqa: E402
-from biomx.modalities.image import Augment, ImageTensorDataset, collate_batch, read_image  # noqa: E402
-from biomx.modalities.sequence import SequenceDataset, encode, one_hot, records_from_fasta  # noqa: E402
+from biomx.modalities.common.gradcam import gradcam  # noqa: E402
+from biomx.modalities.image.readers import Augment, ImageTensorDataset, collate_batch, read_image  # noqa: E402
+from biomx.modalities.sequence.records import SequenceDataset, encode, one_hot, records_from_fasta  # noqa: E402
 from biomx.models.registry import build_model, list_models, register  # noqa: E402
 from biomx.predict import predict_files  # noqa: E402
 from biomx.runs import load_run_model  # noqa: E402
-from biomx.tasks.classification import ClassificationTask, build_task  # noqa: E402
-from biomx.tasks.regression import RegressionTask, build_regression_task  # noqa: E402
+from biomx.tasks.classification.task import ClassificationTask, build_task  # noqa: E402
+from biomx.tasks.regression.task import RegressionTask, build_regression_task  # noqa: E402
 
 __all__ = [
     "Augment",

@@ -76,7 +76,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_variants(args: argparse.Namespace) -> None:
-    from biomx.genomics.tools import score_variant_file
+    from biomx.modalities.sequence.tools import score_variant_file
 
     scored, problems = score_variant_file(args.run, args.variants, args.genome, args.output,
                                           class_name=args.class_name)  # fmt: skip
@@ -84,7 +84,7 @@ def _cmd_variants(args: argparse.Namespace) -> None:
 
 
 def _cmd_ism(args: argparse.Namespace) -> None:
-    from biomx.genomics.tools import mutagenesis
+    from biomx.modalities.sequence.tools import mutagenesis
 
     written = mutagenesis(args.run, args.inputs, args.output_dir, class_name=args.class_name, limit=args.limit)
     print(f"wrote {len(written) // 2} heatmaps (PNG) and effect tables (CSV) to {args.output_dir}")

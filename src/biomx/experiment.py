@@ -29,13 +29,13 @@ from biomx.modalities import get_pipeline
 from biomx.models.registry import build_model, check_model_args, suggest
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks import quick_metric_names
-from biomx.tasks.classification import (
+from biomx.tasks.classification.task import (
     ClassificationTask,
     build_task,
     class_weights_from_counts,
 )
-from biomx.tasks.regression import RegressionTask, build_regression_task
-from biomx.tasks.segmentation import SegmentationTask, build_segmentation_task
+from biomx.tasks.regression.task import RegressionTask, build_regression_task
+from biomx.tasks.segmentation.task import SegmentationTask, build_segmentation_task
 from biomx.uncertainty import mean_and_std, uncertainty_evaluation, uncertainty_section
 
 

@@ -58,7 +58,7 @@ def predict_files(
     models, info = load_run_models(run_dir)
     pre, task_info = info["preprocessing"], info["task"]
     if task_info["kind"] == "segmentation":
-        from biomx.modalities.segmentation_pipeline import predict_masks
+        from biomx.tasks.segmentation.pipeline import predict_masks
 
         if masks_dir is None:
             masks_dir = Path(output).with_name(Path(output).stem + "_masks") if output else Path("masks")

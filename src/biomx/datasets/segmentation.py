@@ -24,7 +24,7 @@ from scipy.spatial.transform import Rotation
 
 from biomx.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from biomx.errors import ConfigError
-from biomx.modalities.volume_io import Volume, write_nifti
+from biomx.modalities.volume.files import Volume, write_nifti
 
 HERE = Path(__file__).parent
 NUCLEI_IMAGE = HERE / "nuclei_2d" / "img2d.tif"  # 512x512 uint16 fluorescence

@@ -1,5 +1,4 @@
-"""Explanations for trained models: Grad-CAM (images), attributions and motifs (sequences),
-atom attributions (molecules)."""
+"""Helpers shared by every modality's explanations (each modality explains its own inputs)."""
 
 from __future__ import annotations
 
@@ -41,6 +40,4 @@ def output_column(outputs: torch.Tensor, target: int, n: int, items: str) -> tor
     return outputs[:, target].float()
 
 
-from biomx.explain.gradcam import find_last_conv, gradcam, overlay  # noqa: E402
-
-__all__ = ["eval_mode", "find_last_conv", "gradcam", "output_column", "overlay"]
+__all__ = ["eval_mode", "output_column"]

@@ -13,11 +13,11 @@ import importlib
 from types import ModuleType
 
 PIPELINES = {
-    "image": "biomx.modalities.image_pipeline",
-    "sequence": "biomx.modalities.sequence_pipeline",
-    "molecule": "biomx.modalities.molecule_pipeline",
-    "volume": "biomx.modalities.volume_pipeline",
-    "segmentation": "biomx.modalities.segmentation_pipeline",  # 2D images and 3D volumes
+    "image": "biomx.modalities.image.pipeline",
+    "sequence": "biomx.modalities.sequence.pipeline",
+    "molecule": "biomx.modalities.molecule.pipeline",
+    "volume": "biomx.modalities.volume.pipeline",
+    "segmentation": "biomx.tasks.segmentation.pipeline",  # 2D images and 3D volumes
 }
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from biomx.explain.gradcam import overlay
+from biomx.modalities.common.gradcam import overlay
 
 _DPI = 100  # small PNGs keep a typical report well under 2 MB
 _STYLE = """

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from biomx.tasks.classification import (
+from biomx.tasks.classification.task import (
     QUICK_METRICS,
     ClassificationTask,
     build_task,
     class_weights_from_counts,
 )
-from biomx.tasks.segmentation import (
+from biomx.tasks.segmentation.task import (
     SEGMENTATION_QUICK_METRICS,
     SegmentationTask,
     build_segmentation_task,
@@ -38,7 +38,7 @@ def quick_metric_names(kind: str) -> tuple[str, ...]:
 def task_from_info(info: dict[str, Any]):
     """Rebuild a run's task from the "task" entry of its run.json (or checkpoint)."""
     if info["kind"] == "regression":
-        from biomx.tasks.regression import build_regression_task
+        from biomx.tasks.regression.task import build_regression_task
 
         return build_regression_task(info["targets"], info["loss"], info["mean"], info["std"])
     if info["kind"] == "segmentation":

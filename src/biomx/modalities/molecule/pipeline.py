@@ -22,7 +22,7 @@ from biomx.config import DataConfig, ExperimentConfig, SplitConfig
 from biomx.data.cache import ArrayCache, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
-from biomx.modalities import molecule as mol
+from biomx.modalities.molecule import chem as mol
 
 # Models that read only the molecule-level vectors (no graph is batched for them).
 VECTOR_MODELS = {"fingerprint_mlp"}
@@ -188,7 +188,7 @@ def explain(
     preds: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
 ) -> tuple[list[dict], list[dict]]:
     """Report sections: the split's chemistry overlap, invalid molecules, and atom attributions."""
-    from biomx.explain.molecule import molecule_explanations
+    from biomx.modalities.molecule.explain import molecule_explanations
 
     extra = []
     smiles = samples.extra["smiles"]

@@ -25,14 +25,14 @@ from torch import nn
 
 from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.samples import Samples, sha256_file
+from biomx.data.spatial_augment import augment_batch, is_active
 from biomx.errors import ConfigError, DataError
-from biomx.explain.gradcam import find_last_conv, gradcam
-from biomx.modalities.image import ImageTensorDataset, load_npz_splits, npz_labels_and_ids
-from biomx.modalities.image_pipeline import explain_caption, explain_targets, pick_examples
-from biomx.modalities.volume_augment import augment_batch, is_active
-from biomx.modalities.volume_io import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
+from biomx.modalities.common.gradcam import find_last_conv, gradcam
+from biomx.modalities.image.pipeline import explain_caption, explain_targets, pick_examples
+from biomx.modalities.image.readers import ImageTensorDataset, load_npz_splits, npz_labels_and_ids
+from biomx.modalities.volume.files import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
 from biomx.models.registry import get_entry
-from biomx.tasks.classification import ClassificationTask
+from biomx.tasks.classification.task import ClassificationTask
 
 _SPLITS = ("train", "val", "test")
 

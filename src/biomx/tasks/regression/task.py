@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from biomx.errors import ConfigError, DataError
-from biomx.tasks.classification import (
+from biomx.tasks.classification.task import (
     _BLOCK_VALUES,
     _as_float,
     _gather,

@@ -18,7 +18,7 @@ from torch import nn
 from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
-from biomx.explain.sequence import (
+from biomx.modalities.sequence.explain import (
     find_motifs,
     in_silico_mutagenesis,
     integrated_gradients,
@@ -26,7 +26,7 @@ from biomx.explain.sequence import (
     logo_figure,
     match_motif,
 )
-from biomx.modalities.sequence import (
+from biomx.modalities.sequence.records import (
     ALPHABETS,
     SequenceDataset,
     SequenceRecords,
@@ -38,7 +38,7 @@ from biomx.modalities.sequence import (
     records_from_table,
 )
 from biomx.models.sequence import strand_averaged
-from biomx.tasks.classification import ClassificationTask
+from biomx.tasks.classification.task import ClassificationTask
 
 # ---------------------------------------------------------------------------------- loading
 

@@ -30,7 +30,7 @@ from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
 from biomx.errors import ConfigError, DataError
-from biomx.tasks.classification import _nanmean, _percentile_ci
+from biomx.tasks.classification.task import _nanmean, _percentile_ci
 
 LOSSES = ("dice", "dice_ce", "focal")
 CASE_METRICS = ("dice", "hd95", "surface_dice")

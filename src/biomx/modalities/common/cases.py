@@ -28,10 +28,10 @@ from torch.utils.data import Dataset
 
 from biomx.data.batching import batch_generator
 from biomx.data.cache import ArrayCache, cache_key, default_cache_dir, file_digest
+from biomx.data.spatial_augment import augment_batch
 from biomx.errors import ConfigError, DataError
-from biomx.modalities.msd import is_2d_file, read_plane
-from biomx.modalities.volume_augment import augment_batch
-from biomx.modalities.volume_io import Volume, check_finite, check_same_geometry, read_volume
+from biomx.modalities.common.msd import is_2d_file, read_plane
+from biomx.modalities.volume.files import Volume, check_finite, check_same_geometry, read_volume
 
 PREPROCESS_VERSION = "segmentation-case-v1"  # bump when preprocessing changes: old entries miss
 _MAX_FOREGROUND_INDICES = 50_000  # positive patch centres kept per case (a random subset)

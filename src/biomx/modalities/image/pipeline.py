@@ -21,8 +21,8 @@ from biomx.data.cache import ArrayCache, cache_key, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.datasets import get_dataset
 from biomx.errors import DataError
-from biomx.explain.gradcam import gradcam
-from biomx.modalities.image import (
+from biomx.modalities.common.gradcam import gradcam
+from biomx.modalities.image.readers import (
     Augment,
     ImageTensorDataset,
     decode_images,
@@ -32,7 +32,7 @@ from biomx.modalities.image import (
     records_from_csv,
     records_from_folder,
 )
-from biomx.tasks.classification import ClassificationTask
+from biomx.tasks.classification.task import ClassificationTask
 
 # ---------------------------------------------------------------------------------- loading
 

@@ -26,7 +26,7 @@ from PIL import Image
 from biomx.errors import DataError
 
 # Reusing the 2D image reader's decoders keeps one definition of "a broken file".
-from biomx.modalities.image import _DECODE_ERRORS, _read_pillow
+from biomx.modalities.image.readers import _DECODE_ERRORS, _read_pillow
 
 _PLANE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")

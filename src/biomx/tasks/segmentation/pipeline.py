@@ -24,13 +24,13 @@ from torch import nn
 from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.cache import ArrayCache
 from biomx.data.samples import Samples
+from biomx.data.spatial_augment import is_active
 from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.engine.sliding_window import sliding_window_predict
 from biomx.engine.trainer import select_device
 from biomx.errors import ConfigError, DataError
-from biomx.modalities.msd import is_2d_file, read_msd
-from biomx.modalities.segmentation_data import (
+from biomx.modalities.common.cases import (
     Case,
     CaseList,
     PatchDataset,
@@ -42,12 +42,17 @@ from biomx.modalities.segmentation_data import (
     restore,
     settings_from,
 )
-from biomx.modalities.volume_augment import is_active
-from biomx.modalities.volume_io import VOLUME_SUFFIXES, Volume, collect_volume_inputs, write_nifti
+from biomx.modalities.common.msd import is_2d_file, read_msd
+from biomx.modalities.volume.files import (
+    VOLUME_SUFFIXES,
+    Volume,
+    collect_volume_inputs,
+    write_nifti,
+)
 from biomx.models.segmentation import required_divisor
 from biomx.runs import write_csv, write_json
 from biomx.tasks import task_from_info
-from biomx.tasks.segmentation import SegmentationTask, case_metrics
+from biomx.tasks.segmentation.task import SegmentationTask, case_metrics
 
 # ---------------------------------------------------------------------------------- loading
 
@@ -300,7 +305,7 @@ def collect_scans(inputs: list[str | Path], spatial_dims: int) -> list[Path]:
 
 
 def read_inputs(preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False):
-    raise DataError("segmentation runs predict masks: use biomx.modalities.segmentation_pipeline.predict_masks")
+    raise DataError("segmentation runs predict masks: use biomx.tasks.segmentation.pipeline.predict_masks")
 
 
 def _stem(path: Path) -> str:

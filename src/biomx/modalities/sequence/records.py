@@ -513,7 +513,7 @@ class SequenceDataset(Dataset):
     """Token sequences served as augmented, already-stacked batches.
 
     DataLoader calls `__getitems__` with a batch's indices; use
-    `collate_fn=biomx.modalities.image.collate_batch`. As in `ImageTensorDataset`, a batch's
+    `collate_fn=biomx.modalities.image.readers.collate_batch`. As in `ImageTensorDataset`, a batch's
     generator is seeded from (seed, epoch, first index, batch length): the same augmentations
     with any number of workers and after a resume. Call `set_epoch` before each epoch.
 

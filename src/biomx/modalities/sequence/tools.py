@@ -8,15 +8,15 @@ import numpy as np
 import torch
 
 from biomx.errors import BiomxError
-from biomx.explain.sequence import in_silico_mutagenesis, ism_heatmap_figure
-from biomx.genomics.variants import (
+from biomx.modalities.sequence.explain import in_silico_mutagenesis, ism_heatmap_figure
+from biomx.modalities.sequence.pipeline import read_inputs
+from biomx.modalities.sequence.records import decode, encode, one_hot
+from biomx.modalities.sequence.variants import (
     read_variants,
     score_variants,
     variant_windows,
     write_variant_scores,
 )
-from biomx.modalities.sequence import decode, encode, one_hot
-from biomx.modalities.sequence_pipeline import read_inputs
 from biomx.runs import load_run_model, write_csv
 
 
