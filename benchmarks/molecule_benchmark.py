@@ -52,9 +52,13 @@ from biomx.data.cache import ArrayCache
 from biomx.datasets import export_molecules
 from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
-from biomx.engine.trainer import Trainer, seed_everything
+from biomx.engine.runtime import seed_everything
+from biomx.engine.trainer import Trainer
 from biomx.experiment import prepare, train
-from biomx.modalities.molecule import chem as mol
+from biomx.modalities.molecule.featurize import featurize, morgan_fingerprints
+from biomx.modalities.molecule.graphs import graphs_from_arrays
+from biomx.modalities.molecule.readers import read_molecule_table
+from biomx.modalities.molecule.standardize import standardize
 from biomx.models.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,13 +110,13 @@ def biomx_run(name: str, csv_path: Path, seed: int, tmp: Path, extra: list[str])
 
 def fingerprints(csv_path: Path, label: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Ids, Morgan bits (radius 2, 2048) and labels of the molecules biomx keeps."""
-    records = mol.read_molecule_table(csv_path, "smiles", [label], id_column="id")
-    smiles, kept, invalid = mol.standardize(records.smiles, records.where)
+    records = read_molecule_table(csv_path, "smiles", [label], id_column="id")
+    smiles, kept, invalid = standardize(records.smiles, records.where)
     if invalid:
         print(f"  {len(invalid)} invalid molecules left out (first: {invalid[0]})")
     ids = [records.ids[i] for i in kept]
     y = np.array([float(records.labels[i][0]) for i in kept])
-    return ids, mol.morgan_fingerprints(smiles, radius=2, size=2048), y
+    return ids, morgan_fingerprints(smiles, radius=2, size=2048), y
 
 
 def forest_rmse(ids: list[str], x: np.ndarray, y: np.ndarray, rows: list[tuple[str, str]],
@@ -200,7 +204,7 @@ def throughput(csv_path: Path, rounds: int, tmp: Path) -> dict:
 
     # The plain side's data: one PyG Data per training molecule, cut from the same arrays, with
     # the target standardised like biomx's regression task does. Built once, not timed.
-    graphs = mol.graphs_from_arrays(p.data.extra["features"])
+    graphs = graphs_from_arrays(p.data.extra["features"])
     scaled = (p.targets.float() - p.task.mean[0]) / p.task.std[0]
     molecules = []
     for i in p.splits["train"]:
@@ -255,17 +259,17 @@ def throughput(csv_path: Path, rounds: int, tmp: Path) -> dict:
 
 def featurize_timing(csv_path: Path, repeats: int, tmp: Path) -> dict:
     """Cold (empty cache folder: compute + write) vs cached (read back memory-mapped) featurise."""
-    records = mol.read_molecule_table(csv_path, "smiles", ["SOL"], id_column="id")
-    smiles, _, _ = mol.standardize(records.smiles, records.where)
+    records = read_molecule_table(csv_path, "smiles", ["SOL"], id_column="id")
+    smiles, _, _ = standardize(records.smiles, records.where)
     settings = {"graph": True, "morgan": {"radius": 2, "size": 2048, "counts": False}, "descriptors": True}
     cold, cached, touched = [], [], []
     for k in range(repeats):
         cache = ArrayCache(tmp / f"featurize-{k}")
         start = time.perf_counter()
-        first = mol.featurize(smiles, settings, cache=cache, source_digest="benchmark")
+        first = featurize(smiles, settings, cache=cache, source_digest="benchmark")
         cold.append(time.perf_counter() - start)
         start = time.perf_counter()
-        again = mol.featurize(smiles, settings, cache=cache, source_digest="benchmark")
+        again = featurize(smiles, settings, cache=cache, source_digest="benchmark")
         cached.append(time.perf_counter() - start)
         # The cached arrays are memory maps: reading every byte is what a training epoch pays.
         start = time.perf_counter()

@@ -31,13 +31,10 @@ from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.trainer import Trainer
 from biomx.experiment import train
-from biomx.modalities.sequence.records import (
-    SequenceDataset,
-    encode,
-    kmer_counts,
-    one_hot,
-    records_from_fasta,
-)
+from biomx.modalities.sequence.dataset import SequenceDataset
+from biomx.modalities.sequence.encoding import encode, one_hot
+from biomx.modalities.sequence.kmers import kmer_counts
+from biomx.modalities.sequence.readers import records_from_fasta
 from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task
 

@@ -16,10 +16,12 @@ import torch.distributed as torch_dist
 from safetensors.torch import save_file
 
 from biomx.config import TrainConfig
+from biomx.data.batching import collate_batch
 from biomx.datasets import get_dataset
 from biomx.engine import distributed as dist
-from biomx.engine.trainer import Trainer, seed_everything
-from biomx.modalities.image.readers import ImageTensorDataset, collate_batch
+from biomx.engine.runtime import seed_everything
+from biomx.engine.trainer import Trainer
+from biomx.modalities.image.dataset import ImageTensorDataset
 from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task
 

@@ -15,7 +15,7 @@ OCT4, OCT4_RC = "ATGCAAAT", "ATTTGCAT"
 def to_one_hot(seqs: list[str]) -> torch.Tensor:
     """(N, 4, L) float one-hot in ACGT order (lower case too; any other letter 0.25 each).
 
-    A local encoder, not biomx.modalities.sequence.records: these tests pin the explanation code
+    A local encoder, not biomx.modalities.sequence.encoding: these tests pin the explanation code
     alone (tests/test_variants.py also checks the shared encoder as `encode_fn`)."""
     table = np.full((256, 4), 0.25, dtype=np.float32)
     for k, base in enumerate("ACGT"):

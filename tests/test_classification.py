@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler, label_binarize
 from sklearn.utils.class_weight import compute_class_weight
 
 from biomx.errors import ConfigError, DataError
-from biomx.tasks import build_task, class_weights_from_counts
+from biomx.tasks.classification import build_task, class_weights_from_counts
 from biomx.tasks.classification.task import METRICS, auroc, average_precision
 
 

@@ -61,7 +61,7 @@ def test_missing_image_in_manifest_names_file(tmp_path, capsys, png_folder):
     manifest.write_text("\n".join(rows) + "\n")
     shutil.copytree(png_folder / "normal", tmp_path / "normal")
     shutil.copytree(png_folder / "pneumonia", tmp_path / "pneumonia")
-    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: csv, path: {manifest}, image_size: [28, 28]}}")
+    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: csv, path: {manifest}, image: {{size: [28, 28]}}}}")
     assert _fails(capsys, ["train", str(cfg)]) == \
         f"error: {tmp_path / 'normal' / 'does_not_exist.png'}: cannot read image: file not found"
 
@@ -72,7 +72,7 @@ def test_label_not_in_classes_names_the_row(tmp_path, capsys, png_folder):
     path, _, patient = rows[5].split(",")
     rows[5] = f"{path},pneumonai,{patient}"
     manifest.write_text("\n".join(rows) + "\n")
-    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: csv, path: {png_folder / 'manifest.csv'}, image_size: [28, 28]}}",
+    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: csv, path: {png_folder / 'manifest.csv'}, image: {{size: [28, 28]}}}}",
                         "task: {classes: [normal, pneumonia]}\n")
     cfg.write_text(cfg.read_text().replace(str(png_folder / "manifest.csv"), str(manifest)))
     for sub in ("normal", "pneumonia"):
@@ -84,7 +84,7 @@ def test_label_not_in_classes_names_the_row(tmp_path, capsys, png_folder):
 
 def test_empty_folder(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: folder, path: {tmp_path / 'data'}, image_size: [28, 28]}}")
+    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: folder, path: {tmp_path / 'data'}, image: {{size: [28, 28]}}}}")
     assert "no class folders" in _fails(capsys, ["train", str(cfg)])
 
 
@@ -93,7 +93,7 @@ def test_corrupt_image_fails_then_is_skipped_and_listed(tmp_path, capsys, png_fo
     shutil.copytree(png_folder, data)
     victim = sorted((data / "pneumonia").glob("*.png"))[0]
     victim.write_bytes(victim.read_bytes()[:60])  # truncated mid-stream
-    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: folder, path: {data}, image_size: [28, 28]}}",
+    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: folder, path: {data}, image: {{size: [28, 28]}}}}",
                         )  # fmt: skip
     line = _fails(capsys, ["train", str(cfg)])
     assert line.startswith(f"error: {victim}: cannot read image")
@@ -120,7 +120,7 @@ def test_dicom_folder_end_to_end(tmp_path, capsys, dicom_folder):
     """Train from a CSV manifest of DICOM files with a patient-grouped split, evaluate, predict."""
     cfg = _write_config(
         tmp_path / "exp.yaml",
-        f"{{source: csv, path: {dicom_folder / 'manifest.csv'}, image_size: [32, 32], "
+        f"{{source: csv, path: {dicom_folder / 'manifest.csv'}, image: {{size: [32, 32]}}, "
         "split: {method: group, val: 0.2, test: 0.2}}",
     )
     assert main(["train", str(cfg), "--set", "train.epochs=2", "--set", "output.name=dcm"]) == 0
@@ -152,7 +152,7 @@ def test_dicom_folder_end_to_end(tmp_path, capsys, dicom_folder):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_finishes(tmp_path, png_folder):
-    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: folder, path: {png_folder}, image_size: [28, 28]}}")
+    cfg = _write_config(tmp_path / "exp.yaml", f"{{source: folder, path: {png_folder}, image: {{size: [28, 28]}}}}")
     args = [sys.executable, "-m", "biomx", "train", str(cfg), "--set", "train.epochs=400", "--set", "output.name=sig"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -52,7 +52,7 @@ def test_two_processes_match_one(tmp_path):
 def test_torchrun_cli_writes_one_run(tmp_path, png_folder):
     config = tmp_path / "exp.yaml"
     config.write_text(
-        f"name: ddp\ndata: {{source: folder, path: {png_folder}, image_size: [28, 28]}}\n"
+        f"name: ddp\ndata: {{source: folder, path: {png_folder}, image: {{size: [28, 28]}}}}\n"
         "model: {name: small_cnn, args: {width: 8, depth: 2}}\n"
         "train: {epochs: 1, batch_size: 16, device: cpu}\neval: {bootstrap: 50, explain: 2}\n"
         f"output: {{dir: {tmp_path / 'runs'}, name: ddp}}\n"

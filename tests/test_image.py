@@ -1,4 +1,4 @@
-"""Tests for biomx.modalities.image.readers, on real files: MedMNIST, a microscopy TIFF, pydicom's and
+"""Tests for biomx.modalities.image (decode, sources, npz, augment, dataset), on real files: MedMNIST, a microscopy TIFF, pydicom's and
 nibabel's test files."""
 
 from __future__ import annotations
@@ -16,18 +16,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file, get_testdata_files
 from torch.utils.data import DataLoader
 
+from biomx.data.batching import collate_batch
 from biomx.errors import DataError
-from biomx.modalities.image.readers import (
-    Augment,
-    ImageTensorDataset,
-    collate_batch,
-    decode_images,
-    load_npz_splits,
-    read_image,
-    records_from_csv,
-    records_from_folder,
-    resize_image,
-)
+from biomx.modalities.image.augment import Augment
+from biomx.modalities.image.dataset import ImageTensorDataset
+from biomx.modalities.image.decode import decode_images, read_image, resize_image
+from biomx.modalities.image.npz import load_npz_splits
+from biomx.modalities.image.sources import records_from_csv, records_from_folder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data
 MEDMNIST = DATA / "medmnist"

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from biomx.config import DataConfig
 from biomx.data.cache import ArrayCache
 from biomx.datasets import export_images
 from biomx.modalities.image import pipeline as image_pipeline
-from biomx.modalities.image.readers import decode_images
+from biomx.modalities.image.config import ImageData, ImageSettings
+from biomx.modalities.image.decode import decode_images
 
 
 def _entries(cache: Path) -> list[Path]:
@@ -31,8 +31,10 @@ def folder(tmp_path, monkeypatch) -> Path:
     return root
 
 
-def _load(root: Path, **settings):
-    return image_pipeline.load(DataConfig(source="folder", path=str(root), image_size=(20, 20), **settings))
+def _load(root: Path, on_error: str = "raise", **image):
+    """Load a folder source; `image` are data.image settings (channels, cache, ...)."""
+    settings = ImageSettings(size=(20, 20), **image)
+    return image_pipeline.load(ImageData(source="folder", path=str(root), on_error=on_error, image=settings))
 
 
 def test_second_load_is_a_cache_hit(folder, tmp_path):

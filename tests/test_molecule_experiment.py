@@ -122,7 +122,7 @@ def test_scaffold_split_keeps_scaffolds_apart_and_cache_is_reused(freesolv, tmp_
         "{name: gin, args: {hidden: 32, layers: 2}}", "task: {kind: regression}\n",
     ))  # fmt: skip
     p = prepare(cfg)
-    from biomx.modalities.molecule.chem import murcko_scaffold
+    from biomx.modalities.molecule.splits import murcko_scaffold
 
     smiles = p.data.extra["smiles"]
     train = {murcko_scaffold(smiles[i]) for i in p.splits["train"]}
@@ -150,10 +150,10 @@ def test_bad_molecule_inputs_give_one_line_errors(freesolv, tmp_path, capsys):
                   "{name: dmpnn}", "task: {kind: regression}\n")  # fmt: skip
     assert main(["validate", str(cfg)]) == 0
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(f"data: {{modality: image, source: csv, path: {freesolv}, image_size: [8, 8],"
+    cfg.write_text(f"data: {{modality: image, source: csv, path: {freesolv}, image: {{size: [8, 8]}},"
                    " split: {method: scaffold}}\n")  # fmt: skip
     assert main(["validate", str(cfg)]) == 1
-    assert "needs molecules" in capsys.readouterr().err
+    assert "data: split method 'scaffold' is not available for image data; use one of" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -21,13 +21,15 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import GINEConv
 
-import biomx.modalities.molecule.explain as explain_mol
+import biomx.modalities.molecule.interpret as explain_mol
 from biomx.errors import BiomxError
-from biomx.modalities.molecule.explain import (
+from biomx.modalities.molecule.interpret import (
     atom_attributions,
     draw_atom_attributions,
     molecule_explanations,
 )
+from biomx.tasks.classification import build_task
+from biomx.tasks.regression import build_regression_task
 
 ELEMENTS = ["C", "N", "O", "F", "S", "Cl", "Br"]  # then "other", aromatic, 3 H-count bins
 ATOM_DIM = len(ELEMENTS) + 1 + 1 + 3
@@ -267,8 +269,8 @@ def test_regression_section_with_a_missing_target(freesolv, gine):
         preds = gine.eval()(batch)[:, 0].double().numpy()
     worst = int(np.argmax(np.abs(preds - expt)))
     expt[worst] = np.nan  # the worst one has no label now: it cannot be picked as "worst"
-    section = molecule_explanations(gine, smiles, batch, preds, expt, ["expt"], n=4,
-                                    kind="regression", steps=16)  # fmt: skip
+    section = molecule_explanations(gine, smiles, batch, preds, expt, build_regression_task(["expt"]), n=4,
+                                    steps=16)  # fmt: skip
     assert section["title"] == "Atom attributions" and "Red atoms" in section["text"]
     assert len(section["figures"]) == 4
     assert all(f.startswith(b"\x89PNG") for f in section["figures"])
@@ -291,7 +293,7 @@ def test_regression_section_when_labels_are_missing(freesolv, gine):
     smiles, _ = freesolv
     batch = featurize(smiles[:3])
     section = molecule_explanations(gine, smiles[:3], batch, np.zeros(3), np.full(3, np.nan),
-                                    ["expt"], n=5)  # fmt: skip
+                                    build_regression_task(["expt"]), n=5)  # fmt: skip
     assert len(section["figures"]) == 3
     assert all(e["target"] is None and e["group"] == "other" for e in section["json"].values())
 
@@ -307,9 +309,8 @@ def test_binary_section_shows_confident_positives_and_misses():
     with torch.no_grad():  # centre the untrained model's logits: it predicts both classes
         model.head.bias -= model.eval()(batch)[:, 0].median()
         probs = torch.sigmoid(model(batch)[:, 0]).double().numpy()
-    # No kind given: (N,) probabilities with two class names is guessed as binary.
     section = molecule_explanations(model, smiles, batch, probs, soluble,
-                                    ["insoluble", "soluble"], n=4, steps=8)  # fmt: skip
+                                    build_task("binary", ["insoluble", "soluble"]), n=4, steps=8)  # fmt: skip
     entries = section["json"]
     assert {e["group"] for e in entries.values()} == {"confident", "miss"}
     assert len(section["figures"]) == len(entries) == 4
@@ -334,7 +335,8 @@ def test_multiclass_section_explains_the_predicted_class():
     batch = featurize(smiles)
     with torch.no_grad():
         probs = torch.softmax(model.eval()(batch), dim=1).double().numpy()
-    section = molecule_explanations(model, smiles, batch, probs, truth, classes, n=6, steps=8)
+    section = molecule_explanations(model, smiles, batch, probs, truth, build_task("multiclass", classes), n=6,
+                                    steps=8)  # fmt: skip
     entries = section["json"]
     assert len(entries) == len(section["figures"]) == 6 and smiles[0] not in entries
     for s, entry in entries.items():
@@ -351,24 +353,25 @@ def test_multiclass_section_explains_the_predicted_class():
 def test_no_section_without_atoms_or_examples(freesolv, gine):
     smiles, expt = freesolv
     batch = featurize(smiles[:3])
-    assert molecule_explanations(gine, smiles[:3], batch, expt[:3], expt[:3], ["expt"], n=0) is None
+    assert molecule_explanations(gine, smiles[:3], batch, expt[:3], expt[:3], build_regression_task(["expt"]),
+                                 n=0) is None  # fmt: skip
     vectors = Data(features=torch.rand(3, 4))
     vectors.num_molecules = 3
     assert molecule_explanations(nn.Linear(4, 1), smiles[:3], vectors, expt[:3], expt[:3],
-                                 ["expt"], n=3) is None  # fmt: skip
+                                 build_regression_task(["expt"]), n=3) is None  # fmt: skip
 
 
 def test_the_real_featuriser_and_models():
     """biomx's own featuriser and graph models (D-MPNN relies on the e ^ 1 reverse edges, which
     the replicated batches must keep); the fingerprint MLP has no atoms to explain."""
-    from biomx.modalities.molecule import chem as mol
+    from biomx.modalities.molecule.graphs import ATOM_DIM, BOND_DIM, featurize_graphs, graph_batch
     from biomx.models import molecule as models
 
     smiles = [Chem.MolToSmiles(m) for m in dm.data.solubility()["mol"].iloc[:10]]
-    graphs = mol.featurize_graphs(smiles)
+    graphs = featurize_graphs(smiles)
     vectors = np.random.default_rng(0).random((10, 5)).astype(np.float32)
-    batch = mol.graph_batch(graphs, np.arange(10), vectors)
-    sizes = dict(atom_dim=mol.ATOM_DIM, bond_dim=mol.BOND_DIM, feature_dim=5, out_dim=2,
+    batch = graph_batch(graphs, np.arange(10), vectors)
+    sizes = dict(atom_dim=ATOM_DIM, bond_dim=BOND_DIM, feature_dim=5, out_dim=2,
                  hidden=16, ffn_hidden=16)  # fmt: skip
     torch.manual_seed(0)
     for build in (models.dmpnn, models.gin, models.attentive_fp):
@@ -381,8 +384,8 @@ def test_the_real_featuriser_and_models():
         name = build.__name__
         np.testing.assert_allclose(sums, delta, atol=0.03 * np.abs(delta).max(), err_msg=name)
         for i in (0, 7):
-            (alone,) = atom_attributions(model, mol.graph_batch(graphs, [i], vectors), 1, 128)
+            (alone,) = atom_attributions(model, graph_batch(graphs, [i], vectors), 1, 128)
             np.testing.assert_allclose(scores[i], alone, rtol=1e-4, atol=1e-6, err_msg=name)
     fingerprint_model = models.fingerprint_mlp(feature_dim=5, out_dim=1, hidden_sizes=(8,))
-    vectors_only = mol.graph_batch(None, np.arange(10), vectors)
+    vectors_only = graph_batch(None, np.arange(10), vectors)
     assert atom_attributions(fingerprint_model, vectors_only) is None

@@ -19,7 +19,7 @@ from sklearn import metrics as skm
 
 from biomx.data.samples import Samples, encode_labels, encode_values
 from biomx.errors import DataError
-from biomx.tasks import build_task, class_weights_from_counts
+from biomx.tasks.classification import build_task, class_weights_from_counts
 from biomx.tasks.classification.task import _class_stats, _gather
 
 COLUMNS = ["expt", "calc"]

@@ -119,7 +119,7 @@ def test_evaluate_is_fast_and_json_serialisable():
     start = time.perf_counter()
     evaluation = task.evaluate(pred, true, n_bootstrap=1000, seed=0)
     assert time.perf_counter() - start < 3.0
-    assert set(evaluation) == {"kind", "n", "targets", "ci", "n_bootstrap", "metrics",
+    assert set(evaluation) == {"kind", "headline", "n", "targets", "ci", "n_bootstrap", "metrics",
                                "per_target", "scatter"}
     assert evaluation["kind"] == "regression" and evaluation["targets"] == ["y"]
     assert json.loads(json.dumps(evaluation))["metrics"]["rmse"] == evaluation["metrics"]["rmse"]

@@ -13,7 +13,10 @@ import pytest
 from matplotlib.figure import Figure
 
 from biomx.errors import BiomxError
+from biomx.modalities.common.gradcam import gallery_section
 from biomx.report import figure_to_data_uri, write_report
+from biomx.tasks.classification.report import report_sections as classification_sections
+from biomx.tasks.regression.report import report_sections as regression_sections
 
 PNG_PREFIX = "data:image/png;base64,"
 
@@ -98,6 +101,7 @@ def binary_evaluation() -> dict:
     roc, pr = _roc_pr(0.97)
     return {
         "kind": "binary",
+        "headline": ["auroc", "accuracy", "balanced_accuracy", "f1"],
         "n": 784,
         "classes": ["normal", "pneumonia"],
         "threshold": 0.5,
@@ -128,6 +132,7 @@ def multiclass_evaluation() -> dict:
         curves["roc"][name], curves["pr"][name] = _roc_pr(auc)
     return {
         "kind": "multiclass",
+        "headline": ["auroc", "accuracy", "balanced_accuracy", "f1"],
         "n": 156,
         "classes": classes,
         "threshold": None,
@@ -149,6 +154,7 @@ def multilabel_evaluation() -> dict:
     roc = {name: _roc_pr(0.8)[0] for name in labels}
     return {
         "kind": "multilabel",
+        "headline": ["auroc", "accuracy", "balanced_accuracy", "f1"],
         "n": 100,
         "classes": labels,
         "threshold": 0.5,
@@ -203,7 +209,7 @@ def test_binary_report_has_every_section(tmp_path):
         evaluation=binary_evaluation(),
         config={"model": {"name": "densenet121"}, "lr": 1e-3},
         environment=ENVIRONMENT,
-        examples=examples(),
+        extra=classification_sections(binary_evaluation()) + gallery_section(examples()),
         notes=["skipped 2 unreadable files"],
     )
     parser = parse(path)
@@ -234,6 +240,7 @@ def test_multiclass_report(tmp_path):
         evaluation=multiclass_evaluation(),
         config={},
         environment=ENVIRONMENT,
+        extra=classification_sections(multiclass_evaluation()),
     )
     parser = parse(path)
     assert len(_png_images(parser)) == 5
@@ -251,6 +258,7 @@ def test_multilabel_report_without_top_level_confusion_matrix(tmp_path):
         evaluation=multilabel_evaluation(),
         config={},
         environment=ENVIRONMENT,
+        extra=classification_sections(multilabel_evaluation()),
     )
     parser = parse(path)
     # learning curves, ROC, the per-label confusion grid; no PR and no calibration given
@@ -267,7 +275,7 @@ def test_report_escapes_text_from_config_captions_and_title(tmp_path):
         evaluation=None,
         config={"name": attack, "nested": {"tags": [attack]}},
         environment={"host": attack},
-        examples=[{"image": np.zeros((1, 8, 8)), "heatmap": None, "caption": attack}],
+        extra=gallery_section([{"image": np.zeros((1, 8, 8)), "heatmap": None, "caption": attack}]),
         notes=[attack],
     )
     raw = path.read_text(encoding="utf-8")
@@ -345,7 +353,7 @@ def test_report_write_is_atomic_and_overwrites(tmp_path):
             evaluation=None,
             config={},
             environment={},
-            examples=bad,
+            extra=gallery_section(bad),
         )
     # The failed write left the previous report whole and no temporary file behind.
     assert "<title>second</title>" in path.read_text(encoding="utf-8")
@@ -402,6 +410,7 @@ def test_regression_report(tmp_path, n_targets, n_images):
         evaluation=evaluation,
         config={},
         environment=ENVIRONMENT,
+        extra=regression_sections(evaluation),
     )
     parser = parse(path)
     # learning curves, then a scatter and a residual histogram for at most 4 targets
@@ -438,7 +447,7 @@ def test_regression_report_with_an_unobserved_target(tmp_path):
     evaluation = build_regression_task(["a", "b"]).evaluate(pred, true, n_bootstrap=20)
     parser = parse(
         write_report(tmp_path / "u.html", title="t", history=[], evaluation=evaluation,
-                     config={}, environment={})
+                     config={}, environment={}, extra=regression_sections(evaluation))
     )
     assert len(_png_images(parser)) == 2
     assert parser.row("b") == ["b", "0", "n/a", "n/a", "n/a", "n/a", "n/a"]

@@ -48,6 +48,9 @@ def _config(tmp_path: Path, name: str, data: str, model: str, extra: str = "",
     return cfg
 
 
+PATCH_3D = "{kind: segmentation, patch_size: [16, 16, 16]}"
+
+
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -58,9 +61,9 @@ def test_nuclei_2d_train_evaluate_and_predict(nuclei, tmp_path, monkeypatch):
     cfg = _config(
         tmp_path, "nuc",
         f"modality: image, path: {nuclei}, split: {{method: random, val: 0.125, test: 0.125}},"
-        " volume: {patch_size: [64, 64], intensity: minmax, patches_per_case: 4, augment: {flip: 0.5, rotate90: 0.5}}",
+        " image: {scan: {intensity: minmax, augment: {flip: 0.5, rotate90: 0.5}}}",
         "{name: unet, args: {channels: [8, 16, 32], strides: [2, 2], num_res_units: 1}}",
-        task="{kind: segmentation, min_component_size: 20}",
+        task="{kind: segmentation, min_component_size: 20, patch_size: [64, 64], patches_per_case: 4}",
     )  # fmt: skip
     assert main(["train", str(cfg)]) == 0
     run = tmp_path / "runs" / "nuc"
@@ -102,9 +105,9 @@ def test_lesions_3d_masks_overlay_the_original_scan(lesions, tmp_path, monkeypat
     cfg = _config(
         tmp_path, "les",
         f"modality: volume, path: {lesions}, split: {{method: random, val: 0.25, test: 0.25}},"
-        " volume: {spacing: [2.0, 2.0, 3.0], intensity: ct, ct_window: [-200, 200], patch_size: [16, 16, 16],"
-        " patches_per_case: 2, sw_batch_size: 2}",
+        " volume: {spacing: [2.0, 2.0, 3.0], intensity: ct, ct_window: [-200, 200]}",
         "{name: unet, args: {channels: [8, 16], strides: [2], num_res_units: 0}}",
+        task="{kind: segmentation, patch_size: [16, 16, 16], patches_per_case: 2, sw_batch_size: 2}",
     )  # fmt: skip
     assert main(["train", str(cfg)]) == 0
     run = tmp_path / "runs" / "les"
@@ -130,8 +133,8 @@ def test_lesions_3d_masks_overlay_the_original_scan(lesions, tmp_path, monkeypat
 
 def test_cache_is_reused_and_keyed_by_settings(lesions, tmp_path, monkeypatch):
     monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / "cache"))
-    cfg = _config(tmp_path, "c", f"modality: volume, path: {lesions}, volume: {{patch_size: [16, 16, 16]}}",
-                  "{name: unet, args: {channels: [8, 16], strides: [2]}}")  # fmt: skip
+    cfg = _config(tmp_path, "c", f"modality: volume, path: {lesions}", "{name: unet, args: {channels: [8, 16], strides: [2]}}",
+                  task=PATCH_3D)  # fmt: skip
     first = prepare(load_config(cfg))
     entries = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
     assert len(entries) == 8
@@ -161,8 +164,8 @@ def test_bad_cases_fail_with_one_line_or_are_skipped(lesions, tmp_path, monkeypa
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), label)
     scan = sorted((data / "imagesTr").glob("*.nii.gz"))[1]
     scan.write_bytes(scan.read_bytes()[:500])  # truncated
-    cfg = _config(tmp_path, "bad", f"modality: volume, path: {data}, volume: {{patch_size: [16, 16, 16]}}",
-                  "{name: unet, args: {channels: [8, 16], strides: [2]}}")  # fmt: skip
+    cfg = _config(tmp_path, "bad", f"modality: volume, path: {data}", "{name: unet, args: {channels: [8, 16], strides: [2]}}",
+                  task=PATCH_3D)  # fmt: skip
     assert main(["train", str(cfg)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("labelsTr" in err[0] or "imagesTr" in err[0])
@@ -174,14 +177,18 @@ def test_bad_cases_fail_with_one_line_or_are_skipped(lesions, tmp_path, monkeypa
 
 
 def test_config_mistakes_are_one_line(nuclei, tmp_path, capsys):
-    cfg = _config(tmp_path, "m", f"modality: volume, path: {nuclei}, volume: {{patch_size: [64, 64]}}",
-                  "{name: unet}")  # fmt: skip
+    cfg = _config(tmp_path, "m", f"modality: volume, path: {nuclei}", "{name: unet}",
+                  task="{kind: segmentation, patch_size: [64, 64]}")  # fmt: skip
     assert main(["train", str(cfg)]) == 1
     assert "use modality: image" in capsys.readouterr().err
-    cfg = _config(tmp_path, "p", f"modality: image, path: {nuclei}, volume: {{patch_size: [60, 60]}}",
-                  "{name: unet}")  # fmt: skip
+    cfg = _config(tmp_path, "p", f"modality: image, path: {nuclei}", "{name: unet}",
+                  task="{kind: segmentation, patch_size: [60, 60]}")  # fmt: skip
     assert main(["train", str(cfg)]) == 1
-    assert "divisible by 16" in capsys.readouterr().err
+    assert "task.patch_size:" in (err := capsys.readouterr().err) and "divisible by 16" in err
+    cfg = _config(tmp_path, "old", f"modality: image, path: {nuclei}, volume: {{intensity: minmax}}", "{name: unet}",
+                  task="{kind: segmentation, patch_size: [64, 64]}")  # fmt: skip
+    assert main(["train", str(cfg)]) == 1
+    assert "data.volume: unknown key; it is data.image.scan now" in capsys.readouterr().err
 
 
 def test_nan_voxels_are_refused_or_zeroed_when_asked(lesions, tmp_path, monkeypatch, capsys):
@@ -192,8 +199,8 @@ def test_nan_voxels_are_refused_or_zeroed_when_asked(lesions, tmp_path, monkeypa
     voxels = np.asarray(img.dataobj, dtype=np.float32)
     voxels[3, 4, 5] = np.nan
     nib.save(nib.Nifti1Image(voxels, img.affine), scan)
-    cfg = _config(tmp_path, "nan", f"modality: volume, path: {data}, volume: {{patch_size: [16, 16, 16]}}",
-                  "{name: unet, args: {channels: [8, 16], strides: [2]}}")  # fmt: skip
+    cfg = _config(tmp_path, "nan", f"modality: volume, path: {data}", "{name: unet, args: {channels: [8, 16], strides: [2]}}",
+                  task=PATCH_3D)  # fmt: skip
     assert main(["train", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert scan.name in err and "NaN" in err

@@ -1,4 +1,4 @@
-"""Tests for biomx.modalities.sequence.records, on real ChIP-seq windows (Oct4- and Mafk-bound DNA)."""
+"""Tests for biomx.modalities.sequence (readers, encoding, dataset, kmers), on real ChIP-seq windows (Oct4- and Mafk-bound DNA)."""
 
 from __future__ import annotations
 
@@ -16,20 +16,22 @@ from torch.utils.data import DataLoader
 
 from biomx.data.batching import collate_batch
 from biomx.errors import DataError
-from biomx.modalities.sequence.records import (
+from biomx.modalities.sequence.dataset import SequenceDataset
+from biomx.modalities.sequence.encoding import (
     PAD,
-    SequenceDataset,
-    SequenceRecords,
     decode,
     encode,
-    kmer_counts,
     one_hot,
+    reverse_complement,
+    reverse_complement_one_hot,
+)
+from biomx.modalities.sequence.kmers import kmer_counts
+from biomx.modalities.sequence.readers import (
+    SequenceRecords,
     parse_interval_id,
     records_from_fasta,
     records_from_intervals,
     records_from_table,
-    reverse_complement,
-    reverse_complement_one_hot,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dna_tf_binding"

@@ -45,8 +45,9 @@ def _config(tmp_path: Path, fasta_dir: Path, extra: str = "") -> Path:
         "name: tf\n"
         f"data:\n  modality: sequence\n  source: fasta\n  path: {fasta_dir}\n"
         "  sequence: {files: {Oct4: oct4.fa, Mafk: mafk.fa}, rc_augment: true, shift: 3,\n"
-        "             known_motifs: {Oct4: ATGCAAAT, Mafk: TGCTGASTCAGCA}}\n"
-        "  split: {method: chromosome, val_chromosomes: [chr4], test_chromosomes: [chr5]}\n"
+        "             known_motifs: {Oct4: ATGCAAAT, Mafk: TGCTGASTCAGCA},\n"
+        "             val_chromosomes: [chr4], test_chromosomes: [chr5]}\n"
+        "  split: {method: chromosome}\n"
         "model: {name: deepsea, args: {width: 32}}\n"
         "task: {classes: [Mafk, Oct4]}\n"
         "train: {epochs: 4, batch_size: 32, progress: false, monitor: val_auroc, optimizer: {lr: 0.003}}\n"
@@ -105,10 +106,14 @@ def test_fasta_to_report_predict_ism_and_variants(tmp_path, fasta_dir, capsys):
 
 def test_chromosome_split_errors_name_the_key(tmp_path, fasta_dir, capsys):
     cfg = _config(tmp_path, fasta_dir)
-    assert main(["train", str(cfg), "--set", "data.split.test_chromosomes=[chr99]"]) == 1
-    assert "data.split.test_chromosomes: ['chr99'] not in the data" in capsys.readouterr().err
-    assert main(["train", str(cfg), "--set", "data.split.test_chromosomes=[]"]) == 1
-    assert "data.split: method 'chromosome' needs test_chromosomes" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--set", "data.sequence.test_chromosomes=[chr99]"]) == 1
+    assert "data.sequence.test_chromosomes: ['chr99'] not in the data" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--set", "data.sequence.test_chromosomes=[]"]) == 1
+    assert "data: split method 'chromosome' needs sequence.test_chromosomes, e.g. [chr8, chr9]" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--set", "data.sequence.val_chromosomes=[chr5]"]) == 1
+    assert "chromosomes ['chr5'] are in both sequence.val_chromosomes and sequence.test_chromosomes" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--set", "data.split.test_chromosomes=[chr5]"]) == 1
+    assert "data.split.test_chromosomes: unknown key" in capsys.readouterr().err
     assert main(["train", str(cfg), "--set", "data.source=npz"]) == 1
     assert "source 'npz' does not hold sequence data" in capsys.readouterr().err
 

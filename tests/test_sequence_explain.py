@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from biomx.errors import BiomxError
-from biomx.modalities.sequence.explain import (
+from biomx.modalities.sequence.interpret import (
     draw_logo,
     find_motifs,
     in_silico_mutagenesis,

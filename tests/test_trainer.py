@@ -9,9 +9,12 @@ import torch
 from safetensors import safe_open
 
 from biomx.config import TrainConfig
+from biomx.data.batching import collate_batch
 from biomx.engine.checkpoint import load_checkpoint
-from biomx.engine.trainer import Trainer, TrainingInterrupted, seed_everything
-from biomx.modalities.image.readers import Augment, ImageTensorDataset, collate_batch
+from biomx.engine.runtime import seed_everything
+from biomx.engine.trainer import Trainer, TrainingInterrupted
+from biomx.modalities.image.augment import Augment
+from biomx.modalities.image.dataset import ImageTensorDataset
 from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task
 

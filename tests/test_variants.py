@@ -275,7 +275,7 @@ def test_write_variant_scores_lists_every_allele(vcf, genome, tmp_path):
 
 def test_shared_encoder_works_as_encode_fn(vcf, genome):
     """The modality's encoder, as the docs suggest, gives the same scores as the local one."""
-    sequence = pytest.importorskip("biomx.modalities.sequence.records")
+    sequence = pytest.importorskip("biomx.modalities.sequence.encoding")
     windows = variant_windows(read_variants(vcf)[0], genome[0])
     model = motif_model(OCT4, OCT4_RC)
 

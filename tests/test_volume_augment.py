@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from biomx.config import VolumeAugmentConfig
 from biomx.data.spatial_augment import augment_batch, is_active
+from biomx.modalities.common.scan_config import SpatialAugmentConfig
 
 MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 SPATIAL = dict(flip=0.5, rotate90=0.5, rotate=25.0, scale=(0.85, 1.15))
-EVERYTHING = VolumeAugmentConfig(**SPATIAL, brightness=0.2, contrast=0.2, gamma=0.3, noise=0.1)
+EVERYTHING = SpatialAugmentConfig(**SPATIAL, brightness=0.2, contrast=0.2, gamma=0.3, noise=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _gen(seed: int) -> torch.Generator:
 
 def test_disabled_returns_the_inputs_untouched(shapes):
     x = shapes[:, None].float()
-    cfg = VolumeAugmentConfig()
+    cfg = SpatialAugmentConfig()
     assert not is_active(cfg)
     out, labels = augment_batch(x, shapes, cfg, _gen(0))
     assert out is x and labels is shapes
@@ -65,7 +65,7 @@ def test_same_generator_same_batch_other_seed_other_batch(shapes):
 
 def test_flips_and_quarter_turns_move_mask_and_image_exactly(shapes):
     x = shapes[:, None].float()
-    cfg = VolumeAugmentConfig(flip=0.5, rotate90=0.5)
+    cfg = SpatialAugmentConfig(flip=0.5, rotate90=0.5)
     out, labels = augment_batch(x, shapes, cfg, _gen(3))
     assert torch.equal(out[:, 0], labels.float())
     changed = [not torch.equal(labels[i], shapes[i]) for i in range(len(shapes))]
@@ -81,7 +81,7 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_affine_moves_mask_with_image(shapes):
     masks = (shapes > 0).long()
     x = masks[:, None].float()
-    cfg = VolumeAugmentConfig(**SPATIAL)
+    cfg = SpatialAugmentConfig(**SPATIAL)
     out, labels = augment_batch(x, masks, cfg, _gen(4))
     assert not torch.equal(labels, masks)
     # bilinear (image) and nearest (mask) differ only on the thin shapes' boundaries
@@ -94,8 +94,8 @@ def test_affine_moves_mask_with_image(shapes):
 def test_affine_path_matches_exact_flips_and_turns(shapes):
     """With zoom 1 and no rotation the resampling path reproduces the exact index path."""
     x = shapes[:, None].float()
-    exact, exact_labels = augment_batch(x, shapes, VolumeAugmentConfig(flip=0.5, rotate90=0.5), _gen(9))
-    resampled, labels = augment_batch(x, shapes, VolumeAugmentConfig(flip=0.5, rotate90=0.5, scale=(1.0, 1.0)),
+    exact, exact_labels = augment_batch(x, shapes, SpatialAugmentConfig(flip=0.5, rotate90=0.5), _gen(9))
+    resampled, labels = augment_batch(x, shapes, SpatialAugmentConfig(flip=0.5, rotate90=0.5, scale=(1.0, 1.0)),
                                       _gen(9))  # fmt: skip
     assert torch.allclose(resampled, exact, atol=1e-5)
     assert torch.equal(labels, exact_labels)
@@ -104,25 +104,25 @@ def test_affine_path_matches_exact_flips_and_turns(shapes):
 def test_quarter_turns_only_when_the_first_two_axes_are_equal(shapes):
     masks = shapes[:, :20]  # (N, 20, 28, 28): D != H, no quarter turn possible
     x = masks[:, None].float()
-    out, labels = augment_batch(x, masks, VolumeAugmentConfig(rotate90=0.99), _gen(0))
+    out, labels = augment_batch(x, masks, SpatialAugmentConfig(rotate90=0.99), _gen(0))
     assert torch.equal(out, x) and torch.equal(labels, masks)
     square = shapes[:, None].float()
-    turned, _ = augment_batch(square, None, VolumeAugmentConfig(rotate90=0.99), _gen(0))
+    turned, _ = augment_batch(square, None, SpatialAugmentConfig(rotate90=0.99), _gen(0))
     assert all(not torch.equal(turned[i], square[i]) for i in range(len(square)))
 
 
 def test_intensity_changes_images_never_masks(shapes):
     x = shapes[:, None].float() / 2 + 0.1
-    cfg = VolumeAugmentConfig(brightness=0.3, contrast=0.3, gamma=0.5, noise=0.05)
+    cfg = SpatialAugmentConfig(brightness=0.3, contrast=0.3, gamma=0.5, noise=0.05)
     out, labels = augment_batch(x, shapes, cfg, _gen(2))
     assert torch.equal(labels, shapes)
     assert not torch.allclose(out, x)
     # gamma alone keeps each sample's range: min and max map to themselves
-    gamma, _ = augment_batch(x, None, VolumeAugmentConfig(gamma=0.5), _gen(2))
+    gamma, _ = augment_batch(x, None, SpatialAugmentConfig(gamma=0.5), _gen(2))
     assert torch.allclose(gamma.amin(dim=(1, 2, 3, 4)), x.amin(dim=(1, 2, 3, 4)), atol=1e-5)
     assert torch.allclose(gamma.amax(dim=(1, 2, 3, 4)), x.amax(dim=(1, 2, 3, 4)), atol=1e-5)
     # brightness alone shifts each sample by at most 0.3 of its own std
-    bright, _ = augment_batch(x, None, VolumeAugmentConfig(brightness=0.3), _gen(2))
+    bright, _ = augment_batch(x, None, SpatialAugmentConfig(brightness=0.3), _gen(2))
     shift = (bright - x).flatten(1)
     assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)
     assert (shift[:, 0].abs() <= 0.3 * x.flatten(1).std(1) + 1e-6).all()

@@ -17,7 +17,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from biomx.errors import DataError
-from biomx.modalities.volume import files as volume_io
+from biomx.modalities.volume import itk_formats
 from biomx.modalities.volume.files import check_same_geometry, read_volume, write_nifti
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -259,7 +259,7 @@ def test_nrrd_matches_the_nifti_it_came_from(tmp_path):
     np.testing.assert_allclose(vol.affine, expected.affine, atol=1e-6)
 
 
-@pytest.mark.skipif(volume_io.nrrd is not None, reason="pynrrd is installed")
+@pytest.mark.skipif(itk_formats.nrrd is not None, reason="pynrrd is installed")
 def test_nrrd_without_pynrrd_says_what_to_install(tmp_path):
     path = tmp_path / "anatomical.nrrd"
     _write_nrrd(path)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from biomx.config import DataConfig, validate
+from biomx.config import validate
 from biomx.errors import BiomxError, ConfigError, DataError
 from biomx.experiment import prepare, train
-from biomx.modalities import get_pipeline
+from biomx.modalities import get_modality
 from biomx.modalities.common.gradcam import find_last_conv, gradcam
+from biomx.modalities.volume.config import VolumeData
 from biomx.modalities.volume.pipeline import _cam_layer, load, read_inputs
 from biomx.models.registry import build_model
 from biomx.predict import predict_files
@@ -163,21 +164,26 @@ def test_bad_sources_and_settings_are_one_line_errors(adrenal, tmp_path):
     np.savez(flat, train_images=np.zeros((4, 28, 28), np.uint8), train_labels=np.zeros((4, 1), np.uint8),
              val_images=np.zeros((2, 28, 28), np.uint8), val_labels=np.zeros((2, 1), np.uint8))  # fmt: skip
     with pytest.raises(DataError, match=r"train_images has shape \(4, 28, 28\); expected volumes"):
-        load(DataConfig(source="npz", path=str(flat), modality="volume"))
+        load(VolumeData(source="npz", path=str(flat)))
     nan = tmp_path / "nan.npz"
     volumes = np.zeros((3, 8, 8, 8), np.float32)
     volumes[2, 1, 1, 1] = np.nan
     np.savez(nan, train_images=volumes, train_labels=np.zeros(3, np.int64), val_images=volumes[:1],
              val_labels=np.zeros(1, np.int64))  # fmt: skip
     with pytest.raises(DataError, match="train_images row 2 has NaN"):
-        load(DataConfig(source="npz", path=str(nan), modality="volume"))
-    with pytest.raises(ConfigError, match="data.image_size"):
-        load(DataConfig(source="npz", path=str(adrenal), modality="volume", image_size=(28, 28)))
-    with pytest.raises(ConfigError, match="data.volume.augment"):
-        load(DataConfig(source="npz", path=str(adrenal), modality="volume", augment={"hflip": 0.5}))
+        load(VolumeData(source="npz", path=str(nan)))
+    # 2D image settings on volume data are refused by the schema, naming the key and its place
+    with pytest.raises(ConfigError, match=r"^data.image: unknown key; it belongs to data.modality: image"):
+        validate(_config(adrenal, tmp_path, data={"image": {"size": [28, 28]}}))
+    with pytest.raises(ConfigError, match=r"^data.image_size: unknown key"):
+        validate(_config(adrenal, tmp_path, data={"image_size": [28, 28]}))
+    with pytest.raises(ConfigError, match=r"^data.augment: unknown key; it is data.volume.augment now"):
+        validate(_config(adrenal, tmp_path, data={"augment": {"hflip": 0.5}}))
+    with pytest.raises(ConfigError, match=r"^data.volume.augment.hflip: unknown key; did you mean 'flip'\?"):
+        validate(_config(adrenal, tmp_path, data={"volume": {"augment": {"hflip": 0.5}}}))
     with pytest.raises(ConfigError, match="msd"):
-        load(DataConfig(source="msd", path=str(tmp_path), modality="volume"))
+        load(VolumeData(source="msd", path=str(tmp_path)))
     with pytest.raises(ConfigError, match="deepsea is not a 3D classifier"):
         prepare(validate(_config(adrenal, tmp_path, model={"name": "deepsea", "args": {}})))
-    assert get_pipeline("volume").__name__ == "biomx.modalities.volume.pipeline"
+    assert get_modality("volume").__name__ == "biomx.modalities.volume"
     assert issubclass(DataError, BiomxError)

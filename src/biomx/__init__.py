@@ -12,12 +12,17 @@ Two doors to the same engine:
 __version__ = "0.1.0"
 
 from biomx.config import ExperimentConfig, TrainConfig, load_config  # noqa: E402
+from biomx.data.batching import collate_batch  # noqa: E402
 from biomx.engine.trainer import Trainer, TrainingInterrupted  # noqa: E402
 from biomx.errors import BiomxError, ConfigError, DataError  # noqa: E402
 from biomx.experiment import evaluate_run, prepare, resume_run, train  # noqa: E402
 from biomx.modalities.common.gradcam import gradcam  # noqa: E402
-from biomx.modalities.image.readers import Augment, ImageTensorDataset, collate_batch, read_image  # noqa: E402
-from biomx.modalities.sequence.records import SequenceDataset, encode, one_hot, records_from_fasta  # noqa: E402
+from biomx.modalities.image.augment import Augment  # noqa: E402
+from biomx.modalities.image.dataset import ImageTensorDataset  # noqa: E402
+from biomx.modalities.image.decode import read_image  # noqa: E402
+from biomx.modalities.sequence.dataset import SequenceDataset  # noqa: E402
+from biomx.modalities.sequence.encoding import encode, one_hot  # noqa: E402
+from biomx.modalities.sequence.readers import records_from_fasta  # noqa: E402
 from biomx.models.registry import build_model, list_models, register  # noqa: E402
 from biomx.predict import predict_files  # noqa: E402
 from biomx.runs import load_run_model  # noqa: E402

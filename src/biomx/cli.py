@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from biomx.errors import BiomxError
+from biomx.modalities import get_modality, modality_names
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "pneumonia_demo.yaml"
 
@@ -73,21 +74,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print(f"wrote {len(columns['path'])} predictions to {args.output}", file=sys.stderr)
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-
-
-def _cmd_variants(args: argparse.Namespace) -> None:
-    from biomx.modalities.sequence.tools import score_variant_file
-
-    scored, problems = score_variant_file(args.run, args.variants, args.genome, args.output,
-                                          class_name=args.class_name)  # fmt: skip
-    print(f"scored {scored} variants ({problems} not scored, see the problem column) -> {args.output}")
-
-
-def _cmd_ism(args: argparse.Namespace) -> None:
-    from biomx.modalities.sequence.tools import mutagenesis
-
-    written = mutagenesis(args.run, args.inputs, args.output_dir, class_name=args.class_name, limit=args.limit)
-    print(f"wrote {len(written) // 2} heatmaps (PNG) and effect tables (CSV) to {args.output_dir}")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -166,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict with a run's model(s) on new inputs (CSV out)")
     p.add_argument("run")
-    p.add_argument("inputs", nargs="+", help="image files or folders; volumes (NIfTI, NRRD, MHA, DICOM series "
-                   "folders); FASTA/CSV sequences; CSV/SDF/.smi molecules, or - for SMILES on standard input")  # fmt: skip
+    p.add_argument("inputs", nargs="+", help="; ".join(get_modality(n).input_help for n in modality_names()))
     p.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of failing")
     p.add_argument("--mc-dropout", type=int, default=None, metavar="N",
@@ -176,21 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: <output>_masks beside -o, else ./masks)")  # fmt: skip
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("variants", help="DNA model: predicted effect of each variant in a VCF (or CSV)")
-    p.add_argument("run")
-    p.add_argument("variants", help="VCF (.vcf/.vcf.gz) or CSV/TSV with chrom,pos,ref,alt[,id]")
-    p.add_argument("--genome", required=True, help="genome FASTA (indexed with .fai, or indexed on the fly)")
-    p.add_argument("-o", "--output", required=True, help="CSV to write")
-    p.add_argument("--class", dest="class_name", help="class whose probability is compared (default: positive)")
-    p.set_defaults(func=_cmd_variants)
-
-    p = sub.add_parser("ism", help="DNA model: in-silico mutagenesis heatmaps for sequences (FASTA/CSV)")
-    p.add_argument("run")
-    p.add_argument("inputs", nargs="+", help="FASTA or CSV (sequence column) files")
-    p.add_argument("-o", "--output-dir", required=True)
-    p.add_argument("--class", dest="class_name", help="class to explain (default: positive)")
-    p.add_argument("--limit", type=int, default=20, help="at most this many sequences")
-    p.set_defaults(func=_cmd_ism)
+    for name in modality_names():  # each modality's own commands (e.g. sequence: variants, ism)
+        get_modality(name).add_commands(sub)
 
     p = sub.add_parser("models", help="list the model zoo with parameter counts")
     p.add_argument("--in-channels", type=int, default=1)

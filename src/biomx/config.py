@@ -7,14 +7,15 @@ Configs are data: nothing in them is evaluated or imported.
 
 from __future__ import annotations
 
-import difflib
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from biomx.errors import ConfigError
+from biomx.plugins import suggest
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -25,156 +26,54 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SplitConfig(Section):
-    """How samples are divided into train / val / test."""
+GENERIC_SPLIT_METHODS = ("stratified", "random", "group", "predefined")
 
-    method: Literal["stratified", "random", "group", "predefined", "chromosome", "scaffold", "cluster"] = (
-        "stratified"
-    )
+
+class SplitConfig(Section):
+    """How samples are divided into train / val / test (a modality may add methods of its own)."""
+
+    method: str = "stratified"  # stratified, random, group, predefined, or a modality's (e.g. scaffold)
     val: Fraction = 0.1  # fraction of all samples (of train, for `predefined` without a val split)
     test: Fraction = 0.15
     seed: int = 0
-    val_chromosomes: list[str] = []  # chromosome: held out for validation (e.g. [chr8])
-    test_chromosomes: list[str] = []  # chromosome: held out for testing (e.g. [chr9])
     column: str = "split"  # predefined, csv sources: column of train/val/test per row
-    cluster_cutoff: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6  # cluster: Tanimoto distance (Butina)
     # predefined: the source's split held out as the test set. "val" for sources that ship only
     # official train and val splits (e.g. the MedMNIST copies): val then comes from train.
     holdout: Literal["test", "val"] = "test"
 
-    @model_validator(mode="after")
-    def _chromosomes_named(self) -> SplitConfig:
-        if self.method == "chromosome" and not self.test_chromosomes:
-            raise ValueError("method 'chromosome' needs test_chromosomes, e.g. [chr8, chr9]")
-        overlap = set(self.val_chromosomes) & set(self.test_chromosomes)
-        if overlap:
-            raise ValueError(f"chromosomes {sorted(overlap)} are in both val_chromosomes and test_chromosomes")
-        return self
-
-
-class AugmentConfig(Section):
-    """Random augmentations applied to each training batch (off by default)."""
-
-    hflip: Fraction = 0.0  # probability
-    vflip: Fraction = 0.0
-    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # max degrees
-    scale: tuple[PositiveFloat, PositiveFloat] | None = None  # e.g. [0.9, 1.1]
-    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # fraction of the image size
-    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # Gaussian std on [0, 1] intensities
-
-
-class SequenceConfig(Section):
-    """How DNA, RNA or protein sequences are read and encoded (data.modality: sequence)."""
-
-    alphabet: Literal["dna", "rna", "protein"] = "dna"
-    length: PositiveInt | None = None  # pad / centre-crop to this length; None = the longest
-    files: dict[str, str] | None = None  # source fasta, labels from files: {label: file in data.path}
-    label_from: Literal["file", "header", "csv"] = "file"  # source fasta: where labels come from
-    labels_csv: str | None = None  # label_from csv: id,label table
-    sequence_column: str = "sequence"  # source csv
-    id_column: str = "id"
-    genome: str | None = None  # source intervals: indexed genome FASTA
-    flank: Annotated[int, Field(ge=0)] = 0  # source intervals: bases added on each side
-    rc_augment: bool = False  # DNA/RNA: reverse-complement half the training samples
-    shift: Annotated[int, Field(ge=0)] = 0  # random shift by up to this many bases
-    strand_average: bool = True  # DNA/RNA: average both strands at test and prediction
-    known_motifs: dict[str, str] = {}  # class -> consensus (IUPAC), compared in the report
-
-
-class MoleculeConfig(Section):
-    """How molecules are read, standardised and featurised (data.modality: molecule)."""
-
-    smiles_column: str = "smiles"  # source csv
-    id_column: str | None = None  # csv column or SDF property naming each molecule
-    standardize: bool = True  # largest fragment, neutralised, canonical SMILES (RDKit)
-    features: list[Literal["morgan", "descriptors"]] = []  # molecule-level vectors for the model
-    morgan_radius: Annotated[int, Field(ge=0, le=6)] = 2
-    morgan_size: PositiveInt = 2048
-    morgan_counts: bool = False  # counts instead of bits
-    cache: bool = True  # keep featurised molecules on disk, keyed by content and settings
-    cache_dir: str | None = None  # default: $BIOMX_CACHE or ~/.cache/biomx
-    workers: Annotated[int, Field(ge=0)] = 0  # featurisation processes; 0 = automatic
-
-
-class VolumeAugmentConfig(Section):
-    """Random 3D (or 2D) augmentations of training volumes and patches (off by default).
-
-    Spatial transforms move image and mask together (the mask with nearest neighbours)."""
-
-    flip: Fraction = 0.0  # probability of a flip, drawn per spatial axis
-    rotate90: Fraction = 0.0  # probability of a quarter turn in the first two spatial axes
-    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # affine: max degrees about each axis
-    scale: tuple[PositiveFloat, PositiveFloat] | None = None  # affine zoom range, e.g. [0.9, 1.1]
-    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # intensity shift, in std units
-    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # intensity scale 1 +/- this
-    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # Gaussian std, in std units
-
-
-class VolumeConfig(Section):
-    """How volumes (and segmentation images) are read, preprocessed, cached and patched."""
-
-    spacing: list[PositiveFloat] | None = None  # resample to this voxel size (mm); None keeps it
-    intensity: Literal["zscore", "ct", "minmax", "none"] = "zscore"  # ct: clip ct_window, scale
-    ct_window: tuple[float, float] = (-175.0, 250.0)  # HU [low, high] for intensity: ct
-    nonzero: bool = False  # zscore: statistics of non-zero voxels only (skull-stripped MR)
-    crop_foreground: bool = True  # crop to the bounding box of voxels above the image minimum
-    patch_size: list[PositiveInt] | None = None  # segmentation: training patch, e.g. [96, 96, 96]
-    pos_ratio: Fraction = 0.5  # segmentation: share of patches centred on a foreground voxel
-    patches_per_case: PositiveInt = 4  # segmentation: training patches per case per epoch
-    val_patches_per_case: PositiveInt = 2
-    overlap: Fraction = 0.5  # sliding-window inference: overlap of neighbouring windows
-    sw_batch_size: PositiveInt = 4  # sliding-window inference: windows per forward pass
-    geometry_tolerance_mm: PositiveFloat = 0.01  # mask vs image origin/spacing tolerance
-    nan_policy: Literal["raise", "zero"] = "raise"  # NaN voxels: an error, or set to 0
-    cache: bool = True  # keep preprocessed samples on disk, keyed by content and settings
-    cache_dir: str | None = None  # default: $BIOMX_CACHE or ~/.cache/biomx
-    augment: VolumeAugmentConfig = VolumeAugmentConfig()
-
 
 class DataConfig(Section):
-    """Where the samples come from and how they become tensors."""
+    """The `data:` keys every modality shares. A modality's config extends this class with its own
+    section, `data.<modality>` (e.g. `data.image.size`), and names its sources and split methods."""
 
-    source: Literal["folder", "csv", "npz", "dataset", "fasta", "intervals", "sdf", "msd"]
-    # folder, CSV, .npz, FASTA (or folder of FASTA), BED, SDF, an embedded dataset name, or an
-    # MSD-style folder (dataset.json + imagesTr/ + labelsTr/) of images and masks
+    modality: str = "image"  # a registered modality (see `biomx models` / docs/architecture.md)
+    source: str  # a source the modality reads (folder, csv, npz, dataset, fasta, sdf, msd, ...)
     path: str
-    modality: Literal["image", "sequence", "molecule", "volume"] = "image"
-    image_size: tuple[PositiveInt, PositiveInt] | None = None  # [H, W]; None keeps the npz size
-    channels: Literal[1, 3] = 1
-    window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
-    dicom_frames: Literal["first", "all"] = "first"
-    path_column: str = "path"
     label_column: str | list[str] = "label"  # several columns: multi-task (empty cells = missing)
     group_column: str = "patient_id"
-    normalize: bool = True  # standardise with the training split's mean and std
     split: SplitConfig = SplitConfig()
-    augment: AugmentConfig = AugmentConfig()
-    sequence: SequenceConfig = SequenceConfig()
-    molecule: MoleculeConfig = MoleculeConfig()
-    volume: VolumeConfig = VolumeConfig()
     on_error: Literal["raise", "skip"] = "raise"  # skip = drop unreadable files, list them in the run
-    cache: bool = True  # image files: keep decoded images on disk, keyed by content and settings
     num_workers: Annotated[int, Field(ge=0)] = 0
 
+    sources: ClassVar[tuple[str, ...]] = ()
+    split_methods: ClassVar[tuple[str, ...]] = ()  # the modality's own data.split.method values
+    multi_label_columns: ClassVar[bool] = False  # may label_column list several columns?
+    path_keys: ClassVar[tuple[str, ...]] = ()  # keys of the modality's section holding file paths
+    local_sources: ClassVar[tuple[str, ...]] = ()  # sources whose path is a name (embedded datasets)
+    moved: ClassVar[dict[str, str]] = {}  # old data.<key> -> its place now, for a helpful error
+
     @model_validator(mode="after")
-    def _sources_fit_the_modality(self) -> DataConfig:
-        sources = {"image": ("folder", "csv", "npz", "dataset", "msd"), "sequence": ("fasta", "csv", "intervals"),
-                   "molecule": ("csv", "sdf"), "volume": ("npz", "msd")}  # fmt: skip
-        if self.source not in sources[self.modality]:
+    def _fits_the_modality(self) -> DataConfig:
+        if self.sources and self.source not in self.sources:
             raise ValueError(f"source {self.source!r} does not hold {self.modality} data; "
-                             f"use one of {', '.join(sources[self.modality])}")  # fmt: skip
-        if self.modality == "image" and self.source in ("folder", "csv") and self.image_size is None:
-            raise ValueError("image_size is required for folder and csv sources, e.g. [224, 224]")
-        if self.source == "intervals" and not self.sequence.genome:
-            raise ValueError("source 'intervals' needs sequence.genome (an indexed FASTA)")
-        if isinstance(self.label_column, list) and self.modality != "molecule":
-            raise ValueError("several label columns (multi-task) are supported for molecules only, so far")
-        if self.split.method in ("scaffold", "cluster") and self.modality != "molecule":
-            raise ValueError(f"split method {self.split.method!r} needs molecules (data.modality: molecule)")
+                             f"use one of {', '.join(self.sources)}")  # fmt: skip
+        methods = GENERIC_SPLIT_METHODS + self.split_methods
+        if self.split.method not in methods:
+            hint = suggest(self.split.method, list(methods))
+            raise ValueError(f"split method {self.split.method!r} is not available for {self.modality} data{hint}; "
+                             f"use one of {', '.join(methods)}")  # fmt: skip
+        if isinstance(self.label_column, list) and not self.multi_label_columns:
+            raise ValueError(f"several label columns (multi-task) are not supported for {self.modality} data yet")
         return self
 
 
@@ -185,30 +84,10 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    kind: Literal["classification", "regression", "segmentation"] = "classification"
-    type: Literal["auto", "binary", "multiclass", "multilabel"] = "auto"  # classification
-    # regression: mse (default), huber, mae on standardised targets;
-    # segmentation: dice_ce (default), dice, focal
-    loss: Literal["mse", "huber", "mae", "dice", "dice_ce", "focal"] | None = None
-    target_name: str | None = None  # regression: name shown in reports (default: the label column)
-    classes: list[str] | None = None  # class names in label order; default: from the data
-    class_weights: Literal["none", "balanced"] | list[PositiveFloat] = "none"
-    label_smoothing: Fraction = 0.0
-    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    # segmentation: predicted connected components smaller than this (mm^3 for volumes, pixels
-    # for 2D images) become background; 0 keeps them all
-    min_component_size: Annotated[float, Field(ge=0.0)] = 0.0
+    """The `task:` key every task shares; each task's config extends it (see `biomx.tasks`)."""
 
-    @model_validator(mode="after")
-    def _loss_fits_the_kind(self) -> TaskConfig:
-        allowed = {"regression": ("mse", "huber", "mae"), "segmentation": ("dice", "dice_ce", "focal"),
-                   "classification": ()}  # fmt: skip
-        if self.loss is not None and self.loss not in allowed[self.kind]:
-            hint = f"use one of {', '.join(allowed[self.kind])}" if allowed[self.kind] else "remove it"
-            raise ValueError(f"loss {self.loss!r} does not fit kind {self.kind!r}; {hint}")
-        if self.min_component_size and self.kind != "segmentation":
-            raise ValueError("min_component_size applies to kind 'segmentation' only; remove it")
-        return self
+    kind: str = "classification"
+    moved: ClassVar[dict[str, str]] = {}  # old task/eval keys -> their place now
 
 
 class OptimizerConfig(Section):
@@ -255,7 +134,6 @@ class EvalConfig(Section):
     explain: Annotated[int, Field(ge=0)] = 8  # test samples explained in the report
     mc_dropout: Annotated[int, Field(ge=0)] = 0  # Monte Carlo dropout passes at test/predict (0 = off)
     batch_size: PositiveInt = 256
-    surface_tolerance_mm: PositiveFloat = 1.0  # segmentation: surface Dice tolerance
 
 
 class OutputConfig(Section):
@@ -279,9 +157,8 @@ class ExperimentConfig(Section):
 # ---------------------------------------------------------------- loading and errors
 
 
-def _fields_at(loc: tuple) -> list[str]:
+def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
     """The valid key names of the section at `loc` (for 'did you mean' hints)."""
-    cls: type[BaseModel] = ExperimentConfig
     for part in loc:
         field = cls.model_fields.get(str(part))
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
@@ -290,15 +167,37 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
-def _describe(error: dict) -> str:
+def _section_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        cls = field.annotation
+    return cls
+
+
+def _elsewhere(loc: tuple) -> str:
+    """'; it belongs to task.kind: X' for a key of another task's (or modality's) section."""
+    from biomx.modalities import MODALITIES
+    from biomx.tasks import TASKS
+
+    if len(loc) != 2 or loc[0] not in ("data", "task"):
+        return ""
+    registry, selector = (MODALITIES, "data.modality") if loc[0] == "data" else (TASKS, "task.kind")
+    owners = [name for name in registry.names() if str(loc[1]) in registry.get(name).config.model_fields]
+    return f"; it belongs to {selector}: {' or '.join(owners)}" if owners else ""
+
+
+def _describe(cls: type[BaseModel], error: dict) -> str:
     loc = tuple(error["loc"])
     path = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         key = str(loc[-1])
-        allowed = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{path}: unknown key{hint} (allowed: {', '.join(allowed)})"
+        moved = getattr(_section_at(cls, loc[:-1]), "moved", {}).get(key)
+        if moved:
+            return f"{path}: unknown key; it is {'.'.join(str(p) for p in loc[:-1])}.{moved} now"
+        allowed = _fields_at(cls, loc[:-1])
+        return f"{path}: unknown key{suggest(key, allowed)}{_elsewhere(loc)} (allowed: {', '.join(allowed)})"
     if error["type"] == "missing":
         return f"{path}: required key is missing"
     value = error.get("input")
@@ -308,18 +207,43 @@ def _describe(error: dict) -> str:
     return f"{path}: {message} (got {value!r})"
 
 
-def format_validation_error(err: ValidationError) -> str:
-    return "\n".join(_describe(e) for e in err.errors())
+def format_validation_error(err: ValidationError, cls: type[BaseModel] | None = None) -> str:
+    return "\n".join(_describe(cls or ExperimentConfig, e) for e in err.errors())
+
+
+def experiment_class(modality: str, kind: str) -> type[ExperimentConfig]:
+    """The schema of an experiment on `modality` data with a `kind` task: the shared sections,
+    with `data` and `task` taken from the two plug-ins' configs (a union discriminated by
+    data.modality and task.kind, resolved by name through the registries)."""
+    from biomx.modalities import get_modality
+    from biomx.tasks import get_task
+
+    return _experiment_class(get_modality(modality).config, get_task(kind).config)
+
+
+@cache  # keyed by the classes, so a plug-in registered again with a new config gets a new schema
+def _experiment_class(data_cls: type[DataConfig], task_cls: type[TaskConfig]) -> type[ExperimentConfig]:
+    return create_model(f"ExperimentConfig_{data_cls.__name__}_{task_cls.__name__}", __base__=ExperimentConfig,
+                        data=(data_cls, ...), task=(task_cls, task_cls()))  # fmt: skip
+
+
+def _selected(raw: dict[str, Any], section: str, key: str, default: str) -> str:
+    value = raw.get(section, {}).get(key, default) if isinstance(raw.get(section, {}), dict) else default
+    return value if isinstance(value, str) else default
 
 
 def validate(raw: dict[str, Any]) -> ExperimentConfig:
     """Check a raw config dict; raise ConfigError listing every problem, one per line."""
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a mapping of sections (data, model, task, train, ...)")
+    if "data" not in raw:  # nothing to dispatch on: report it with everything else that is wrong
+        cls: type[ExperimentConfig] = ExperimentConfig
+    else:
+        cls = experiment_class(_selected(raw, "data", "modality", "image"), _selected(raw, "task", "kind", "classification"))
     try:
-        return ExperimentConfig.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, cls)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -355,17 +279,21 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
     if not isinstance(data, dict):
         return
-    if data.get("source") != "dataset" and "path" in data:
+    from biomx.modalities import get_modality
+
+    try:
+        config = get_modality(_selected(raw, "data", "modality", "image")).config
+    except ConfigError:
+        return  # validation names the unknown modality
+    if data.get("source") not in config.local_sources and "path" in data:
         data["path"] = _resolve(data["path"], base)
-    sequence = data.get("sequence")
-    if isinstance(sequence, dict):
-        for key in ("genome", "labels_csv"):
-            if key in sequence:
-                sequence[key] = _resolve(sequence[key], base)
-    for section in ("molecule", "volume"):
-        settings = data.get(section)
-        if isinstance(settings, dict) and settings.get("cache_dir"):
-            settings["cache_dir"] = _resolve(settings["cache_dir"], base)
+    for key in config.path_keys:  # dotted, inside the modality's section: e.g. scan.cache_dir
+        node: Any = data.get(_selected(raw, "data", "modality", "image"))
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(last):
+            node[last] = _resolve(node[last], base)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -17,26 +17,20 @@ from torch.utils.data import Dataset
 import biomx
 from biomx.config import ExperimentConfig, dump_config, load_config
 from biomx.data.batching import collate_batch
-from biomx.data.samples import Samples, encode_labels, encode_values
-from biomx.data.splits import split_indices, warn_if_leaking
+from biomx.data.samples import Samples
+from biomx.data.splits import predefined_splits, split_indices, warn_if_leaking
 from biomx.engine import distributed as dist
-from biomx.engine.checkpoint import atomic_write_text
+from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
 from biomx.engine.logging import console
-from biomx.engine.trainer import Trainer, seed_everything, select_device
+from biomx.engine.runtime import seed_everything, select_device
+from biomx.engine.trainer import Trainer
 from biomx.errors import BiomxError, ConfigError
-from biomx.evaluation import evaluate_split, output_names, summary_line, write_run_report
-from biomx.modalities import get_pipeline
+from biomx.evaluation import summary_line, write_run_report
+from biomx.modalities import get_modality
 from biomx.models.registry import build_model, check_model_args, suggest
+from biomx.protocols import Modality, Task, TaskType, TestRun
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
-from biomx.tasks import quick_metric_names
-from biomx.tasks.classification.task import (
-    ClassificationTask,
-    build_task,
-    class_weights_from_counts,
-)
-from biomx.tasks.regression.task import RegressionTask, build_regression_task
-from biomx.tasks.segmentation.task import SegmentationTask, build_segmentation_task
-from biomx.uncertainty import mean_and_std, uncertainty_evaluation, uncertainty_section
+from biomx.tasks import get_task
 
 
 @dataclass
@@ -44,86 +38,42 @@ class Prepared:
     """Everything an experiment needs before training starts."""
 
     cfg: ExperimentConfig
+    modality: Modality
     data: Samples
     targets: torch.Tensor
-    task: ClassificationTask | RegressionTask | SegmentationTask
+    task: Task
     splits: dict[str, np.ndarray]
     datasets: dict[str, Dataset]
     info: dict[str, Any]  # run.json: model, task, preprocessing
 
 
-def check_config(cfg: ExperimentConfig) -> None:
-    """Cross-section checks that need the registry (run before any data is read)."""
+def check_config(cfg: ExperimentConfig) -> tuple[Modality, TaskType]:
+    """Cross-section checks that need the registries (run before any data is read)."""
+    modality, task_type = get_modality(cfg.data.modality), get_task(cfg.task.kind)
     check_model_args(cfg.model.name, cfg.model.args)
     for key in ("in_channels", "out_dim"):
         if key in cfg.model.args:
             raise ConfigError(f"model.args.{key}: set automatically from the data and task; remove it")
-    if (cfg.task.kind == "segmentation") != (cfg.data.source == "msd"):
-        raise ConfigError("task.kind: segmentation reads image/mask pairs from data.source: msd "
-                          "(a dataset.json + imagesTr/ + labelsTr/ folder), and msd data is for segmentation")
-    if cfg.task.kind == "segmentation" and cfg.eval.mc_dropout:
-        raise ConfigError("eval.mc_dropout: not available for segmentation yet; use model.ensemble")
-    allowed = ["train_loss", "val_loss"] + [f"val_{m}" for m in quick_metric_names(cfg.task.kind)]
+    modality.check_config(cfg)
+    task_type.check_config(cfg, modality)
+    allowed = ["train_loss", "val_loss"] + [f"val_{m}" for m in task_type.quick_metric_names]
     if cfg.train.monitor not in allowed:
         raise ConfigError(f"train.monitor: unknown metric {cfg.train.monitor!r}"
                           f"{suggest(cfg.train.monitor, allowed)}; allowed: {', '.join(allowed)}")  # fmt: skip
+    return modality, task_type
 
 
-def _splits(cfg: ExperimentConfig, data: Samples, targets: torch.Tensor) -> dict[str, np.ndarray]:
+def make_splits(cfg: ExperimentConfig, modality: Modality, data: Samples, labels: np.ndarray | None
+                ) -> dict[str, np.ndarray]:  # fmt: skip
+    """train/val/test indices: a modality's own method (chromosomes, scaffolds), the source's
+    predefined split, or a seeded random / stratified / grouped split."""
     s = cfg.data.split
-    # Stratify on class labels; regression targets and multilabel sets split at random.
-    labels = targets.numpy() if targets.ndim == 1 and cfg.task.kind == "classification" else None
-    if s.method == "chromosome":
-        return _chromosome_splits(s, data, labels)
-    if s.method in ("scaffold", "cluster"):  # molecules: keep related structures in one split
-        return get_pipeline(cfg.data.modality, cfg.task.kind).split(s, data)
+    if s.method in modality.split_methods:
+        return modality.split(cfg, data, labels)
     if s.method == "predefined":
-        if not data.predefined or "train" not in data.predefined:
-            raise ConfigError("data.split.method: 'predefined' needs an npz with train_/val_ arrays, "
-                              f"or a CSV column {s.column!r} of train/val/test")  # fmt: skip
-        train = data.predefined["train"]
-        val = data.predefined.get("val")
-        test = data.predefined.get("test")
-        if s.holdout == "val":  # the official val split is the untouched test set
-            if val is None:
-                raise ConfigError("data.split.holdout: 'val' needs a val split in the source")
-            val, test = None, val
-        rest = train
-        if test is None and s.test > 0:  # carve a stratified test split out of train
-            part = split_indices(len(train), method="stratified", val=0.0, test=s.test, seed=s.seed,
-                                 labels=None if labels is None else labels[train])  # fmt: skip
-            rest, test = train[part["train"]], train[part["test"]]
-        if val is None and s.val > 0:
-            part = split_indices(len(rest), method="stratified", val=0.0, test=s.val, seed=s.seed + 1,
-                                 labels=None if labels is None else labels[rest])  # fmt: skip
-            rest, val = rest[part["train"]], rest[part["test"]]
-        empty = np.zeros(0, dtype=np.int64)
-        return {"train": rest, "val": empty if val is None else val, "test": empty if test is None else test}
-    return split_indices(len(targets), method=s.method, val=s.val, test=s.test, seed=s.seed,
+        return predefined_splits(s, data.predefined, labels)
+    return split_indices(len(data.ids), method=s.method, val=s.val, test=s.test, seed=s.seed,
                          labels=labels, groups=data.groups)  # fmt: skip
-
-
-def _chromosome_splits(s, data: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Hold out whole chromosomes, so overlapping windows cannot leak between splits."""
-    if data.chromosomes is None or any(c is None for c in data.chromosomes):
-        raise ConfigError("data.split.method: 'chromosome' needs every record id to be an interval "
-                          "like chr8:100-300 (or an intervals source)")  # fmt: skip
-    chroms = data.chromosomes
-    known = set(chroms.tolist())
-    for key in ("val_chromosomes", "test_chromosomes"):
-        missing = [c for c in getattr(s, key) if c not in known]
-        if missing:
-            raise ConfigError(f"data.split.{key}: {missing} not in the data (have {sorted(known)[:30]})")
-    test = np.flatnonzero(np.isin(chroms, s.test_chromosomes))
-    if s.val_chromosomes:
-        val = np.flatnonzero(np.isin(chroms, s.val_chromosomes))
-        train = np.flatnonzero(~np.isin(chroms, s.val_chromosomes + s.test_chromosomes))
-    else:  # a stratified fraction of the remaining chromosomes' samples
-        rest = np.flatnonzero(~np.isin(chroms, s.test_chromosomes))
-        part = split_indices(len(rest), method="stratified", val=0.0, test=s.val, seed=s.seed,
-                             labels=None if labels is None else labels[rest])  # fmt: skip
-        train, val = rest[part["train"]], rest[part["test"]]
-    return {"train": train, "val": val, "test": test}
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -132,48 +82,25 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     Raises:
         BiomxError: any problem with the config or the data, as one line.
     """
-    check_config(cfg)
-    pipeline = get_pipeline(cfg.data.modality, cfg.task.kind)
-    data = pipeline.load(cfg.data, cfg.task.classes)
+    modality, task_type = check_config(cfg)
+    data = task_type.load(cfg, modality)
     if len(data.labels) == 0:
         raise BiomxError(f"{cfg.data.path}: no readable samples")
-    if cfg.task.kind == "segmentation":  # the masks stay in the pipeline's case cache
-        targets = torch.arange(len(data.ids))
-        splits = _splits(cfg, data, targets)
-        task = build_segmentation_task(cfg.task.classes or data.default_classes, cfg.task.loss,
-                                       cfg.task.min_component_size)  # fmt: skip
-        task_info = {"kind": "segmentation", "classes": task.classes, "loss": task.loss_name,
-                     "min_component_size": task.min_component_size}  # fmt: skip
-    elif cfg.task.kind == "regression":
-        targets = encode_values(data)
-        splits = _splits(cfg, data, targets)
-        columns = cfg.data.label_column if isinstance(cfg.data.label_column, list) else [cfg.data.label_column]
-        names = [cfg.task.target_name] if cfg.task.target_name and len(columns) == 1 else columns
-        task = build_regression_task(names, cfg.task.loss or "mse")
-        task.fit_scaling(targets[splits["train"]].numpy())  # standardise on train; predict in units
-        task_info = {"kind": "regression", "targets": task.targets, "loss": task.loss_name,
-                     "mean": task.mean, "std": task.std}  # fmt: skip
-    else:
-        targets, classes, kind = encode_labels(data, cfg.task.classes, cfg.task.type)
-        splits = _splits(cfg, data, targets)
-        weights = cfg.task.class_weights
-        if weights == "balanced":
-            weights = class_weights_from_counts(targets[splits["train"]].numpy(), kind, len(classes))
-        task = build_task(kind, classes, None if weights == "none" else weights,
-                          cfg.task.label_smoothing, cfg.task.threshold)  # fmt: skip
-        task_info = {"kind": task.kind, "classes": task.classes, "threshold": task.threshold}
+    targets, labels = task_type.targets(cfg, data)
+    splits = make_splits(cfg, modality, data, labels)
+    task = task_type.build(cfg, data, targets, splits["train"])
     warn_if_leaking(data.groups, splits)
-    data.extra["splits"] = splits  # for a pipeline's report sections (e.g. scaffold overlap)
-    datasets, preprocessing, input_args = pipeline.build_datasets(data, targets, splits, cfg)
+    datasets, preprocessing, input_args = task_type.build_datasets(cfg, modality, data, targets, splits)
     info = {
         "biomx_version": biomx.__version__,
         "name": cfg.name,
+        "modality": cfg.data.modality,
         "model": {"name": cfg.model.name, "args": {**cfg.model.args, **input_args, "out_dim": task.out_dim}},
-        "task": task_info,
+        "task": task.info(),
         "preprocessing": preprocessing,
         "uncertainty": {"ensemble": cfg.model.ensemble, "mc_dropout": cfg.eval.mc_dropout},
     }
-    return Prepared(cfg, data, targets, task, splits, datasets, info)
+    return Prepared(cfg, modality, data, targets, task, splits, datasets, info)
 
 
 def _split_names(p: Prepared) -> list[str]:
@@ -274,77 +201,27 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
     return run_dir
 
 
-def _test_predictions(p: Prepared, trainer: Trainer, run_dir: Path) -> tuple[list[np.ndarray], torch.Tensor]:
-    """Test predictions (task space) of every ensemble member's best checkpoint and dropout pass."""
-    from biomx.engine.checkpoint import load_checkpoint
-
-    pipeline = get_pipeline(p.cfg.data.modality, p.cfg.task.kind)
-    passes, mc = [], p.cfg.eval.mc_dropout
-    targets = torch.zeros(0)
-    for member_dir in member_dirs(run_dir, p.cfg.model.ensemble):
-        best = member_dir / "checkpoints" / "best.safetensors"
-        if best.is_file():
-            weights, _ = load_checkpoint(best)
-            trainer.model.load_state_dict(weights)
-        trainer.net = pipeline.inference_model(trainer.model, p.info["preprocessing"])  # e.g. strand averaging
-        for k in range(max(mc, 1)):
-            torch.manual_seed(p.cfg.train.seed + k)  # reproducible dropout masks
-            outputs, targets = trainer.predict(p.datasets["test"], batch_size=p.cfg.eval.batch_size,
-                                               mc_dropout=mc > 0)  # fmt: skip
-            passes.append(p.task.predictions(outputs).numpy())
-    return passes, targets
-
-
-def _segment_test(p: Prepared, trainer: Trainer, run_dir: Path) -> tuple[dict[str, Any], list[dict]]:
-    """Sliding-window segmentation of every test case by the best checkpoint(s) of every member."""
-    import copy
-
-    from biomx.engine.checkpoint import load_checkpoint
-
-    models = []
-    for member_dir in member_dirs(run_dir, p.cfg.model.ensemble):
-        model = copy.deepcopy(trainer.model)
-        best = member_dir / "checkpoints" / "best.safetensors"
-        if best.is_file():
-            model.load_state_dict(load_checkpoint(best)[0])
-        models.append(model)
-    pipeline = get_pipeline(p.cfg.data.modality, p.cfg.task.kind)
-    return pipeline.evaluate_test(models, p.task, p.datasets["test"], p.info["preprocessing"], p.cfg, run_dir,
-                                  trainer.device, trainer._autocast)  # fmt: skip
-
-
 def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
     """Evaluate the best checkpoint(s) on the test split and write the report (rank 0 writes)."""
     dist.barrier()
-    evaluation, examples, extra = None, [], []
-    test = p.datasets["test"]
-    if len(test) and p.task.kind == "segmentation":
-        if dist.is_main():  # whole cases, one at a time: no batched test predictions to gather
-            evaluation, extra = _segment_test(p, trainer, run_dir)
+    evaluation, sections = None, []
+    if len(p.datasets["test"]):
+        weights = []
+        for member_dir in member_dirs(run_dir, p.cfg.model.ensemble):
+            best = member_dir / "checkpoints" / "best.safetensors"
+            weights.append(load_checkpoint(best)[0] if best.is_file() else None)
+        run = TestRun(p.cfg, p.modality, p.data, p.splits, p.datasets, p.info["preprocessing"], run_dir, trainer,
+                      weights)  # fmt: skip
+        evaluation, sections = p.task.evaluate_test(run)
+        if evaluation is not None:
             console.print(summary_line(evaluation))
-    elif len(test):
-        pipeline = get_pipeline(p.cfg.data.modality, p.cfg.task.kind)
-        passes, targets = _test_predictions(p, trainer, run_dir)
-        if dist.is_main():
-            probs, std = mean_and_std(passes)
-            ids = [p.data.ids[i] for i in p.splits["test"]]
-            evaluation = evaluate_split(p.task, probs, targets.numpy(), ids, run_dir, p.cfg.eval,
-                                        p.cfg.train.seed, std=std)  # fmt: skip
-            console.print(summary_line(evaluation))
-            examples, extra = pipeline.explain(trainer.model, p.task, p.data, p.splits["test"], test, probs,
-                                               targets.numpy(), p.cfg.eval.explain, p.cfg)  # fmt: skip
-            if std is not None:
-                unc = uncertainty_evaluation(p.task.kind, output_names(p.task), probs, std, targets.numpy())
-                extra = [uncertainty_section(unc), *extra]
-            found = {section["title"]: section["json"] for section in extra if "json" in section}
-            if found:
-                write_json(run_dir / "explanations.json", found)
+            sections = [*p.task.report_sections(evaluation), *sections]
     if dist.is_main():
         notes = [f"split sizes: { {k: len(v) for k, v in p.splits.items()} }"]
         notes += [f"skipped: {f} ({r})" for f, r in p.data.skipped[:50]]
         if len(p.data.skipped) > 50:
             notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
-        write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, examples, extra,
+        write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, sections,
                          p.cfg.model_dump(mode="json"), environment(trainer.device, trainer.world), notes)  # fmt: skip
     dist.barrier()
     return evaluation

@@ -31,27 +31,19 @@ def _columns(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def uncertainty_evaluation(
-    kind: str, names: list[str], preds: np.ndarray, std: np.ndarray, targets: np.ndarray
-) -> dict[str, Any]:
-    """How well the predicted std ranks the errors, per target (regression) or class column.
+def uncertainty_evaluation(task: Any, preds: np.ndarray, std: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """How well the predicted std ranks the errors, per output column of the task.
 
     Args:
-        kind: "regression", "binary", "multiclass" or "multilabel".
-        names: one name per column of `preds` (targets, or classes).
+        task: the run's task; `task.uncertainty_errors` says what an error is (|p - y|, a wrong
+            class, |prediction - value|) and whether it is Gaussian ("rmse": RMSE per bin and
+            the 95% coverage are reported).
         preds, std: mean predictions and their std, (N,) or (N, K).
-        targets: true values (regression, NaN = missing) or labels as the task encodes them.
+        targets: true values (NaN = missing) or labels as the task encodes them.
     """
-    preds, std = _columns(preds), _columns(std)
-    if kind == "multiclass":  # the error of the predicted class's probability
-        top = preds.argmax(1)
-        error = (top != targets.astype(int)).astype(float)[:, None]
-        std = std[np.arange(len(top)), top][:, None]
-        names = ["predicted class"]
-    else:
-        truth = _columns(targets.astype(float))
-        error = np.abs(preds - truth)
-    out: dict[str, Any] = {"kind": kind, "n_passes_note": "std over ensemble members and/or dropout passes",
+    error, std, names, error_name = task.uncertainty_errors(preds, std, targets)
+    gaussian = error_name == "rmse"
+    out: dict[str, Any] = {"kind": task.kind, "error": error_name, "n_passes_note": "std over ensemble members and/or dropout passes",
                            "targets": {}}  # fmt: skip
     for k, name in enumerate(names):
         observed = ~np.isnan(error[:, k])
@@ -66,10 +58,10 @@ def uncertainty_evaluation(
             inside = bins == b
             if inside.any():
                 rows.append({"mean_std": float(s[inside].mean()), "n": int(inside.sum()),
-                             "rmse" if kind == "regression" else "mean_error":
-                             float(np.sqrt((e[inside] ** 2).mean()) if kind == "regression" else e[inside].mean())})  # fmt: skip
+                             "rmse" if gaussian else "mean_error":
+                             float(np.sqrt((e[inside] ** 2).mean()) if gaussian else e[inside].mean())})  # fmt: skip
         entry = {"spearman_error_vs_std": float(rho), "mean_std": float(s.mean()), "bins": rows, "n": int(len(e))}
-        if kind == "regression":
+        if gaussian:
             entry["coverage_95"] = float((e <= 1.96 * s).mean())  # fraction inside mean +/- 1.96 std
         out["targets"][str(name)] = entry
     return out
@@ -77,7 +69,7 @@ def uncertainty_evaluation(
 
 def uncertainty_section(evaluation: dict[str, Any]) -> dict[str, Any]:
     """A report section: error against predicted uncertainty, and a table of the summary numbers."""
-    regression = evaluation["kind"] == "regression"
+    regression = evaluation["error"] == "rmse"  # a Gaussian std: RMSE per bin, 95% coverage
     key = "rmse" if regression else "mean_error"
     figures, rows = [], []
     for name, entry in list(evaluation["targets"].items())[:6]:
@@ -91,7 +83,7 @@ def uncertainty_section(evaluation: dict[str, Any]) -> dict[str, Any]:
             ax.plot([0, top], [0, top], "--", color="grey", label="RMSE = std")
             ax.legend(fontsize=8)
         ax.set_xlabel("predicted std (bin mean)")
-        ax.set_ylabel("RMSE" if regression else "error rate" if evaluation["kind"] == "multiclass" else "mean |p - y|")
+        ax.set_ylabel("RMSE" if regression else evaluation["error"])
         ax.set_title(f"{name}: error vs uncertainty", fontsize=10)
         fig.tight_layout()
         figures.append(fig)

@@ -102,3 +102,28 @@ def warn_if_leaking(groups: np.ndarray | None, splits: dict[str, np.ndarray]) ->
             f"test metrics will be optimistic. Use data.split.method: group[/]"
         )
     return len(leaked)
+
+
+def predefined_splits(split_cfg, predefined: dict[str, np.ndarray] | None,
+                      labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The source's own train/val/test, with missing splits carved (stratified) out of train."""
+    s = split_cfg
+    if not predefined or "train" not in predefined:
+        raise ConfigError("data.split.method: 'predefined' needs an npz with train_/val_ arrays, "
+                          f"or a CSV column {s.column!r} of train/val/test")  # fmt: skip
+    train, val, test = predefined["train"], predefined.get("val"), predefined.get("test")
+    if s.holdout == "val":  # the official val split is the untouched test set
+        if val is None:
+            raise ConfigError("data.split.holdout: 'val' needs a val split in the source")
+        val, test = None, val
+    rest = train
+    if test is None and s.test > 0:  # carve a stratified test split out of train
+        part = split_indices(len(train), method="stratified", val=0.0, test=s.test, seed=s.seed,
+                             labels=None if labels is None else labels[train])  # fmt: skip
+        rest, test = train[part["train"]], train[part["test"]]
+    if val is None and s.val > 0:
+        part = split_indices(len(rest), method="stratified", val=0.0, test=s.val, seed=s.seed + 1,
+                             labels=None if labels is None else labels[rest])  # fmt: skip
+        rest, val = rest[part["train"]], rest[part["test"]]
+    empty = np.zeros(0, dtype=np.int64)
+    return {"train": rest, "val": empty if val is None else val, "test": empty if test is None else test}

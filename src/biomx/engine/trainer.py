@@ -13,27 +13,25 @@ atomic, resumable mid-epoch), best-model tracking, early stopping and the logs.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-import os
-import random
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from biomx.config import TrainConfig
 from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import load_checkpoint, save_checkpoint
 from biomx.engine.logging import MetricsLog, console, format_epoch, make_progress
 from biomx.engine.optim import build_optimizer, build_scheduler
+from biomx.engine.runtime import select_device, set_deterministic
+from biomx.engine.samplers import ResumableSampler, ShardSampler
 from biomx.errors import BiomxError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,66 +44,6 @@ class TrainingInterrupted(BiomxError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """cuda > mps > cpu for "auto"; under torchrun each rank takes its LOCAL_RANK GPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise BiomxError("train.device: cuda was asked for but no CUDA GPU is available")
-        return torch.device("cuda", dist.local_rank() % torch.cuda.device_count())
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise BiomxError("train.device: mps was asked for but is not available")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_deterministic(enabled: bool) -> None:
-    if enabled and torch.cuda.is_available():
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
-    torch.backends.cudnn.benchmark = not enabled
-    torch.backends.cudnn.deterministic = enabled
-
-
-class ResumableSampler(DistributedSampler):
-    """torch's DistributedSampler that can start part-way into an epoch (mid-epoch resume).
-
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
-    """
-
-    start = 0  # samples of this rank's epoch already consumed
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.start, None)
-
-    def __len__(self) -> int:
-        return super().__len__() - self.start
-
-
-class ShardSampler(Sampler[int]):
-    """Each rank takes every world_size-th sample, in order, with no padding (evaluation)."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def enable_dropout(model: nn.Module) -> int:

@@ -1,30 +1,33 @@
-"""Modalities: how each kind of data is read, checked, augmented and batched.
+"""Modalities: each kind of data is a plug-in in its own folder, behind `biomx.protocols.Modality`.
 
-Each modality has a low-level module (`image.py`, `sequence.py`: formats, encodings,
-datasets) and a pipeline module (`image_pipeline.py`, ...) that connects it to an
-experiment with the same five functions: `load`, `build_datasets`, `inference_model`,
-`explain`, `read_inputs`
-(molecules add `split` for scaffold and cluster splits).
+One registry line per modality. A modality never imports another; what two of them share
+lives in `modalities/common/`.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from biomx.plugins import Registry
+from biomx.protocols import Modality
 
-PIPELINES = {
-    "image": "biomx.modalities.image.pipeline",
-    "sequence": "biomx.modalities.sequence.pipeline",
-    "molecule": "biomx.modalities.molecule.pipeline",
-    "volume": "biomx.modalities.volume.pipeline",
-    "segmentation": "biomx.tasks.segmentation.pipeline",  # 2D images and 3D volumes
-}
+MODALITIES = Registry("modality", "data.modality", {
+    "image": "biomx.modalities.image",
+    "volume": "biomx.modalities.volume",
+    "sequence": "biomx.modalities.sequence",
+    "molecule": "biomx.modalities.molecule",
+})  # fmt: skip
 
 
-def get_pipeline(modality: str, task_kind: str | None = None) -> ModuleType:
-    """The pipeline module of a modality named in a config (only names listed here).
+def get_modality(name: str) -> Modality:
+    """The plug-in registered as `name` (ConfigError naming the closest name otherwise)."""
+    return MODALITIES.get(name)
 
-    Segmentation (of 2D images or 3D volumes) has one pipeline of its own: its samples are
-    (image, mask) pairs and its outputs dense maps, whatever the modality.
-    """
-    return importlib.import_module(PIPELINES["segmentation" if task_kind == "segmentation" else modality])
+
+def register_modality(name: str, plugin: Modality) -> None:
+    MODALITIES.register(name, plugin)
+
+
+def modality_names() -> list[str]:
+    return MODALITIES.names()
+
+
+__all__ = ["MODALITIES", "get_modality", "modality_names", "register_modality"]

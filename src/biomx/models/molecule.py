@@ -2,7 +2,7 @@
 MLP on fingerprints / descriptors.
 
 Every model takes one graph batch (a `torch_geometric.data.Data`, see
-`biomx.modalities.molecule.chem.graph_batch`) and returns (num_molecules, out_dim):
+`biomx.modalities.molecule.graphs.graph_batch`) and returns (num_molecules, out_dim):
 - `x` (atoms, atom_dim), `edge_index` (2, edges) with global atom indices, `edge_attr`
   (edges, bond_dim), `batch` (atoms,) the molecule of each atom;
 - `features` (num_molecules, feature_dim) molecule-level vectors, read when feature_dim > 0;

@@ -1,50 +1,48 @@
-"""Prediction tasks: what a model's outputs mean, how they are trained and how they are scored.
+"""Tasks: what a model's outputs mean, each a plug-in in its own folder behind
+`biomx.protocols.TaskType` (how it is configured and built) and `Task` (the built task).
 
-`classification` covers binary, multiclass and multilabel problems; `regression` covers one or
-several continuous targets (standardised for training, predicted in the original units);
-`segmentation` labels every voxel (scored per case: Dice, HD95, surface Dice).
-Every task has `loss`, `predictions`, `quick_metrics`, `evaluate`, `prediction_columns`,
-`out_dim`, `kind` and `classes`.
+`classification` covers binary, multiclass and multilabel problems; `regression` one or
+several continuous targets; `segmentation` labels every pixel or voxel of images and volumes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from biomx.tasks.classification.task import (
-    QUICK_METRICS,
-    ClassificationTask,
-    build_task,
-    class_weights_from_counts,
-)
-from biomx.tasks.segmentation.task import (
-    SEGMENTATION_QUICK_METRICS,
-    SegmentationTask,
-    build_segmentation_task,
-)
+from biomx.plugins import Registry
+from biomx.protocols import Task, TaskType
 
-REGRESSION_QUICK_METRICS = ("rmse", "mae", "r2", "spearman", "pearson")
+TASKS = Registry("task", "task.kind", {
+    "classification": "biomx.tasks.classification",
+    "regression": "biomx.tasks.regression",
+    "segmentation": "biomx.tasks.segmentation",
+})  # fmt: skip
 
 
-def quick_metric_names(kind: str) -> tuple[str, ...]:
-    """The validation metrics a task of this kind reports each epoch (for train.monitor)."""
-    if kind == "regression":
-        return REGRESSION_QUICK_METRICS
-    if kind == "segmentation":
-        return SEGMENTATION_QUICK_METRICS
-    return tuple(QUICK_METRICS)
+def get_task(name: str) -> TaskType:
+    """The task type registered as `name` (ConfigError naming the closest name otherwise)."""
+    return TASKS.get(name)
 
 
-def task_from_info(info: dict[str, Any]):
+def register_task(name: str, plugin: TaskType) -> None:
+    TASKS.register(name, plugin)
+
+
+def task_names() -> list[str]:
+    return TASKS.names()
+
+
+def quick_metric_names(name: str) -> tuple[str, ...]:
+    """The validation metrics a task reports each epoch (for train.monitor)."""
+    return tuple(get_task(name).quick_metric_names)
+
+
+def task_from_info(info: dict[str, Any]) -> Task:
     """Rebuild a run's task from the "task" entry of its run.json (or checkpoint)."""
-    if info["kind"] == "regression":
-        from biomx.tasks.regression.task import build_regression_task
-
-        return build_regression_task(info["targets"], info["loss"], info["mean"], info["std"])
-    if info["kind"] == "segmentation":
-        return build_segmentation_task(info["classes"], info.get("loss"), info.get("min_component_size", 0.0))
-    return build_task(info["kind"], info["classes"], threshold=info["threshold"])
+    name = info.get("name")
+    if name is None:  # runs written before tasks were named: the kind told them apart
+        name = info["kind"] if info["kind"] in ("regression", "segmentation") else "classification"
+    return get_task(name).from_info(info)
 
 
-__all__ = ["ClassificationTask", "SegmentationTask", "build_segmentation_task", "build_task", "class_weights_from_counts",
-           "quick_metric_names", "task_from_info"]
+__all__ = ["TASKS", "get_task", "quick_metric_names", "register_task", "task_from_info", "task_names"]

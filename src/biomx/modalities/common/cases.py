@@ -91,14 +91,17 @@ def check_mask_fits(image: Scan, mask: Scan, tolerance_mm: float) -> None:
 # ---- 2. Preprocessing and its inverse -------------------------------------------------------------
 
 
-def settings_from(volume_cfg: Any, spatial_dims: int, channels: int | None = None) -> dict[str, Any]:
-    """The preprocessing settings that define a cache entry and go into run.json."""
-    patch = list(volume_cfg.patch_size) if volume_cfg.patch_size else None
-    for key, value in (("patch_size", patch), ("spacing", volume_cfg.spacing)):
+def settings_from(volume_cfg: Any, spatial_dims: int, channels: int | None = None,
+                  patch_size: list[int] | None = None, key: str = "data.volume") -> dict[str, Any]:
+    """The preprocessing settings that define a cache entry and go into run.json.
+
+    `key` is where `volume_cfg` sits in the config (data.volume, data.image.scan), for messages."""
+    patch = list(patch_size) if patch_size else None
+    for name, value in (("task.patch_size", patch), (f"{key}.spacing", volume_cfg.spacing)):
         if value is not None and len(value) != spatial_dims:
-            raise ConfigError(f"data.volume.{key}: {len(value)} values for {spatial_dims}D data; give {spatial_dims}")
+            raise ConfigError(f"{name}: {len(value)} values for {spatial_dims}D data; give {spatial_dims}")
     if patch is None:
-        raise ConfigError(f"data.volume.patch_size: required for segmentation, e.g. {[96] * spatial_dims}")
+        raise ConfigError(f"task.patch_size: required for segmentation, e.g. {[96] * spatial_dims}")
     return {
         "spatial_dims": spatial_dims, "spacing": volume_cfg.spacing, "intensity": volume_cfg.intensity,
         "ct_window": list(volume_cfg.ct_window), "nonzero": volume_cfg.nonzero,

@@ -188,3 +188,24 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     colour = matplotlib.colormaps["jet"](heat)[..., :3]
     blended = (1.0 - alpha) * rgb + alpha * colour
     return np.round(blended * 255.0).astype(np.uint8)
+
+
+def gallery_section(examples: list[dict]) -> list[dict]:
+    """The report section of explained images: each image beside its Grad-CAM overlay.
+
+    Args:
+        examples: dicts with `image` (C, H, W) in [0, 1], `heatmap` (H, W) in [0, 1] or None, and
+            `caption`.
+    """
+    if not examples:
+        return []
+    items = []
+    for example in examples:
+        image = np.asarray(example["image"], dtype=np.float32)
+        plain = overlay(image, np.zeros(image.shape[-2:], dtype=np.float32), alpha=0.0)
+        pictures = [(plain, "image")]
+        if example.get("heatmap") is not None:
+            pictures.append((overlay(image, example["heatmap"]), "Grad-CAM overlay"))
+        items.append({"pictures": pictures, "caption": example.get("caption", "")})
+    return [{"title": "Explanations", "text": "Each image with its Grad-CAM overlay: red marks the regions "
+             "that raised the explained logit most.", "gallery": items}]  # fmt: skip

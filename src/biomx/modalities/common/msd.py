@@ -7,7 +7,7 @@
 
 nnU-Net's raw datasets and most exports follow it too. Without dataset.json the folders alone
 are paired by file name (nnU-Net's `_0000` channel suffix on images allowed). `read_msd` only
-lists and checks files; pixels are read later, one case at a time (`volume_io.read_volume` for
+lists and checks files; pixels are read later, one case at a time (`volume.files.read_volume` for
 3D volumes, `read_plane` for 2D images), so listing a 50 GB dataset takes milliseconds.
 """
 
@@ -24,9 +24,7 @@ import tifffile
 from PIL import Image
 
 from biomx.errors import DataError
-
-# Reusing the 2D image reader's decoders keeps one definition of "a broken file".
-from biomx.modalities.image.readers import _DECODE_ERRORS, _read_pillow
+from biomx.modalities.common.planar import DECODE_ERRORS, read_pillow
 
 _PLANE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -289,8 +287,8 @@ def read_plane(path: Path, *, mask: bool = False) -> np.ndarray:
         elif mask:
             array = _read_pillow_mask(path)
         else:
-            array = _read_pillow(path)
-    except _DECODE_ERRORS as e:
+            array = read_pillow(path)
+    except DECODE_ERRORS as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise DataError(f"{path}: cannot read image: {reason}") from e
     if not mask:

@@ -1,1 +1,48 @@
-"""TODO"""
+"""The image modality: 2D images (PNG, JPEG, TIFF, DICOM, NIfTI slices; folders, CSV manifests,
+.npz arrays, embedded datasets) for classification and regression, and, read from MSD folders,
+for segmentation. Explained with Grad-CAM."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from biomx.config import ExperimentConfig
+from biomx.data.samples import Samples
+from biomx.errors import ConfigError
+from biomx.modalities.common.scan_config import ScanConfig
+from biomx.modalities.image import pipeline
+from biomx.modalities.image.config import ImageData
+from biomx.modalities.image.pipeline import build_datasets, explain, inference_model, read_inputs
+
+name = "image"
+config = ImageData
+sources = config.sources
+split_methods = config.split_methods
+spatial_dims = 2  # segmentation labels its pixels
+input_help = "image files or folders (PNG, JPEG, TIFF, DICOM, NIfTI)"
+
+
+def load(cfg: ExperimentConfig) -> Samples:
+    return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
+
+
+def scan_settings(cfg: ExperimentConfig) -> tuple[ScanConfig, str]:
+    """How scans with masks (source msd) are read, and where that sits in the config."""
+    return cfg.data.image.scan, "data.image.scan"
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Nothing beyond the config schema (sources and split methods are checked there)."""
+
+
+def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    raise ConfigError(f"data.split.method: {cfg.data.split.method!r} is not a method of the {name} modality")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """No commands of its own."""
+
+
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]

@@ -21,18 +21,13 @@ from biomx.data.cache import ArrayCache, cache_key, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.datasets import get_dataset
 from biomx.errors import DataError
-from biomx.modalities.common.gradcam import gradcam
-from biomx.modalities.image.readers import (
-    Augment,
-    ImageTensorDataset,
-    decode_images,
-    image_files_under,
-    load_npz_splits,
-    npz_labels_and_ids,
-    records_from_csv,
-    records_from_folder,
-)
-from biomx.tasks.classification.task import ClassificationTask
+from biomx.modalities.common.gradcam import gallery_section, gradcam
+from biomx.modalities.image.augment import Augment
+from biomx.modalities.image.dataset import ImageTensorDataset
+from biomx.modalities.image.decode import decode_images
+from biomx.modalities.image.npz import load_npz_splits, npz_labels_and_ids
+from biomx.modalities.image.sources import image_files_under, records_from_csv, records_from_folder
+from biomx.protocols import Task, TestView
 
 # ---------------------------------------------------------------------------------- loading
 
@@ -57,8 +52,8 @@ def _fit_size_and_channels(images: torch.Tensor, size: tuple[int, int] | None, c
 def _from_npz(path: Path, cfg: DataConfig, classes: list[str] | None) -> Samples:
     splits = load_npz_splits(path)
     labels, ids, predefined = npz_labels_and_ids(splits, classes, path)
-    tensor = _fit_size_and_channels(torch.cat([torch.from_numpy(x) for x, _ in splits.values()]), cfg.image_size,
-                                    cfg.channels)  # fmt: skip
+    tensor = _fit_size_and_channels(torch.cat([torch.from_numpy(x) for x, _ in splits.values()]), cfg.image.size,
+                                    cfg.image.channels)  # fmt: skip
     return Samples(tensor, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
 
 
@@ -84,15 +79,15 @@ def _decode_cached(paths: list[Path], hashes: list[str | None], cfg: DataConfig,
     and every decoding setting, so an edited file or a new image size is a new entry, and a
     renamed or moved folder of the same files is a hit.
     """
-    settings = {"image_size": list(cfg.image_size), "channels": cfg.channels,
-                "window": list(cfg.window) if cfg.window else None, "dicom_frames": cfg.dicom_frames,
+    settings = {"image_size": list(cfg.image.size), "channels": cfg.image.channels,
+                "window": list(cfg.image.window) if cfg.image.window else None, "dicom_frames": cfg.image.dicom_frames,
                 "on_error": cfg.on_error}  # fmt: skip
 
     def decode() -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
-        return decode_images(paths, size=tuple(cfg.image_size), channels=cfg.channels, window=cfg.window,
-                             dicom_frames=cfg.dicom_frames, on_error=cfg.on_error)  # fmt: skip
+        return decode_images(paths, size=tuple(cfg.image.size), channels=cfg.image.channels, window=cfg.image.window,
+                             dicom_frames=cfg.image.dicom_frames, on_error=cfg.on_error)  # fmt: skip
 
-    if not cfg.cache or any(h is None for h in hashes):
+    if not cfg.image.cache or any(h is None for h in hashes):
         return decode()
     cache = ArrayCache(default_cache_dir())
     key = cache_key(IMAGE_CACHE_VERSION, hashes, settings)
@@ -118,7 +113,7 @@ def _from_files(cfg: DataConfig) -> Samples:
         records = records_from_folder(path)
         where = {i: str(p) for i, p in enumerate(records.paths)}
     else:
-        records = records_from_csv(path, path_column=cfg.path_column, label_column=cfg.label_column,
+        records = records_from_csv(path, path_column=cfg.image.path_column, label_column=cfg.label_column,
                                    group_column=cfg.group_column)  # fmt: skip
         where = {i: f"{path}: row {i + 2}" for i in range(len(records))}
     hashes = _file_hashes(records.paths)
@@ -168,13 +163,13 @@ def build_datasets(
     """Per-split datasets (augmenting only train), the preprocessing record, model input args."""
     images = samples.inputs
     mean = std = None
-    if cfg.data.normalize:  # statistics of the training images only (no test leakage)
+    if cfg.data.image.normalize:  # statistics of the training images only (no test leakage)
         sample = images[torch.as_tensor(splits["train"][:20000])].float()
         if images.dtype == torch.uint8:
             sample /= 255
         mean = sample.mean(dim=(0, 2, 3)).tolist()
         std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
-    augment = Augment(**cfg.data.augment.model_dump())
+    augment = Augment(**cfg.data.image.augment.model_dump())
     datasets = {}
     for name, idx in splits.items():
         index = torch.as_tensor(idx, dtype=torch.long)
@@ -184,8 +179,8 @@ def build_datasets(
         )  # fmt: skip
     c, h, w = images.shape[1:]
     preprocessing = {
-        "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.window,
-        "dicom_frames": cfg.data.dicom_frames, "mean": mean, "std": std,
+        "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.image.window,
+        "dicom_frames": cfg.data.image.dicom_frames, "mean": mean, "std": std,
     }  # fmt: skip
     return datasets, preprocessing, {"in_channels": c}
 
@@ -197,69 +192,24 @@ def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Modul
 # ---------------------------------------------------------------------------------- explanations
 
 
-def pick_examples(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
-    """Test cases worth looking at: the most confident hits and the most confident misses."""
-    if n <= 0 or len(targets) == 0:
-        return []
-    if task.kind == "regression":  # spread over the range of predicted values
-        order = np.argsort(probs.reshape(len(probs), -1)[:, 0])
-        return sorted(order[np.linspace(0, len(order) - 1, min(n, len(order))).astype(int)].tolist())
-    if task.kind == "multilabel":
-        return list(range(min(n, len(targets))))
-    predicted = task.predict_labels(probs)
-    confidence = probs if task.kind == "binary" else probs.max(axis=1)
-    if task.kind == "binary":
-        confidence = np.where(predicted == 1, confidence, 1 - confidence)
-    truth = targets.astype(np.int64)
-    wrong, right = np.flatnonzero(predicted != truth), np.flatnonzero(predicted == truth)
-    wrong = wrong[np.argsort(-confidence[wrong])][: n // 2]
-    right = right[np.argsort(-confidence[right])][: n - len(wrong)]
-    return sorted(np.concatenate([right, wrong]).tolist())
-
-
-def explain_targets(task: ClassificationTask, probs: np.ndarray) -> tuple[np.ndarray, torch.Tensor | int | None]:
-    """(predicted labels or values, the Grad-CAM target) for the chosen rows' probabilities.
-
-    Multiclass: the predicted class. Binary models have one logit: explain it (evidence for the
-    positive class). Regression: the first output (evidence for a higher value).
-    """
-    predicted = probs if task.kind == "regression" else task.predict_labels(probs)
-    target = torch.as_tensor(predicted) if task.kind == "multiclass" else None if task.kind == "binary" else 0
-    return predicted, target
-
-
-def explain_caption(task: ClassificationTask, target: np.ndarray, prob: np.ndarray, predicted: Any) -> str:
-    """One example's caption: the truth, and the prediction with its probability."""
-    if task.kind == "regression":
-        return f"true: {float(np.ravel(target)[0]):.3g} | predicted: {float(np.ravel(prob)[0]):.3g}"
-    if task.kind == "multilabel":
-        return f"true: {'|'.join(task.classes[k] for k in np.flatnonzero(target)) or '-'}"
-    # A binary model gives P(positive class): name that class, or "p=0.01" next to a negative
-    # prediction reads as the prediction's own probability.
-    p = f"p({task.classes[1]})={float(np.ravel(prob)[0]):.2f}" if task.kind == "binary" else f"p={float(prob.max()):.2f}"
-    return f"true: {task.classes[int(target)]} | predicted: {task.classes[int(predicted)]} ({p})"
-
-
-def explain(
-    model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
-    test_data: ImageTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
-) -> tuple[list[dict], list[dict]]:
-    """Grad-CAM maps for chosen test images: (report examples, no extra sections)."""
-    chosen = pick_examples(task, probs, targets, n)
+def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
+    """Grad-CAM maps for chosen test images (the task picks them and words the captions)."""
+    chosen = task.pick_examples(test.predictions, test.targets, n)
     if not chosen:
-        return [], []
-    x, _ = test_data.__getitems__(chosen)
-    predicted, target = explain_targets(task, probs[chosen])
+        return []
+    x, _ = test.data.__getitems__(chosen)
+    predicted, target = task.attribution_target(test.predictions[chosen])
     device = next(model.parameters()).device
     heatmaps = gradcam(model, x.to(device), target).cpu().numpy()
-    display = samples.inputs[torch.as_tensor(test_index[chosen])].float()
-    if samples.inputs.dtype == torch.uint8:
+    inputs = test.samples.inputs
+    display = inputs[torch.as_tensor(test.index[chosen])].float()
+    if inputs.dtype == torch.uint8:
         display /= 255
     examples = []
     for row, i in enumerate(chosen):
-        caption = explain_caption(task, targets[i], probs[i], predicted[row])
+        caption = task.caption(test.targets[i], test.predictions[i], predicted[row])
         examples.append({"image": display[row].numpy(), "heatmap": heatmaps[row], "caption": caption})
-    return examples, []
+    return gallery_section(examples)
 
 
 # ---------------------------------------------------------------------------------- prediction

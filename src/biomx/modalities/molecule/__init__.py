@@ -1,1 +1,40 @@
-"""TODO"""
+"""The molecule modality: SMILES tables and SDF files, standardised with RDKit and featurised as
+graphs, Morgan fingerprints and descriptors; scaffold and cluster splits; explained with atom
+attributions."""
+
+from __future__ import annotations
+
+import argparse
+
+from biomx.config import ExperimentConfig
+from biomx.data.samples import Samples
+from biomx.modalities.molecule import pipeline
+from biomx.modalities.molecule.config import MoleculeData
+from biomx.modalities.molecule.pipeline import (
+    build_datasets,
+    explain,
+    inference_model,
+    read_inputs,
+    split,
+)
+
+name = "molecule"
+config = MoleculeData
+sources = config.sources
+split_methods = config.split_methods
+input_help = "CSV/SDF/.smi molecules, or - for SMILES on standard input"
+
+
+def load(cfg: ExperimentConfig) -> Samples:
+    return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Nothing beyond the config schema (sources and split methods are checked there)."""
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """No commands of its own."""
+
+
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]

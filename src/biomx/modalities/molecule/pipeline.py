@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from biomx.config import DataConfig, ExperimentConfig, SplitConfig
+from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.cache import ArrayCache, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
 from biomx.modalities.molecule import chem as mol
+from biomx.protocols import Task, TestView
 
 # Models that read only the molecule-level vectors (no graph is batched for them).
 VECTOR_MODELS = {"fingerprint_mlp"}
@@ -98,13 +99,13 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     )
 
 
-def split(s: SplitConfig, samples: Samples) -> dict[str, np.ndarray]:
+def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Scaffold (Bemis-Murcko) or cluster (Butina on Morgan Tanimoto) split: related molecules
     stay in one split, so the test set measures generalisation to new chemistry."""
-    smiles = samples.extra["smiles"]
+    s, smiles = cfg.data.split, samples.extra["smiles"]
     if s.method == "scaffold":
         return mol.scaffold_split(smiles, s.val, s.test, s.seed)
-    return mol.cluster_split(smiles, s.val, s.test, s.seed, cutoff=s.cluster_cutoff)
+    return mol.cluster_split(smiles, s.val, s.test, s.seed, cutoff=cfg.data.molecule.cluster_cutoff)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -183,16 +184,13 @@ def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Modul
 # ---------------------------------------------------------------------------------- explanations
 
 
-def explain(
-    model: nn.Module, task, samples: Samples, test_index: np.ndarray, test_data: MoleculeDataset,
-    preds: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
-) -> tuple[list[dict], list[dict]]:
+def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
     """Report sections: the split's chemistry overlap, invalid molecules, and atom attributions."""
-    from biomx.modalities.molecule.explain import molecule_explanations
+    from biomx.modalities.molecule.interpret import molecule_explanations
 
     extra = []
+    samples, test_data, test_index, splits = test.samples, test.data, test.index, test.splits
     smiles = samples.extra["smiles"]
-    splits = samples.extra.get("splits")
     if splits is not None:
         overlap = mol.scaffold_overlap(smiles, splits)
         rows = [[name, *[v for v in stats.values()]] for name, stats in overlap.items() if isinstance(stats, dict)]
@@ -207,13 +205,12 @@ def explain(
                       "table": {"header": ["where", "reason"], "rows": [list(s) for s in samples.skipped[:50]]}})  # fmt: skip
     if n > 0 and len(test_data) and test_data.graphs is not None:
         batch, _ = test_data.__getitems__(list(range(len(test_data))))
-        names = task.targets if task.kind == "regression" else task.classes
         section = molecule_explanations(model.eval(), [smiles[i] for i in test_index],
-                                        batch.to(next(model.parameters()).device), preds, targets, names, n,
-                                        kind=task.kind)  # fmt: skip
+                                        batch.to(next(model.parameters()).device), test.predictions,
+                                        test.targets, task, n)  # fmt: skip
         if section:
             extra.append(section)
-    return [], extra
+    return extra
 
 
 # ---------------------------------------------------------------------------------- prediction

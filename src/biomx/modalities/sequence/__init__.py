@@ -1,1 +1,35 @@
-"""TODO"""
+"""The sequence modality: DNA, RNA and protein sequences (FASTA, CSV, genomic intervals read from
+an indexed genome), one-hot encoded; chromosome hold-out splits; explained with attribution
+logos, recovered motifs and in-silico mutagenesis; `biomx variants` and `biomx ism`."""
+
+from __future__ import annotations
+
+from biomx.config import ExperimentConfig
+from biomx.data.samples import Samples
+from biomx.modalities.sequence import pipeline
+from biomx.modalities.sequence.commands import add_commands
+from biomx.modalities.sequence.config import SequenceData
+from biomx.modalities.sequence.pipeline import (
+    build_datasets,
+    explain,
+    inference_model,
+    read_inputs,
+    split,
+)
+
+name = "sequence"
+config = SequenceData
+sources = config.sources
+split_methods = config.split_methods
+input_help = "FASTA/CSV sequences"
+
+
+def load(cfg: ExperimentConfig) -> Samples:
+    return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Nothing beyond the config schema (sources and split methods are checked there)."""
+
+
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]

@@ -17,8 +17,11 @@ from torch import nn
 
 from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.samples import Samples, sha256_file
+from biomx.data.splits import split_indices
 from biomx.errors import ConfigError, DataError
-from biomx.modalities.sequence.explain import (
+from biomx.modalities.sequence.dataset import SequenceDataset
+from biomx.modalities.sequence.encoding import ALPHABETS, decode, encode, one_hot
+from biomx.modalities.sequence.interpret import (
     find_motifs,
     in_silico_mutagenesis,
     integrated_gradients,
@@ -26,19 +29,14 @@ from biomx.modalities.sequence.explain import (
     logo_figure,
     match_motif,
 )
-from biomx.modalities.sequence.records import (
-    ALPHABETS,
-    SequenceDataset,
+from biomx.modalities.sequence.readers import (
     SequenceRecords,
-    decode,
-    encode,
-    one_hot,
     records_from_fasta,
     records_from_intervals,
     records_from_table,
 )
 from biomx.models.sequence import strand_averaged
-from biomx.tasks.classification.task import ClassificationTask
+from biomx.protocols import Task, TestView
 
 # ---------------------------------------------------------------------------------- loading
 
@@ -78,11 +76,34 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
         inputs=tokens,
         labels=records.labels,
         ids=records.ids,
-        chromosomes=np.array(chromosomes, dtype=object) if any(c is not None for c in chromosomes) else None,
         source_sha256=" ".join(sha256_file(f) for f in files if f.is_file()),
         where=dict(enumerate(records.sources)),
-        extra={"lengths": lengths},
+        extra={"lengths": lengths,  # chromosomes: for chromosome hold-out splits
+               "chromosomes": np.array(chromosomes, dtype=object) if any(c is not None for c in chromosomes) else None},
     )
+
+
+def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Hold out whole chromosomes, so overlapping windows cannot leak between splits."""
+    s, seq, chroms = cfg.data.split, cfg.data.sequence, samples.extra.get("chromosomes")
+    if chroms is None or any(c is None for c in chroms):
+        raise ConfigError("data.split.method: 'chromosome' needs every record id to be an interval "
+                          "like chr8:100-300 (or an intervals source)")  # fmt: skip
+    known = set(chroms.tolist())
+    for key in ("val_chromosomes", "test_chromosomes"):
+        missing = [c for c in getattr(seq, key) if c not in known]
+        if missing:
+            raise ConfigError(f"data.sequence.{key}: {missing} not in the data (have {sorted(known)[:30]})")
+    test = np.flatnonzero(np.isin(chroms, seq.test_chromosomes))
+    if seq.val_chromosomes:
+        val = np.flatnonzero(np.isin(chroms, seq.val_chromosomes))
+        train = np.flatnonzero(~np.isin(chroms, seq.val_chromosomes + seq.test_chromosomes))
+    else:  # a stratified fraction of the remaining chromosomes' samples
+        rest = np.flatnonzero(~np.isin(chroms, seq.test_chromosomes))
+        part = split_indices(len(rest), method="stratified", val=0.0, test=s.val, seed=s.seed,
+                             labels=None if labels is None else labels[rest])  # fmt: skip
+        train, val = rest[part["train"]], rest[part["test"]]
+    return {"train": train, "val": val, "test": test}
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -120,27 +141,16 @@ def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Modul
 # ---------------------------------------------------------------------------------- explanations
 
 
-def _class_views(task: ClassificationTask, probs: np.ndarray) -> list[tuple[str, int, float, np.ndarray]]:
-    """(class name, logit index, sign, P(class)) for each class whose evidence we look for."""
-    if task.kind == "binary":
-        # One logit: positive attributions are evidence for the positive class, negative for the other.
-        return [(task.classes[1], 0, 1.0, probs), (task.classes[0], 0, -1.0, 1.0 - probs)]
-    return [(name, k, 1.0, probs[:, k]) for k, name in enumerate(task.classes)]
-
-
-def explain(
-    model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
-    test_data: SequenceDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
-) -> tuple[list[dict], list[dict]]:
+def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
     """Attribution logos, an in-silico mutagenesis map and recovered motifs for the report."""
-    s = cfg.data.sequence
-    if n <= 0 or len(test_data) == 0 or s.alphabet not in ("dna", "rna") or task.kind == "regression":
-        return [], []  # logos, motifs and mutagenesis: nucleotide classifiers only (so far)
+    s, test_data, samples = cfg.data.sequence, test.data, test.samples
+    views = task.class_views(test.predictions, test.targets)  # none for regression
+    if n <= 0 or len(test_data) == 0 or s.alphabet not in ("dna", "rna") or not views:
+        return []  # logos, motifs and mutagenesis: nucleotide classifiers only (so far)
     model = model.eval()
     device = next(model.parameters()).device
     logos, motif_rows, figures_motif, ism_figures, summary = [], [], [], [], {}
-    for name, logit, sign, p_class in _class_views(task, probs):
-        truth = targets == task.classes.index(name) if task.kind != "multilabel" else targets[:, logit] == 1
+    for name, logit, sign, p_class, truth in views:
         # The sequences the model is most sure belong to this class, and do.
         ranked = [int(i) for i in np.argsort(-p_class) if truth[i]][:200]
         if not ranked:
@@ -166,11 +176,11 @@ def explain(
             centre = int(np.abs(scores).sum(0).argmax())
             start = max(0, min(centre - 25, scores.shape[1] - 50))
             logos.append(logo_figure(scores[:, start : start + 50], start=start,
-                                     title=f"{samples.ids[test_index[i]]} ({name}, p={p_class[i]:.2f})"))  # fmt: skip
+                                     title=f"{samples.ids[test.index[i]]} ({name}, p={p_class[i]:.2f})"))  # fmt: skip
         top = ranked[0]
         effects = in_silico_mutagenesis(model, x[:1].to(device), target=logit)[0].cpu().numpy() * sign
         sequence = decode(test_data.__getitems__([top])[0].argmax(1).to(torch.uint8), s.alphabet)[0]
-        ism_figures.append(ism_heatmap_figure(effects, sequence, title=f"{samples.ids[test_index[top]]}: "
+        ism_figures.append(ism_heatmap_figure(effects, sequence, title=f"{samples.ids[test.index[top]]}: "
                                               f"effect of each substitution on P({name})"))  # fmt: skip
     extra = [
         {"title": "Recovered motifs", "text": "Seqlets with the highest integrated-gradients attribution "
@@ -184,7 +194,7 @@ def explain(
         {"title": "In-silico mutagenesis", "text": "Predicted change for every single-base substitution.",
          "figures": ism_figures},
     ]  # fmt: skip
-    return [], extra
+    return extra
 
 
 # ---------------------------------------------------------------------------------- prediction

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from biomx.errors import BiomxError
-from biomx.modalities.sequence.explain import in_silico_mutagenesis, ism_heatmap_figure
+from biomx.modalities.sequence.encoding import decode, encode, one_hot
+from biomx.modalities.sequence.interpret import in_silico_mutagenesis, ism_heatmap_figure
 from biomx.modalities.sequence.pipeline import read_inputs
-from biomx.modalities.sequence.records import decode, encode, one_hot
 from biomx.modalities.sequence.variants import (
     read_variants,
     score_variants,

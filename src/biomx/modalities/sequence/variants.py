@@ -283,7 +283,7 @@ def score_variants(model: nn.Module, windows: VariantWindows, *,
         model: maps (B, 4, L) one-hot DNA to (B, K) logits; run in eval mode, then restored.
         windows: from `variant_windows`.
         encode_fn: list of N sequences -> (N, 4, L) float one-hot tensor (ACGT order), e.g.
-            `lambda s: one_hot(encode(s, "dna")[0])` from `biomx.modalities.sequence.records`.
+            `lambda s: one_hot(encode(s, "dna")[0])` from `biomx.modalities.sequence.encoding`.
         batch_size: windows per forward pass.
         strand_average: also predict the reverse complements and average.
         target: output column of a multi-class model (0 for a binary model).

@@ -1,1 +1,47 @@
-"""TODO"""
+"""The volume modality: 3D scans (an .npz of volumes to classify; NIfTI, DICOM series, NRRD and
+MetaImage files; MSD folders of scans and masks for segmentation). Explained with 3D Grad-CAM."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from biomx.config import ExperimentConfig
+from biomx.data.samples import Samples
+from biomx.errors import ConfigError
+from biomx.modalities.common.scan_config import ScanConfig
+from biomx.modalities.volume import pipeline
+from biomx.modalities.volume.config import VolumeData
+from biomx.modalities.volume.pipeline import build_datasets, explain, inference_model, read_inputs
+
+name = "volume"
+config = VolumeData
+sources = config.sources
+split_methods = config.split_methods
+spatial_dims = 3  # segmentation labels its voxels
+input_help = "volumes (NIfTI, NRRD, MHA, DICOM series folders, .npz)"
+
+
+def load(cfg: ExperimentConfig) -> Samples:
+    return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
+
+
+def scan_settings(cfg: ExperimentConfig) -> tuple[ScanConfig, str]:
+    """How scans with masks (source msd) are read, and where that sits in the config."""
+    return cfg.data.volume, "data.volume"
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Nothing beyond the config schema (sources and split methods are checked there)."""
+
+
+def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    raise ConfigError(f"data.split.method: {cfg.data.split.method!r} is not a method of the {name} modality")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """No commands of its own."""
+
+
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]

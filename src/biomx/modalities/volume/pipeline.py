@@ -27,12 +27,12 @@ from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.samples import Samples, sha256_file
 from biomx.data.spatial_augment import augment_batch, is_active
 from biomx.errors import ConfigError, DataError
-from biomx.modalities.common.gradcam import find_last_conv, gradcam
-from biomx.modalities.image.pipeline import explain_caption, explain_targets, pick_examples
-from biomx.modalities.image.readers import ImageTensorDataset, load_npz_splits, npz_labels_and_ids
+from biomx.modalities.common.gradcam import find_last_conv, gallery_section, gradcam
+from biomx.modalities.image.dataset import ImageTensorDataset
+from biomx.modalities.image.npz import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.volume.files import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
 from biomx.models.registry import get_entry
-from biomx.tasks.classification.task import ClassificationTask
+from biomx.protocols import Task, TestView
 
 _SPLITS = ("train", "val", "test")
 
@@ -73,16 +73,12 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
         classes: class names from `task.classes` (names the npz's integer labels).
 
     Raises:
-        ConfigError: a source other than npz, or 2D image settings (image_size, augment).
+        ConfigError: a source other than npz.
         DataError: unreadable archive, missing arrays, bad shapes, dtypes, labels or NaN voxels.
     """
     if cfg.source != "npz":
         raise ConfigError(f"data.source: {cfg.source!r} does not hold volumes to classify; use npz "
                           "(segmentation reads msd folders with task.kind: segmentation)")  # fmt: skip
-    if cfg.image_size is not None:
-        raise ConfigError("data.image_size: volumes keep the npz's own size; remove it")
-    if any(cfg.augment.model_dump().values()):
-        raise ConfigError("data.augment: 2D image augmentation; for volumes use data.volume.augment")
     path = Path(cfg.path)
     splits = _read_npz(path)
     labels, ids, predefined = npz_labels_and_ids(splits, classes, path)
@@ -142,7 +138,7 @@ def build_datasets(
     _check_model(cfg)
     volumes = samples.inputs
     mean = std = None
-    if cfg.data.normalize:  # statistics of the training volumes only (no test leakage)
+    if cfg.data.volume.normalize:  # statistics of the training volumes only (no test leakage)
         mean, std = _channel_stats(volumes, splits["train"])
     augment = partial(_augment_volumes, cfg=cfg.data.volume.augment) if is_active(cfg.data.volume.augment) else None
     datasets = {  # the splits share the volumes tensor: each holds only its row numbers
@@ -202,38 +198,35 @@ def _cam_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return fine[-1] if fine else find_last_conv(model)
 
 
-def explain(
-    model: nn.Module, task: ClassificationTask, samples: Samples, test_index: np.ndarray,
-    test_data: ImageTensorDataset, probs: np.ndarray, targets: np.ndarray, n: int, cfg: ExperimentConfig,
-) -> tuple[list[dict], list[dict]]:
+def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
     """3D Grad-CAM of chosen test volumes, shown on the slice through each map's maximum.
 
     The slice is taken across the first spatial axis (D: the slice axis of a (D, H, W) CT or MR
     stack); the report shows that slice (C, H, W) with the heatmap's slice (H, W) over it. The
     explained layer is the last convolution that still has a spatial map (`_cam_layer`).
     """
-    chosen = pick_examples(task, probs, targets, n)
+    chosen = task.pick_examples(test.predictions, test.targets, n)
     if not chosen:
-        return [], []
-    predicted, target = explain_targets(task, probs[chosen])
+        return []
+    predicted, target = task.attribution_target(test.predictions[chosen])
     device = next(model.parameters()).device
     heatmaps, layer = [], None
     for start in range(0, len(chosen), 8):  # 3D activations are large: a few volumes at a time
-        x, _ = test_data.__getitems__(chosen[start:start + 8])
+        x, _ = test.data.__getitems__(chosen[start:start + 8])
         layer = layer or _cam_layer(model, x.to(device))
         part = target[start:start + 8] if isinstance(target, torch.Tensor) else target
         heatmaps.append(gradcam(model, x.to(device), part, layer=layer).cpu())
     heatmaps = torch.cat(heatmaps)
-    display = _display(samples.inputs[torch.as_tensor(test_index[chosen])])
+    display = _display(test.samples.inputs[torch.as_tensor(test.index[chosen])])
     depth = heatmaps.shape[1]
     examples = []
     for row, i in enumerate(chosen):
         heat = heatmaps[row]
         d = int(heat.flatten().argmax()) // heat[0].numel() if heat.max() > 0 else depth // 2
-        caption = explain_caption(task, targets[i], probs[i], predicted[row])
+        caption = task.caption(test.targets[i], test.predictions[i], predicted[row])
         examples.append({"image": display[row][:, d].numpy(), "heatmap": heat[d].numpy(),
                          "caption": f"{caption} | slice {d + 1}/{depth}"})  # fmt: skip
-    return examples, []
+    return gallery_section(examples)
 
 
 # ---------------------------------------------------------------------------------- prediction

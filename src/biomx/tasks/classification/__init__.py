@@ -1,1 +1,63 @@
-"""TODO"""
+"""Classification: binary, multiclass and multilabel (multi-task) problems, as a `TaskType` plug-in.
+
+Labels are class names (or several 0/1 label columns, Tox21-style); the model outputs logits;
+the test split is scored with bootstrap CIs, curves, confusion matrices and calibration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from biomx.config import ExperimentConfig
+from biomx.data.samples import Samples, encode_labels
+from biomx.protocols import Modality
+from biomx.tasks.classification.config import ClassificationConfig
+from biomx.tasks.classification.task import (
+    QUICK_METRICS,
+    ClassificationTask,
+    build_task,
+    class_weights_from_counts,
+)
+
+name = "classification"
+config = ClassificationConfig
+quick_metric_names = tuple(QUICK_METRICS)
+
+
+def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
+    """Nothing beyond the config schema."""
+
+
+def load(cfg: ExperimentConfig, modality: Modality) -> Samples:
+    return modality.load(cfg)
+
+
+def targets(cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Encoded labels; single-label problems stratify their splits by class."""
+    encoded, _, _ = encode_labels(samples, cfg.task.classes, cfg.task.type)
+    return encoded, encoded.numpy() if encoded.ndim == 1 else None
+
+
+def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_index: np.ndarray) -> ClassificationTask:
+    encoded, classes, kind = encode_labels(samples, cfg.task.classes, cfg.task.type)
+    weights = cfg.task.class_weights
+    if weights == "balanced":  # from the training split only
+        weights = class_weights_from_counts(encoded[train_index].numpy(), kind, len(classes))
+    return build_task(kind, classes, None if weights == "none" else weights, cfg.task.label_smoothing,
+                      cfg.task.threshold)  # fmt: skip
+
+
+def build_datasets(cfg: ExperimentConfig, modality: Modality, samples: Samples, targets: torch.Tensor,
+                   splits: dict[str, np.ndarray]) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:
+    return modality.build_datasets(samples, targets, splits, cfg)
+
+
+def from_info(info: dict[str, Any]) -> ClassificationTask:
+    return build_task(info["kind"], info["classes"], threshold=info["threshold"])
+
+
+__all__ = ["ClassificationTask", "build_task", "class_weights_from_counts"]

@@ -22,6 +22,7 @@ and the numbers are exactly those of the unmasked formulas.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,14 +30,23 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+import biomx.tasks.classification.explain as explain
+from biomx import batched
 from biomx.errors import ConfigError, DataError
+from biomx.protocols import PredictRequest, TestRun
+from biomx.tasks.classification.report import report_sections
+from biomx.tasks.stats import BLOCK_VALUES as _BLOCK_VALUES
+from biomx.tasks.stats import as_float as _as_float
+from biomx.tasks.stats import gather as _gather
+from biomx.tasks.stats import nanmean as _nanmean
+from biomx.tasks.stats import percentile_ci as _percentile_ci
+from biomx.tasks.stats import ratio as _ratio
 
 KINDS = ("binary", "multiclass", "multilabel")
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "auprc", "f1", "sensitivity",
            "specificity", "precision", "npv", "ece", "brier")
 QUICK_METRICS = ("accuracy", "balanced_accuracy", "auroc", "auprc", "f1")
 MAX_CURVE_POINTS = 200
-_BLOCK_VALUES = 2_000_000  # bootstrap resamples are scored in blocks this big, to bound memory
 
 
 @dataclass
@@ -156,6 +166,69 @@ class ClassificationTask:
             columns["predicted"] = names[labels]
         return columns
 
+    # ------------------------------------------------------------------ the Task protocol
+
+    name: ClassVar[str] = "classification"
+    output_prefix: ClassVar[str] = "prob"  # predictions.csv: prob_<class>
+    headline: ClassVar[tuple[str, ...]] = ("auroc", "accuracy", "balanced_accuracy", "f1")
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "classes": self.classes, "threshold": self.threshold}
+
+    def output_names(self) -> list[str]:
+        """One name per column of the predictions: P(positive) for binary, else every class."""
+        return self.classes[1:] if self.kind == "binary" else list(self.classes)
+
+    def truth_column(self, targets: np.ndarray) -> list[str]:
+        """The "true" column of predictions_test.csv (multilabel: names joined by |; NaN: not measured)."""
+        if self.kind == "multilabel":
+            return ["|".join(self.classes[k] for k in np.flatnonzero(t == 1)) for t in targets]
+        return [self.classes[int(t)] for t in targets]
+
+    def uncertainty_errors(self, probs: np.ndarray, std: np.ndarray, targets: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, list[str], str]:  # fmt: skip
+        """(|error|, std, names) per output column and the error's name, for `uncertainty`.
+
+        Multiclass: whether the predicted class is wrong, against the std of its probability."""
+        probs, std = probs.reshape(len(probs), -1), std.reshape(len(std), -1)
+        if self.kind == "multiclass":
+            top = probs.argmax(1)
+            error = (top != targets.astype(int)).astype(float)[:, None]
+            return error, std[np.arange(len(top)), top][:, None], ["predicted class"], "error rate"
+        truth = targets.astype(float).reshape(len(targets), -1)
+        return np.abs(probs - truth), std, self.output_names(), "mean |p - y|"
+
+    def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
+        return batched.evaluate_test(self, run)
+
+    def predict(self, request: PredictRequest) -> dict[str, list]:
+        return batched.predict(self, request)
+
+    def report_sections(self, evaluation: dict[str, Any]) -> list[dict]:
+        return report_sections(evaluation)
+
+    # Explanation hooks: which samples and outputs a modality's explanations show.
+    def pick_examples(self, probs: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
+        return explain.pick_examples(self, probs, targets, n)
+
+    def attribution_target(self, probs: np.ndarray) -> tuple[np.ndarray, Any]:
+        return explain.attribution_target(self, probs)
+
+    def caption(self, target: np.ndarray, prob: np.ndarray, predicted: Any) -> str:
+        return explain.caption(self, target, prob, predicted)
+
+    def class_views(self, probs: np.ndarray, targets: np.ndarray) -> list:
+        return explain.class_views(self, probs, targets)
+
+    def pick_explained(self, probs: np.ndarray, targets: np.ndarray, n: int) -> list[tuple[int, str, int]]:
+        return explain.pick_explained(self, probs, targets, n)
+
+    def describe(self, column: int, prob: np.ndarray, target: np.ndarray) -> tuple[str, float, object, str]:
+        return explain.describe(self, column, prob, target)
+
+    def attribution_text(self) -> tuple[str, str]:
+        return explain.attribution_text(self)
+
     def quick_metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Cheap metrics for every validation epoch: QUICK_METRICS (macro where K > 2).
 
@@ -216,7 +289,8 @@ class ClassificationTask:
         boot = self._bootstrap(views, n_bootstrap, seed, n_bins)
         metrics = {m: {"value": float(point[m][0]), **_percentile_ci(boot[m], ci)} for m in METRICS}
         return {
-            "kind": self.kind, "n": n, "classes": list(self.classes), "threshold": self.threshold,
+            "kind": self.kind, "headline": list(self.headline), "n": n, "classes": list(self.classes),
+            "threshold": self.threshold,
             "ci": float(ci), "n_bootstrap": int(n_bootstrap), "metrics": metrics,
             "confusion_matrix": self._confusion(probs, targets, observed),
             "curves": self._curves(views, _class_stats(*full)),
@@ -527,30 +601,12 @@ def _calibration(conf: np.ndarray, hit: np.ndarray, observed: np.ndarray, n_bins
             "ece": float(_ece(conf, hit, observed, n_bins)[0])}
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den, NaN where den == 0 (an undefined metric), without a warning."""
-    den = np.asarray(den, dtype=np.float64)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _nanmean(x: np.ndarray) -> np.ndarray:
-    """Mean over the last axis (classes) ignoring NaN; NaN if all are, without a warning."""
-    valid = ~np.isnan(x)
-    return _ratio(np.where(valid, x, 0.0).sum(axis=-1), valid.sum(axis=-1))
 
 
-def _gather(views: tuple, idx: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Resample (N, C) views with (B, N) row indices into (B, C, N) arrays (any number of views)."""
-    return tuple(v.T[:, idx].transpose(1, 0, 2) for v in views)
 
 
-def _percentile_ci(values: np.ndarray, ci: float) -> dict[str, float]:
-    """Percentile interval of the defined (non-NaN) bootstrap values; NaN if none."""
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return {"ci_low": float("nan"), "ci_high": float("nan")}
-    low, high = np.percentile(values, [50 * (1 - ci), 50 * (1 + ci)])
-    return {"ci_low": float(low), "ci_high": float(high)}
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> list[list[int]]:
@@ -570,11 +626,6 @@ def _squeeze_binary(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 0] if logits.ndim == 2 and logits.shape[1] == 1 else logits
 
 
-def _as_float(value: object, key: str) -> float:
-    """A config number as float, or ConfigError naming the key."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    return float(value)
 
 
 def _check_weights(weights: object, k: int) -> list[float]:

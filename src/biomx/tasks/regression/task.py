@@ -17,21 +17,24 @@ anything with no observed cases) is NaN, and macro averages skip undefined targe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+import biomx.tasks.regression.explain as explain
+from biomx import batched
 from biomx.errors import ConfigError, DataError
-from biomx.tasks.classification.task import (
-    _BLOCK_VALUES,
-    _as_float,
-    _gather,
-    _nanmean,
-    _percentile_ci,
-    _ratio,
-)
+from biomx.protocols import PredictRequest, TestRun
+from biomx.tasks.regression.report import report_sections
+from biomx.tasks.stats import BLOCK_VALUES as _BLOCK_VALUES
+from biomx.tasks.stats import as_float as _as_float
+from biomx.tasks.stats import gather as _gather
+from biomx.tasks.stats import nanmean as _nanmean
+from biomx.tasks.stats import percentile_ci as _percentile_ci
+from biomx.tasks.stats import ratio as _ratio
 
 LOSSES = ("mse", "huber", "mae")
 METRICS = ("rmse", "mae", "r2", "spearman", "pearson")
@@ -159,6 +162,61 @@ class RegressionTask:
         preds = np.asarray(preds, dtype=np.float64).reshape(len(preds), len(self.targets))
         return {f"pred_{name}": preds[:, k] for k, name in enumerate(self.targets)}
 
+    # ------------------------------------------------------------------ the Task protocol
+
+    name: ClassVar[str] = "regression"
+    output_prefix: ClassVar[str] = "pred"  # predictions.csv: pred_<target>
+    headline: ClassVar[tuple[str, ...]] = ("rmse", "r2", "mae", "spearman")  # the first two head the report
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "targets": self.targets, "loss": self.loss_name,
+                "mean": self.mean, "std": self.std}  # fmt: skip
+
+    def output_names(self) -> list[str]:
+        return list(self.targets)
+
+    def truth_column(self, targets: np.ndarray) -> list[str]:
+        """The "true" column of predictions_test.csv: the first target, in its units."""
+        return [f"{v:.6g}" for v in targets.reshape(len(targets), -1)[:, 0]]
+
+    def uncertainty_errors(self, preds: np.ndarray, std: np.ndarray, targets: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, list[str], str]:  # fmt: skip
+        """(|error|, std, names) per target and the error's name ("rmse": a Gaussian std, so the
+        report also shows RMSE against std and the 95% coverage)."""
+        preds, std = preds.reshape(len(preds), -1), std.reshape(len(std), -1)
+        return np.abs(preds - targets.astype(float).reshape(len(targets), -1)), std, self.output_names(), "rmse"
+
+    def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
+        return batched.evaluate_test(self, run)
+
+    def predict(self, request: PredictRequest) -> dict[str, list]:
+        return batched.predict(self, request)
+
+    def report_sections(self, evaluation: dict[str, Any]) -> list[dict]:
+        return report_sections(evaluation)
+
+    # Explanation hooks: which samples and outputs a modality's explanations show.
+    def pick_examples(self, preds: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
+        return explain.pick_examples(self, preds, targets, n)
+
+    def attribution_target(self, preds: np.ndarray) -> tuple[np.ndarray, Any]:
+        return explain.attribution_target(self, preds)
+
+    def caption(self, target: np.ndarray, pred: np.ndarray, predicted: Any) -> str:
+        return explain.caption(self, target, pred, predicted)
+
+    def class_views(self, preds: np.ndarray, targets: np.ndarray) -> list:
+        return explain.class_views(self, preds, targets)
+
+    def pick_explained(self, preds: np.ndarray, targets: np.ndarray, n: int) -> list[tuple[int, str, int]]:
+        return explain.pick_explained(self, preds, targets, n)
+
+    def describe(self, column: int, pred: np.ndarray, target: np.ndarray) -> tuple[str, float, object, str]:
+        return explain.describe(self, column, pred, target)
+
+    def attribution_text(self) -> tuple[str, str]:
+        return explain.attribution_text(self)
+
     def quick_metrics(self, preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Cheap metrics for every validation epoch: METRICS, macro-averaged over targets.
 
@@ -218,7 +276,7 @@ class RegressionTask:
                              **{m: float(point[m][0, k]) for m in METRICS}}
                       for k, name in enumerate(self.targets)}  # fmt: skip
         return {
-            "kind": self.kind, "n": n, "targets": list(self.targets), "ci": float(ci),
+            "kind": self.kind, "headline": list(self.headline), "n": n, "targets": list(self.targets), "ci": float(ci),
             "n_bootstrap": int(n_bootstrap), "metrics": metrics, "per_target": per_target,
             "scatter": self._scatter(preds, targets, seed),
         }

@@ -9,6 +9,7 @@ batched test predictions of classification) and `predict_masks` (for `biomx pred
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,15 +22,17 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from biomx.config import DataConfig, ExperimentConfig
+from biomx.batched import default_files_dir
+from biomx.config import ExperimentConfig
 from biomx.data.cache import ArrayCache
 from biomx.data.samples import Samples
 from biomx.data.spatial_augment import is_active
 from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import atomic_write_bytes
+from biomx.engine.runtime import select_device
 from biomx.engine.sliding_window import sliding_window_predict
-from biomx.engine.trainer import select_device
 from biomx.errors import ConfigError, DataError
+from biomx.modalities import get_modality, modality_names
 from biomx.modalities.common.cases import (
     Case,
     CaseList,
@@ -43,6 +46,7 @@ from biomx.modalities.common.cases import (
     settings_from,
 )
 from biomx.modalities.common.msd import is_2d_file, read_msd
+from biomx.modalities.common.scan_config import ScanConfig
 from biomx.modalities.volume.files import (
     VOLUME_SUFFIXES,
     Volume,
@@ -50,47 +54,48 @@ from biomx.modalities.volume.files import (
     write_nifti,
 )
 from biomx.models.segmentation import required_divisor
+from biomx.protocols import PredictRequest, TestRun
 from biomx.runs import write_csv, write_json
-from biomx.tasks import task_from_info
 from biomx.tasks.segmentation.task import SegmentationTask, case_metrics
 
 # ---------------------------------------------------------------------------------- loading
 
 
-def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
+def load(cfg: ExperimentConfig, scan: ScanConfig, scan_key: str, dims: int) -> Samples:
     """Preprocess every (image, mask) case of an MSD-style folder into the case cache.
 
     Raises:
         DataError: a bad dataset.json or case (unless `on_error: skip`, which lists it and goes on).
         ConfigError: 2D data with `modality: volume` or 3D data with `modality: image`.
     """
-    dataset = read_msd(cfg.path)
-    dims = 3 if cfg.modality == "volume" else 2
+    data, classes = cfg.data, cfg.task.classes
+    dataset = read_msd(data.path)
     if dataset.spatial_dims != dims:
-        wanted = "volume" if dataset.spatial_dims == 3 else "image"
-        raise ConfigError(f"data.modality: {cfg.path} holds {dataset.spatial_dims}D images; use modality: {wanted}")
-    settings = settings_from(cfg.volume, dims, len(dataset.channels) or None)
-    store = case_store(cfg.volume)
+        fits = [n for n in modality_names() if getattr(get_modality(n), "spatial_dims", None) == dataset.spatial_dims]
+        raise ConfigError(f"data.modality: {data.path} holds {dataset.spatial_dims}D images; use modality: "
+                          f"{' or '.join(fits) or '(none registered)'}")  # fmt: skip
+    settings = settings_from(scan, dims, len(dataset.channels) or None, cfg.task.patch_size, scan_key)
+    store = case_store(scan)
     names = classes or dataset.classes
     labelled = [c for c in dataset.cases if c.label is not None]
     if not labelled:
-        raise DataError(f"{cfg.path}: no training cases with a label (mask) file")
+        raise DataError(f"{data.path}: no training cases with a label (mask) file")
 
     def one(case) -> Case | tuple[str, str]:
         try:
-            return prepare_case(case.id, case.image, case.label, settings, store, cfg.volume.geometry_tolerance_mm)
+            return prepare_case(case.id, case.image, case.label, settings, store, scan.geometry_tolerance_mm)
         except DataError as err:
-            if cfg.on_error == "skip":
+            if data.on_error == "skip":
                 return (str(case.image), str(err))
             raise
 
     # Under torchrun, rank 0 fills the shared cache while the other ranks wait, then they read it.
-    if cfg.volume.cache and not dist.is_main():
+    if scan.cache and not dist.is_main():
         dist.barrier()
     # Decompression and resampling release the GIL: threads overlap them on a cold cache.
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         results = list(pool.map(one, labelled))
-    if cfg.volume.cache and dist.is_main():
+    if scan.cache and dist.is_main():
         dist.barrier()
     cases = [r for r in results if isinstance(r, Case)]
     skipped = [r for r in results if not isinstance(r, Case)]
@@ -115,42 +120,35 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
 def _check_patch(cfg: ExperimentConfig, patch: list[int]) -> None:
     divisor = required_divisor(cfg.model.name, cfg.model.args)
     if any(p % divisor for p in patch):
-        raise ConfigError(f"data.volume.patch_size: {cfg.model.name} needs every size divisible by {divisor}, "
+        raise ConfigError(f"task.patch_size: {cfg.model.name} needs every size divisible by {divisor}, "
                           f"got {patch}")  # fmt: skip
     if np.prod([p // divisor for p in patch]) < 2:  # instance norm needs > 1 voxel at the bottleneck
-        raise ConfigError(f"data.volume.patch_size: {patch} is too small for {cfg.model.name}; make one size "
+        raise ConfigError(f"task.patch_size: {patch} is too small for {cfg.model.name}; make one size "
                           f"at least {2 * divisor}")  # fmt: skip
 
 
-def build_datasets(samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray], cfg: ExperimentConfig
+def build_datasets(samples: Samples, splits: dict[str, np.ndarray], cfg: ExperimentConfig, scan: ScanConfig
                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Training patches (augmented), fixed validation patches, whole test cases."""
     cases: list[Case] = samples.extra["cases"]
-    root, settings, vol = Path(samples.extra["cache_root"]), samples.extra["settings"], cfg.data.volume
+    root, settings, task = Path(samples.extra["cache_root"]), samples.extra["settings"], cfg.task
     patch = settings["patch_size"]
     _check_patch(cfg, patch)
     keys = {name: [cases[i].key for i in idx] for name, idx in splits.items()}
-    augment = vol.augment if is_active(vol.augment) else None
+    augment = scan.augment if is_active(scan.augment) else None
     datasets = {
-        "train": PatchDataset(root, keys["train"], patch, vol.patches_per_case, vol.pos_ratio, augment,
+        "train": PatchDataset(root, keys["train"], patch, task.patches_per_case, task.pos_ratio, augment,
                               seed=cfg.train.seed),  # fmt: skip
-        "val": PatchDataset(root, keys["val"], patch, vol.val_patches_per_case, vol.pos_ratio,
+        "val": PatchDataset(root, keys["val"], patch, task.val_patches_per_case, task.pos_ratio,
                             seed=cfg.train.seed + 1, fixed=True),  # fmt: skip
         "test": CaseList(root, [cases[i] for i in splits["test"]]),
     }
     channels = int(ArrayCache(root).get(cases[0].key)["image"].shape[0])
-    preprocessing = {**settings, "modality": "segmentation", "channels": channels, "overlap": vol.overlap,
-                     "sw_batch_size": vol.sw_batch_size}  # fmt: skip
+    preprocessing = {**settings, "modality": cfg.data.modality, "channels": channels, "overlap": task.overlap,
+                     "sw_batch_size": task.sw_batch_size}  # fmt: skip
     return datasets, preprocessing, {"in_channels": channels, "spatial_dims": settings["spatial_dims"]}
 
 
-def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
-    return model
-
-
-def explain(*args: Any, **kwargs: Any) -> tuple[list[dict], list[dict]]:
-    """Segmentation explains itself with overlays, drawn by `evaluate_test`."""
-    return [], []
 
 
 # ---------------------------------------------------------------------------------- inference
@@ -230,9 +228,7 @@ def overlay_figure(chosen: list[tuple[str, float, dict[str, np.ndarray]]]) -> Fi
     return fig
 
 
-def evaluate_test(models: list[nn.Module], task: SegmentationTask, test_data: CaseList, preprocessing: dict[str, Any],
-                  cfg: ExperimentConfig, run_dir: Path, device: torch.device,
-                  autocast: Callable[[], AbstractContextManager] | None = None) -> tuple[dict[str, Any], list[dict]]:
+def evaluate_cases(task: SegmentationTask, run: TestRun) -> tuple[dict[str, Any], list[dict]]:
     """Segment every test case whole, score it on the scan's own grid, write the masks.
 
     Writes test_metrics.json, predictions_test.csv (one row per case: Dice, HD95, surface Dice
@@ -242,6 +238,14 @@ def evaluate_test(models: list[nn.Module], task: SegmentationTask, test_data: Ca
     Returns:
         (evaluation, report sections: the overlays of the best, median and worst cases).
     """
+    models = []
+    for weights in run.member_weights:
+        model = copy.deepcopy(run.trainer.model)
+        if weights is not None:
+            model.load_state_dict(weights)
+        models.append(model)
+    test_data, preprocessing, cfg, run_dir = run.datasets["test"], run.preprocessing, run.cfg, run.run_dir
+    device, autocast = run.trainer.device, run.trainer._autocast
     dims = preprocessing["spatial_dims"]
     results, views, masks = [], [], []
     for case in test_data.cases:
@@ -252,7 +256,7 @@ def evaluate_test(models: list[nn.Module], task: SegmentationTask, test_data: Ca
         truth = read_scan(case.label_path, spatial_dims=dims, mask=True)
         restored = task.postprocess(restore(pred, case.geometry), truth.spacing)  # on the scan's grid
         results.append(case_metrics(restored, truth.array, truth.spacing, task.classes,
-                                    cfg.eval.surface_tolerance_mm, case.id))  # fmt: skip
+                                    cfg.task.surface_tolerance_mm, case.id))  # fmt: skip
         reference = reference_volume(case.reference) if case.reference else None  # 3D: from the cache entry
         masks.append(str(write_mask(restored, reference, run_dir / "test_masks" / _mask_name(case.id, dims))))
         views.append(_overlay_slice(arrays["image"], arrays["label"], pred))
@@ -304,9 +308,6 @@ def collect_scans(inputs: list[str | Path], spatial_dims: int) -> list[Path]:
     return found
 
 
-def read_inputs(preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False):
-    raise DataError("segmentation runs predict masks: use biomx.tasks.segmentation.pipeline.predict_masks")
-
 
 def _stem(path: Path) -> str:
     name = path.name
@@ -316,19 +317,22 @@ def _stem(path: Path) -> str:
     return name
 
 
-def predict_masks(models: list[nn.Module], info: dict[str, Any], inputs: list[str | Path], masks_dir: str | Path,
-                  skip_errors: bool = False, device: torch.device | None = None) -> dict[str, list]:
+def predict_masks(task: SegmentationTask, request: PredictRequest) -> dict[str, list]:
     """Segment new scans with a run's model(s); write one mask per scan on the scan's own grid.
+
+    Masks go to `request.files_dir` (default: `<output stem>_masks/` beside the output CSV,
+    else `masks/`).
 
     Returns:
         Columns "path", "mask" (file written), "<class>_volume_ml" (3D) or "<class>_pixels" (2D)
-        per foreground class, and "_failures": (input, reason) pairs.
+        per foreground class; unreadable scans go to `request.failures` with --skip-errors.
     """
-    pre, classes = info["preprocessing"], info["task"]["classes"]
-    task = task_from_info(info["task"])
+    info, inputs, skip_errors = request.info, request.inputs, request.skip_errors
+    masks_dir = request.files_dir or default_files_dir(request.output, "masks")
+    device = select_device("auto")
+    pre, classes = info["preprocessing"], task.classes
     dims = pre["spatial_dims"]
-    device = device or select_device("auto")
-    models = [m.to(device) for m in models]
+    models = [m.to(device) for m in request.models]
     unit = "volume_ml" if dims == 3 else "pixels"
     columns: dict[str, list] = {"path": [], "mask": [], **{f"{c}_{unit}": [] for c in classes[1:]}}
     failures, used = [], set()
@@ -356,5 +360,5 @@ def predict_masks(models: list[nn.Module], info: dict[str, Any], inputs: list[st
         for k, c in enumerate(classes[1:], start=1):
             value = float((mask == k).sum()) * voxel
             columns[f"{c}_{unit}"].append(f"{value:.6g}")
-    columns["_failures"] = failures
+    request.failures.extend(failures)
     return columns

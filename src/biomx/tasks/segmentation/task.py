@@ -29,8 +29,11 @@ from scipy import ndimage
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
+from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
-from biomx.tasks.classification.task import _nanmean, _percentile_ci
+from biomx.protocols import PredictRequest, TestRun
+from biomx.tasks.stats import nanmean as _nanmean
+from biomx.tasks.stats import percentile_ci as _percentile_ci
 
 LOSSES = ("dice", "dice_ce", "focal")
 CASE_METRICS = ("dice", "hd95", "surface_dice")
@@ -71,6 +74,31 @@ class SegmentationTask:
             raise ConfigError(f"task.min_component_size: expected a size >= 0 (mm^3, or pixels in 2D), "
                               f"got {self.min_component_size!r}")
         self._loss_fn = _build_loss(self.loss_name)
+
+    # ------------------------------------------------------------------ the Task protocol
+
+    name: ClassVar[str] = "segmentation"
+    headline: ClassVar[tuple[str, ...]] = ("dice", "hd95", "surface_dice")
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "classes": self.classes, "loss": self.loss_name,
+                "min_component_size": self.min_component_size}  # fmt: skip
+
+    def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
+        """Whole test cases by sliding windows (rank 0 only: no batched predictions to gather)."""
+        from biomx.tasks.segmentation.pipeline import evaluate_cases
+
+        return evaluate_cases(self, run) if dist.is_main() else (None, [])
+
+    def report_sections(self, evaluation: dict[str, Any]) -> list[dict]:
+        """The case overlays come from `evaluate_test`; the metrics table says the rest."""
+        return []
+
+    def predict(self, request: PredictRequest) -> dict[str, list]:
+        """Masks on each scan's own grid, one row per scan with its class volumes."""
+        from biomx.tasks.segmentation.pipeline import predict_masks
+
+        return predict_masks(self, request)
 
     def postprocess(self, mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """A predicted label map with its small blobs removed (see `remove_small_components`)."""
@@ -184,7 +212,7 @@ class SegmentationTask:
             stats["hd95_undefined"] = int(np.isnan(values["hd95"][:, j]).sum())
             per_class[name] = stats
         return {
-            "kind": self.kind, "n": n, "classes": list(self.classes), "ci": float(ci),
+            "kind": self.kind, "headline": list(self.headline), "n": n, "classes": list(self.classes), "ci": float(ci),
             "n_bootstrap": int(n_bootstrap),
             "surface_tolerance_mm": tolerances.pop() if tolerances else float("nan"),
             "metrics": metrics, "per_class": per_class,

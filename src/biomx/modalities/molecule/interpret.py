@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from biomx.explain import eval_mode, output_column
+from biomx.protocols import Task
 
 ATOMS_PER_PASS = 100_000  # replicated atoms per forward pass: bounds memory on big batches
-CLASSIFICATION_KINDS = ("binary", "multiclass", "multilabel")
 
 
 def _replicate(batch: Data, x: Tensor, copies: int) -> Data:
@@ -164,74 +164,6 @@ def draw_atom_attributions(
 # ---------------------------------------------------------------------------------- report
 
 
-def _infer_kind(predictions: np.ndarray, targets: np.ndarray, names: list[str]) -> str:
-    """Guess the task kind from array shapes, for callers that do not pass it."""
-    columns = 1 if predictions.ndim == 1 else predictions.shape[1]
-    if columns == 1:
-        return "binary" if len(names) == 2 else "regression"
-    probabilities = bool(((predictions >= 0) & (predictions <= 1)).all())
-    if targets.ndim == 1 and probabilities and np.allclose(predictions.sum(axis=1), 1, atol=1e-3):
-        return "multiclass"
-    observed = targets[np.isfinite(targets)]
-    if targets.ndim == 2 and probabilities and np.isin(observed, (0, 1)).all():
-        return "multilabel"
-    return "regression"
-
-
-def _take(groups: list[tuple[str, np.ndarray]], n: int, total: int) -> list[tuple[int, str]]:
-    """Up to n distinct rows: half from each group (ranked best first), topped up from the
-    other group, then from the remaining rows in index order."""
-    chosen: dict[int, str] = {}
-
-    def add(name: str, rows: np.ndarray, limit: int) -> None:
-        for row in rows.tolist():
-            if len(chosen) >= limit:
-                return
-            chosen.setdefault(int(row), name)
-
-    (first, first_rows), (second, second_rows) = groups
-    add(first, first_rows, (n + 1) // 2)
-    add(second, second_rows, n)
-    add(first, first_rows, n)
-    add("other", np.arange(total), n)
-    return list(chosen.items())
-
-
-def _pick(kind: str, preds: np.ndarray, targets: np.ndarray, n: int) -> list[tuple[int, str, int]]:
-    """(row, group, output column) of the molecules to show.
-
-    Regression: the smallest and the largest absolute errors of target 0. Binary and
-    multilabel (label 0): the most confident correct positives and the most confident
-    mistakes. Multiclass: the most confident correct and wrong predictions, explaining the
-    predicted class. Molecules with a missing label only top up the list.
-    """
-    total = len(preds)
-    if kind == "regression":
-        error = np.abs(preds.reshape(total, -1)[:, 0] - targets.reshape(total, -1)[:, 0])
-        labelled = np.flatnonzero(np.isfinite(error))
-        ranked = labelled[np.argsort(error[labelled], kind="stable")]
-        groups = [("best", ranked), ("worst", ranked[::-1])]
-        return [(row, group, 0) for row, group in _take(groups, n, total)]
-    if kind == "multiclass":
-        predicted = preds.argmax(axis=1)
-        confidence = preds[np.arange(total), predicted]
-        labelled = np.isfinite(targets)
-        truth = np.where(labelled, targets, -1).astype(np.int64)
-        correct = np.flatnonzero(labelled & (predicted == truth))
-        wrong = np.flatnonzero(labelled & (predicted != truth))
-        groups = [("confident", correct[np.argsort(-confidence[correct], kind="stable")]),
-                  ("miss", wrong[np.argsort(-confidence[wrong], kind="stable")])]  # fmt: skip
-        return [(row, group, int(predicted[row])) for row, group in _take(groups, n, total)]
-    p = preds.reshape(total, -1)[:, 0]
-    y = targets.reshape(total, -1)[:, 0].astype(np.float64)
-    labelled = np.isfinite(y)
-    positive = np.flatnonzero(labelled & (y == 1) & (p >= 0.5))
-    wrong = np.flatnonzero(labelled & ((p >= 0.5) != (y == 1)))
-    groups = [("confident", positive[np.argsort(-p[positive], kind="stable")]),
-              ("miss", wrong[np.argsort(-np.abs(p[wrong] - y[wrong]), kind="stable")])]  # fmt: skip
-    return [(row, group, 0) for row, group in _take(groups, n, total)]
-
-
 def _subset(batch: Data, rows: list[int]) -> Data:
     """The molecules `rows` (ascending) of a graph batch, renumbered 0..len(rows)-1."""
     device = batch.x.device
@@ -251,43 +183,21 @@ def _subset(batch: Data, rows: list[int]) -> Data:
     return out
 
 
-def _caption(
-    kind: str, names: list[str], column: int, pred: np.ndarray, target: np.ndarray
-) -> tuple[str, float, object]:
-    """The figure legend, and the JSON prediction and target of the explained output."""
-    if kind == "regression":
-        value, truth = float(np.ravel(pred)[0]), float(np.ravel(target)[0])
-        measured = f"{truth:.3g}" if math.isfinite(truth) else "missing"
-        return (f"{names[0]}: predicted {value:.3g}, measured {measured}", value,
-                truth if math.isfinite(truth) else None)  # fmt: skip
-    if kind == "multiclass":
-        value = float(pred[column])
-        truth = float(target)
-        true_name = names[int(truth)] if math.isfinite(truth) else None
-        return f"P({names[column]}) = {value:.2f}, true: {true_name or 'missing'}", value, true_name
-    value, truth = float(np.ravel(pred)[0]), float(np.ravel(target)[0])
-    label = names[1] if kind == "binary" else names[0]
-    true = None if not math.isfinite(truth) else int(truth)
-    shown = "missing" if true is None else ("yes" if true else "no")
-    return f"P({label}) = {value:.2f}, true {label}: {shown}", value, true
-
-
 def molecule_explanations(
     model: nn.Module,
     smiles: list[str],
     batch: Data,
     predictions: np.ndarray,
     targets: np.ndarray,
-    target_names: list[str],
+    task: Task,
     n: int,
     *,
-    kind: str | None = None,
     steps: int = 32,
 ) -> dict | None:
     """A report section with atom attributions for up to n test molecules.
 
-    Regression shows the best and the worst predicted molecules (absolute error of target 0);
-    classification the most confident correct positives and the worst mistakes (see `_pick`).
+    The task chooses the molecules: regression the best and the worst predicted (absolute error
+    of target 0), classification the most confident correct positives and the worst mistakes.
     Only molecules and model outputs are reported, never sample ids.
 
     Args:
@@ -297,10 +207,9 @@ def molecule_explanations(
         predictions: the task's predictions, (N,) or (N, K) (regression in original units,
             classification probabilities).
         targets: (N,) or (N, K) labels; NaN = missing.
-        target_names: regression target names, or the class names.
+        task: the run's task: it picks the molecules and the explained output, and words the
+            captions (`pick_explained`, `describe`, `attribution_text`).
         n: how many molecules to show at most.
-        kind: "regression", "binary", "multiclass" or "multilabel"; guessed from the array
-            shapes when None (pass it when known).
         steps: integrated-gradient quadrature nodes.
 
     Returns:
@@ -319,10 +228,7 @@ def molecule_explanations(
         raise ValueError(f"molecule_explanations: {len(smiles)} SMILES, {batch.num_molecules} "
                          f"molecules in the batch, {len(preds)} predictions, "
                          f"{len(labels)} targets")  # fmt: skip
-    kind = kind or _infer_kind(preds, labels, list(target_names))
-    if kind not in ("regression", *CLASSIFICATION_KINDS):
-        raise ValueError(f"unknown task kind {kind!r}")
-    picks = _pick(kind, preds, labels, n)
+    picks = task.pick_explained(preds, labels, n)
     rows = sorted(row for row, _, _ in picks)
     columns = sorted({column for _, _, column in picks})
     sub = _subset(batch, rows)
@@ -330,24 +236,14 @@ def molecule_explanations(
     figures, entries = [], {}
     for row, group, column in picks:
         atom_scores = scores[column][rows.index(row)]
-        caption, value, truth = _caption(kind, list(target_names), column, preds[row], labels[row])
+        caption, value, truth, explained = task.describe(column, preds[row], labels[row])
         figures.append(draw_atom_attributions(smiles[row], atom_scores, caption))
-        explained = target_names[0] if kind in ("regression", "multilabel") else (
-            target_names[-1] if kind == "binary" else target_names[column])
         entries[smiles[row]] = {
             "prediction": value if math.isfinite(value) else None, "target": truth, "group": group,
             "explained": str(explained),
             "atom_scores": [float(f"{s:.6g}") for s in atom_scores],
         }  # fmt: skip
-    if kind == "regression":
-        output = f"the model's raw output for {target_names[0]} (before scaling back to its units)"
-        shown = "the best and the worst predicted test molecules"
-    elif kind == "multiclass":
-        output = "the predicted class's logit"
-        shown = "the most confident correct and the most confident wrong predictions"
-    else:
-        output = f"the logit of {target_names[-1] if kind == 'binary' else target_names[0]}"
-        shown = "the most confident correct positives and the worst mistakes"
+    output, shown = task.attribution_text()
     text = (f"Integrated gradients ({steps} steps, all-zero atom features as the baseline) of "
             f"{output} with respect to each atom's features, summed per atom; a molecule's "
             "scores add up to its output minus the baseline's. Red atoms raise the prediction, "

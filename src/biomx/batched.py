@@ -1,0 +1,100 @@
+"""Test evaluation and prediction for tasks whose outputs are one row per sample.
+
+Classification and regression share these (a dense task such as segmentation has its own).
+Every ensemble member's best checkpoint, and every Monte Carlo dropout pass, gives predictions
+in task space; `uncertainty.mean_and_std` combines them, the task scores the mean, and the
+modality explains a few test samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biomx.engine import distributed as dist
+from biomx.engine.trainer import enable_dropout
+from biomx.evaluation import evaluate_split, std_columns
+from biomx.protocols import PredictRequest, RowTask, TestRun, TestView
+from biomx.runs import write_json
+from biomx.uncertainty import mean_and_std, uncertainty_evaluation, uncertainty_section
+
+
+def test_passes(task: RowTask, run: TestRun) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Test predictions (task space) of every member's best checkpoint and dropout pass."""
+    trainer, mc = run.trainer, run.cfg.eval.mc_dropout
+    passes, targets = [], torch.zeros(0)
+    for weights in run.member_weights:
+        if weights is not None:
+            trainer.model.load_state_dict(weights)
+        trainer.net = run.modality.inference_model(trainer.model, run.preprocessing)  # e.g. strand averaging
+        for k in range(max(mc, 1)):
+            torch.manual_seed(run.cfg.train.seed + k)  # reproducible dropout masks
+            outputs, targets = trainer.predict(run.datasets["test"], batch_size=run.cfg.eval.batch_size,
+                                               mc_dropout=mc > 0)  # fmt: skip
+            passes.append(task.predictions(outputs).numpy())
+    return passes, targets
+
+
+def evaluate_test(task: RowTask, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
+    """Score the mean test prediction, explain a few samples, add the uncertainty section."""
+    passes, targets = test_passes(task, run)
+    if not dist.is_main():
+        return None, []
+    preds, std = mean_and_std(passes)
+    truth = targets.numpy()
+    test_index = run.splits["test"]
+    ids = [run.samples.ids[i] for i in test_index]
+    evaluation = evaluate_split(task, preds, truth, ids, run.run_dir, run.cfg.eval, run.cfg.train.seed, std=std)
+    view = TestView(run.samples, test_index, run.datasets["test"], preds, truth, run.splits)
+    sections = run.modality.explain(run.trainer.model, task, view, run.cfg.eval.explain, run.cfg)
+    if std is not None:
+        unc = uncertainty_evaluation(task, preds, std, truth)
+        sections = [uncertainty_section(unc), *sections]
+    found = {section["title"]: section["json"] for section in sections if "json" in section}
+    if found:
+        write_json(run.run_dir / "explanations.json", found)
+    return evaluation, sections
+
+
+def _batches(x: Any, batch_size: int):
+    """A stacked tensor is split; a dataset with `__getitems__` (molecules) is fetched in chunks."""
+    if isinstance(x, torch.Tensor):
+        yield from x.split(batch_size)
+        return
+    for start in range(0, len(x), batch_size):
+        yield x.__getitems__(list(range(start, min(start + batch_size, len(x)))))[0]
+
+
+@torch.no_grad()
+def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
+    """Prediction columns ("path", the task's columns, `<column>_std` for several passes)."""
+    info, modality = request.info, request.modality
+    pre = info["preprocessing"]
+    passes_per_model = (info.get("uncertainty", {}).get("mc_dropout", 0) if request.mc_dropout is None
+                        else request.mc_dropout)  # fmt: skip
+    x, names, failures = modality.read_inputs(pre, request.inputs, request.skip_errors)
+    request.failures.extend(failures)
+    passes = []
+    for model in request.models:
+        model = modality.inference_model(model, pre).eval()
+        for k in range(max(passes_per_model, 1)):
+            if passes_per_model > 0:
+                torch.manual_seed(k)  # reproducible dropout masks
+                enable_dropout(model)
+            preds = [task.predictions(model(batch)) for batch in _batches(x, request.batch_size)]
+            passes.append(torch.cat(preds).numpy() if preds else np.zeros((0, task.out_dim)).squeeze(-1))
+    preds, std = mean_and_std(passes)
+    columns: dict[str, list] = {"path": names}
+    for name, values in task.prediction_columns(preds).items():
+        columns[name] = [f"{v:.6f}" if isinstance(v, float) else v for v in values.tolist()]
+    if std is not None:
+        columns.update(std_columns(task, std))
+    return columns
+
+
+def default_files_dir(output: Path | None, suffix: str) -> Path:
+    """`<output stem>_<suffix>/` beside the output CSV, else `./<suffix>/`."""
+    return output.with_name(output.stem + f"_{suffix}") if output else Path(suffix)

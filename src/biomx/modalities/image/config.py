@@ -1,0 +1,60 @@
+"""The image modality's config: `data.modality: image` and its section `data.image`."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from biomx.config import DataConfig, Fraction, PositiveFloat, PositiveInt, Section
+from biomx.modalities.common.scan_config import ScanConfig
+
+
+class AugmentConfig(Section):
+    """Random augmentations applied to each training batch (off by default)."""
+
+    hflip: Fraction = 0.0  # probability
+    vflip: Fraction = 0.0
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0  # max degrees
+    scale: tuple[PositiveFloat, PositiveFloat] | None = None  # e.g. [0.9, 1.1]
+    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # fraction of the image size
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # Gaussian std on [0, 1] intensities
+
+
+class ImageSettings(Section):
+    """How 2D images are decoded, resized, normalised and augmented."""
+
+    size: tuple[PositiveInt, PositiveInt] | None = None  # [H, W]; None keeps the npz size
+    channels: Literal[1, 3] = 1
+    window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
+    dicom_frames: Literal["first", "all"] = "first"
+    path_column: str = "path"  # csv source: the column of image files
+    normalize: bool = True  # standardise with the training split's mean and std
+    cache: bool = True  # image files: keep decoded images on disk, keyed by content and settings
+    augment: AugmentConfig = AugmentConfig()
+    scan: ScanConfig = ScanConfig()  # source msd: image/mask pairs read as 2D scans (segmentation)
+
+
+class ImageData(DataConfig):
+    """`data:` for 2D images."""
+
+    modality: Literal["image"] = "image"
+    image: ImageSettings = ImageSettings()
+
+    sources: ClassVar[tuple[str, ...]] = ("folder", "csv", "npz", "dataset", "msd")
+    local_sources: ClassVar[tuple[str, ...]] = ("dataset",)
+    path_keys: ClassVar[tuple[str, ...]] = ("scan.cache_dir",)
+    moved: ClassVar[dict[str, str]] = {
+        "image_size": "image.size", "channels": "image.channels", "window": "image.window",
+        "dicom_frames": "image.dicom_frames", "path_column": "image.path_column", "normalize": "image.normalize",
+        "cache": "image.cache", "augment": "image.augment", "volume": "image.scan",
+    }  # fmt: skip
+
+    @model_validator(mode="after")
+    def _size_for_files(self) -> ImageData:
+        if self.source in ("folder", "csv") and self.image.size is None:
+            raise ValueError("image.size is required for folder and csv sources, e.g. [224, 224]")
+        return self

@@ -1,0 +1,197 @@
+"""The two plug-in protocols: a `Modality` (one kind of data) and a `TaskType` (what the outputs mean).
+
+The experiment, predict, evaluation, report and CLI code call these and never branch on a
+modality's or a task's name. A plug-in is a module (or any object) with these attributes,
+registered by name in `biomx.modalities.MODALITIES` / `biomx.tasks.TASKS`, or from Python with
+`register_modality` / `register_task`. A config can only select a registered name: nothing
+in a config is imported or evaluated.
+
+Adding a modality: a folder `modalities/<name>/` whose `__init__.py` satisfies `Modality`, and
+one line in `MODALITIES`. Adding a task: a folder `tasks/<name>/` whose `__init__.py`
+satisfies `TaskType`, and one line in `TASKS`. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # annotations only: importing the protocols costs nothing
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from biomx.config import DataConfig, ExperimentConfig, TaskConfig
+    from biomx.data.samples import Samples
+    from biomx.engine.trainer import Trainer
+
+
+@dataclass
+class TestView:
+    """The test split as a modality's `explain` sees it."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class
+
+    samples: Samples  # all samples of the run
+    index: np.ndarray  # rows of `samples` in the test split
+    data: Dataset  # the test dataset (as built by `build_datasets`)
+    predictions: np.ndarray  # task space: probabilities or values in original units
+    targets: np.ndarray  # as the task encodes them
+    splits: dict[str, np.ndarray]  # every split, e.g. for a scaffold-overlap table
+
+
+@dataclass
+class TestRun:
+    """Everything a task needs to evaluate the test split of a trained run."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class
+
+    cfg: ExperimentConfig
+    modality: Modality
+    samples: Samples
+    splits: dict[str, np.ndarray]
+    datasets: dict[str, Dataset]
+    preprocessing: dict[str, Any]
+    run_dir: Path
+    trainer: Trainer  # its model, device, autocast and `predict` (sharded under torchrun)
+    member_weights: list[dict[str, torch.Tensor] | None]  # best weights of each ensemble member
+
+
+@dataclass
+class PredictRequest:
+    """A `biomx predict` call, as a task sees it."""
+
+    models: list[nn.Module]  # every ensemble member, in eval mode, on the CPU
+    info: dict[str, Any]  # the run's run.json
+    modality: Modality
+    inputs: list[str | Path]
+    output: Path | None = None  # the CSV the caller writes (tasks may write files beside it)
+    skip_errors: bool = False
+    batch_size: int = 256
+    mc_dropout: int | None = None  # None: as the run was evaluated
+    files_dir: Path | None = None  # where per-input files go (e.g. masks); None: the task's default
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A built task: what the model's outputs mean for one run."""
+
+    kind: str  # what the evaluation JSON calls it (e.g. binary, multiclass, regression)
+    classes: list[str]
+    out_dim: int
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor: ...
+
+    def quick_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]: ...
+
+    def info(self) -> dict[str, Any]:
+        """The run.json "task" entry; `TaskType.from_info` rebuilds the task from it."""
+        ...
+
+    def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
+        """Score the test split, write test_metrics.json and predictions_test.csv; return the
+        evaluation (None on non-zero ranks) and report sections. Called on every rank."""
+        ...
+
+    def report_sections(self, evaluation: dict[str, Any]) -> list[dict]:
+        """Report sections drawn from an evaluation (curves, confusion, scatter, ...)."""
+        ...
+
+    def predict(self, request: PredictRequest) -> dict[str, list]:
+        """Prediction columns for new inputs ("path" first); failures go to request.failures."""
+        ...
+
+
+@runtime_checkable
+class TaskType(Protocol):
+    """A registry entry for a task: its config section and how it is built."""
+
+    name: str
+    config: type[TaskConfig]  # the `task:` section when task.kind is `name` (a TaskConfig subclass)
+    quick_metric_names: tuple[str, ...]  # validation metrics reported each epoch
+
+    def check_config(self, cfg: ExperimentConfig, modality: Modality) -> None: ...
+
+    def load(self, cfg: ExperimentConfig, modality: Modality) -> Samples: ...
+
+    def targets(self, cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(targets, labels to stratify splits by, or None)."""
+        ...
+
+    def build(self, cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor,
+              train_index: np.ndarray) -> Task: ...
+
+    def build_datasets(self, cfg: ExperimentConfig, modality: Modality, samples: Samples, targets: torch.Tensor,
+                       splits: dict[str, np.ndarray]) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:
+        """(datasets per split, preprocessing for run.json, model input arguments)."""
+        ...
+
+    def from_info(self, info: dict[str, Any]) -> Task: ...
+
+
+@runtime_checkable
+class Modality(Protocol):
+    """One kind of data: how it is read, checked, split, batched, explained and read back."""
+
+    name: str
+    config: type[DataConfig]  # `data:` when data.modality is `name`: a DataConfig subclass with a
+    #   `data.<name>` section of the modality's own settings; it names the sources and split methods
+    sources: tuple[str, ...]  # values of data.source it reads
+    split_methods: tuple[str, ...]  # its own data.split.method values (e.g. a structure-based split)
+    input_help: str  # what `biomx predict` takes, for --help
+
+    def check_config(self, cfg: ExperimentConfig) -> None: ...
+
+    def load(self, cfg: ExperimentConfig) -> Samples: ...
+
+    def split(self, cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Splits for one of `split_methods`."""
+        ...
+
+    def build_datasets(self, samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray],
+                       cfg: ExperimentConfig) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]: ...
+
+    def inference_model(self, model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module: ...
+
+    def explain(self, model: nn.Module, task: Task, test: TestView, n: int,
+                cfg: ExperimentConfig) -> list[dict]:
+        """Report sections explaining `n` test samples (and any modality-specific tables)."""
+        ...
+
+    def read_inputs(self, preprocessing: dict[str, Any], inputs: list[str | Path],
+                    skip_errors: bool = False) -> tuple[Any, list[str], list[tuple[str, str]]]:
+        """(model-ready inputs, their names, skipped (input, reason)) for `biomx predict`."""
+        ...
+
+    def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        """Extra CLI subcommands (each sets `func`)."""
+        ...
+
+
+@runtime_checkable
+class RowTask(Task, Protocol):
+    """A task with one prediction row per sample, evaluated and predicted by `biomx.batched`."""
+
+    output_prefix: str  # predictions.csv columns are <prefix>_<output name>
+
+    def output_names(self) -> list[str]: ...
+
+    def prediction_columns(self, predictions: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def truth_column(self, targets: np.ndarray) -> list[str]: ...
+
+    def evaluate(self, predictions: np.ndarray, targets: np.ndarray, *, n_bootstrap: int, ci: float,
+                 seed: int) -> dict[str, Any]:
+        """Metrics with CIs; the dict has "kind", "n", "metrics" and "headline" (names to summarise)."""
+        ...
+
+    def uncertainty_errors(self, predictions: np.ndarray, std: np.ndarray, targets: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, list[str], str]:  # fmt: skip
+        """(|error|, std, names) per output column, and the error's name ("rmse" for a Gaussian std)."""
+        ...
