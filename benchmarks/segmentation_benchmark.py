@@ -83,9 +83,8 @@ def _biomx_config(data: Path, args) -> object:
                  "split": {"method": "random", "val": 0.0, "test": 0.0},
                  "num_workers": args.workers,
                  "volume": {"spacing": [1.5, 1.5, 2.0], "intensity": "ct", "ct_window": list(WINDOW),
-                            "patch_size": [args.patch] * 3, "pos_ratio": 0.5, "patches_per_case": 8,
                             "augment": {"flip": 0.5, "rotate90": 0.5, "brightness": 0.1, "contrast": 0.1}}},
-        "task": {"kind": "segmentation"},
+        "task": {"kind": "segmentation", "patch_size": [args.patch] * 3, "pos_ratio": 0.5, "patches_per_case": 8},
         "model": {"name": "unet", "args": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}},
         "train": {"batch_size": args.batch, "progress": False},
     })  # fmt: skip

@@ -41,9 +41,9 @@ from biomx.datasets import get_dataset
 from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.trainer import Trainer
+from biomx.modalities.common.npz import load_npz_splits
+from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
-from biomx.modalities.image.dataset import ImageTensorDataset
-from biomx.modalities.image.npz import load_npz_splits
 from biomx.modalities.image.pipeline import _fit_size_and_channels
 from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task

@@ -21,7 +21,7 @@ from biomx.datasets import get_dataset
 from biomx.engine import distributed as dist
 from biomx.engine.runtime import seed_everything
 from biomx.engine.trainer import Trainer
-from biomx.modalities.image.dataset import ImageTensorDataset
+from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task
 

@@ -19,7 +19,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from biomx.errors import ConfigError, DataError
 from biomx.tasks.classification import build_task, class_weights_from_counts
-from biomx.tasks.classification.task import METRICS, auroc, average_precision
+from biomx.tasks.classification.metrics import METRICS, auroc, average_precision
 
 
 def _fit_predict(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 
 from biomx.data.batching import collate_batch
 from biomx.errors import DataError
+from biomx.modalities.common.npz import load_npz_splits
+from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
-from biomx.modalities.image.dataset import ImageTensorDataset
 from biomx.modalities.image.decode import decode_images, read_image, resize_image
-from biomx.modalities.image.npz import load_npz_splits
 from biomx.modalities.image.sources import records_from_csv, records_from_folder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data

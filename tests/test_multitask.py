@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from biomx.data.samples import Samples, encode_labels, encode_values
+from biomx.data.samples import Samples
 from biomx.errors import DataError
 from biomx.tasks.classification import build_task, class_weights_from_counts
-from biomx.tasks.classification.task import _class_stats, _gather
+from biomx.tasks.classification.evaluation import checked, one_vs_rest
+from biomx.tasks.classification.labels import encode_labels
+from biomx.tasks.classification.metrics import class_stats
+from biomx.tasks.regression.targets import encode_values
+from biomx.tasks.stats import gather
 
 COLUMNS = ["expt", "calc"]
 
@@ -187,9 +191,9 @@ def test_bootstrap_kernel_matches_sklearn_per_resample(freesolv):
     task = build_task("multilabel", COLUMNS)
     n = 60
     probs, targets = freesolv["probs"][:n], _targets(freesolv)[:n]
-    views = task._views(*task._check(probs, targets))
+    views = one_vs_rest(task, *checked(task, probs, targets))
     idx = np.random.default_rng(3).integers(0, n, size=(25, n))
-    stats = _class_stats(*_gather(views, idx))
+    stats = class_stats(*gather(views, idx))
     y, obs = freesolv["active"][:n], ~freesolv["missing"][:n]
     for b, rows in enumerate(idx):
         for k in range(2):

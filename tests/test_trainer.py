@@ -13,8 +13,8 @@ from biomx.data.batching import collate_batch
 from biomx.engine.checkpoint import load_checkpoint
 from biomx.engine.runtime import seed_everything
 from biomx.engine.trainer import Trainer, TrainingInterrupted
+from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
-from biomx.modalities.image.dataset import ImageTensorDataset
 from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task
 

@@ -9,16 +9,14 @@ Two doors to the same engine:
                       settings=TrainConfig(epochs=5)).fit()
 """
 
-__version__ = "0.1.0"
-
 from biomx.config import ExperimentConfig, TrainConfig, load_config  # noqa: E402
 from biomx.data.batching import collate_batch  # noqa: E402
 from biomx.engine.trainer import Trainer, TrainingInterrupted  # noqa: E402
 from biomx.errors import BiomxError, ConfigError, DataError  # noqa: E402
 from biomx.experiment import evaluate_run, prepare, resume_run, train  # noqa: E402
 from biomx.modalities.common.gradcam import gradcam  # noqa: E402
+from biomx.modalities.common.tensor_dataset import ImageTensorDataset  # noqa: E402
 from biomx.modalities.image.augment import Augment  # noqa: E402
-from biomx.modalities.image.dataset import ImageTensorDataset  # noqa: E402
 from biomx.modalities.image.decode import read_image  # noqa: E402
 from biomx.modalities.sequence.dataset import SequenceDataset  # noqa: E402
 from biomx.modalities.sequence.encoding import encode, one_hot  # noqa: E402
@@ -28,6 +26,7 @@ from biomx.predict import predict_files  # noqa: E402
 from biomx.runs import load_run_model  # noqa: E402
 from biomx.tasks.classification.task import ClassificationTask, build_task  # noqa: E402
 from biomx.tasks.regression.task import RegressionTask, build_regression_task  # noqa: E402
+from biomx.version import __version__  # noqa: E402
 
 __all__ = [
     "Augment",

@@ -77,11 +77,24 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
-    from biomx.models.registry import list_models
+    from biomx.models.registry import list_models, suggest
+    from biomx.tasks import task_names
 
-    print(f"{'name':<22} {'modality':<12} {'parameters':>12}  description")
-    for row in list_models(in_channels=args.in_channels, out_dim=args.out_dim):
-        print(f"{row['name']:<22} {row['modality']:<12} {row['parameters']:>12,}  {row['description']}")
+    for flag, value, allowed in [("--modality", args.modality, modality_names()),
+                                 ("--task", args.task, task_names())]:  # fmt: skip
+        if value is not None and value not in allowed:
+            raise BiomxError(f"models {flag}: unknown {flag[2:]} {value!r}{suggest(value, allowed)}; "
+                             f"allowed: {', '.join(allowed)}")  # fmt: skip
+    rows = list_models(in_channels=args.in_channels, out_dim=args.out_dim, modality=args.modality, task=args.task)
+    if not rows:
+        print(f"no model serves {args.modality or 'any'} data for {args.task or 'any'} tasks", file=sys.stderr)
+        return
+    for row in rows:  # () declares no restriction
+        row["serves"] = f"{', '.join(row['modalities']) or 'any'}: {', '.join(row['tasks']) or 'any'}"
+    width = max(len("modalities: tasks"), *(len(row["serves"]) for row in rows))
+    print(f"{'name':<22} {'modalities: tasks':<{width}} {'parameters':>12}  description")
+    for row in rows:
+        print(f"{row['name']:<22} {row['serves']:<{width}} {row['parameters']:>12,}  {row['description']}")
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
@@ -164,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in modality_names():  # each modality's own commands (e.g. sequence: variants, ism)
         get_modality(name).add_commands(sub)
 
-    p = sub.add_parser("models", help="list the model zoo with parameter counts")
+    p = sub.add_parser("models", help="list the model zoo: what each model serves, its parameter count")
+    p.add_argument("--modality", help="only models for this data.modality (e.g. molecule)")
+    p.add_argument("--task", help="only models for this task.kind (e.g. regression)")
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--out-dim", type=int, default=2)
     p.set_defaults(func=_cmd_models)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import biomx
 from biomx.config import ExperimentConfig, dump_config, load_config
 from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples
@@ -31,6 +30,7 @@ from biomx.models.registry import build_model, check_model_args, suggest
 from biomx.protocols import Modality, Task, TaskType, TestRun
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks import get_task
+from biomx.version import __version__
 
 
 @dataclass
@@ -92,7 +92,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     warn_if_leaking(data.groups, splits)
     datasets, preprocessing, input_args = task_type.build_datasets(cfg, modality, data, targets, splits)
     info = {
-        "biomx_version": biomx.__version__,
+        "biomx_version": __version__,
         "name": cfg.name,
         "modality": cfg.data.modality,
         "model": {"name": cfg.model.name, "args": {**cfg.model.args, **input_args, "out_dim": task.out_dim}},

@@ -195,3 +195,42 @@ class RowTask(Task, Protocol):
                            ) -> tuple[np.ndarray, np.ndarray, list[str], str]:  # fmt: skip
         """(|error|, std, names) per output column, and the error's name ("rmse" for a Gaussian std)."""
         ...
+
+
+@runtime_checkable
+class SpatialModality(Modality, Protocol):
+    """A modality of images with a pixel or voxel grid, which a dense task (segmentation) can label.
+
+    It reads image/mask pairs from its paired sources, reads single scans for prediction, and
+    writes a predicted mask back on a scan's own grid and in its own file format."""
+
+    spatial_dims: int  # 2 or 3
+    pair_sources: tuple[str, ...]  # data.source values holding image/mask pairs
+    mask_suffix: str  # of the mask files it writes
+
+    def scan_settings(self, cfg: ExperimentConfig) -> tuple[Any, str]:
+        """(its ScanConfig, where that sits in the config, e.g. "data.volume")."""
+        ...
+
+    def read_pairs(self, path: str | Path) -> Any:
+        """The pairs of a paired source: `.cases` (id, image, label path), `.classes`, `.channels`,
+        `.spatial_dims`."""
+        ...
+
+    def read_pair(self, image: Path, label: Path, nan_policy: str, tolerance_mm: float) -> tuple[Any, Any]:
+        """(image, mask) `biomx.data.cases.Scan`s, refused unless on the same grid."""
+        ...
+
+    def read_scan(self, path: str | Path, mask: bool = False, nan_policy: str = "raise") -> Any: ...
+
+    def scan_reference(self, scan: Any) -> Any:
+        """A JSON-able record of the scan's geometry, all `write_mask` needs."""
+        ...
+
+    def write_mask(self, mask: np.ndarray, reference: Any, path: Path) -> Path: ...
+
+    def collect_scans(self, inputs: list[str | Path]) -> list[Path]: ...
+
+    def scan_stem(self, path: Path, used: set[str]) -> str:
+        """A name for the scan's mask file, unique among `used` (and added to it)."""
+        ...

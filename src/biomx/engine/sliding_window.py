@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -94,10 +94,6 @@ def _buffer(shape: tuple[int, ...], on_disk: bool, directory: str | Path | None)
         return np.memmap(handle, dtype=np.float32, mode="w+", shape=shape)  # a new file reads as zeros
 
 
-def _batches(starts: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int, ...]]]:
-    for i in range(0, len(starts), size):
-        yield starts[i : i + size]
-
 
 def sliding_window_predict(
     net: Callable[[Tensor], Tensor],
@@ -147,62 +143,82 @@ def sliding_window_predict(
         ConfigError: a patch size of the wrong length or non-positive, a bad overlap, batch size
             or weighting.
     """
-    if isinstance(image, Tensor):
-        image = image.detach().cpu()
-        image = (image.float() if image.dtype in (torch.bfloat16, torch.float16) else image).numpy()
+    image = _as_numpy(image)
     shape = tuple(image.shape)
     patch = _check(shape, patch_size, overlap, batch_size, weighting)
-    size = shape[1:]
-    padded = tuple(max(s, p) for s, p in zip(size, patch, strict=True))
-    before = tuple((q - s) // 2 for s, q in zip(size, padded, strict=True))  # as MONAI: half, rest after
+    size, padded, before = _padding(shape[1:], patch)
     fill = float(image.min()) if padded != size else 0.0
     device = torch.device(device)
     autocast = autocast or contextlib.nullcontext
 
     weight = compute_importance_map(patch, mode=weighting, sigma_scale=0.125, device=device, dtype=torch.float32)
-    weight_cpu = weight.cpu().numpy()
     starts = window_starts(padded, patch, overlap)
-    out_bytes = out_channels * math.prod(size) * 4
-    on_disk = out_bytes > memmap_above_bytes
-    out = _buffer((out_channels, *size), on_disk, memmap_dir)
-    norm = _buffer(size, on_disk, memmap_dir)
-
-    def regions(start: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        """(slice of the image, slice of the window) where the window overlaps the real image."""
-        lo = [max(s - b, 0) for s, b in zip(start, before, strict=True)]
-        hi = [min(s - b + p, n) for s, b, p, n in zip(start, before, patch, size, strict=True)]
-        src = tuple(slice(a, z) for a, z in zip(lo, hi, strict=True))
-        dst = tuple(slice(a - s + b, z - s + b) for a, z, s, b in zip(lo, hi, start, before, strict=True))
-        return src, dst
-
-    for start in starts:  # the weight map once per voxel, not per channel
-        src, dst = regions(start)
-        norm[src] += weight_cpu[dst]
+    regions = [_regions(start, before, patch, size) for start in starts]
+    out, norm = _accumulators(out_channels, size, regions, weight.cpu().numpy(), memmap_above_bytes, memmap_dir)
 
     done = 0
     with torch.inference_mode():
-        for batch in _batches(starts, batch_size):
-            windows = np.full((len(batch), shape[0], *patch), fill, dtype=np.float32)
-            places = [regions(start) for start in batch]
+        for first in range(0, len(starts), batch_size):
+            places = regions[first : first + batch_size]
+            windows = np.full((len(places), shape[0], *patch), fill, dtype=np.float32)
             for window, (src, dst) in zip(windows, places, strict=True):
                 window[(slice(None), *dst)] = image[(slice(None), *src)]
-            with autocast():
-                result = net(torch.from_numpy(windows).to(device))
-            if tuple(result.shape) != (len(batch), out_channels, *patch):
-                raise ValueError(
-                    f"sliding_window_predict: the network returned shape {tuple(result.shape)} for windows "
-                    f"of {(len(batch), shape[0], *patch)}; expected {(len(batch), out_channels, *patch)}"
-                )
-            result = result.float()
-            if postprocess is not None:
-                result = postprocess(result)
-            result = (result * weight).cpu().numpy()
-            for blended, (src, dst) in zip(result, places, strict=True):
+            result = _forward(net, windows, device, autocast, out_channels, postprocess) * weight
+            for blended, (src, dst) in zip(result.cpu().numpy(), places, strict=True):
                 out[(slice(None), *src)] += blended[(slice(None), *dst)]
-            done += len(batch)
+            done += len(places)
             if progress is not None:
                 progress(done, len(starts))
 
     out /= norm  # every voxel is covered by at least one window with weight > 0
     del norm
     return out
+
+
+def _accumulators(out_channels: int, size: tuple[int, ...], regions: list, weight: np.ndarray, above_bytes: int,
+                  memmap_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Zeroed (out_channels, *size) sums and the (*size) sum of window weights (on disk when big)."""
+    on_disk = out_channels * math.prod(size) * 4 > above_bytes
+    out, norm = _buffer((out_channels, *size), on_disk, memmap_dir), _buffer(size, on_disk, memmap_dir)
+    for src, dst in regions:  # the weight map once per voxel, not per channel
+        norm[src] += weight[dst]
+    return out, norm
+
+
+def _as_numpy(image: np.ndarray | Tensor) -> np.ndarray:
+    if isinstance(image, Tensor):
+        image = image.detach().cpu()
+        image = (image.float() if image.dtype in (torch.bfloat16, torch.float16) else image).numpy()
+    return image
+
+
+def _padding(size: tuple[int, ...], patch: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """(size, padded size, padding before): an axis shorter than the patch is padded, centred as
+    MONAI does (half before, the rest after)."""
+    padded = tuple(max(s, p) for s, p in zip(size, patch, strict=True))
+    return size, padded, tuple((q - s) // 2 for s, q in zip(size, padded, strict=True))
+
+
+def _regions(start: tuple[int, ...], before: tuple[int, ...], patch: tuple[int, ...], size: tuple[int, ...]
+             ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:  # fmt: skip
+    """(slice of the image, slice of the window) where the window at `start` (in padded
+    coordinates) overlaps the real image."""
+    lo = [max(s - b, 0) for s, b in zip(start, before, strict=True)]
+    hi = [min(s - b + p, n) for s, b, p, n in zip(start, before, patch, size, strict=True)]
+    src = tuple(slice(a, z) for a, z in zip(lo, hi, strict=True))
+    dst = tuple(slice(a - s + b, z - s + b) for a, z, s, b in zip(lo, hi, start, before, strict=True))
+    return src, dst
+
+
+def _forward(net: Callable[[Tensor], Tensor], windows: np.ndarray, device: torch.device,
+             autocast: Callable[[], AbstractContextManager], out_channels: int,
+             postprocess: Callable[[Tensor], Tensor] | None) -> Tensor:  # fmt: skip
+    """The network's float32 (post-processed) output for a batch of windows, shape-checked."""
+    with autocast():
+        result = net(torch.from_numpy(windows).to(device))
+    expected = (len(windows), out_channels, *windows.shape[2:])
+    if tuple(result.shape) != expected:
+        raise ValueError(f"sliding_window_predict: the network returned shape {tuple(result.shape)} for windows "
+                         f"of {tuple(windows.shape)}; expected {expected}")  # fmt: skip
+    result = result.float()
+    return postprocess(result) if postprocess is not None else result

@@ -56,7 +56,7 @@ def small_cnn(
                 nn.ReLU(inplace=True),
             ]
             channels = out
-        if stage < depth - 1:  # keep the last stage's resolution for Grad-CAM
+        if stage < depth - 1:  # keep the last stage's resolution for class-activation maps
             layers.append(pool(2))
     layers += [gap(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, out_dim)]
     return nn.Sequential(*layers)

@@ -3,13 +3,17 @@
 Configs name a model; only names registered here can be built (no dotted-path imports,
 no code from a config). Arguments are checked against the builder's signature before
 anything is built, so a typo names the bad key and the closest valid one.
+
+Each model declares the modalities (`data.modality`) and tasks (`task.kind`) it serves, as
+plain names; `check_model_fits` refuses a config that pairs it with anything else, in one line
+that lists the models that do fit. An entry that declares nothing serves every modality / task.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,57 +23,119 @@ from biomx.errors import ConfigError
 from biomx.models import image2d, molecule, segmentation, sequence
 
 
+def builder_defaults(in_channels: int) -> dict[str, int]:
+    """Count parameters with the builder's own input size (e.g. 4 or 20 one-hot channels)."""
+    return {}
+
+
+def given_in_channels(in_channels: int) -> dict[str, int]:
+    """Count parameters with the `--in-channels` of `biomx models` (pixels and voxels)."""
+    return {"in_channels": in_channels}
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
-    modality: str
     description: str
+    modalities: tuple[str, ...] = ()  # the data.modality values it serves; () = every one
+    tasks: tuple[str, ...] = ()  # the task.kind values it serves; () = every one
+    # the input sizes `biomx models` builds it with to count parameters, from --in-channels
+    listing_inputs: Callable[[int], dict[str, int]] = builder_defaults
+
+    def serves(self, modality: str | None = None, task: str | None = None) -> bool:
+        """Whether the model fits `modality` data and a `task` task (None: any)."""
+        fits_modality = modality is None or not self.modalities or modality in self.modalities
+        return fits_modality and (task is None or not self.tasks or task in self.tasks)
+
+    @property
+    def modality(self) -> str:
+        """The first declared modality ('' for any). Kept for older callers: use `modalities`
+        and `check_model_fits`."""
+        return self.modalities[0] if self.modalities else ""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, builder: Callable[..., nn.Module], modality: str, description: str) -> None:
-    """Add a model builder to the zoo under `name` (e.g. from a plug-in module)."""
+def register(
+    name: str,
+    builder: Callable[..., nn.Module],
+    modality: str | None = None,
+    description: str = "",
+    *,
+    modalities: Iterable[str] = (),
+    tasks: Iterable[str] = (),
+    listing_inputs: Callable[[int], dict[str, int]] = builder_defaults,
+) -> None:
+    """Add a model builder to the zoo under `name` (e.g. from a plug-in module).
+
+    Args:
+        modality: one modality it serves (the older form; `modalities` for several).
+        modalities: the `data.modality` names it serves; none given = every modality.
+        tasks: the `task.kind` names it serves; none given = every task.
+        listing_inputs: maps `biomx models --in-channels` to the input arguments the listing
+            builds it with (default: the builder's own defaults).
+    """
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, builder, modality, description)
+    served = tuple(modalities) or ((modality,) if modality else ())
+    _REGISTRY[name] = ModelEntry(name, builder, description, served, tuple(tasks), listing_inputs)
 
 
-register("small_cnn", image2d.small_cnn, "image", "VGG-style CNN, fast on CPU (the demo model)")
-register("resnet18", image2d.resnet18, "image", "ResNet-18 (MONAI)")
-register("resnet34", image2d.resnet34, "image", "ResNet-34 (MONAI)")
-register("resnet50", image2d.resnet50, "image", "ResNet-50, bottleneck blocks (MONAI)")
-register("densenet121", image2d.densenet121, "image", "DenseNet-121 (MONAI), CheXNet backbone")
-register("deepsea", sequence.deepsea, "sequence", "DeepSEA, 3-layer DNA CNN (Zhou 2015)")
-register("basset", sequence.basset, "sequence", "Basset, DNA CNN with batch norm (Kelley 2016)")
-register("danq", sequence.danq, "sequence", "DanQ, DNA CNN + BiLSTM (Quang & Xie 2016)")
-register(
-    "sequence_transformer",
-    sequence.sequence_transformer,
-    "sequence",
-    "Small transformer encoder over patches, padding-masked",
-)
-register("protein_cnn", sequence.protein_cnn, "sequence", "Multi-kernel protein CNN, max pool")
-register("protein_lstm", sequence.protein_lstm, "sequence", "Protein BiLSTM, mean + max pool")
-register("dmpnn", molecule.dmpnn, "molecule", "Directed message passing network (chemprop, Yang 2019)")
-register("gin", molecule.gin, "molecule", "GIN with bond features (Xu 2019; GINE, Hu 2020)")
-register("attentive_fp", molecule.attentive_fp, "molecule", "AttentiveFP graph attention (Xiong 2020)")
-register(
-    "fingerprint_mlp",
-    molecule.fingerprint_mlp,
-    "molecule",
-    "MLP on Morgan fingerprints / RDKit descriptors (no graph)",
-)
-register("unet", segmentation.unet, "segmentation", "Residual UNet (MONAI), 2D/3D segmentation baseline")
-register("segresnet", segmentation.segresnet, "segmentation", "SegResNet (MONAI, Myronenko 2018), 2D/3D")
-register(
-    "swin_unetr",
-    segmentation.swin_unetr,
-    "segmentation",
-    "SwinUNETR (MONAI, Hatamizadeh 2022): Swin encoder + CNN decoder, 2D/3D",
-)
+def unregister(name: str) -> None:
+    """Remove model `name` from the zoo (e.g. a test's toy model); no error if it is absent."""
+    _REGISTRY.pop(name, None)
+
+
+def _molecule_inputs(name: str) -> Callable[[int], dict[str, int]]:
+    return lambda in_channels: molecule.listing_inputs(name)
+
+
+# What each model serves, as the registries' plain names (data declared here, never branched on).
+PIXELS = ("image", "volume")  # these builders make 2D or 3D networks from `spatial_dims`
+PREDICTS = ("classification", "regression")
+
+
+def _register_zoo() -> None:
+    for name, builder, description in [
+        ("small_cnn", image2d.small_cnn, "VGG-style CNN, fast on CPU (the demo model)"),
+        ("resnet18", image2d.resnet18, "ResNet-18 (MONAI)"),
+        ("resnet34", image2d.resnet34, "ResNet-34 (MONAI)"),
+        ("resnet50", image2d.resnet50, "ResNet-50, bottleneck blocks (MONAI)"),
+        ("densenet121", image2d.densenet121, "DenseNet-121 (MONAI), CheXNet backbone"),
+    ]:
+        register(name, builder, description=description, modalities=PIXELS, tasks=PREDICTS,
+                 listing_inputs=given_in_channels)  # fmt: skip
+    for name, builder, description in [
+        ("deepsea", sequence.deepsea, "DeepSEA, 3-layer DNA CNN (Zhou 2015)"),
+        ("basset", sequence.basset, "Basset, DNA CNN with batch norm (Kelley 2016)"),
+        ("danq", sequence.danq, "DanQ, DNA CNN + BiLSTM (Quang & Xie 2016)"),
+        ("sequence_transformer", sequence.sequence_transformer,
+         "Small transformer encoder over patches, padding-masked"),
+        ("protein_cnn", sequence.protein_cnn, "Multi-kernel protein CNN, max pool"),
+        ("protein_lstm", sequence.protein_lstm, "Protein BiLSTM, mean + max pool"),
+    ]:  # fmt: skip
+        register(name, builder, description=description, modalities=("sequence",), tasks=PREDICTS)
+    for name, builder, description in [
+        ("dmpnn", molecule.dmpnn, "Directed message passing network (chemprop, Yang 2019)"),
+        ("gin", molecule.gin, "GIN with bond features (Xu 2019; GINE, Hu 2020)"),
+        ("attentive_fp", molecule.attentive_fp, "AttentiveFP graph attention (Xiong 2020)"),
+        ("fingerprint_mlp", molecule.fingerprint_mlp, "MLP on Morgan fingerprints / RDKit descriptors (no graph)"),
+    ]:
+        register(name, builder, description=description, modalities=("molecule",), tasks=PREDICTS,
+                 listing_inputs=_molecule_inputs(name))  # fmt: skip
+    for name, builder, description in [
+        ("unet", segmentation.unet, "Residual UNet (MONAI), 2D/3D segmentation baseline"),
+        ("segresnet", segmentation.segresnet, "SegResNet (MONAI, Myronenko 2018), 2D/3D"),
+        ("swin_unetr", segmentation.swin_unetr,
+         "SwinUNETR (MONAI, Hatamizadeh 2022): Swin encoder + CNN decoder, 2D/3D"),
+    ]:  # fmt: skip
+        register(name, builder, description=description, modalities=PIXELS, tasks=("segmentation",),
+                 listing_inputs=given_in_channels)  # fmt: skip
+
+
+_register_zoo()
 
 
 def model_names() -> list[str]:
@@ -129,22 +195,52 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def list_models(in_channels: int = 1, out_dim: int = 2) -> list[dict[str, Any]]:
-    """Every registered model with its parameter count for the given input/output size."""
+def _and(names: Iterable[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def models_for(modality: str | None = None, task: str | None = None) -> list[str]:
+    """The registered models that serve `modality` data and a `task` task (None: any), sorted."""
+    return [name for name in model_names() if _REGISTRY[name].serves(modality, task)]
+
+
+def check_model_fits(name: str, modality: str, task: str) -> None:
+    """Raise ConfigError (one line) unless model `name` serves `modality` data and `task`.
+
+    The message names `model.name`, what the model serves and the models that would fit, e.g.
+    "model.name: deepsea serves sequence data, not volume; models for volume classification:
+    densenet121, resnet18, ...". An unknown name raises get_entry's error.
+    """
+    entry = get_entry(name)
+    if entry.serves(modality, task):
+        return
+    served, wanted = [], []
+    if not entry.serves(modality=modality):
+        served.append(f"{_and(entry.modalities)} data")
+        wanted.append(modality)
+    if not entry.serves(task=task):
+        served.append(_and(entry.tasks))
+        wanted.append(task)
+    fits = ", ".join(models_for(modality, task)) or "none"
+    raise ConfigError(f"model.name: {name} serves {' for '.join(served)}, not {' '.join(wanted)}; "
+                      f"models for {modality} {task}: {fits}")  # fmt: skip
+
+
+def list_models(
+    in_channels: int = 1, out_dim: int = 2, modality: str | None = None, task: str | None = None
+) -> list[dict[str, Any]]:
+    """Every registered model serving `modality` data and a `task` task (None: any), with the
+    modalities and tasks it serves (() for any) and its parameter count for the given input /
+    output size (each entry's `listing_inputs` turns `in_channels` into its input arguments)."""
     rows = []
-    for name in model_names():
+    for name in models_for(modality, task):
         entry = _REGISTRY[name]
-        # Sequence models count with their own alphabet size (4 for DNA, 20 for protein);
-        # molecule models with chemprop's atom / bond sizes or a 2048-bit fingerprint.
-        inputs: dict[str, int] = {}
-        if entry.modality in ("image", "segmentation"):
-            inputs = {"in_channels": in_channels}
-        elif entry.modality == "molecule":
-            inputs = molecule.listing_inputs(name)
-        model = entry.builder(**inputs, out_dim=out_dim)
+        model = entry.builder(**entry.listing_inputs(in_channels), out_dim=out_dim)
         rows.append({
             "name": name,
-            "modality": entry.modality,
+            "modalities": entry.modalities,
+            "tasks": entry.tasks,
             "parameters": count_parameters(model),
             "description": entry.description,
         })

@@ -1,11 +1,11 @@
 """1D sequence classifiers for genomics and proteins: DeepSEA, Basset, DanQ, a small transformer,
 and a CNN and a BiLSTM for protein sequences.
 
-Every model takes one-hot sequences `x` of shape (B, A, L), float, where A is the alphabet size
-(4 for DNA in ACGT order, 20 for protein; passed as `in_channels`), and returns logits of shape
-(B, out_dim). All of them accept any length L >= 50 (see each builder for its exact minimum): the
-published models end in a dense layer sized for one input length, which here is replaced by
-adaptive or global pooling.
+Every model takes one-hot sequences `x` of shape (B, A, L), float, where A is the number of
+symbols (4 for DNA in ACGT order, 20 for protein; passed as `in_channels`), and returns logits
+of shape (B, out_dim). All of them accept any length L >= 50 (see each builder for its exact
+minimum): the published models end in a dense layer sized for one input length, which here is
+replaced by adaptive or global pooling.
 
 Padding convention (protein_cnn, protein_lstm, sequence_transformer): sequences of different
 lengths are batched left-aligned, with all-zero one-hot columns appended at the end. A sequence's

@@ -22,10 +22,10 @@ from biomx.data.samples import Samples, sha256_file
 from biomx.datasets import get_dataset
 from biomx.errors import DataError
 from biomx.modalities.common.gradcam import gallery_section, gradcam
+from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
+from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
-from biomx.modalities.image.dataset import ImageTensorDataset
 from biomx.modalities.image.decode import decode_images
-from biomx.modalities.image.npz import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.image.sources import image_files_under, records_from_csv, records_from_folder
 from biomx.protocols import Task, TestView
 
@@ -151,6 +151,9 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
         return _from_npz(Path(cfg.path), cfg, classes)
     if cfg.source in ("folder", "csv"):
         return _from_files(cfg)
+    if cfg.source == "msd":
+        raise DataError("data.source: msd holds image/mask pairs, read by a task that labels pixels "
+                        "(task.kind: segmentation); to classify images use folder, csv, npz or dataset")
     raise DataError(f"data.source: {cfg.source!r} is not an image source; use folder, csv, npz or dataset")
 
 

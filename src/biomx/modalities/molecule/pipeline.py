@@ -22,7 +22,17 @@ from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.cache import ArrayCache, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.errors import ConfigError, DataError
-from biomx.modalities.molecule import chem as mol
+from biomx.modalities.molecule.featurize import featurize
+from biomx.modalities.molecule.graphs import (
+    ATOM_DIM,
+    BOND_DIM,
+    MolGraphs,
+    graph_batch,
+    graphs_from_arrays,
+)
+from biomx.modalities.molecule.readers import MoleculeRecords, read_molecule_table, read_sdf
+from biomx.modalities.molecule.splits import cluster_split, scaffold_overlap, scaffold_split
+from biomx.modalities.molecule.standardize import standardize
 from biomx.protocols import Task, TestView
 
 # Models that read only the molecule-level vectors (no graph is batched for them).
@@ -37,11 +47,11 @@ def _label_columns(cfg: DataConfig) -> list[str]:
     return list(cfg.label_column) if isinstance(cfg.label_column, list) else [cfg.label_column]
 
 
-def _read(cfg: DataConfig, columns: list[str]) -> mol.MoleculeRecords:
+def _read(cfg: DataConfig, columns: list[str]) -> MoleculeRecords:
     path, m = Path(cfg.path), cfg.molecule
     if cfg.source == "sdf":
-        return mol.read_sdf(path, label_columns=columns, id_property=m.id_column)
-    return mol.read_molecule_table(path, smiles_column=m.smiles_column, label_columns=columns,
+        return read_sdf(path, label_columns=columns, id_property=m.id_column)
+    return read_molecule_table(path, smiles_column=m.smiles_column, label_columns=columns,
                                    id_column=m.id_column)  # fmt: skip
 
 
@@ -63,7 +73,7 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     records = _read(cfg, columns + ([split_column] if split_column else []))
     if not records.smiles:
         raise DataError(f"{cfg.path}: no molecules found")
-    smiles, kept, invalid = mol.standardize(records.smiles, records.where, standardize=cfg.molecule.standardize)
+    smiles, kept, invalid = standardize(records.smiles, records.where, standardize=cfg.molecule.standardize)
     if not kept:
         raise DataError(f"{cfg.path}: none of the {len(records.smiles)} molecules is valid "
                         f"(first problem: {invalid[0][0]}: {invalid[0][1]})")  # fmt: skip
@@ -82,7 +92,7 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     digest = sha256_file(cfg.path)
     m = cfg.molecule
     cache = ArrayCache(Path(m.cache_dir) if m.cache_dir else default_cache_dir()) if m.cache else None
-    features = mol.featurize(smiles, feature_settings(m), cache=cache, source_digest=digest,
+    features = featurize(smiles, feature_settings(m), cache=cache, source_digest=digest,
                              workers=m.workers or None)  # fmt: skip
     extra = {"smiles": smiles, "features": features}
     if len(columns) > 1:
@@ -104,8 +114,8 @@ def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None = N
     stay in one split, so the test set measures generalisation to new chemistry."""
     s, smiles = cfg.data.split, samples.extra["smiles"]
     if s.method == "scaffold":
-        return mol.scaffold_split(smiles, s.val, s.test, s.seed)
-    return mol.cluster_split(smiles, s.val, s.test, s.seed, cutoff=cfg.data.molecule.cluster_cutoff)
+        return scaffold_split(smiles, s.val, s.test, s.seed)
+    return cluster_split(smiles, s.val, s.test, s.seed, cutoff=cfg.data.molecule.cluster_cutoff)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -114,7 +124,7 @@ def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None = N
 class MoleculeDataset(torch.utils.data.Dataset):
     """Molecules as rows of concatenated feature arrays; a batch is one PyG `Data` graph batch."""
 
-    def __init__(self, graphs: mol.MolGraphs | None, vectors: np.ndarray | None, targets: torch.Tensor,
+    def __init__(self, graphs: MolGraphs | None, vectors: np.ndarray | None, targets: torch.Tensor,
                  index: np.ndarray):  # fmt: skip
         self.graphs, self.vectors, self.targets = graphs, vectors, targets
         self.index = np.asarray(index, dtype=np.int64)
@@ -124,7 +134,7 @@ class MoleculeDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[Any, torch.Tensor]:
         rows = self.index[np.asarray(indices, dtype=np.int64)]
-        return mol.graph_batch(self.graphs, rows, self.vectors), self.targets[rows]
+        return graph_batch(self.graphs, rows, self.vectors), self.targets[rows]
 
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
         return self.__getitems__([i])
@@ -168,12 +178,12 @@ def build_datasets(
     if pre["settings"]["descriptors"]:
         pre["descriptor_mean"], pre["descriptor_std"] = _descriptor_scaling(features["descriptors"], splits["train"])
     vectors = _vectors(features, pre)
-    graphs = None if vector_only else mol.graphs_from_arrays(features)
+    graphs = None if vector_only else graphs_from_arrays(features)
     datasets = {name: MoleculeDataset(graphs, vectors, targets, idx) for name, idx in splits.items()}
     feature_dim = 0 if vectors is None else int(vectors.shape[1])
     input_args = {"feature_dim": feature_dim}
     if not vector_only:
-        input_args.update(atom_dim=mol.ATOM_DIM, bond_dim=mol.BOND_DIM)
+        input_args.update(atom_dim=ATOM_DIM, bond_dim=BOND_DIM)
     return datasets, pre, input_args
 
 
@@ -192,7 +202,7 @@ def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: Experimen
     samples, test_data, test_index, splits = test.samples, test.data, test.index, test.splits
     smiles = samples.extra["smiles"]
     if splits is not None:
-        overlap = mol.scaffold_overlap(smiles, splits)
+        overlap = scaffold_overlap(smiles, splits)
         rows = [[name, *[v for v in stats.values()]] for name, stats in overlap.items() if isinstance(stats, dict)]
         header = ["split", *next(iter(s for s in overlap.values() if isinstance(s, dict))).keys()]
         extra.append({"title": "Splits and chemistry overlap",
@@ -216,7 +226,7 @@ def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: Experimen
 # ---------------------------------------------------------------------------------- prediction
 
 
-def _read_smi(path: Path | None) -> mol.MoleculeRecords:
+def _read_smi(path: Path | None) -> MoleculeRecords:
     """A .smi file (or standard input): SMILES, optionally followed by a name, one per line."""
     text = sys.stdin.read() if path is None else path.read_text()
     source = "stdin" if path is None else str(path)
@@ -228,7 +238,7 @@ def _read_smi(path: Path | None) -> mol.MoleculeRecords:
         smiles.append(parts[0])
         ids.append(parts[1] if len(parts) > 1 else f"{source}:{number}")
         where.append(f"{source} line {number}")
-    return mol.MoleculeRecords(smiles=smiles, ids=ids, labels=[[] for _ in smiles], where=where)
+    return MoleculeRecords(smiles=smiles, ids=ids, labels=[[] for _ in smiles], where=where)
 
 
 def _id_column(path: Path, preprocessing: dict[str, Any]) -> str | None:
@@ -258,20 +268,20 @@ def read_inputs(
                 raise DataError(f"{path}: no such file")
             suffix = path.suffix.lower()
             if suffix in (".sdf", ".sd") or path.name.lower().endswith(".sdf.gz"):
-                records = mol.read_sdf(path, label_columns=[])
+                records = read_sdf(path, label_columns=[])
             elif suffix in (".smi", ".smiles", ".txt"):
                 records = _read_smi(path)
             else:
-                records = mol.read_molecule_table(path, smiles_column=preprocessing["smiles_column"],
+                records = read_molecule_table(path, smiles_column=preprocessing["smiles_column"],
                                                   label_columns=[], id_column=_id_column(path, preprocessing))  # fmt: skip
         smiles += records.smiles
         ids += records.ids
         where += records.where
-    canonical, kept, invalid = mol.standardize(smiles, where, standardize=preprocessing["standardize"])
+    canonical, kept, invalid = standardize(smiles, where, standardize=preprocessing["standardize"])
     if invalid and not skip_errors:
         raise DataError(f"{invalid[0][0]}: {invalid[0][1]} (use --skip-errors to leave invalid molecules out)")
-    features = mol.featurize(canonical, preprocessing["settings"], cache=None, source_digest="")
-    graphs = mol.graphs_from_arrays(features) if preprocessing["graph"] else None
+    features = featurize(canonical, preprocessing["settings"], cache=None, source_digest="")
+    graphs = graphs_from_arrays(features) if preprocessing["graph"] else None
     vectors = _vectors(features, preprocessing)
     n = len(canonical)
     data = MoleculeDataset(graphs, vectors, torch.zeros(n), np.arange(n))

@@ -18,22 +18,28 @@ from biomx.modalities.sequence.variants import (
     write_variant_scores,
 )
 from biomx.runs import load_run_model, write_csv
+from biomx.tasks import task_from_info
 
 
-def _dna_run(run_dir: str | Path, class_name: str | None) -> tuple[torch.nn.Module, dict, int, str]:
-    """The run's model, preprocessing, the logit to explain and its class name."""
+def _dna_run(run_dir: str | Path, class_name: str | None) -> tuple[torch.nn.Module, dict, int, float, str]:
+    """The run's model, preprocessing, the logit to explain, its sign and its class name.
+
+    The task picks the output: a one-logit model explains its other class by the logit
+    negated (sign -1).
+    """
     model, info = load_run_model(run_dir)
-    pre, task = info["preprocessing"], info["task"]
+    pre = info["preprocessing"]
     if pre.get("modality") != "sequence" or pre.get("alphabet") not in ("dna", "rna"):
         raise BiomxError(f"{run_dir}: not a DNA/RNA sequence model (modality {pre.get('modality')})")
-    classes = task["classes"]
-    positive = classes[1] if task["kind"] == "binary" else classes[0]
-    name = class_name or positive
-    if name not in classes:
-        raise BiomxError(f"--class: {name!r} is not one of {classes}")
-    if task["kind"] == "binary" and name != positive:
-        raise BiomxError(f"--class: a binary model explains its positive class {positive!r}")
-    return model, pre, 0 if task["kind"] == "binary" else classes.index(name), name
+    task = task_from_info(info["task"])
+    output_for = getattr(task, "output_for", None)
+    if output_for is None:
+        raise BiomxError(f"{run_dir}: a {task.name} model has no class output to explain")
+    try:
+        column, sign, name = output_for(class_name)
+    except BiomxError as error:
+        raise BiomxError(f"{'--class' if class_name is not None else run_dir}: {error}") from None
+    return model, pre, column, sign, name
 
 
 def score_variant_file(
@@ -48,7 +54,7 @@ def score_variant_file(
     Returns:
         (scored variants, problems).
     """
-    model, pre, target, _ = _dna_run(run_dir, class_name)
+    model, pre, target, sign, _ = _dna_run(run_dir, class_name)
     kept, skipped = read_variants(variants)
     windows = variant_windows(kept, genome, length=pre["length"])
 
@@ -57,6 +63,10 @@ def score_variant_file(
 
     rows = score_variants(model, windows, encode_fn=encode_fn, target=target,
                           strand_average=pre["strand_average"])  # fmt: skip
+    if sign < 0:  # the other class of a one-logit model: P = 1 - P(logit's class)
+        for row in rows:
+            row.update(p_ref=1.0 - row["p_ref"], p_alt=1.0 - row["p_alt"], delta=-row["delta"],
+                       log_odds_ratio=-row["log_odds_ratio"])
     problems = skipped + windows.problems
     write_variant_scores(rows, problems, output)
     return len(rows), len(problems)
@@ -73,14 +83,14 @@ def mutagenesis(
     Returns:
         The files written.
     """
-    model, pre, target, name = _dna_run(run_dir, class_name)
+    model, pre, target, sign, name = _dna_run(run_dir, class_name)
     x, ids, _ = read_inputs(pre, inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     alphabet = "ACGT" if pre["alphabet"] == "dna" else "ACGU"
     for i in range(min(limit, len(ids))):
-        effects = in_silico_mutagenesis(model, x[i : i + 1], target=target)[0].numpy()
+        effects = in_silico_mutagenesis(model, x[i : i + 1], target=target)[0].numpy() * sign + 0.0  # no -0.0
         sequence = decode(x[i : i + 1].argmax(1).to(torch.uint8), pre["alphabet"])[0]
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in ids[i])[:80]
         fig = ism_heatmap_figure(effects, sequence, title=f"{ids[i]}: substitution effects on {name}")

@@ -14,6 +14,17 @@ from biomx.modalities.common.scan_config import ScanConfig
 from biomx.modalities.volume import pipeline
 from biomx.modalities.volume.config import VolumeData
 from biomx.modalities.volume.pipeline import build_datasets, explain, inference_model, read_inputs
+from biomx.modalities.volume.scans import (
+    collect_scans,
+    mask_suffix,
+    pair_sources,
+    read_pair,
+    read_pairs,
+    read_scan,
+    scan_reference,
+    scan_stem,
+    write_mask,
+)
 
 name = "volume"
 config = VolumeData
@@ -44,4 +55,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """No commands of its own."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]

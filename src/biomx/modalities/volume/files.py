@@ -40,6 +40,7 @@ from nibabel.orientations import (
 )
 
 from biomx.errors import DataError
+from biomx.modalities.common.scans import check_finite
 from biomx.modalities.volume.decoding import DECODE_ERRORS
 from biomx.modalities.volume.dicom_series import DICOM_SUFFIXES, dicom_files_in, read_dicom_series
 from biomx.modalities.volume.itk_formats import read_metaimage, read_nrrd
@@ -169,21 +170,6 @@ def _make_volume(data: np.ndarray, affine: np.ndarray, source: str, mask: bool,
     return Volume(array=np.ascontiguousarray(array), affine=canonical, spacing=spacing,
                   source=source, original_affine=affine, original_shape=tuple(data.shape))
 
-
-def check_finite(data: np.ndarray, source: str, nan_policy: str) -> np.ndarray:
-    """`data` if every value is finite; else an error ("raise") or a copy with them set to 0 ("zero")."""
-    if not np.issubdtype(data.dtype, np.floating):
-        return data
-    bad = ~np.isfinite(data)
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return data
-    if nan_policy == "raise":
-        raise DataError(f"{source}: {n_bad} of {data.size} voxels are NaN or infinite; fix the "
-                        "file or set nan_policy: zero (data.volume.nan_policy in a config)")
-    data = data.copy()
-    data[bad] = 0
-    return data
 
 
 def _as_labels(data: np.ndarray, source: str) -> np.ndarray:

@@ -28,8 +28,8 @@ from biomx.data.samples import Samples, sha256_file
 from biomx.data.spatial_augment import augment_batch, is_active
 from biomx.errors import ConfigError, DataError
 from biomx.modalities.common.gradcam import find_last_conv, gallery_section, gradcam
-from biomx.modalities.image.dataset import ImageTensorDataset
-from biomx.modalities.image.npz import load_npz_splits, npz_labels_and_ids
+from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
+from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.volume.files import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
 from biomx.models.registry import get_entry
 from biomx.protocols import Task, TestView

@@ -13,15 +13,13 @@ import torch
 from torch.utils.data import Dataset
 
 from biomx.config import ExperimentConfig
-from biomx.data.samples import Samples, encode_labels
+from biomx.data.samples import Samples
 from biomx.protocols import Modality
 from biomx.tasks.classification.config import ClassificationConfig
-from biomx.tasks.classification.task import (
-    QUICK_METRICS,
-    ClassificationTask,
-    build_task,
-    class_weights_from_counts,
-)
+from biomx.tasks.classification.labels import encode_labels
+from biomx.tasks.classification.metrics import QUICK_METRICS
+from biomx.tasks.classification.task import ClassificationTask, build_task
+from biomx.tasks.classification.weights import class_weights_from_counts
 
 name = "classification"
 config = ClassificationConfig

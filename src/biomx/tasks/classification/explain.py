@@ -1,6 +1,6 @@
 """What a classification model's explanations show: which test samples, which output, what caption.
 
-Modalities draw the attributions (Grad-CAM, sequence logos, atom colours); these hooks decide
+Modalities draw the attributions (saliency maps, logos, atom colours); these hooks decide
 the rest, so that no modality needs to know whether a problem is binary, multiclass or multilabel.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from biomx.errors import ConfigError
 from biomx.explain.picks import take_groups
 
 
@@ -110,3 +111,23 @@ def attribution_text(task: Any) -> tuple[str, str]:
                 "the most confident correct and the most confident wrong predictions")
     label = task.classes[1] if task.kind == "binary" else task.classes[0]
     return f"the logit of {label}", "the most confident correct positives and the worst mistakes"
+
+
+def output_for(task: Any, class_name: str | None) -> tuple[int, float, str]:
+    """(output column, sign, class name) whose logit, times the sign, is the evidence for one class.
+
+    For tools that explain a single output (variant effects, in-silico mutagenesis). Binary
+    models have one logit: the positive class is that logit, the negative class its negation
+    (sign -1). Multiclass and multilabel: the class's own column. None: the positive class of
+    a binary model, else the first class.
+
+    Raises:
+        ConfigError: if `class_name` is not one of the classes.
+    """
+    positive = task.classes[1] if task.kind == "binary" else task.classes[0]
+    name = positive if class_name is None else str(class_name)
+    if name not in task.classes:
+        raise ConfigError(f"{name!r} is not one of the classes {task.classes}")
+    if task.kind == "binary":
+        return 0, 1.0 if name == positive else -1.0, name
+    return task.classes.index(name), 1.0, name

@@ -12,9 +12,10 @@ import torch
 from torch.utils.data import Dataset
 
 from biomx.config import ExperimentConfig
-from biomx.data.samples import Samples, encode_values
+from biomx.data.samples import Samples
 from biomx.protocols import Modality
 from biomx.tasks.regression.config import RegressionConfig
+from biomx.tasks.regression.targets import encode_values
 from biomx.tasks.regression.task import METRICS, RegressionTask, build_regression_task
 
 name = "regression"

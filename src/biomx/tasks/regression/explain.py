@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from biomx.errors import ConfigError
 from biomx.explain.picks import spread_over_range, take_groups
 
 
@@ -54,3 +55,13 @@ def describe(task: Any, column: int, pred: np.ndarray, target: np.ndarray) -> tu
 def attribution_text(task: Any) -> tuple[str, str]:
     return (f"the model's raw output for {task.targets[0]} (before scaling back to its units)",
             "the best and the worst predicted test samples")
+
+
+def output_for(task: Any, class_name: str | None) -> tuple[int, float, str]:
+    """Refused: a regression model has no classes to pick an output by.
+
+    Raises:
+        ConfigError: always, naming the model's targets.
+    """
+    raise ConfigError(f"a regression model (targets {task.targets}) has no classes; variant "
+                      "effects and in-silico mutagenesis explain a classifier's class")

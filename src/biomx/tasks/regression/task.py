@@ -217,6 +217,9 @@ class RegressionTask:
     def attribution_text(self) -> tuple[str, str]:
         return explain.attribution_text(self)
 
+    def output_for(self, class_name: str | None) -> tuple[int, float, str]:
+        return explain.output_for(self, class_name)
+
     def quick_metrics(self, preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Cheap metrics for every validation epoch: METRICS, macro-averaged over targets.
 

@@ -1,6 +1,6 @@
 """Segmentation: a label for every pixel of 2D images or voxel of 3D volumes, as a `TaskType` plug-in.
 
-Reads image/mask pairs (an MSD-style folder) into a case cache, trains on patches, evaluates
+Reads image/mask pairs (a modality's paired source) into a case cache, trains on patches, evaluates
 whole test scans by sliding windows on their own grids and writes masks back in each scan's
 geometry. Works over any modality with `spatial_dims` (image: 2, volume: 3).
 """
@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
 from biomx.errors import ConfigError
-from biomx.protocols import Modality
-from biomx.tasks.segmentation import pipeline
+from biomx.protocols import Modality, SpatialModality
+from biomx.tasks.segmentation import data
 from biomx.tasks.segmentation.config import SegmentationConfig
 from biomx.tasks.segmentation.task import (
     SEGMENTATION_QUICK_METRICS,
@@ -31,26 +31,25 @@ quick_metric_names = SEGMENTATION_QUICK_METRICS
 
 
 def _dims(cfg: ExperimentConfig, modality: Modality) -> int:
-    dims = getattr(modality, "spatial_dims", None)
-    if dims is None:
+    if not isinstance(modality, SpatialModality):
         raise ConfigError(f"task.kind: segmentation needs images or volumes; data.modality {cfg.data.modality!r} "
                           "has no pixels to label")  # fmt: skip
-    return dims
+    return modality.spatial_dims
 
 
 def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
     _dims(cfg, modality)
-    if cfg.data.source != "msd":
-        raise ConfigError("task.kind: segmentation reads image/mask pairs from data.source: msd "
-                          "(a dataset.json + imagesTr/ + labelsTr/ folder), and msd data is for segmentation")
+    if cfg.data.source not in modality.pair_sources:
+        raise ConfigError(f"task.kind: segmentation reads image/mask pairs from data.source: "
+                          f"{' or '.join(modality.pair_sources)}; {cfg.data.source!r} has no masks")  # fmt: skip
     if cfg.eval.mc_dropout:
         raise ConfigError("eval.mc_dropout: not available for segmentation yet; use model.ensemble")
 
 
 def load(cfg: ExperimentConfig, modality: Modality) -> Samples:
     """Every (image, mask) case, preprocessed into the case cache (only keys travel on)."""
-    scan, key = modality.scan_settings(cfg)
-    return pipeline.load(cfg, scan, key, _dims(cfg, modality))
+    _dims(cfg, modality)
+    return data.load(cfg, modality)
 
 
 def targets(cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -66,7 +65,7 @@ def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_
 def build_datasets(cfg: ExperimentConfig, modality: Modality, samples: Samples, targets: torch.Tensor,
                    splits: dict[str, np.ndarray]) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:
     """Training patches (augmented), fixed validation patches, whole test cases."""
-    return pipeline.build_datasets(samples, splits, cfg, modality.scan_settings(cfg)[0])
+    return data.build_datasets(samples, splits, cfg, modality.scan_settings(cfg)[0])
 
 
 def from_info(info: dict[str, Any]) -> SegmentationTask:

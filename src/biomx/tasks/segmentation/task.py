@@ -86,7 +86,7 @@ class SegmentationTask:
 
     def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
         """Whole test cases by sliding windows (rank 0 only: no batched predictions to gather)."""
-        from biomx.tasks.segmentation.pipeline import evaluate_cases
+        from biomx.tasks.segmentation.inference import evaluate_cases
 
         return evaluate_cases(self, run) if dist.is_main() else (None, [])
 
@@ -96,7 +96,7 @@ class SegmentationTask:
 
     def predict(self, request: PredictRequest) -> dict[str, list]:
         """Masks on each scan's own grid, one row per scan with its class volumes."""
-        from biomx.tasks.segmentation.pipeline import predict_masks
+        from biomx.tasks.segmentation.inference import predict_masks
 
         return predict_masks(self, request)
 

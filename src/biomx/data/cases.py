@@ -1,7 +1,7 @@
-"""Segmentation data: image + mask files -> preprocessed arrays in the shared cache -> patches.
+"""Dense-label data (images with label maps, 2D or 3D): scans -> preprocessed arrays in the shared
+cache -> patches. Nothing here reads a file format: a modality reads each scan (`Scan`).
 
-1. `read_scan` reads an image (or mask) file: 3D volumes through `volume_io` (canonical RAS,
-   geometry kept), 2D images (TIFF, PNG) through `msd.read_plane`.
+1. A modality's `read_pair` reads an image and its mask as `Scan`s on the same grid.
 2. `preprocess` resamples to the target spacing, crops to the foreground, normalises
    intensities and pads up to the patch size; `geometry` records each step so that
    `restore` can put a predicted mask back on the scan's own voxel grid.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,82 +31,45 @@ from biomx.data.batching import batch_generator
 from biomx.data.cache import ArrayCache, cache_key, default_cache_dir, file_digest
 from biomx.data.spatial_augment import augment_batch
 from biomx.errors import ConfigError, DataError
-from biomx.modalities.common.msd import is_2d_file, read_plane
-from biomx.modalities.volume.files import Volume, check_finite, check_same_geometry, read_volume
 
 PREPROCESS_VERSION = "segmentation-case-v1"  # bump when preprocessing changes: old entries miss
 _MAX_FOREGROUND_INDICES = 50_000  # positive patch centres kept per case (a random subset)
 
 
-# ---- 1. Reading ------------------------------------------------------------------------------
+# ---- 1. Scans -------------------------------------------------------------------------------
 
 
 @dataclass
 class Scan:
-    """One image or mask in canonical orientation, with what is needed to write a mask back."""
+    """One image or mask as a modality read it, in canonical orientation."""
 
     array: np.ndarray  # image: float32 (C, *S); mask: integer (*S)
     spacing: tuple[float, ...]  # mm per spatial axis (2D images: 1.0)
     source: str
-    volume: Volume | None = None  # 3D: the volume read (geometry for write_nifti)
+    reference: Any = None  # the modality's record of the scan's geometry, for writing a mask back
 
 
-def read_scan(path: str | Path, *, spatial_dims: int, mask: bool = False, nan_policy: str = "raise") -> Scan:
-    """Read a 2D image / 3D volume (or its mask) file; images come back as (C, *S) float32.
-
-    Raises:
-        DataError: unreadable, truncated or corrupt file; NaN voxels with nan_policy "raise";
-            a file whose dimensionality does not match `spatial_dims`.
-    """
-    path = Path(path)
-    if spatial_dims == 2:
-        if not is_2d_file(path):
-            raise DataError(f"{path}: not a 2D image file (TIFF, PNG, BMP, JPEG); this run segments 2D images")
-        array = read_plane(path, mask=mask)
-        if not mask:
-            array = check_finite(array, str(path), nan_policy)
-        return Scan(array, (1.0, 1.0), str(path))
-    if is_2d_file(path):
-        raise DataError(f"{path}: a 2D image, but this run segments 3D volumes")
-    volume = read_volume(path, mask=mask, nan_policy=nan_policy)
-    array = volume.array
-    if not mask and array.ndim == 3:
-        array = array[None]
-    if mask and array.ndim == 4:
-        if array.shape[0] != 1:
-            raise DataError(f"{path}: a mask must have one channel, found {array.shape[0]}")
-        array = array[0]
-    return Scan(array, tuple(float(s) for s in volume.spacing), str(path), volume)
-
-
-def check_mask_fits(image: Scan, mask: Scan, tolerance_mm: float) -> None:
-    """Refuse a mask that is not on the image's pixel / voxel grid (one line naming both)."""
-    if image.volume is not None and mask.volume is not None:
-        check_same_geometry(image.volume, mask.volume, tolerance_mm)
-        return
-    if image.array.shape[1:] != mask.array.shape:
-        raise DataError(f"{mask.source}: shape {mask.array.shape} does not match the image {image.source} "
-                        f"{image.array.shape[1:]}; a mask must be on the image's pixel grid")  # fmt: skip
+ReadPair = Callable[[Path, Path, str, float], tuple[Scan, Scan]]  # (image, mask, nan_policy, tolerance)
 
 
 # ---- 2. Preprocessing and its inverse -------------------------------------------------------------
 
 
-def settings_from(volume_cfg: Any, spatial_dims: int, channels: int | None = None,
-                  patch_size: list[int] | None = None, key: str = "data.volume") -> dict[str, Any]:
+def settings_from(scan_cfg: Any, spatial_dims: int, channels: int | None = None,
+                  patch_size: list[int] | None = None, key: str = "data") -> dict[str, Any]:
     """The preprocessing settings that define a cache entry and go into run.json.
 
-    `key` is where `volume_cfg` sits in the config (data.volume, data.image.scan), for messages."""
+    `key` is where `scan_cfg` sits in the config (e.g. data.volume), for messages."""
     patch = list(patch_size) if patch_size else None
-    for name, value in (("task.patch_size", patch), (f"{key}.spacing", volume_cfg.spacing)):
+    for name, value in (("task.patch_size", patch), (f"{key}.spacing", scan_cfg.spacing)):
         if value is not None and len(value) != spatial_dims:
             raise ConfigError(f"{name}: {len(value)} values for {spatial_dims}D data; give {spatial_dims}")
     if patch is None:
         raise ConfigError(f"task.patch_size: required for segmentation, e.g. {[96] * spatial_dims}")
     return {
-        "spatial_dims": spatial_dims, "spacing": volume_cfg.spacing, "intensity": volume_cfg.intensity,
-        "ct_window": list(volume_cfg.ct_window), "nonzero": volume_cfg.nonzero,
-        "crop_foreground": volume_cfg.crop_foreground, "patch_size": patch, "nan_policy": volume_cfg.nan_policy,
+        "spatial_dims": spatial_dims, "spacing": scan_cfg.spacing, "intensity": scan_cfg.intensity,
+        "ct_window": list(scan_cfg.ct_window), "nonzero": scan_cfg.nonzero,
+        "crop_foreground": scan_cfg.crop_foreground, "patch_size": patch, "nan_policy": scan_cfg.nan_policy,
         "channels": channels,
     }  # fmt: skip
 
@@ -212,20 +176,20 @@ class Case:
     label_path: str
     geometry: dict[str, Any]
     classes_present: list[int]
-    reference: dict[str, Any] | None  # 3D: the source volume's geometry (see `reference_volume`)
+    reference: Any  # the modality's record of the source scan's geometry (JSON), for writing masks
 
 
-def case_store(volume_cfg: Any) -> ArrayCache:
+def case_store(scan_cfg: Any) -> ArrayCache:
     """The cache holding preprocessed cases; with `cache: false` a temporary one for this process."""
-    if volume_cfg.cache:
-        return ArrayCache(Path(volume_cfg.cache_dir) if volume_cfg.cache_dir else default_cache_dir())
+    if scan_cfg.cache:
+        return ArrayCache(Path(scan_cfg.cache_dir) if scan_cfg.cache_dir else default_cache_dir())
     root = Path(tempfile.mkdtemp(prefix="biomx-cases-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return ArrayCache(root)
 
 
 def prepare_case(case_id: str, image_path: Path, label_path: Path, settings: dict[str, Any], store: ArrayCache,
-                 tolerance_mm: float) -> Case:
+                 tolerance_mm: float, read_pair: ReadPair, reference_of: Callable[[Scan], Any]) -> Case:
     """Preprocess one case into `store` (or find it there); the arrays stay on disk.
 
     Raises:
@@ -234,10 +198,7 @@ def prepare_case(case_id: str, image_path: Path, label_path: Path, settings: dic
     key = cache_key(PREPROCESS_VERSION, file_digest(image_path), file_digest(label_path), settings)
     meta = store.get_meta(key)
     if meta is None or store.get(key) is None:
-        dims = settings["spatial_dims"]
-        image = read_scan(image_path, spatial_dims=dims, nan_policy=settings["nan_policy"])
-        mask = read_scan(label_path, spatial_dims=dims, mask=True)
-        check_mask_fits(image, mask, tolerance_mm)
+        image, mask = read_pair(Path(image_path), Path(label_path), settings["nan_policy"], tolerance_mm)
         if settings["channels"] is not None and len(image.array) != settings["channels"]:
             raise DataError(f"{image_path}: {len(image.array)} channel(s), expected {settings['channels']}")
         x, y, geometry = preprocess(image.array, image.spacing, settings, mask.array)
@@ -247,25 +208,9 @@ def prepare_case(case_id: str, image_path: Path, label_path: Path, settings: dic
             foreground = np.sort(rng.choice(foreground, _MAX_FOREGROUND_INDICES, replace=False))
         present = sorted(int(v) for v in np.unique(y) if v > 0)
         meta = {"id": case_id, "geometry": geometry, "present": present,
-                "reference": reference_meta(image.volume)}  # fmt: skip
+                "reference": reference_of(image)}  # fmt: skip
         store.put(key, {"image": x, "label": y, "foreground": foreground.astype(np.int64)}, meta)
     return Case(case_id, key, str(image_path), str(label_path), meta["geometry"], meta["present"], meta["reference"])
-
-
-def reference_meta(volume: Volume | None) -> dict[str, Any] | None:
-    """What `write_nifti` needs of the source volume (small: no voxels)."""
-    if volume is None:
-        return None
-    return {"affine": volume.affine.tolist(), "spacing": list(volume.spacing), "source": volume.source,
-            "original_affine": volume.original_affine.tolist(), "original_shape": list(volume.original_shape),
-            "shape": list(volume.array.shape[-3:])}  # fmt: skip
-
-
-def reference_volume(meta: dict[str, Any]) -> Volume:
-    """A voxel-free `Volume` carrying a case's geometry, for `write_nifti`."""
-    return Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(meta["shape"])), np.array(meta["affine"]),
-                  tuple(meta["spacing"]), meta["source"], np.array(meta["original_affine"]),
-                  tuple(meta["original_shape"]))  # fmt: skip
 
 
 # ---- 4. Patches ------------------------------------------------------------------------------

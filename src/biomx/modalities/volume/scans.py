@@ -1,0 +1,76 @@
+"""3D scans with masks (source msd, for segmentation): volumes in canonical RAS with their
+geometry kept, masks written back as NIfTI in each scan's own orientation and grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biomx.data.cases import Scan
+from biomx.errors import DataError
+from biomx.modalities.common.msd import is_2d_file, read_msd
+from biomx.modalities.common.scans import unique_stem
+from biomx.modalities.volume.files import (
+    VOLUME_SUFFIXES,
+    Volume,
+    check_same_geometry,
+    collect_volume_inputs,
+    read_volume,
+    write_nifti,
+)
+
+pair_sources = ("msd",)  # sources of image/mask pairs
+read_pairs = read_msd
+mask_suffix = ".nii.gz"
+collect_scans = collect_volume_inputs  # files, folders of volumes, or one DICOM series per folder
+
+
+def read_scan(path: str | Path, mask: bool = False, nan_policy: str = "raise") -> Scan:
+    """A volume as (C, X, Y, Z) float32, or a mask as (X, Y, Z) integers, in canonical RAS.
+
+    Raises:
+        DataError: a 2D image; unreadable, truncated or corrupt file; NaN voxels with nan_policy
+            "raise"; a mask with several channels.
+    """
+    path = Path(path)
+    if is_2d_file(path):
+        raise DataError(f"{path}: a 2D image, but this run segments 3D volumes")
+    volume = read_volume(path, mask=mask, nan_policy=nan_policy)
+    array = volume.array
+    if not mask and array.ndim == 3:
+        array = array[None]
+    if mask and array.ndim == 4:
+        if array.shape[0] != 1:
+            raise DataError(f"{path}: a mask must have one channel, found {array.shape[0]}")
+        array = array[0]
+    return Scan(array, tuple(float(s) for s in volume.spacing), str(path), volume)
+
+
+def read_pair(image_path: Path, label_path: Path, nan_policy: str, tolerance_mm: float) -> tuple[Scan, Scan]:
+    """A volume and its mask, refused unless they share origin, spacing and orientation."""
+    image, mask = read_scan(image_path, nan_policy=nan_policy), read_scan(label_path, mask=True)
+    check_same_geometry(image.reference, mask.reference, tolerance_mm)
+    return image, mask
+
+
+def scan_reference(scan: Scan) -> dict[str, Any]:
+    """What `write_mask` needs of the source volume (small JSON: no voxels)."""
+    volume: Volume = scan.reference
+    return {"affine": volume.affine.tolist(), "spacing": list(volume.spacing), "source": volume.source,
+            "original_affine": volume.original_affine.tolist(), "original_shape": list(volume.original_shape),
+            "shape": list(volume.array.shape[-3:])}  # fmt: skip
+
+
+def write_mask(mask: np.ndarray, reference: dict[str, Any], path: Path) -> Path:
+    """A label map as NIfTI in the source volume's own orientation and grid."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    volume = Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(reference["shape"])), np.array(reference["affine"]),
+                    tuple(reference["spacing"]), reference["source"], np.array(reference["original_affine"]),
+                    tuple(reference["original_shape"]))  # fmt: skip
+    return write_nifti(mask, volume, path)
+
+
+def scan_stem(path: Path, used: set[str]) -> str:
+    return unique_stem(path, (".nii.gz", *VOLUME_SUFFIXES, ".dcm"), used)
