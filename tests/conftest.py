@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from biomx.datasets import export_images, get_dataset
+from biomx.datasets import get_dataset
+from biomx.modalities.image.starter_data import export_images
 
 # Caches written by tests (decoded images, featurised molecules, preprocessed cases) go to a
 # throwaway folder, never the user's ~/.cache/biomx; subprocesses inherit it.

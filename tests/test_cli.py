@@ -88,6 +88,27 @@ def test_empty_folder(tmp_path, capsys):
     assert "no class folders" in _fails(capsys, ["train", str(cfg)])
 
 
+def test_datasets_lists_each_modality_and_exports_by_name(tmp_path, capsys):
+    """`biomx datasets` lists every modality's datasets under its name; `--export` finds the
+    modality that has `--name` (default: the first listed); an unknown name is one line."""
+    assert main(["datasets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headers = [line[:-1] for line in lines if not line.startswith(" ")]
+    assert headers == ["image", "volume", "sequence", "molecule"]
+    listed = [line.split(":")[0].strip() for line in lines if line.startswith("  ")]
+    assert listed == ["pneumoniamnist", "nuclei2d", "lesions3d", "amp_vs_tm", "solubility", "freesolv"]
+    assert main(["datasets", "--export", str(tmp_path / "png"), "--limit", "3"]) == 0
+    manifest = tmp_path / "png" / "manifest.csv"
+    assert capsys.readouterr().out.strip() == f"wrote pneumoniamnist images and {manifest}"
+    assert len(manifest.read_text().splitlines()) == 4
+    assert _fails(capsys, ["datasets", "--name", "lesion3d", "--export", str(tmp_path / "x")]) == (
+        "error: datasets --name: unknown dataset 'lesion3d'; did you mean 'lesions3d'?; available: "
+        "pneumoniamnist, nuclei2d, lesions3d, amp_vs_tm, solubility, freesolv")
+    assert _fails(capsys, ["datasets", "--export", str(tmp_path / "y"), "--format", "jpg"]) == (
+        "error: --format: expected png or dcm, got 'jpg'")
+    assert not (tmp_path / "x").exists()
+
+
 def test_corrupt_image_fails_then_is_skipped_and_listed(tmp_path, capsys, png_folder):
     data = tmp_path / "data"
     shutil.copytree(png_folder, data)
@@ -113,6 +134,23 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
     assert result.stderr.strip() == (
         "error: model.name: unknown model 'resnet19' (did you mean 'resnet18'?); run `biomx models` to list them"
     )
+
+
+def test_models_lists_what_serves_a_modality(capsys):
+    assert main(["models", "--modality", "molecule"]) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:4] == ["name", "modalities:", "tasks", "parameters"]
+    assert [row.split()[0] for row in rows] == ["attentive_fp", "dmpnn", "fingerprint_mlp", "gin"]
+    assert all(row.split()[1:4] == ["molecule:", "classification,", "regression"] for row in rows)
+    assert rows[1].split()[4] == "355,202"  # dmpnn at chemprop's sizes
+    assert main(["models", "--task", "segmentation", "--in-channels", "2"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [row.split()[:4] for row in rows] == [[name, "image,", "volume:", "segmentation"]
+                                                 for name in ("segresnet", "swin_unetr", "unet")]  # fmt: skip
+    assert main(["models", "--modality", "sequence", "--task", "segmentation"]) == 0
+    assert capsys.readouterr().err.strip() == "no model serves sequence data for segmentation tasks"
+    line = _fails(capsys, ["models", "--modality", "molecul"])
+    assert line.startswith("error: models --modality: unknown modality 'molecul' (did you mean 'molecule'?); allowed: ")
 
 
 @pytest.mark.slow

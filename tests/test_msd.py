@@ -16,9 +16,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from biomx.datasets.segmentation import NUCLEI_IMAGE
 from biomx.errors import DataError
 from biomx.modalities.common.msd import is_2d_file, read_msd, read_plane
+from biomx.modalities.image.starter_data import NUCLEI_IMAGE
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 

@@ -13,10 +13,11 @@ import tifffile
 from scipy import ndimage
 
 from biomx.cli import main
-from biomx.datasets.segmentation import write_lesion_dataset, write_nuclei_dataset
 from biomx.errors import ConfigError
 from biomx.modalities.common.msd import read_msd, read_plane
+from biomx.modalities.image.starter_data import write_nuclei_dataset
 from biomx.modalities.volume.files import check_same_geometry, read_volume
+from biomx.modalities.volume.lesions import write_lesion_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAPE = (48, 40, 24)  # smaller than the default, non-cubic so a transposed file shows

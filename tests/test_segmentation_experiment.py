@@ -17,8 +17,9 @@ import tifffile
 
 from biomx.cli import main
 from biomx.config import load_config
-from biomx.datasets.segmentation import write_lesion_dataset, write_nuclei_dataset
 from biomx.experiment import prepare
+from biomx.modalities.image.starter_data import write_nuclei_dataset
+from biomx.modalities.volume.lesions import write_lesion_dataset
 from biomx.predict import predict_files
 
 

@@ -66,7 +66,8 @@ def test_defaults_run_in_2d(name: str) -> None:
 def test_registry_builds_with_task_sizes() -> None:
     model = build_model("unet", in_channels=2, out_dim=3, spatial_dims=2)
     assert model(torch.randn(1, 2, 32, 32)).shape == (1, 3, 32, 32)
-    assert get_entry("swin_unetr").modality == "segmentation"
+    assert get_entry("swin_unetr").modalities == ("image", "volume")  # 2D or 3D by spatial_dims
+    assert get_entry("swin_unetr").tasks == ("segmentation",)
 
 
 def test_yaml_lists_become_tuples() -> None:
@@ -125,7 +126,7 @@ def test_builders_take_the_common_arguments_first() -> None:
 def test_list_models_includes_segmentation() -> None:
     rows = {row["name"]: row for row in list_models(in_channels=2, out_dim=3)}
     for name in ("unet", "segresnet", "swin_unetr"):
-        assert rows[name]["modality"] == "segmentation"
+        assert rows[name]["tasks"] == ("segmentation",)
     # in_channels is passed through: the first conv has 2 input channels.
     expected = sum(p.numel() for p in build_model("unet", in_channels=2, out_dim=3).parameters())
     assert rows["unet"]["parameters"] == expected

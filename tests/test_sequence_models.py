@@ -117,7 +117,7 @@ def test_builders_work_with_only_in_channels_and_out_dim() -> None:
     # any alphabet size works; `biomx models` counts with each model's own alphabet (4 or 20)
     rows = {row["name"]: row for row in list_models(in_channels=1, out_dim=2)}
     for name in [*DNA_MODELS, *PROTEIN_MODELS]:
-        assert rows[name]["modality"] == "sequence"
+        assert rows[name]["modalities"] == ("sequence",)
         assert count_parameters(build_model(name, out_dim=2)) == rows[name]["parameters"]
         model = build_model(name, in_channels=1, out_dim=2).eval()
         assert model(torch.rand(2, 1, 200)).shape == (2, 2)

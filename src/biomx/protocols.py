@@ -40,7 +40,7 @@ class TestView:
     data: Dataset  # the test dataset (as built by `build_datasets`)
     predictions: np.ndarray  # task space: probabilities or values in original units
     targets: np.ndarray  # as the task encodes them
-    splits: dict[str, np.ndarray]  # every split, e.g. for a scaffold-overlap table
+    splits: dict[str, np.ndarray]  # every split, e.g. for a table of what train and test share
 
 
 @dataclass

@@ -9,7 +9,7 @@
       metrics.jsonl        one line per epoch; tensorboard/ has the same as event files
       test_metrics.json    test metrics with bootstrap CIs
       predictions_test.csv per-sample test probabilities
-      report.html          curves, ROC/PR, confusion, calibration, Grad-CAM, config, environment
+      report.html          curves, the task's figures, the modality's explanations, config, environment
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from biomx.modalities.image.scans import (
     scan_stem,
     write_mask,
 )
+from biomx.modalities.image.starter_data import DATASETS as datasets
+from biomx.modalities.image.starter_data import export_dataset
 
 name = "image"
 config = ImageData
@@ -56,4 +58,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """No commands of its own."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]

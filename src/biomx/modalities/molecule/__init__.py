@@ -17,6 +17,8 @@ from biomx.modalities.molecule.pipeline import (
     read_inputs,
     split,
 )
+from biomx.modalities.molecule.starter_data import DATASETS as datasets
+from biomx.modalities.molecule.starter_data import export_dataset
 
 name = "molecule"
 config = MoleculeData
@@ -37,4 +39,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """No commands of its own."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]

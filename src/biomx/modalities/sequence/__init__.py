@@ -16,6 +16,8 @@ from biomx.modalities.sequence.pipeline import (
     read_inputs,
     split,
 )
+from biomx.modalities.sequence.starter_data import DATASETS as datasets
+from biomx.modalities.sequence.starter_data import export_dataset
 
 name = "sequence"
 config = SequenceData
@@ -32,4 +34,4 @@ def check_config(cfg: ExperimentConfig) -> None:
     """Nothing beyond the config schema (sources and split methods are checked there)."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]

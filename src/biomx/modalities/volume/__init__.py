@@ -25,6 +25,8 @@ from biomx.modalities.volume.scans import (
     scan_stem,
     write_mask,
 )
+from biomx.modalities.volume.starter_data import DATASETS as datasets
+from biomx.modalities.volume.starter_data import export_dataset
 
 name = "volume"
 config = VolumeData
@@ -55,4 +57,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """No commands of its own."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]

@@ -63,5 +63,5 @@ def output_for(task: Any, class_name: str | None) -> tuple[int, float, str]:
     Raises:
         ConfigError: always, naming the model's targets.
     """
-    raise ConfigError(f"a regression model (targets {task.targets}) has no classes; variant "
-                      "effects and in-silico mutagenesis explain a classifier's class")
+    raise ConfigError(f"a regression model (targets {task.targets}) has no classes to explain; "
+                      "this needs a classification run")

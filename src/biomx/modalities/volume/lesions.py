@@ -1,59 +1,29 @@
-"""Segmentation datasets written as real files in the Medical Segmentation Decathlon layout.
+"""Synthetic CT-like lesion volumes written as a Medical Segmentation Decathlon dataset
+(`biomx datasets --name lesions3d --export DIR`).
 
-- `write_lesion_dataset`: synthetic CT-like volumes (int16 HU, gzipped NIfTI) with ellipsoid
-  lesions and their masks. Synthetic, but built to exercise what real CT does to a pipeline:
-  anisotropic voxels that differ per case, files stored in non-RAS orientations, faint and
-  partial-volume lesions, noise. The mask is exactly where the lesion intensity was drawn.
-- `write_nuclei_dataset`: a real fluorescence image with 125 hand-annotated nuclei (shipped in
-  `nuclei_2d/`, see ATTRIBUTION.md), cut into 2D TIFF tiles with binary masks.
-
-Both write dataset.json last, so a folder with a dataset.json is complete.
+`write_lesion_dataset`: int16 HU volumes in gzipped NIfTI with ellipsoid lesions and their
+masks. Synthetic, but built to exercise what real CT does to a pipeline: anisotropic voxels
+that differ per case, files stored in non-RAS orientations, faint and partial-volume lesions,
+noise. The mask is exactly where the lesion intensity was drawn. dataset.json is written last,
+so a folder with a dataset.json is complete.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from biomx.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from biomx.errors import ConfigError
+from biomx.modalities.common.msd_writer import out_folder, write_dataset_json
 from biomx.modalities.volume.files import Volume, write_nifti
-
-HERE = Path(__file__).parent
-NUCLEI_IMAGE = HERE / "nuclei_2d" / "img2d.tif"  # 512x512 uint16 fluorescence
-NUCLEI_MASK = HERE / "nuclei_2d" / "mask2d.tif"  # 512x512 uint16 instance ids (0 = background)
 
 AIR, FAT, TISSUE = -1000.0, -100.0, 40.0  # HU
 # Every 4th case is stored in one of these voxel orders (the readers must reorient it).
 _STORED_ORIENTATIONS = ("LPS", "PLS", "RAI")
-
-
-def _out_folder(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file in the way, no permission
-        raise ConfigError(f"{out}: cannot create the output folder ({e.strerror or e})") from e
-    return out
-
-
-def _write_dataset_json(out: Path, info: dict, training: list[str], ext: str) -> Path:
-    info = {**info, "numTraining": len(training), "numTest": 0,
-            "training": [{"image": f"./imagesTr/{n}{ext}", "label": f"./labelsTr/{n}{ext}"} for n in training],
-            "test": []}  # fmt: skip
-    path = out / "dataset.json"
-    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
-    return path
-
-
-# ---- synthetic CT lesions ----------------------------------------------------------------------
 
 
 def _lesion_case(rng: np.random.Generator, shape: tuple[int, int, int],
@@ -154,7 +124,7 @@ def write_lesion_dataset(out_dir: str | Path, n_cases: int = 24, seed: int = 0,
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 16:
         raise ConfigError(f"shape must be 3 axes of at least 16 voxels, got {shape}")
-    out = _out_folder(out_dir)
+    out = out_folder(out_dir)
     names = []
     for i in range(n_cases):
         image, mask, affine = _lesion_case(np.random.default_rng([seed, i]), shape)
@@ -170,59 +140,8 @@ def write_lesion_dataset(out_dir: str | Path, n_cases: int = 24, seed: int = 0,
         "name": "SyntheticLesions",
         "description": f"Synthetic CT-like volumes with 1-3 ellipsoid lesions each (biomx, seed {seed}); "
                        "for testing and demonstrating 3D segmentation, not for clinical use",
-        "reference": "biomx.datasets.segmentation.write_lesion_dataset", "licence": "CC0-1.0",
+        "reference": "biomx.modalities.volume.lesions.write_lesion_dataset", "licence": "CC0-1.0",
         "release": "1.0", "tensorImageSize": "3D", "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "lesion"},
     }  # fmt: skip
-    return _write_dataset_json(out, info, names, ".nii.gz")
-
-
-# ---- real nuclei tiles -------------------------------------------------------------------------
-
-
-def _write_tiff(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_nuclei_dataset(out_dir: str | Path, tile: int = 128) -> Path:
-    """Write the real nuclei image as non-overlapping 2D TIFF tiles in the MSD layout.
-
-    imagesTr/nuclei_r{row}_c{col}.tif: uint16 fluorescence (values as recorded);
-    labelsTr/nuclei_r{row}_c{col}.tif: uint8, 1 = nucleus (the instance mask made binary).
-    Tile (row, col) covers pixels [row * tile, (row + 1) * tile) x [col * tile, (col + 1) * tile).
-
-    Args:
-        out_dir: destination folder.
-        tile: tile side in pixels; must divide 512.
-
-    Returns:
-        the dataset.json path.
-
-    Raises:
-        ConfigError: a tile size that does not divide the 512x512 image (or is below 16).
-    """
-    image, instances = tifffile.imread(NUCLEI_IMAGE), tifffile.imread(NUCLEI_MASK)
-    height, width = image.shape
-    if tile < 16 or height % tile or width % tile:
-        raise ConfigError(f"tile {tile}: must be at least 16 and divide {height}x{width} (e.g. 64, 128, 256)")
-    out = _out_folder(out_dir)
-    names = []
-    for row in range(height // tile):
-        for col in range(width // tile):
-            window = (slice(row * tile, (row + 1) * tile), slice(col * tile, (col + 1) * tile))
-            name = f"nuclei_r{row}_c{col}"
-            _write_tiff(out / "imagesTr" / f"{name}.tif", np.ascontiguousarray(image[window], dtype=np.uint16))
-            _write_tiff(out / "labelsTr" / f"{name}.tif", (instances[window] > 0).astype(np.uint8))
-            names.append(name)
-    info = {
-        "name": "Nuclei2D",
-        "description": f"Fluorescence microscopy of cell nuclei (2018 Data Science Bowl sample, 125 "
-                       f"hand-annotated nuclei) cut into {tile}x{tile} tiles; 1 = nucleus",
-        "reference": "https://github.com/stardist/stardist (BSD-3-Clause)", "licence": "BSD-3-Clause",
-        "release": "1.0", "tensorImageSize": "2D", "modality": {"0": "fluorescence"},
-        "labels": {"0": "background", "1": "nucleus"},
-    }  # fmt: skip
-    return _write_dataset_json(out, info, names, ".tif")
+    return write_dataset_json(out, info, names, ".nii.gz")

@@ -1,0 +1,158 @@
+"""The image datasets `biomx datasets` lists and exports (`--name NAME --export DIR`).
+
+- pneumoniamnist (embedded, `biomx.datasets`): written as PNG or DICOM files, folder per
+  class, with a CSV manifest (`export_images`).
+- nuclei2d: a real fluorescence image with 125 hand-annotated nuclei (shipped in
+  `biomx/datasets/nuclei_2d/`, see ATTRIBUTION.md there), cut into 2D TIFF tiles with binary
+  masks in the Medical Segmentation Decathlon layout (`write_nuclei_dataset`); dataset.json is
+  written last, so a folder with a dataset.json is complete.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from biomx.datasets import DATA_DIR, get_dataset
+from biomx.datasets import DATASETS as EMBEDDED
+from biomx.engine.checkpoint import atomic_write_bytes
+from biomx.errors import ConfigError
+from biomx.modalities.common.msd_writer import out_folder, write_dataset_json, written_line
+
+NUCLEI_IMAGE = DATA_DIR / "nuclei_2d" / "img2d.tif"  # 512x512 uint16 fluorescence
+NUCLEI_MASK = DATA_DIR / "nuclei_2d" / "mask2d.tif"  # 512x512 uint16 instance ids (0 = background)
+
+DATASETS: dict[str, str] = {
+    **{d.name: f"{d.description}; classes: {', '.join(d.classes)}; source: {d.citation} "
+               f"(--name {d.name} --export DIR [--format png|dcm] [--limit N])"
+       for d in EMBEDDED.values() if d.modality == "image"},
+    "nuclei2d": "real fluorescence nuclei image (125 hand-annotated nuclei, 2018 Data Science Bowl) "
+    "as 16 TIFF tiles with masks, MSD layout (--name nuclei2d --export DIR)",
+}  # fmt: skip
+
+
+def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None) -> str:
+    """Write dataset `name` under `out_dir`; the line to print. `format` (png or dcm, default png)
+    and `limit` apply to the embedded datasets."""
+    if name == "nuclei2d":
+        return written_line(name, write_nuclei_dataset(out_dir))
+    manifest = export_images(name, out_dir, format or "png", limit)
+    return f"wrote {name} images and {manifest}"
+
+
+def _write_dicom(path: Path, pixels, patient_id: str, label: str) -> None:
+    """A minimal valid DICOM secondary-capture file holding an 8-bit grey image."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.StudyDescription = "CR", patient_id, label
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int | None = None,
+                  split: str = "train") -> Path:
+    """Write an embedded dataset as files, folder-per-class, plus a CSV manifest.
+
+    Handy to try the file doors (`source: folder` / `source: csv`) on real images.
+
+    Args:
+        name: embedded dataset name.
+        out_dir: destination; gets `<class>/<split>_<i>.<fmt>` and `manifest.csv`.
+        fmt: "png" or "dcm".
+        limit: at most this many images (taken in order).
+
+    Returns:
+        The manifest path (columns path, label, patient_id).
+    """
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    if fmt not in ("png", "dcm"):
+        raise ConfigError(f"--format: expected png or dcm, got {fmt!r}")
+    dataset = get_dataset(name)
+    with np.load(dataset.path, allow_pickle=False) as arrays:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"][:, 0]
+    count = len(images) if limit is None else min(limit, len(images))
+    out = Path(out_dir)
+    rows = []
+    for i in range(count):
+        label = dataset.classes[int(labels[i])]
+        path = out / label / f"{split}_{i:05d}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        patient = f"P{i:05d}"  # MedMNIST has no patient ids: one image per pseudo-patient
+        if fmt == "png":
+            Image.fromarray(images[i]).save(path)
+        else:
+            _write_dicom(path, images[i], patient, label)
+        rows.append((path.relative_to(out).as_posix(), label, patient))
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "patient_id"])
+        writer.writerows(rows)
+    return manifest
+
+
+def _write_tiff(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_nuclei_dataset(out_dir: str | Path, tile: int = 128) -> Path:
+    """Write the real nuclei image as non-overlapping 2D TIFF tiles in the MSD layout.
+
+    imagesTr/nuclei_r{row}_c{col}.tif: uint16 fluorescence (values as recorded);
+    labelsTr/nuclei_r{row}_c{col}.tif: uint8, 1 = nucleus (the instance mask made binary).
+    Tile (row, col) covers pixels [row * tile, (row + 1) * tile) x [col * tile, (col + 1) * tile).
+
+    Args:
+        out_dir: destination folder.
+        tile: tile side in pixels; must divide 512.
+
+    Returns:
+        the dataset.json path.
+
+    Raises:
+        ConfigError: a tile size that does not divide the 512x512 image (or is below 16).
+    """
+    image, instances = tifffile.imread(NUCLEI_IMAGE), tifffile.imread(NUCLEI_MASK)
+    height, width = image.shape
+    if tile < 16 or height % tile or width % tile:
+        raise ConfigError(f"tile {tile}: must be at least 16 and divide {height}x{width} (e.g. 64, 128, 256)")
+    out = out_folder(out_dir)
+    names = []
+    for row in range(height // tile):
+        for col in range(width // tile):
+            window = (slice(row * tile, (row + 1) * tile), slice(col * tile, (col + 1) * tile))
+            name = f"nuclei_r{row}_c{col}"
+            _write_tiff(out / "imagesTr" / f"{name}.tif", np.ascontiguousarray(image[window], dtype=np.uint16))
+            _write_tiff(out / "labelsTr" / f"{name}.tif", (instances[window] > 0).astype(np.uint8))
+            names.append(name)
+    info = {
+        "name": "Nuclei2D",
+        "description": f"Fluorescence microscopy of cell nuclei (2018 Data Science Bowl sample, 125 "
+                       f"hand-annotated nuclei) cut into {tile}x{tile} tiles; 1 = nucleus",
+        "reference": "https://github.com/stardist/stardist (BSD-3-Clause)", "licence": "BSD-3-Clause",
+        "release": "1.0", "tensorImageSize": "2D", "modality": {"0": "fluorescence"},
+        "labels": {"0": "background", "1": "nucleus"},
+    }  # fmt: skip
+    return write_dataset_json(out, info, names, ".tif")
