@@ -204,7 +204,7 @@ def throughput(csv_path: Path, rounds: int, tmp: Path) -> dict:
 
     # The plain side's data: one PyG Data per training molecule, cut from the same arrays, with
     # the target standardised like biomx's regression task does. Built once, not timed.
-    graphs = graphs_from_arrays(p.data.extra["features"])
+    graphs = graphs_from_arrays(p.data.inputs.features)
     scaled = (p.targets.float() - p.task.mean[0]) / p.task.std[0]
     molecules = []
     for i in p.splits["train"]:

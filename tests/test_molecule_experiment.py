@@ -124,14 +124,14 @@ def test_scaffold_split_keeps_scaffolds_apart_and_cache_is_reused(freesolv, tmp_
     p = prepare(cfg)
     from biomx.modalities.molecule.splits import murcko_scaffold
 
-    smiles = p.data.extra["smiles"]
+    smiles = p.data.inputs.smiles
     train = {murcko_scaffold(smiles[i]) for i in p.splits["train"]}
     test = {murcko_scaffold(smiles[i]) for i in p.splits["test"]}
     assert not (train & test)
     assert sum(len(v) for v in p.splits.values()) == 642  # every valid molecule, once
     assert any((tmp_path / "cache").rglob("*.npy"))
     again = prepare(cfg)  # second read: features come from the cache, identical
-    assert (again.data.extra["features"]["atom_features"] == p.data.extra["features"]["atom_features"]).all()
+    assert (again.data.inputs.features["atom_features"] == p.data.inputs.features["atom_features"]).all()
 
 
 def test_bad_molecule_inputs_give_one_line_errors(freesolv, tmp_path, capsys):

@@ -44,11 +44,8 @@ def freesolv() -> dict:
 
 def _samples(freesolv: dict, cells: list[list[str]], columns: list[str] | None) -> Samples:
     n = len(cells)
-    samples = Samples(inputs=torch.zeros(n, 1), labels=cells, ids=freesolv["smiles"][:n],
-                      where={i: f"freesolv.csv row {i + 2}" for i in range(n)})
-    if columns is not None:
-        samples.extra["label_columns"] = columns
-    return samples
+    return Samples(inputs=torch.zeros(n, 1), labels=cells, ids=freesolv["smiles"][:n],
+                   where={i: f"freesolv.csv row {i + 2}" for i in range(n)}, label_columns=columns)
 
 
 def _assay_cells(freesolv: dict) -> list[list[str]]:

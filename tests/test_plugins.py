@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -57,6 +58,14 @@ class ToyVecData(DataConfig):
     toyvec: ToyVecSettings = ToyVecSettings()
 
     sources: ClassVar[tuple[str, ...]] = ("csv",)
+
+
+@dataclass
+class ToyVecInputs:
+    """The toy modality's own record of its samples (a `Samples.inputs`)."""
+
+    matrix: torch.Tensor  # (N, F) feature values
+    features: list[str]  # the column names
 
 
 class ToyVecDataset(Dataset):
@@ -114,17 +123,16 @@ class ToyVec:
         rows, features = read_table(path, None, {label, section.id_column})
         if rows and label not in rows[0]:
             raise DataError(f"{path}: no label column {label!r}")
-        return Samples(inputs=to_matrix(path, rows, features), labels=[r[label] for r in rows],
+        return Samples(inputs=ToyVecInputs(to_matrix(path, rows, features), features), labels=[r[label] for r in rows],
                        ids=[r.get(section.id_column) or f"row{i + 2}" for i, r in enumerate(rows)],
-                       source_sha256=sha256_file(path), where={i: f"{path} row {i + 2}" for i in range(len(rows))},
-                       extra={"features": features})  # fmt: skip
+                       source_sha256=sha256_file(path), where={i: f"{path} row {i + 2}" for i in range(len(rows))})
 
     def split(self, cfg: Any, samples: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
         raise ConfigError(f"data.split.method: toyvec has no split method {cfg.data.split.method!r}")
 
     def build_datasets(self, samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray],
                        cfg: Any) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:  # fmt: skip
-        x = samples.inputs.float()
+        x = samples.inputs.matrix.float()
         train_x = x[torch.as_tensor(splits["train"])]
         if cfg.data.toyvec.standardize:
             mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
@@ -133,7 +141,7 @@ class ToyVec:
         x = (x - mean) / std
         datasets = {name: ToyVecDataset(x[torch.as_tensor(idx)], targets[torch.as_tensor(idx)])
                     for name, idx in splits.items()}  # fmt: skip
-        preprocessing = {"modality": self.name, "features": samples.extra["features"], "mean": mean.tolist(),
+        preprocessing = {"modality": self.name, "features": samples.inputs.features, "mean": mean.tolist(),
                          "std": std.tolist(), "id_column": cfg.data.toyvec.id_column}  # fmt: skip
         return datasets, preprocessing, {"in_channels": x.shape[1]}
 

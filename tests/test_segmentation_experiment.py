@@ -140,10 +140,10 @@ def test_cache_is_reused_and_keyed_by_settings(lesions, tmp_path, monkeypatch):
     entries = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
     assert len(entries) == 8
     again = prepare(load_config(cfg))
-    assert [c.key for c in again.data.extra["cases"]] == [c.key for c in first.data.extra["cases"]]
+    assert [c.key for c in again.data.inputs.cases] == [c.key for c in first.data.inputs.cases]
     assert sorted(p.name for p in (tmp_path / "cache").glob("*/*")) == entries  # nothing recomputed
     changed = prepare(load_config(cfg, ["data.volume.intensity=ct"]))
-    assert not {c.key for c in changed.data.extra["cases"]} & set(entries)
+    assert not {c.key for c in changed.data.inputs.cases} & set(entries)
     x, y = first.datasets["train"].__getitems__([0, 1, 2])
     assert x.shape == (3, 1, 16, 16, 16) and y.shape == (3, 16, 16, 16)
 

@@ -179,6 +179,15 @@ class Case:
     reference: Any  # the modality's record of the source scan's geometry (JSON), for writing masks
 
 
+@dataclass
+class CaseInputs:
+    """Loaded cases (a `Samples.inputs`): only their keys travel; the arrays stay in the cache."""
+
+    cases: list[Case]
+    root: Path  # the cache folder
+    settings: dict[str, Any]  # the preprocessing settings every case was prepared with
+
+
 def case_store(scan_cfg: Any) -> ArrayCache:
     """The cache holding preprocessed cases; with `cache: false` a temporary one for this process."""
     if scan_cfg.cache:

@@ -1,8 +1,7 @@
 """Samples of any modality, and how their label cells are read.
 
-A modality's loader returns `Samples`: one tensor of inputs (images, token ids, ...) with
-index-aligned labels, ids and optional patient ids; anything modality-specific goes in
-`extra`. Everything after that (splits, tasks, the trainer) is modality-independent, and each
+A modality's loader returns `Samples`: its inputs (a tensor, or a record of its own) with
+index-aligned labels, ids and optional patient ids. Everything after that (splits, tasks, the trainer) is modality-independent, and each
 task turns the labels into its own targets (`label_cells` and `where_of` help it do so).
 """
 
@@ -11,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from biomx.errors import DataError
 
@@ -22,7 +21,9 @@ from biomx.errors import DataError
 class Samples:
     """Loaded samples, index-aligned."""
 
-    inputs: torch.Tensor  # (N, ...): images (N, C, H, W), sequence tokens (N, L), ...
+    # What the modality loaded, one row per sample: a tensor (images (N, C, H, W), volumes), or
+    # the modality's own record (e.g. tokens with their lengths; structures with their features).
+    inputs: Any
     labels: list  # one label per sample: a value, or a list (several names or label columns)
     ids: list[str]  # file path, record id, or "<npz split>:<row>"
     groups: np.ndarray | None = None  # patient ids (never written to the run)
@@ -32,7 +33,7 @@ class Samples:
     hashes: list[str] | None = None  # sha256 per file (file sources)
     source_sha256: str | None = None
     where: dict[int, str] = field(default_factory=dict)  # index -> "file row N" for messages
-    extra: dict = field(default_factory=dict)  # modality-specific (e.g. sequence lengths), label_columns
+    label_columns: list[str] | None = None  # several label columns: each label holds one cell per column
 
 
 def sha256_file(path: str | Path) -> str:

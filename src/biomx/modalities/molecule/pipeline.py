@@ -11,6 +11,7 @@ plus `split` for scaffold and cluster splits.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,14 @@ def _read(cfg: DataConfig, columns: list[str]) -> MoleculeRecords:
                                    id_column=m.id_column)  # fmt: skip
 
 
+@dataclass
+class MoleculeInputs:
+    """Loaded molecules: standardised canonical SMILES and their features (graph arrays, vectors)."""
+
+    smiles: list[str]
+    features: dict[str, np.ndarray]
+
+
 def feature_settings(m) -> dict[str, Any]:
     """What `molecule.featurize` computes for a `data.molecule` section (also stored in run.json)."""
     morgan = {"radius": m.morgan_radius, "size": m.morgan_size, "counts": m.morgan_counts}
@@ -94,25 +103,22 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     cache = ArrayCache(Path(m.cache_dir) if m.cache_dir else default_cache_dir()) if m.cache else None
     features = featurize(smiles, feature_settings(m), cache=cache, source_digest=digest,
                              workers=m.workers or None)  # fmt: skip
-    extra = {"smiles": smiles, "features": features}
-    if len(columns) > 1:
-        extra["label_columns"] = columns
     return Samples(
-        inputs=torch.arange(len(smiles)),  # molecules are rows of `extra["features"]`
+        inputs=MoleculeInputs(smiles, features),
         labels=labels,
         ids=[records.ids[i] for i in kept],
         predefined=predefined,
         skipped=list(invalid),
         source_sha256=digest,
         where={j: records.where[i] for j, i in enumerate(kept)},
-        extra=extra,
+        label_columns=columns if len(columns) > 1 else None,
     )
 
 
 def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Scaffold (Bemis-Murcko) or cluster (Butina on Morgan Tanimoto) split: related molecules
     stay in one split, so the test set measures generalisation to new chemistry."""
-    s, smiles = cfg.data.split, samples.extra["smiles"]
+    s, smiles = cfg.data.split, samples.inputs.smiles
     if s.method == "scaffold":
         return scaffold_split(smiles, s.val, s.test, s.seed)
     return cluster_split(smiles, s.val, s.test, s.seed, cutoff=cfg.data.molecule.cluster_cutoff)
@@ -167,7 +173,7 @@ def build_datasets(
 ) -> tuple[dict[str, MoleculeDataset], dict[str, Any], dict[str, Any]]:
     """Per-split graph datasets, the preprocessing record (featuriser settings and descriptor
     scaling from the training split) and the model's input sizes."""
-    m, features = cfg.data.molecule, samples.extra["features"]
+    m, features = cfg.data.molecule, samples.inputs.features
     vector_only = cfg.model.name in VECTOR_MODELS
     if vector_only and not m.features:
         raise ConfigError(f"data.molecule.features: {cfg.model.name} reads molecule-level vectors; "
@@ -200,7 +206,7 @@ def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: Experimen
 
     extra = []
     samples, test_data, test_index, splits = test.samples, test.data, test.index, test.splits
-    smiles = samples.extra["smiles"]
+    smiles = samples.inputs.smiles
     if splits is not None:
         overlap = scaffold_overlap(smiles, splits)
         rows = [[name, *[v for v in stats.values()]] for name, stats in overlap.items() if isinstance(stats, dict)]

@@ -8,6 +8,7 @@ pipeline: `load`, `build_datasets`, `inference_model`, `explain`, `read_inputs`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,15 @@ from biomx.protocols import Task, TestView
 # ---------------------------------------------------------------------------------- loading
 
 
+@dataclass
+class SequenceInputs:
+    """Loaded sequences: token ids (N, L), true lengths (N,), and chromosomes where ids are loci."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    chromosomes: np.ndarray | None  # for chromosome hold-out splits
+
+
 def _records(cfg: DataConfig) -> tuple[SequenceRecords, list[Path]]:
     s, path = cfg.sequence, Path(cfg.path)
     if cfg.source == "fasta":
@@ -72,20 +82,19 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     tokens, lengths = encode(records.sequences, cfg.sequence.alphabet, length=cfg.sequence.length,
                              ids=records.ids, sources=records.sources)  # fmt: skip
     chromosomes = records.chromosomes
+    found = np.array(chromosomes, dtype=object) if any(c is not None for c in chromosomes) else None
     return Samples(
-        inputs=tokens,
+        inputs=SequenceInputs(tokens, lengths, found),
         labels=records.labels,
         ids=records.ids,
         source_sha256=" ".join(sha256_file(f) for f in files if f.is_file()),
         where=dict(enumerate(records.sources)),
-        extra={"lengths": lengths,  # chromosomes: for chromosome hold-out splits
-               "chromosomes": np.array(chromosomes, dtype=object) if any(c is not None for c in chromosomes) else None},
     )
 
 
 def split(cfg: ExperimentConfig, samples: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
     """Hold out whole chromosomes, so overlapping windows cannot leak between splits."""
-    s, seq, chroms = cfg.data.split, cfg.data.sequence, samples.extra.get("chromosomes")
+    s, seq, chroms = cfg.data.split, cfg.data.sequence, samples.inputs.chromosomes
     if chroms is None or any(c is None for c in chroms):
         raise ConfigError("data.split.method: 'chromosome' needs every record id to be an interval "
                           "like chr8:100-300 (or an intervals source)")  # fmt: skip
@@ -117,17 +126,17 @@ def build_datasets(
     nucleic = s.alphabet in ("dna", "rna")
     if s.rc_augment and not nucleic:
         raise ConfigError("data.sequence.rc_augment: only DNA and RNA have a reverse complement")
-    lengths = samples.extra["lengths"]
+    tokens, lengths = samples.inputs.tokens, samples.inputs.lengths
     datasets = {}
     for name, idx in splits.items():
         index = torch.as_tensor(idx, dtype=torch.long)
         train = name == "train"
         datasets[name] = SequenceDataset(
-            samples.inputs[index], targets[index], alphabet=s.alphabet, lengths=lengths[index],
+            tokens[index], targets[index], alphabet=s.alphabet, lengths=lengths[index],
             rc_augment=s.rc_augment and train, shift=s.shift if train else 0, seed=cfg.train.seed,
         )  # fmt: skip
     preprocessing = {
-        "modality": "sequence", "alphabet": s.alphabet, "length": int(samples.inputs.shape[1]),
+        "modality": "sequence", "alphabet": s.alphabet, "length": int(tokens.shape[1]),
         "strand_average": s.strand_average and nucleic,
     }  # fmt: skip
     return datasets, preprocessing, {"in_channels": len(ALPHABETS[s.alphabet])}

@@ -84,9 +84,7 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     labels, ids, predefined = npz_labels_and_ids(splits, classes, path)
     volumes = torch.from_numpy(np.concatenate([v for v, _ in splits.values()]))
     del splits  # the per-split arrays: only the concatenated copy stays
-    samples = Samples(volumes, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
-    samples.extra["intensity"] = _intensity_kind(volumes)
-    return samples
+    return Samples(volumes, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
 
 
 def _intensity_kind(volumes: torch.Tensor) -> str:
@@ -149,7 +147,7 @@ def build_datasets(
     }  # fmt: skip
     c, *shape = volumes.shape[1:]
     preprocessing = {"modality": "volume", "shape": list(shape), "channels": c, "mean": mean, "std": std,
-                     "intensity": samples.extra.get("intensity", _intensity_kind(volumes))}  # fmt: skip
+                     "intensity": _intensity_kind(volumes)}  # fmt: skip
     return datasets, preprocessing, {"in_channels": c, "spatial_dims": 3}
 
 

@@ -20,7 +20,7 @@ _NEGATIVE = ("0", "0.0", "false", "no", "inactive", "negative")
 def encode_labels(samples: Samples, classes: list[str] | None, kind: str) -> tuple[torch.Tensor, list[str], str]:
     """Class names -> a target tensor, checking every label against the class list.
 
-    Several label columns (`samples.extra["label_columns"]`, each label a list of cells, ""
+    Several label columns (`samples.label_columns`, each label a list of cells, ""
     for not measured) make a multi-task binary problem, Tox21-style: kind "multilabel", one
     class per column (classes = the column names), targets (N, T) float with 1, 0 and NaN for a
     missing cell; the classification task leaves NaN out of the loss and of each task's
@@ -42,7 +42,7 @@ def encode_labels(samples: Samples, classes: list[str] | None, kind: str) -> tup
             column), naming the file or row and the column; a kind that cannot hold several
             label columns.
     """
-    columns = samples.extra.get("label_columns")
+    columns = samples.label_columns
     if columns is not None and len(columns) > 1:
         return _encode_tasks(samples, list(columns), classes, kind)
     if columns is not None:  # one column: its cells are plain class names, as without a list

@@ -11,7 +11,7 @@ from biomx.errors import DataError
 def encode_values(samples: Samples) -> torch.Tensor:
     """Numeric labels -> a float target tensor for regression; empty or 'nan' -> NaN (masked).
 
-    With several label columns (`samples.extra["label_columns"]`, each label a list of cells,
+    With several label columns (`samples.label_columns`, each label a list of cells,
     Tox21-style multi-task data) the result is (N, T), one column per label column, NaN where a
     cell is empty (not measured); the regression task leaves those out of the loss and metrics.
     With one label column (or none listed) it is (N,), as for a single target.
@@ -19,7 +19,7 @@ def encode_values(samples: Samples) -> torch.Tensor:
     Raises:
         DataError: a label that is not a number, naming the file or row (and the column).
     """
-    columns = samples.extra.get("label_columns")
+    columns = samples.label_columns
     if columns is None:
         values = [_number(samples, i, label, None) for i, label in enumerate(samples.labels)]
         return torch.tensor(values, dtype=torch.float32)

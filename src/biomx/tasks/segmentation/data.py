@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from biomx.config import ExperimentConfig
 from biomx.data.cache import ArrayCache
-from biomx.data.cases import Case, CaseList, PatchDataset, case_store, prepare_case, settings_from
+from biomx.data.cases import (
+    Case,
+    CaseInputs,
+    CaseList,
+    PatchDataset,
+    case_store,
+    prepare_case,
+    settings_from,
+)
 from biomx.data.samples import Samples
 from biomx.data.spatial_augment import is_active
 from biomx.engine import distributed as dist
@@ -67,13 +73,12 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
             raise DataError(f"{case.label_path}: label value {case.classes_present[-1]} but only "
                             f"{len(names)} classes {names}")  # fmt: skip
     return Samples(
-        inputs=torch.arange(len(cases)),  # the masks and images stay in the cache
         labels=["|".join(names[k] for k in c.classes_present) or "none" for c in cases],
         ids=[c.id for c in cases],
         default_classes=list(dataset.classes),
         skipped=skipped,
         where={i: c.image_path for i, c in enumerate(cases)},
-        extra={"cases": cases, "cache_root": str(store.root), "settings": settings},
+        inputs=CaseInputs(cases, store.root, settings),
     )
 
 
@@ -90,8 +95,8 @@ def _check_patch(cfg: ExperimentConfig, patch: list[int]) -> None:
 def build_datasets(samples: Samples, splits: dict[str, np.ndarray], cfg: ExperimentConfig, scan: Any
                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Training patches (augmented), fixed validation patches, whole test cases."""
-    cases: list[Case] = samples.extra["cases"]
-    root, settings, task = Path(samples.extra["cache_root"]), samples.extra["settings"], cfg.task
+    cases: list[Case] = samples.inputs.cases
+    root, settings, task = samples.inputs.root, samples.inputs.settings, cfg.task
     patch = settings["patch_size"]
     _check_patch(cfg, patch)
     keys = {name: [cases[i].key for i in idx] for name, idx in splits.items()}
