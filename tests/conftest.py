@@ -18,8 +18,6 @@ from biomx.modalities.image.starter_data import export_images
 # throwaway folder, never the user's ~/.cache/biomx; subprocesses inherit it.
 os.environ["BIOMX_CACHE"] = tempfile.mkdtemp(prefix="biomx-test-cache-")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def xrays() -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,13 +3,12 @@ one-hot encoder, and a hand-built motif detector whose right answers are known."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dna_tf_binding"
+from data_paths import DNA
+
 OCT4, OCT4_RC = "ATGCAAAT", "ATTTGCAT"
 
 def to_one_hot(seqs: list[str]) -> torch.Tensor:
@@ -26,8 +25,8 @@ def to_one_hot(seqs: list[str]) -> torch.Tensor:
 
 
 def read_fasta(name: str) -> list[str]:
-    """The sequences of a FASTA file of the shared data set, in file order."""
-    records = (DATA / name).read_text().split(">")[1:]
+    """The sequences of one FASTA file of tests/data/dna_tf_binding, in file order."""
+    records = (DNA / name).read_text().split(">")[1:]
     return ["".join(record.splitlines()[1:]) for record in records]
 
 

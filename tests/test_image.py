@@ -23,10 +23,9 @@ from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
 from biomx.modalities.image.decode import decode_images, read_image, resize_image
 from biomx.modalities.image.sources import records_from_csv, records_from_folder
+from data_paths import MEDMNIST, NUCLEI_2D_IMAGE, PNEUMONIAMNIST
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data
-MEDMNIST = DATA / "medmnist"
-NUCLEI = DATA / "nuclei_2d" / "img2d.tif"
+NUCLEI = NUCLEI_2D_IMAGE
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 CT = get_testdata_file("CT_small.dcm")  # CT, RescaleIntercept -1024, no window
 MR = get_testdata_file("MR_small.dcm")  # MR with WindowCenter 600 / WindowWidth 1600
@@ -38,7 +37,7 @@ MONO1 = next(f for f in get_testdata_files() if f.endswith("77654033/CR1/6154"))
 
 @pytest.fixture(scope="module")
 def pneumonia() -> np.ndarray:
-    with np.load(MEDMNIST / "pneumoniamnist.npz") as z:
+    with np.load(PNEUMONIAMNIST) as z:
         return z["val_images"][:16]
 
 
@@ -304,7 +303,7 @@ def test_records_from_csv_errors(tmp_path):
 
 
 def test_load_npz_grey_and_rgb():
-    splits = load_npz_splits(MEDMNIST / "pneumoniamnist.npz")
+    splits = load_npz_splits(PNEUMONIAMNIST)
     assert set(splits) == {"train", "val"}
     images, labels = splits["train"]
     assert images.shape == (4708, 1, 28, 28) and images.dtype == np.uint8
@@ -316,7 +315,7 @@ def test_load_npz_grey_and_rgb():
 
 
 def test_load_npz_errors(tmp_path):
-    with np.load(MEDMNIST / "pneumoniamnist.npz") as z:
+    with np.load(PNEUMONIAMNIST) as z:
         images, labels = z["val_images"][:10], z["val_labels"][:10]
     partial = tmp_path / "partial.npz"
     np.savez(partial, train_images=images, train_labels=labels, val_images=images)
@@ -364,7 +363,7 @@ FULL = Augment(hflip=0.5, vflip=0.5, rotate=15, scale=(0.9, 1.1), translate=0.1,
 
 @pytest.fixture(scope="module")
 def dataset_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    with np.load(MEDMNIST / "pneumoniamnist.npz") as z:
+    with np.load(PNEUMONIAMNIST) as z:
         return torch.from_numpy(z["val_images"][:64, None]), torch.from_numpy(z["val_labels"][:64, 0])
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from biomx.cli import main
-
-DNA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dna_tf_binding"
+from data_paths import DNA
 
 
 def _table(path: Path, n: int) -> list[tuple[str, str, float]]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from biomx.modalities.common.msd import read_msd, read_plane
 from biomx.modalities.image.starter_data import write_nuclei_dataset
 from biomx.modalities.volume.files import check_same_geometry, read_volume
 from biomx.modalities.volume.lesions import write_lesion_dataset
+from data_paths import NUCLEI_2D_IMAGE, NUCLEI_2D_MASK
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NUCLEI_IMAGE_SHA256 = "8952cab7611450bd761f81e14b95bdd197d5b17487ed98f6814fd35720e65963"
+NUCLEI_MASK_SHA256 = "13ef0db2a960a93cf97cc419d9e02aa90038feb4b143fe6e0623bcfcc10ad5f4"
 SHAPE = (48, 40, 24)  # smaller than the default, non-cubic so a transposed file shows
 
 
@@ -105,8 +108,12 @@ def test_nuclei_tiles_reassemble_into_the_real_image(tmp_path):
     assert info["modality"] == {"0": "fluorescence"}
     ds = read_msd(spec.parent)
     assert ds.spatial_dims == 2 and ds.classes == ["background", "nucleus"] and len(ds.cases) == 16
-    original = tifffile.imread(SHARED_DATA / "nuclei_2d" / "img2d.tif")
-    instances = tifffile.imread(SHARED_DATA / "nuclei_2d" / "mask2d.tif")
+    original = tifffile.imread(NUCLEI_2D_IMAGE)
+    instances = tifffile.imread(NUCLEI_2D_MASK)
+    # The packaged copy holds the published pixels: SHA-256 of the original stardist arrays.
+    assert original.dtype == instances.dtype == np.uint16 and original.shape == instances.shape == (512, 512)
+    assert hashlib.sha256(original.astype("<u2").tobytes()).hexdigest() == NUCLEI_IMAGE_SHA256
+    assert hashlib.sha256(instances.astype("<u2").tobytes()).hexdigest() == NUCLEI_MASK_SHA256
     image, mask = np.zeros_like(original), np.zeros(instances.shape, dtype=np.uint8)
     for case in ds.cases:
         assert tifffile.imread(case.image).dtype == np.uint16 and tifffile.imread(case.label).dtype == np.uint8

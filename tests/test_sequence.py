@@ -33,9 +33,9 @@ from biomx.modalities.sequence.readers import (
     records_from_intervals,
     records_from_table,
 )
+from data_paths import DNA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dna_tf_binding"
-OCT4, MAFK = DATA / "sample.fa", DATA / "sample2.fa"
+OCT4, MAFK = DNA / "sample.fa", DNA / "sample2.fa"
 # An independent reference for the reverse complement: plain Python, IUPAC pairs.
 PAIRS = dict(zip("ACGTNRYSWKMBDHV", "TGCANYRSWMKVHDB", strict=True))
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from biomx.cli import main
+from data_paths import DNA
 
-DNA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dna_tf_binding"
 CHROMS = ("chr1", "chr2", "chr3", "chr4", "chr5")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,8 @@ import torch
 
 from biomx.data.spatial_augment import augment_batch, is_active
 from biomx.modalities.common.scan_config import SpatialAugmentConfig
+from data_paths import MEDMNIST
 
-MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 SPATIAL = dict(flip=0.5, rotate90=0.5, rotate=25.0, scale=(0.85, 1.15))
 EVERYTHING = SpatialAugmentConfig(**SPATIAL, brightness=0.2, contrast=0.2, gamma=0.3, noise=0.1)
 

@@ -20,8 +20,7 @@ from biomx.modalities.volume.pipeline import _cam_layer, load, read_inputs
 from biomx.models.registry import build_model
 from biomx.predict import predict_files
 from biomx.runs import read_json
-
-MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
+from data_paths import MEDMNIST
 
 
 @pytest.fixture(scope="module")
