@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biomx.modalities.image.starter_data import NUCLEI_IMAGE, NUCLEI_MASK
-
 from biomx.datasets import get_dataset
+from biomx.modalities.image.starter_data import NUCLEI_IMAGE, NUCLEI_MASK
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
 MEDMNIST = TEST_DATA / "medmnist"  # subsets of MedMNIST v2 npz files, official key layout

@@ -182,7 +182,7 @@ def test_bad_sources_and_settings_are_one_line_errors(adrenal, tmp_path):
         validate(_config(adrenal, tmp_path, data={"volume": {"augment": {"hflip": 0.5}}}))
     with pytest.raises(ConfigError, match="msd"):
         load(VolumeData(source="msd", path=str(tmp_path)))
-    with pytest.raises(ConfigError, match="deepsea is not a 3D classifier"):
+    with pytest.raises(ConfigError, match="model.name: deepsea serves sequence data, not volume"):
         prepare(validate(_config(adrenal, tmp_path, model={"name": "deepsea", "args": {}})))
     assert get_modality("volume").__name__ == "biomx.modalities.volume"
     assert issubclass(DataError, BiomxError)

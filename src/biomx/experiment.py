@@ -26,7 +26,7 @@ from biomx.engine.trainer import Trainer
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import summary_line, write_run_report
 from biomx.modalities import get_modality
-from biomx.models.registry import build_model, check_model_args, suggest
+from biomx.models.registry import build_model, check_model_args, check_model_fits, suggest
 from biomx.protocols import Modality, Task, TaskType, TestRun
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks import get_task
@@ -50,6 +50,7 @@ class Prepared:
 def check_config(cfg: ExperimentConfig) -> tuple[Modality, TaskType]:
     """Cross-section checks that need the registries (run before any data is read)."""
     modality, task_type = get_modality(cfg.data.modality), get_task(cfg.task.kind)
+    check_model_fits(cfg.model.name, cfg.data.modality, cfg.task.kind)  # before its arguments: a wrong model first
     check_model_args(cfg.model.name, cfg.model.args)
     for key in ("in_channels", "out_dim"):
         if key in cfg.model.args:

@@ -48,12 +48,6 @@ class ModelEntry:
         fits_modality = modality is None or not self.modalities or modality in self.modalities
         return fits_modality and (task is None or not self.tasks or task in self.tasks)
 
-    @property
-    def modality(self) -> str:
-        """The first declared modality ('' for any). Kept for older callers: use `modalities`
-        and `check_model_fits`."""
-        return self.modalities[0] if self.modalities else ""
-
 
 _REGISTRY: dict[str, ModelEntry] = {}
 

@@ -11,7 +11,6 @@ converted, augmented (`volume_augment.augment_batch`) and normalised as a whole.
 
 from __future__ import annotations
 
-import inspect
 import zipfile
 import zlib
 from functools import partial
@@ -31,7 +30,6 @@ from biomx.modalities.common.gradcam import find_last_conv, gallery_section, gra
 from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.volume.files import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
-from biomx.models.registry import get_entry
 from biomx.protocols import Task, TestView
 
 _SPLITS = ("train", "val", "test")
@@ -122,18 +120,10 @@ def _channel_stats(volumes: torch.Tensor, rows: np.ndarray) -> tuple[list[float]
     return mean.tolist(), std.tolist()
 
 
-def _check_model(cfg: ExperimentConfig) -> None:
-    builder = get_entry(cfg.model.name)
-    if builder.modality != "image" or "spatial_dims" not in inspect.signature(builder.builder).parameters:
-        raise ConfigError(f"model.name: {cfg.model.name} is not a 3D classifier; use small_cnn, resnet18, "
-                          "resnet34, resnet50 or densenet121 (built with spatial_dims 3 for volumes)")  # fmt: skip
-
-
 def build_datasets(
     samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray], cfg: ExperimentConfig
 ) -> tuple[dict[str, ImageTensorDataset], dict[str, Any], dict[str, Any]]:
     """Per-split datasets (augmenting only train), the preprocessing record, model input args."""
-    _check_model(cfg)
     volumes = samples.inputs
     mean = std = None
     if cfg.data.volume.normalize:  # statistics of the training volumes only (no test leakage)
