@@ -49,7 +49,6 @@ from torch_geometric.loader import DataLoader
 from biomx.config import load_config
 from biomx.data.batching import collate_batch
 from biomx.data.cache import ArrayCache
-from biomx.datasets import export_molecules
 from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import seed_everything
@@ -59,6 +58,7 @@ from biomx.modalities.molecule.featurize import featurize, morgan_fingerprints
 from biomx.modalities.molecule.graphs import graphs_from_arrays
 from biomx.modalities.molecule.readers import read_molecule_table
 from biomx.modalities.molecule.standardize import standardize
+from biomx.modalities.molecule.starter_data import export_molecules
 from biomx.models.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -199,7 +199,7 @@ def main() -> None:
         cache = Path(tmp) / "cache"
         data = args.data
         if data is None:
-            from biomx.datasets.segmentation import write_lesion_dataset
+            from biomx.modalities.volume.lesions import write_lesion_dataset
 
             data = write_lesion_dataset(Path(tmp) / "lesions", n_cases=args.cases, seed=0,
                                         shape=tuple(args.shape)).parent  # fmt: skip

@@ -31,15 +31,12 @@ PACKAGE = SRC / "biomx"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
-# biomx/datasets/ writes the embedded data sets out in real file formats (DICOM, NIfTI, ...)
-# and so still uses a modality's writers. A known offender while the refactor moves these
-# exporters into their modalities: exactly these imports are tolerated, and a new one fails.
-KNOWN_EXCEPTIONS: dict[str, set[str]] = {
-}
+# Imports of a concrete modality or task tolerated outside the plug-in folders: none. (An entry
+# would name file -> imports; the test fails for a new one and for one no longer needed.)
+KNOWN_EXCEPTIONS: dict[str, set[str]] = {}
 
-# Files the word grep skips, with the reason. biomx/__init__.py is the public API and may name
-# every modality's entry points; biomx/datasets/ is the known exception above (its exporters
-# write DICOM, NIfTI, SMILES, ... files by design until they move into their modalities).
+# Files the word grep skips, with the reason: biomx/__init__.py is the public API and may name
+# every modality's entry points.
 WORD_GREP_SKIPPED = {
     "biomx/__init__.py": "public API: re-exports entry points of every modality and task",
 }
@@ -202,8 +199,7 @@ def test_layers_import_no_concrete_modality_or_task() -> None:
     runs, evaluation, batched, uncertainty, experiment, predict, cli, __main__, explain/), and
     every other module outside modalities/ and tasks/, reach modalities and tasks only through
     the registries `biomx.modalities` / `biomx.tasks`: nothing below them (modalities/common/
-    and shared task modules included). biomx/__init__.py (the public API) is exempt;
-    biomx/datasets/ may keep exactly its KNOWN_EXCEPTIONS."""
+    and shared task modules included). biomx/__init__.py (the public API) is exempt."""
     offenders, tolerated = [], set()
     for imp in imports():
         src = imp.source

@@ -113,6 +113,7 @@ class ToyVec:
     sources = ToyVecData.sources
     split_methods = ToyVecData.split_methods
     input_help = "CSV files with the run's feature columns (one prediction per row)"
+    datasets: dict[str, str] = {}  # nothing to export
 
     def check_config(self, cfg: Any) -> None:
         if cfg.data.source not in self.sources:
@@ -173,6 +174,9 @@ class ToyVec:
 
     def add_commands(self, subparsers: Any) -> None:
         return None
+
+    def export_dataset(self, name: str, out_dir: Any, *, format: str | None, limit: int | None) -> str:
+        raise ConfigError(f"datasets --name: toyvec has no dataset {name!r}")
 
 
 # ---------------------------------------------------------------- the task: toyclf
@@ -315,16 +319,16 @@ TOYVEC, TOYCLF = ToyVec(), ToyClf()
 
 
 @pytest.fixture
-def toy_plugins(monkeypatch: pytest.MonkeyPatch):
+def toy_plugins():
     """toyvec, toyclf and the toy_mlp model registered for one test, removed afterwards."""
     register_modality("toyvec", TOYVEC)
     register_task("toyclf", TOYCLF)
-    # The model registry has no unregister: register into a copy that monkeypatch puts back.
-    monkeypatch.setattr(model_registry, "_REGISTRY", dict(model_registry._REGISTRY))
-    model_registry.register("toy_mlp", toy_mlp, "toyvec", "two-layer MLP on a feature vector (test plug-in)")
+    model_registry.register("toy_mlp", toy_mlp, description="two-layer MLP on a feature vector (test plug-in)",
+                            modalities=("toyvec",), tasks=("toyclf",))  # fmt: skip
     yield
     MODALITIES.unregister("toyvec")
     TASKS.unregister("toyclf")
+    model_registry.unregister("toy_mlp")
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,7 @@ class Modality(Protocol):
     sources: tuple[str, ...]  # values of data.source it reads
     split_methods: tuple[str, ...]  # its own data.split.method values (e.g. a structure-based split)
     input_help: str  # what `biomx predict` takes, for --help
+    datasets: dict[str, str]  # what `biomx datasets` lists and exports: name -> one-line description
 
     def check_config(self, cfg: ExperimentConfig) -> None: ...
 
@@ -171,6 +172,10 @@ class Modality(Protocol):
 
     def add_commands(self, subparsers: argparse._SubParsersAction) -> None:
         """Extra CLI subcommands (each sets `func`)."""
+        ...
+
+    def export_dataset(self, name: str, out_dir: str | Path, *, format: str | None, limit: int | None) -> str:
+        """Write one of `datasets` as real files under `out_dir`; the line to print."""
         ...
 
 
