@@ -41,6 +41,8 @@ class SplitConfig(Section):
     # official train and val splits (e.g. the MedMNIST copies): val then comes from train.
     holdout: Literal["test", "val"] = "test"
 
+    moved: ClassVar[dict[str, str]] = {}  # keys that moved (a modality's subclass names its own)
+
 
 class DataConfig(Section):
     """The `data:` keys every modality shares. A modality's config extends this class with its own
@@ -60,7 +62,7 @@ class DataConfig(Section):
     multi_label_columns: ClassVar[bool] = False  # may label_column list several columns?
     path_keys: ClassVar[tuple[str, ...]] = ()  # keys of the modality's section holding file paths
     local_sources: ClassVar[tuple[str, ...]] = ()  # sources whose path is a name (embedded datasets)
-    moved: ClassVar[dict[str, str]] = {}  # old data.<key> -> its place now, for a helpful error
+    moved: ClassVar[dict[str, str]] = {}  # old data.<key> -> its place now (a full key path)
 
     @model_validator(mode="after")
     def _fits_the_modality(self) -> DataConfig:
@@ -87,7 +89,7 @@ class TaskConfig(Section):
     """The `task:` key every task shares; each task's config extends it (see `biomx.tasks`)."""
 
     kind: str = "classification"
-    moved: ClassVar[dict[str, str]] = {}  # old task/eval keys -> their place now
+    moved: ClassVar[dict[str, str]] = {}  # old task keys -> their place now (a full key path)
 
 
 class OptimizerConfig(Section):
@@ -134,6 +136,8 @@ class EvalConfig(Section):
     explain: Annotated[int, Field(ge=0)] = 8  # test samples explained in the report
     mc_dropout: Annotated[int, Field(ge=0)] = 0  # Monte Carlo dropout passes at test/predict (0 = off)
     batch_size: PositiveInt = 256
+
+    moved: ClassVar[dict[str, str]] = {"surface_tolerance_mm": "task.surface_tolerance_mm"}
 
 
 class OutputConfig(Section):
@@ -195,9 +199,10 @@ def _describe(cls: type[BaseModel], error: dict) -> str:
         key = str(loc[-1])
         moved = getattr(_section_at(cls, loc[:-1]), "moved", {}).get(key)
         if moved:
-            return f"{path}: unknown key; it is {'.'.join(str(p) for p in loc[:-1])}.{moved} now"
+            return f"{path}: unknown key; it is {moved} now"
         allowed = _fields_at(cls, loc[:-1])
-        return f"{path}: unknown key{suggest(key, allowed)}{_elsewhere(loc)} (allowed: {', '.join(allowed)})"
+        hint = _elsewhere(loc) or suggest(key, allowed)
+        return f"{path}: unknown key{hint} (allowed: {', '.join(allowed)})"
     if error["type"] == "missing":
         return f"{path}: required key is missing"
     value = error.get("input")

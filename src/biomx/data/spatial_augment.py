@@ -26,7 +26,7 @@ _INTENSITY = ("brightness", "contrast", "gamma", "noise")
 
 
 def is_active(cfg: Any) -> bool:
-    """True when any transform of `cfg` (a `VolumeAugmentConfig`) is switched on."""
+    """True when any transform of `cfg` (a `SpatialAugmentConfig`) is switched on."""
     return any(getattr(cfg, name) for name in _SPATIAL + _INTENSITY)
 
 
@@ -37,7 +37,7 @@ def augment_batch(x: Tensor, labels: Tensor | None, cfg: Any,
     Args:
         x: images (N, C, D, H, W) or (N, C, H, W); float (other dtypes are computed in float32).
         labels: integer masks (N, D, H, W) / (N, H, W), or None.
-        cfg: an object with the attributes of `biomx.config.VolumeAugmentConfig`:
+        cfg: an object with the attributes of `biomx.config.SpatialAugmentConfig`:
             flip (probability per spatial axis), rotate90 (probability of 1-3 quarter turns in
             the first two spatial axes; only when those two sizes are equal), rotate (max degrees
             about each axis; one in-plane angle in 2D), scale ((min, max) zoom, > 1 zooms in),

@@ -3,7 +3,7 @@ shared by the image modality (2D scans, `data.image.scan`) and the volume modali
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -38,3 +38,8 @@ class ScanConfig(Section):
     cache: bool = True  # keep preprocessed samples on disk, keyed by content and settings
     cache_dir: str | None = None  # default: $BIOMX_CACHE or ~/.cache/biomx
     augment: SpatialAugmentConfig = SpatialAugmentConfig()
+
+    moved: ClassVar[dict[str, str]] = {  # segmentation settings that moved to the task
+        key: f"task.{key}" for key in ("patch_size", "pos_ratio", "patches_per_case", "val_patches_per_case",
+                                       "overlap", "sw_batch_size")
+    }  # fmt: skip

@@ -48,9 +48,10 @@ class ImageData(DataConfig):
     local_sources: ClassVar[tuple[str, ...]] = ("dataset",)
     path_keys: ClassVar[tuple[str, ...]] = ("scan.cache_dir",)
     moved: ClassVar[dict[str, str]] = {
-        "image_size": "image.size", "channels": "image.channels", "window": "image.window",
-        "dicom_frames": "image.dicom_frames", "path_column": "image.path_column", "normalize": "image.normalize",
-        "cache": "image.cache", "augment": "image.augment", "volume": "image.scan",
+        key: f"data.image.{new}" for key, new in {
+            "image_size": "size", "channels": "channels", "window": "window", "dicom_frames": "dicom_frames",
+            "path_column": "path_column", "normalize": "normalize", "cache": "cache", "augment": "augment",
+            "volume": "scan"}.items()
     }  # fmt: skip
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from biomx.config import DataConfig, PositiveInt, Section
+from biomx.config import DataConfig, PositiveInt, Section, SplitConfig
 
 
 class MoleculeSettings(Section):
@@ -25,11 +25,16 @@ class MoleculeSettings(Section):
     cluster_cutoff: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6  # split method cluster: Tanimoto distance
 
 
+class MoleculeSplit(SplitConfig):
+    moved: ClassVar[dict[str, str]] = {"cluster_cutoff": "data.molecule.cluster_cutoff"}
+
+
 class MoleculeData(DataConfig):
     """`data:` for small molecules (SMILES tables, SDF)."""
 
     modality: Literal["molecule"] = "molecule"
     molecule: MoleculeSettings = MoleculeSettings()
+    split: MoleculeSplit = MoleculeSplit()
 
     sources: ClassVar[tuple[str, ...]] = ("csv", "sdf")
     split_methods: ClassVar[tuple[str, ...]] = ("scaffold", "cluster")

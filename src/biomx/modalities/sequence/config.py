@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from biomx.config import DataConfig, PositiveInt, Section
+from biomx.config import DataConfig, PositiveInt, Section, SplitConfig
 
 
 class SequenceSettings(Section):
@@ -29,11 +29,17 @@ class SequenceSettings(Section):
     test_chromosomes: list[str] = []  # split method chromosome: held out for testing (e.g. [chr9])
 
 
+class SequenceSplit(SplitConfig):
+    moved: ClassVar[dict[str, str]] = {"val_chromosomes": "data.sequence.val_chromosomes",
+                                       "test_chromosomes": "data.sequence.test_chromosomes"}  # fmt: skip
+
+
 class SequenceData(DataConfig):
     """`data:` for DNA, RNA and protein sequences."""
 
     modality: Literal["sequence"] = "sequence"
     sequence: SequenceSettings = SequenceSettings()
+    split: SequenceSplit = SequenceSplit()
 
     sources: ClassVar[tuple[str, ...]] = ("fasta", "csv", "intervals")
     split_methods: ClassVar[tuple[str, ...]] = ("chromosome",)

@@ -22,4 +22,4 @@ class VolumeData(DataConfig):
 
     sources: ClassVar[tuple[str, ...]] = ("npz", "msd")
     path_keys: ClassVar[tuple[str, ...]] = ("cache_dir",)
-    moved: ClassVar[dict[str, str]] = {"normalize": "volume.normalize", "augment": "volume.augment"}
+    moved: ClassVar[dict[str, str]] = {"normalize": "data.volume.normalize", "augment": "data.volume.augment"}
