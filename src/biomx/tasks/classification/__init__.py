@@ -10,28 +10,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
-from biomx.protocols import Modality
 from biomx.tasks.classification.config import ClassificationConfig
 from biomx.tasks.classification.labels import encode_labels
 from biomx.tasks.classification.metrics import QUICK_METRICS
 from biomx.tasks.classification.task import ClassificationTask, build_task
 from biomx.tasks.classification.weights import class_weights_from_counts
+from biomx.tasks.rows import build_datasets, check_config, load
 
 name = "classification"
 config = ClassificationConfig
 quick_metric_names = tuple(QUICK_METRICS)
-
-
-def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
-    """Nothing beyond the config schema."""
-
-
-def load(cfg: ExperimentConfig, modality: Modality) -> Samples:
-    return modality.load(cfg)
 
 
 def targets(cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -49,13 +40,21 @@ def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_
                       cfg.task.threshold)  # fmt: skip
 
 
-def build_datasets(cfg: ExperimentConfig, modality: Modality, samples: Samples, targets: torch.Tensor,
-                   splits: dict[str, np.ndarray]) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:
-    return modality.build_datasets(samples, targets, splits, cfg)
-
-
 def from_info(info: dict[str, Any]) -> ClassificationTask:
     return build_task(info["kind"], info["classes"], threshold=info["threshold"])
 
 
-__all__ = ["ClassificationTask", "build_task", "class_weights_from_counts"]
+__all__ = [
+    "name",
+    "config",
+    "quick_metric_names",
+    "check_config",
+    "load",
+    "targets",
+    "build",
+    "build_datasets",
+    "from_info",
+    "ClassificationTask",
+    "build_task",
+    "class_weights_from_counts",
+]

@@ -25,18 +25,17 @@ import torch.nn.functional as F
 
 import biomx.tasks.classification.evaluation as evaluation
 import biomx.tasks.classification.explain as explain
-from biomx import batched
 from biomx.errors import ConfigError
-from biomx.protocols import PredictRequest, TestRun
 from biomx.tasks.classification.report import report_sections
 from biomx.tasks.classification.weights import check_weights
+from biomx.tasks.rows import RowTaskHooks
 from biomx.tasks.stats import as_float
 
 KINDS = ("binary", "multiclass", "multilabel")
 
 
 @dataclass
-class ClassificationTask:
+class ClassificationTask(RowTaskHooks):
     """A classification problem: its kind, class names, and how it is trained and scored.
 
     Construction validates every field (ConfigError naming the `task.*` key). For multilabel,
@@ -155,6 +154,8 @@ class ClassificationTask:
     # ------------------------------------------------------------------ the Task protocol
 
     name: ClassVar[str] = "classification"
+    explain: ClassVar = explain  # its explanation hooks (see tasks/rows.py)
+    sections: ClassVar = staticmethod(report_sections)
     output_prefix: ClassVar[str] = "prob"  # predictions.csv: prob_<class>
     headline: ClassVar[tuple[str, ...]] = ("auroc", "accuracy", "balanced_accuracy", "f1")
 
@@ -183,40 +184,6 @@ class ClassificationTask:
             return error, std[np.arange(len(top)), top][:, None], ["predicted class"], "error rate"
         truth = targets.astype(float).reshape(len(targets), -1)
         return np.abs(probs - truth), std, self.output_names(), "mean |p - y|"
-
-    def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
-        return batched.evaluate_test(self, run)
-
-    def predict(self, request: PredictRequest) -> dict[str, list]:
-        return batched.predict(self, request)
-
-    def report_sections(self, evaluation: dict[str, Any]) -> list[dict]:
-        return report_sections(evaluation)
-
-    # Explanation hooks: which samples and outputs a modality's explanations show.
-    def pick_examples(self, probs: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
-        return explain.pick_examples(self, probs, targets, n)
-
-    def attribution_target(self, probs: np.ndarray) -> tuple[np.ndarray, Any]:
-        return explain.attribution_target(self, probs)
-
-    def caption(self, target: np.ndarray, prob: np.ndarray, predicted: Any) -> str:
-        return explain.caption(self, target, prob, predicted)
-
-    def class_views(self, probs: np.ndarray, targets: np.ndarray) -> list:
-        return explain.class_views(self, probs, targets)
-
-    def pick_explained(self, probs: np.ndarray, targets: np.ndarray, n: int) -> list[tuple[int, str, int]]:
-        return explain.pick_explained(self, probs, targets, n)
-
-    def describe(self, column: int, prob: np.ndarray, target: np.ndarray) -> tuple[str, float, object, str]:
-        return explain.describe(self, column, prob, target)
-
-    def attribution_text(self) -> tuple[str, str]:
-        return explain.attribution_text(self)
-
-    def output_for(self, class_name: str | None) -> tuple[int, float, str]:
-        return explain.output_for(self, class_name)
 
     # Scoring (`evaluation`): the same code for the validation epochs and the test split.
     def quick_metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -9,26 +9,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
-from biomx.protocols import Modality
 from biomx.tasks.regression.config import RegressionConfig
 from biomx.tasks.regression.targets import encode_values
 from biomx.tasks.regression.task import METRICS, RegressionTask, build_regression_task
+from biomx.tasks.rows import build_datasets, check_config, load
 
 name = "regression"
 config = RegressionConfig
 quick_metric_names = tuple(METRICS)
-
-
-def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
-    """Nothing beyond the config schema."""
-
-
-def load(cfg: ExperimentConfig, modality: Modality) -> Samples:
-    return modality.load(cfg)
 
 
 def targets(cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -44,13 +35,20 @@ def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_
     return task
 
 
-def build_datasets(cfg: ExperimentConfig, modality: Modality, samples: Samples, targets: torch.Tensor,
-                   splits: dict[str, np.ndarray]) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:
-    return modality.build_datasets(samples, targets, splits, cfg)
-
-
 def from_info(info: dict[str, Any]) -> RegressionTask:
     return build_regression_task(info["targets"], info["loss"], info["mean"], info["std"])
 
 
-__all__ = ["RegressionTask", "build_regression_task"]
+__all__ = [
+    "name",
+    "config",
+    "quick_metric_names",
+    "check_config",
+    "load",
+    "targets",
+    "build",
+    "build_datasets",
+    "from_info",
+    "RegressionTask",
+    "build_regression_task",
+]

@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 import biomx.tasks.regression.explain as explain
-from biomx import batched
 from biomx.errors import ConfigError, DataError
-from biomx.protocols import PredictRequest, TestRun
 from biomx.tasks.regression.report import report_sections
+from biomx.tasks.rows import RowTaskHooks
 from biomx.tasks.stats import BLOCK_VALUES as _BLOCK_VALUES
 from biomx.tasks.stats import as_float as _as_float
 from biomx.tasks.stats import gather as _gather
@@ -43,7 +42,7 @@ _MIN_STD = 1e-8  # a constant training target would otherwise divide by zero
 
 
 @dataclass
-class RegressionTask:
+class RegressionTask(RowTaskHooks):
     """A regression problem: target names, target scaling and the training loss.
 
     Construction validates every field (ConfigError naming the `task.*` key). `mean` and `std`
@@ -165,6 +164,8 @@ class RegressionTask:
     # ------------------------------------------------------------------ the Task protocol
 
     name: ClassVar[str] = "regression"
+    explain: ClassVar = explain  # its explanation hooks (see tasks/rows.py)
+    sections: ClassVar = staticmethod(report_sections)
     output_prefix: ClassVar[str] = "pred"  # predictions.csv: pred_<target>
     headline: ClassVar[tuple[str, ...]] = ("rmse", "r2", "mae", "spearman")  # the first two head the report
 
@@ -185,40 +186,6 @@ class RegressionTask:
         report also shows RMSE against std and the 95% coverage)."""
         preds, std = preds.reshape(len(preds), -1), std.reshape(len(std), -1)
         return np.abs(preds - targets.astype(float).reshape(len(targets), -1)), std, self.output_names(), "rmse"
-
-    def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
-        return batched.evaluate_test(self, run)
-
-    def predict(self, request: PredictRequest) -> dict[str, list]:
-        return batched.predict(self, request)
-
-    def report_sections(self, evaluation: dict[str, Any]) -> list[dict]:
-        return report_sections(evaluation)
-
-    # Explanation hooks: which samples and outputs a modality's explanations show.
-    def pick_examples(self, preds: np.ndarray, targets: np.ndarray, n: int) -> list[int]:
-        return explain.pick_examples(self, preds, targets, n)
-
-    def attribution_target(self, preds: np.ndarray) -> tuple[np.ndarray, Any]:
-        return explain.attribution_target(self, preds)
-
-    def caption(self, target: np.ndarray, pred: np.ndarray, predicted: Any) -> str:
-        return explain.caption(self, target, pred, predicted)
-
-    def class_views(self, preds: np.ndarray, targets: np.ndarray) -> list:
-        return explain.class_views(self, preds, targets)
-
-    def pick_explained(self, preds: np.ndarray, targets: np.ndarray, n: int) -> list[tuple[int, str, int]]:
-        return explain.pick_explained(self, preds, targets, n)
-
-    def describe(self, column: int, pred: np.ndarray, target: np.ndarray) -> tuple[str, float, object, str]:
-        return explain.describe(self, column, pred, target)
-
-    def attribution_text(self) -> tuple[str, str]:
-        return explain.attribution_text(self)
-
-    def output_for(self, class_name: str | None) -> tuple[int, float, str]:
-        return explain.output_for(self, class_name)
 
     def quick_metrics(self, preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Cheap metrics for every validation epoch: METRICS, macro-averaged over targets.
