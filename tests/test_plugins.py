@@ -131,6 +131,9 @@ class ToyVec:
     def split(self, cfg: Any, samples: Samples, labels: np.ndarray | None) -> dict[str, np.ndarray]:
         raise ConfigError(f"data.split.method: toyvec has no split method {cfg.data.split.method!r}")
 
+    def sample_digests(self, samples: Samples) -> list[str] | None:
+        return None
+
     def build_datasets(self, samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray],
                        cfg: Any) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:  # fmt: skip
         x = samples.inputs.matrix.float()

@@ -16,6 +16,7 @@ import torch
 
 from biomx.engine import distributed as dist
 from biomx.engine.trainer import enable_dropout
+from biomx.errors import BiomxError
 from biomx.evaluation import evaluate_split, std_columns
 from biomx.protocols import PredictRequest, RowTask, TestRun, TestView
 from biomx.runs import write_json
@@ -84,7 +85,12 @@ def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
             if passes_per_model > 0:
                 torch.manual_seed(k)  # reproducible dropout masks
                 enable_dropout(model)
-            preds = [task.predictions(model(batch)) for batch in _batches(x, request.batch_size)]
+            preds, start = [], 0
+            for batch in _batches(x, request.batch_size):
+                out = model(batch)
+                _check_finite(out, names, start)  # a diverged model must not label NaN as a class
+                preds.append(task.predictions(out))
+                start += request.batch_size
             passes.append(torch.cat(preds).numpy() if preds else np.zeros((0, task.out_dim)).squeeze(-1))
     preds, std = mean_and_std(passes)
     columns: dict[str, list] = {"path": names}
@@ -93,6 +99,20 @@ def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
     if std is not None:
         columns.update(std_columns(task, std))
     return columns
+
+
+def _check_finite(outputs: Any, names: list[str], start: int) -> None:
+    """Refuse NaN/Inf model outputs (a diverged model) with one line naming the first input hit."""
+    tensors = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    for out in tensors:
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not out.numel():
+            continue
+        bad = ~torch.isfinite(out.reshape(len(out), -1)).all(dim=1) if out.dim() else ~torch.isfinite(out)[None]
+        if bad.any():
+            k = start + int(bad.nonzero()[0, 0])
+            name = names[k] if k < len(names) else f"input {k + 1}"
+            raise BiomxError(f"{name}: the model's output is not finite (NaN/Inf); the model or this input "
+                             "is broken (a diverged run: lower train.optimizer.lr and train again)")  # fmt: skip
 
 
 def default_files_dir(output: Path | None, suffix: str) -> Path:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from biomx.config import ExperimentConfig, dump_config, load_config
 from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples
-from biomx.data.splits import predefined_splits, split_indices, warn_if_leaking
+from biomx.data.splits import predefined_splits, split_indices, warn_if_duplicated, warn_if_leaking
 from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
 from biomx.engine.logging import console
@@ -91,6 +91,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     splits = make_splits(cfg, modality, data, labels)
     task = task_type.build(cfg, data, targets, splits["train"])
     warn_if_leaking(data.groups, splits)
+    _warn_if_duplicated(modality, data, splits)
     datasets, preprocessing, input_args = task_type.build_datasets(cfg, modality, data, targets, splits)
     info = {
         "biomx_version": __version__,
@@ -136,12 +137,25 @@ def _check_same_split(run_dir: Path, p: Prepared) -> None:
     import csv
 
     with open(run_dir / "split.csv", newline="") as f:
-        saved = [(row["id"], row["split"]) for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    if p.data.hashes and rows and "sha256" in rows[0]:  # file sources: each file's content too
+        for row, sample_id, digest in zip(rows, p.data.ids, p.data.hashes, strict=False):
+            if row["id"] == sample_id and row["sha256"] and digest and row["sha256"] != digest:
+                raise BiomxError(f"{sample_id}: its content changed since this run was made "
+                                 "(sha256 differs from split.csv); start a new run")  # fmt: skip
+    saved = [(row["id"], row["split"]) for row in rows]
     now = list(zip(p.data.ids, _split_names(p), strict=True))
     if saved != now:
         first = next((i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if a != b), min(len(saved), len(now)))
         raise BiomxError(f"{run_dir}: the data or its split changed since this run was made "
                          f"(first difference at sample {first + 1} of split.csv); start a new run")  # fmt: skip
+
+
+def _warn_if_duplicated(modality: Modality, data: Samples, splits: dict[str, np.ndarray]) -> None:
+    """Warn (counts only) if identical inputs sit in more than one split, patient column or not."""
+    digests = getattr(modality, "sample_digests", None)  # optional for plug-ins written before it
+    if digests is not None:
+        warn_if_duplicated(digests(data), splits)
 
 
 def _trainer(p: Prepared, run_dir: Path | None, member: int = 0) -> Trainer:

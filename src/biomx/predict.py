@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from biomx.engine.checkpoint import check_target
 from biomx.modalities import get_modality
 from biomx.protocols import PredictRequest
 from biomx.runs import load_run_models, write_csv
@@ -43,6 +44,8 @@ def predict_files(
     Raises:
         DataError: an unreadable input (unless skip_errors), a missing path.
     """
+    if output is not None:
+        check_target(Path(output))  # refuse a symlink, folder, FIFO... before the work, not after
     models, info = load_run_models(run_dir)
     # Runs written before run.json named its modality kept it in the preprocessing record.
     modality = get_modality(info.get("modality") or info["preprocessing"]["modality"])

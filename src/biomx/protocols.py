@@ -155,6 +155,11 @@ class Modality(Protocol):
         """Splits for one of `split_methods`."""
         ...
 
+    def sample_digests(self, samples: Samples) -> list[str] | None:
+        """A content hash per sample (equal inputs, equal strings), to warn when identical inputs
+        sit in more than one split; None when that is not cheap to compute."""
+        ...
+
     def build_datasets(self, samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray],
                        cfg: ExperimentConfig) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]: ...
 

@@ -100,11 +100,19 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module,
 
     Returns:
         (model in eval mode, run info dict with "model", "task", "preprocessing").
+
+    Raises:
+        BiomxError: no run or checkpoint, a corrupt checkpoint (its checksum does not match),
+            or NaN/Inf weights (a diverged run, which would predict nonsense).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BiomxError(f"{run_dir}: run directory not found")
-    weights, extra = load_checkpoint(find_checkpoint(run_dir, which))
+    path = find_checkpoint(run_dir, which)
+    weights, extra = load_checkpoint(path)
+    if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point() or w.is_complex()):
+        raise BiomxError(f"{path}: the model's weights are not finite (NaN/Inf): the run diverged; "
+                         "lower train.optimizer.lr and train again")  # fmt: skip
     info = extra.get("model_config") or {}
     if "model" not in info:
         raise BiomxError(f"{run_dir}: checkpoint has no model description; cannot rebuild the model")

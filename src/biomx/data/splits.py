@@ -104,6 +104,70 @@ def warn_if_leaking(groups: np.ndarray | None, splits: dict[str, np.ndarray]) ->
     return len(leaked)
 
 
+def row_digests(rows) -> list[str]:
+    """A content digest of each row of a tensor or array (N, ...): equal rows, equal digests.
+
+    Hashes each row's bytes (BLAKE2b), 1024 rows at a time in threads (hashlib releases the GIL
+    on large buffers); no copy is made of a contiguous CPU tensor."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    if isinstance(rows, torch.Tensor):
+        rows = rows.detach().cpu().contiguous()
+        if rows.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the same bits
+            rows = rows.view(torch.int16)
+        rows = rows.numpy()
+    rows = np.ascontiguousarray(rows)
+    tag = f"{rows.dtype.str}{rows.shape[1:]}".encode()
+
+    def chunk_digests(start: int) -> list[str]:
+        part = rows[start:start + 1024].reshape(len(rows[start:start + 1024]), -1)
+        return [hashlib.blake2b(tag + row.tobytes(), digest_size=16).hexdigest() for row in part]
+
+    with ThreadPoolExecutor(8) as pool:
+        return [d for part in pool.map(chunk_digests, range(0, len(rows), 1024)) for d in part]
+
+
+def _splits_of_contents(digests: list[str | None], splits: dict[str, np.ndarray]) -> list[list[str]]:
+    """For each distinct content (digest) in more than one split: its splits, in split order."""
+    where: dict[str, list[str]] = {}
+    for name, idx in splits.items():
+        for i in idx.tolist():
+            d = digests[i]
+            if d is not None and name not in where.setdefault(d, []):
+                where[d].append(name)
+    return [names for names in where.values() if len(names) > 1]
+
+
+def shared_contents(digests: list[str | None], splits: dict[str, np.ndarray]) -> dict[tuple[str, str], int]:
+    """How many distinct contents (equal digests) occur in each pair of splits, e.g.
+    {("train", "test"): 3}; a content in three splits counts in each of their pairs. Samples
+    with a digest of None are not compared."""
+    pairs: dict[tuple[str, str], int] = {}
+    for names in _splits_of_contents(digests, splits):
+        for a in range(len(names)):
+            for b in range(a + 1, len(names)):
+                pairs[(names[a], names[b])] = pairs.get((names[a], names[b]), 0) + 1
+    return pairs
+
+
+def warn_if_duplicated(digests: list[str | None] | None, splits: dict[str, np.ndarray]) -> int:
+    """Warn if identical inputs (by content) sit in more than one split; return how many
+    distinct contents do. Only counts are printed, never ids (they may identify patients)."""
+    if digests is None:
+        return 0
+    n = len(_splits_of_contents(digests, splits))
+    if n:
+        order = {name: k for k, name in enumerate(splits)}
+        pairs = sorted(shared_contents(digests, splits).items(), key=lambda kv: (order[kv[0][0]], order[kv[0][1]]))
+        detail = ", ".join(f"{a}/{b}: {count}" for (a, b), count in pairs)
+        console.print(f"[yellow]warning: {n} distinct inputs occur with identical content in more than one split "
+                      f"({detail}); test metrics will be optimistic. Remove the duplicates from the source[/]")
+    return n
+
+
 def predefined_splits(split_cfg, predefined: dict[str, np.ndarray] | None,
                       labels: np.ndarray | None) -> dict[str, np.ndarray]:
     """The source's own train/val/test, with missing splits carved (stratified) out of train."""

@@ -13,7 +13,6 @@ import html
 import io
 import math
 import numbers
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import matplotlib.image
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+
+from biomx.engine.checkpoint import atomic_write_text
 
 _DPI = 100  # small PNGs keep a typical report well under 2 MB
 _STYLE = """
@@ -295,12 +296,7 @@ def write_report(
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
         f"<body>\n{body}\n</body>\n</html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a crash mid-write never leaves a truncated report at `path`.
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(document, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Write then rename: a crash mid-write never leaves a truncated report at `path`, and
+    # nothing but a regular file is ever replaced.
+    atomic_write_text(path, document)
     return path

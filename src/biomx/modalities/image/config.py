@@ -31,6 +31,7 @@ class ImageSettings(Section):
     channels: Literal[1, 3] = 1
     window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
     dicom_frames: Literal["first", "all"] = "first"
+    nan_policy: Literal["raise", "zero"] = "raise"  # NaN/infinite pixels (float TIFF, DICOM, NIfTI): refuse or zero
     path_column: str = "path"  # csv source: the column of image files
     normalize: bool = True  # standardise with the training split's mean and std
     cache: bool = True  # image files: keep decoded images on disk, keyed by content and settings

@@ -35,7 +35,7 @@ _SUFFIX_FORMAT = {".png": "pillow", ".jpg": "pillow", ".jpeg": "pillow", ".bmp":
 
 def read_image(path: str | Path, *, channels: int | None = None,
                window: tuple[float, float] | None = None, dicom_frames: str = "first",
-               nifti_slice: int | None = None) -> np.ndarray:
+               nifti_slice: int | None = None, nan_policy: str = "raise") -> np.ndarray:
     """Read one 2D image file as float32 (C, H, W) with intensities in [0, 1].
 
     The format comes from the extension, else the magic bytes (DICOM exports often have none).
@@ -43,7 +43,8 @@ def read_image(path: str | Path, *, channels: int | None = None,
     microscopy and X-ray rarely use the full range); floats min-max. DICOM: Modality LUT
     (slope/intercept), then the VOI window (`window`, else the file's first WindowCenter/Width,
     else min-max); MONOCHROME1 is inverted so high = bright; colour is scaled by its bit depth.
-    NIfTI: one slice, min-max. A constant image gives zeros.
+    NIfTI: one slice, min-max. A constant image gives zeros. NaN or infinite pixels (float TIFF,
+    DICOM, NIfTI) are refused (`nan_policy` "raise") or set to 0 before scaling ("zero").
 
     Args:
         path: the image file.
@@ -54,14 +55,15 @@ def read_image(path: str | Path, *, channels: int | None = None,
             channels (C = n_frames, or 3 * n_frames frame-major for colour), scaled jointly.
         nifti_slice: index along the last spatial axis of a NIfTI volume (negative from the
             end); default the middle slice. 4D: first volume. H, W = voxel axes 0, 1 (as MONAI).
+        nan_policy: "raise" (a DataError naming the file and the count) or "zero".
 
     Returns:
         float32 array (C, H, W) in [0, 1].
 
     Raises:
         DataError: missing, corrupt, truncated or unsupported file; `nifti_slice` out of range;
-            channels that cannot be converted.
-        ValueError: an invalid `dicom_frames`, `channels` or `window` width.
+            channels that cannot be converted; NaN or infinite pixels with nan_policy "raise".
+        ValueError: an invalid `dicom_frames`, `channels`, `window` width or `nan_policy`.
     """
     path = Path(path)
     if dicom_frames not in ("first", "all"):
@@ -70,18 +72,20 @@ def read_image(path: str | Path, *, channels: int | None = None,
         raise ValueError(f"channels must be None or >= 1, got {channels}")
     if window is not None and window[1] <= 0:
         raise ValueError(f"window width must be > 0, got window={window}")
+    if nan_policy not in ("raise", "zero"):
+        raise ValueError(f"nan_policy must be 'raise' or 'zero', got {nan_policy!r}")
     if not path.is_file():
         raise DataError(f"{path}: cannot read image: file not found")
     try:
         kind = _format_of(path)
         if kind == "pillow":
-            image = _scale(read_pillow(path))
+            image = _scale(_finite(read_pillow(path), path, nan_policy))
         elif kind == "tiff":
-            image = _scale(_read_tiff(path))
+            image = _scale(_finite(_read_tiff(path), path, nan_policy))
         elif kind == "dicom":
-            image = _read_dicom(path, window, dicom_frames)
+            image = _read_dicom(path, window, dicom_frames, nan_policy)
         elif kind == "nifti":
-            image = _read_nifti(path, nifti_slice)
+            image = _read_nifti(path, nifti_slice, nan_policy)
         else:
             raise DataError(f"{path}: cannot read image: unknown format "
                             "(expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI)")
@@ -129,6 +133,23 @@ def _read_tiff(path: Path) -> np.ndarray:
     raise DataError(f"{path}: cannot read image: unsupported TIFF page layout {axes!r}")
 
 
+def _finite(arr: np.ndarray, path: Path, nan_policy: str) -> np.ndarray:
+    """`arr` if every pixel is finite; else a DataError ("raise") or a copy with them set to 0
+    ("zero"). Without this, one NaN makes min/max NaN and the whole image silently zeros."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return arr
+    bad = ~np.isfinite(arr)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return arr
+    if nan_policy == "raise":
+        raise DataError(f"{path}: {n_bad} of {arr.size} pixels are NaN or infinite; fix the file or set "
+                        "data.image.nan_policy: zero")
+    arr = arr.copy()
+    arr[bad] = 0
+    return arr
+
+
 def _scale(arr: np.ndarray) -> np.ndarray:
     """Non-DICOM intensities to [0, 1] (see `read_image`)."""
     if arr.dtype == np.uint8:
@@ -148,7 +169,7 @@ def _rescale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _read_dicom(path: Path, window: tuple[float, float] | None, frames: str) -> np.ndarray:
+def _read_dicom(path: Path, window: tuple[float, float] | None, frames: str, nan_policy: str) -> np.ndarray:
     ds = pydicom.dcmread(path)
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(f"{path}: cannot read image: DICOM file has no pixel data")
@@ -163,7 +184,7 @@ def _read_dicom(path: Path, window: tuple[float, float] | None, frames: str) -> 
         bits = np.iinfo(arr.dtype).bits if photometric == "PALETTE COLOR" else ds.BitsStored
         out = _rescale(arr, 0, 2 ** int(bits) - 1)
         return out.transpose(0, 3, 1, 2).reshape(-1, *out.shape[1:3])
-    arr = apply_modality_lut(arr, ds)  # stored values -> modality units (HU for CT)
+    arr = _finite(apply_modality_lut(arr, ds), path, nan_policy)  # stored values -> modality units (HU for CT)
     center_width = window or _file_window(ds)
     if center_width is not None:
         lo, hi = center_width[0] - center_width[1] / 2, center_width[0] + center_width[1] / 2
@@ -183,7 +204,7 @@ def _file_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return (center, width) if width > 0 else None
 
 
-def _read_nifti(path: Path, index: int | None) -> np.ndarray:
+def _read_nifti(path: Path, index: int | None, nan_policy: str) -> np.ndarray:
     img = nib.load(path)
     shape = img.shape
     depth = shape[2] if len(shape) >= 3 else 1
@@ -193,7 +214,7 @@ def _read_nifti(path: Path, index: int | None) -> np.ndarray:
                         "slices along its last spatial axis")
     # Slicing the proxy reads only this slice (of the first volume of a 4D series) from disk.
     where = (slice(None), slice(None)) + ((k,) + (0,) * (len(shape) - 3) if len(shape) > 2 else ())
-    plane = np.asarray(img.dataobj[where])
+    plane = _finite(np.asarray(img.dataobj[where]), path, nan_policy)
     return _rescale(plane, plane.min(), plane.max())[None]
 
 
@@ -246,7 +267,7 @@ def resize_image(image: np.ndarray | torch.Tensor, size: tuple[int, int]) -> tor
 
 def decode_images(paths: list[Path], *, size: tuple[int, int], channels: int,
                   window: tuple[float, float] | None = None, dicom_frames: str = "first",
-                  on_error: str = "raise", workers: int = 0,
+                  on_error: str = "raise", workers: int = 0, nan_policy: str = "raise",
                   ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Decode, resize and stack images into one float16 (N, C, h, w) tensor in [0, 1].
 
@@ -257,7 +278,7 @@ def decode_images(paths: list[Path], *, size: tuple[int, int], channels: int,
         paths: image files.
         size: (h, w) of every output image.
         channels: output channels (see `read_image`).
-        window, dicom_frames: passed to `read_image`.
+        window, dicom_frames, nan_policy: passed to `read_image`.
         on_error: "raise" raises the first unreadable file's DataError (in path order);
             "skip" leaves it out and records it in `failures`.
         workers: threads; 0 = min(8, cpu count), 1 = no threads.
@@ -276,7 +297,7 @@ def decode_images(paths: list[Path], *, size: tuple[int, int], channels: int,
     def decode_one(i: int) -> str | None:
         try:
             image = read_image(paths[i], channels=channels, window=window,
-                               dicom_frames=dicom_frames)
+                               dicom_frames=dicom_frames, nan_policy=nan_policy)
             out[i] = resize_image(image, size)  # each thread writes its own row
             return None
         except DataError as e:

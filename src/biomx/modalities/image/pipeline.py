@@ -81,11 +81,12 @@ def _decode_cached(paths: list[Path], hashes: list[str | None], cfg: DataConfig,
     """
     settings = {"image_size": list(cfg.image.size), "channels": cfg.image.channels,
                 "window": list(cfg.image.window) if cfg.image.window else None, "dicom_frames": cfg.image.dicom_frames,
-                "on_error": cfg.on_error}  # fmt: skip
+                "on_error": cfg.on_error, "nan_policy": cfg.image.nan_policy}  # fmt: skip
 
     def decode() -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
         return decode_images(paths, size=tuple(cfg.image.size), channels=cfg.image.channels, window=cfg.image.window,
-                             dicom_frames=cfg.image.dicom_frames, on_error=cfg.on_error)  # fmt: skip
+                             dicom_frames=cfg.image.dicom_frames, on_error=cfg.on_error,
+                             nan_policy=cfg.image.nan_policy)  # fmt: skip
 
     if not cfg.image.cache or any(h is None for h in hashes):
         return decode()
@@ -183,7 +184,7 @@ def build_datasets(
     c, h, w = images.shape[1:]
     preprocessing = {
         "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.image.window,
-        "dicom_frames": cfg.data.image.dicom_frames, "mean": mean, "std": std,
+        "dicom_frames": cfg.data.image.dicom_frames, "nan_policy": cfg.data.image.nan_policy, "mean": mean, "std": std,
     }  # fmt: skip
     return datasets, preprocessing, {"in_channels": c}
 
@@ -243,6 +244,7 @@ def read_inputs(
         files, size=tuple(preprocessing["image_size"]), channels=preprocessing["channels"],
         window=preprocessing["window"], dicom_frames=preprocessing["dicom_frames"],
         on_error="skip" if skip_errors else "raise",
+        nan_policy=preprocessing.get("nan_policy", "raise"),  # runs made before the policy: raise
     )  # fmt: skip
     x = images.float()
     if preprocessing["mean"] is not None:

@@ -39,4 +39,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """No commands of its own."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]
+def sample_digests(samples: Samples) -> list[str] | None:
+    """The canonical SMILES of each molecule, for the duplicates-across-splits check."""
+    smiles = getattr(samples.inputs, "smiles", None)
+    return list(smiles) if smiles is not None and len(smiles) == len(samples.ids) else None
+
+
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]

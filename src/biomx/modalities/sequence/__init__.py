@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
+from biomx.data.splits import row_digests
 from biomx.modalities.sequence import pipeline
 from biomx.modalities.sequence.commands import add_commands
 from biomx.modalities.sequence.config import SequenceData
@@ -34,4 +35,10 @@ def check_config(cfg: ExperimentConfig) -> None:
     """Nothing beyond the config schema (sources and split methods are checked there)."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]
+def sample_digests(samples: Samples) -> list[str] | None:
+    """A content hash per sequence (its padded token row), for the duplicates-across-splits check."""
+    tokens = getattr(samples.inputs, "tokens", None)
+    return row_digests(tokens) if tokens is not None and len(tokens) == len(samples.ids) else None
+
+
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
+from biomx.data.splits import row_digests
 from biomx.errors import ConfigError
 from biomx.modalities.common.scan_config import ScanConfig
 from biomx.modalities.volume import pipeline
@@ -57,4 +59,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """No commands of its own."""
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]
+def sample_digests(samples: Samples) -> list[str] | None:
+    """A content hash per loaded volume (its row), for the duplicates-across-splits check; None
+    for the cases of a segmentation source (read lazily: not cheap)."""
+    inputs = samples.inputs
+    return row_digests(inputs) if isinstance(inputs, torch.Tensor) and len(inputs) == len(samples.ids) else None
+
+
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands", "datasets", "export_dataset"]

@@ -23,8 +23,6 @@ MetaImage); NIfTI is read here, with nibabel.
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
+from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.errors import DataError
 from biomx.modalities.common.scans import check_finite
 from biomx.modalities.volume.decoding import DECODE_ERRORS
@@ -290,7 +289,7 @@ def write_nifti(array: Any, reference: Volume, path: str | Path) -> Path:
     payload = img.to_bytes()
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
-    _atomic_write(path, payload)
+    atomic_write_bytes(path, payload)
     return path
 
 
@@ -301,18 +300,3 @@ def _output_dtype(data: np.ndarray, source: str) -> Any:
         return _label_dtype(data, source)
     return np.float32
 
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write via a temporary file in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

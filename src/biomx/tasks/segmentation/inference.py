@@ -17,7 +17,7 @@ from biomx.batched import default_files_dir
 from biomx.data.cases import preprocess, restore
 from biomx.engine.runtime import select_device
 from biomx.engine.sliding_window import sliding_window_predict
-from biomx.errors import DataError
+from biomx.errors import BiomxError, DataError
 from biomx.protocols import PredictRequest, TestRun
 from biomx.runs import write_csv, write_json
 from biomx.tasks.segmentation.overlays import overlay_sections, overlay_slice
@@ -117,6 +117,9 @@ def predict_masks(task: SegmentationTask, request: PredictRequest) -> dict[str, 
             continue
         image, _, geometry = preprocess(scan.array, scan.spacing, pre)
         probs = probabilities(models, image, pre, len(classes), device)
+        if not np.isfinite(probs).all():
+            raise BiomxError(f"{path}: the model's output is not finite (NaN/Inf); the model or this scan "
+                             "is broken (a diverged run: lower train.optimizer.lr and train again)")  # fmt: skip
         mask = task.postprocess(restore(probs.argmax(0).astype(np.uint8), geometry), scan.spacing)
         name = modality.scan_stem(path, used)  # unique: two inputs with one name keep both masks
         written = modality.write_mask(mask, modality.scan_reference(scan), Path(masks_dir) / f"{name}{modality.mask_suffix}")
