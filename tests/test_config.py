@@ -143,7 +143,7 @@ def test_overrides_parse_yaml_values_and_are_validated(tmp_path):
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("data:\n  source: npz\n  path: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+ invalid YAML"):
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+: invalid YAML"):
         load_config(path)
 
 

@@ -178,7 +178,8 @@ class ToyVec:
     def add_commands(self, subparsers: Any) -> None:
         return None
 
-    def export_dataset(self, name: str, out_dir: Any, *, format: str | None, limit: int | None) -> str:
+    def export_dataset(self, name: str, out_dir: Any, *, format: str | None, limit: int | None,
+                       overwrite: bool = False) -> str:
         raise ConfigError(f"datasets --name: toyvec has no dataset {name!r}")
 
 

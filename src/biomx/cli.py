@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from biomx.argtypes import non_negative_int, positive_int
 from biomx.errors import BiomxError
 from biomx.modalities import get_modality, modality_names
 
@@ -110,7 +111,8 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
         if name not in owners:
             raise BiomxError(f"datasets --name: unknown dataset {name!r}{suggest(name, list(owners))}; "
                              f"available: {', '.join(owners)}")  # fmt: skip
-        print(get_modality(owners[name]).export_dataset(name, args.export, format=args.format, limit=args.limit))
+        export = get_modality(owners[name]).export_dataset
+        print(export(name, args.export, format=args.format, limit=args.limit, overwrite=args.overwrite))
         return
     for modality_name in modality_names():
         datasets = get_modality(modality_name).datasets
@@ -151,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="; ".join(get_modality(n).input_help for n in modality_names()))
     p.add_argument("-o", "--output", help="CSV file to write (default: standard output)")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of failing")
-    p.add_argument("--mc-dropout", type=int, default=None, metavar="N",
+    p.add_argument("--mc-dropout", type=non_negative_int, default=None, metavar="N",
                    help="Monte Carlo dropout passes per model (default: as the run was evaluated)")
     p.add_argument("--masks", metavar="DIR", help="segmentation runs: folder for the predicted masks "
                    "(default: <output>_masks beside -o, else ./masks)")  # fmt: skip
@@ -163,15 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model zoo: what each model serves, its parameter count")
     p.add_argument("--modality", help="only models for this data.modality (e.g. molecule)")
     p.add_argument("--task", help="only models for this task.kind (e.g. regression)")
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--out-dim", type=int, default=2)
+    p.add_argument("--in-channels", type=positive_int, default=1)
+    p.add_argument("--out-dim", type=positive_int, default=2)
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("datasets", help="list every modality's datasets, or export one as files")
     p.add_argument("--export", metavar="DIR", help="write the dataset named by --name as files under DIR")
     p.add_argument("--name", default=None, help="the dataset to export, as listed (default: the first listed)")
     p.add_argument("--format", default=None, help="file format, for datasets that offer several (see the listing)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many samples, where the dataset allows it")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many samples, where the dataset allows it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files the export writes that already exist (default: refuse, write nothing)")
     p.set_defaults(func=_cmd_datasets)
     return parser
 

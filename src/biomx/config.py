@@ -7,12 +7,21 @@ Configs are data: nothing in them is evaluated or imported.
 
 from __future__ import annotations
 
+import reprlib
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from biomx.errors import ConfigError
 from biomx.plugins import suggest
@@ -20,10 +29,28 @@ from biomx.plugins import suggest
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy and torch seeds must fit 32 bits
+
+MAX_SHOWN = 80  # characters of a bad value an error line shows (a huge value is cut, with "...")
+MAX_YAML_NODES = 100_000  # values a config may expand to through YAML aliases (a config has ~100)
+MAX_LINES = 20  # problems listed at most (then "... and N more problems")
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a few kB
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf`, `.nan` and 1e400 (inf) are rejected in every float field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def plain_name(value: str | None, what: str = "a plain folder name") -> str | None:
+    """`value` if it names one folder inside another (no path separators, not `.`/`..`, not empty,
+    no leading `-` or `~`, no control characters); ValueError otherwise."""
+    if value is None:
+        return value
+    if (not value.strip() or value in (".", "..") or "/" in value or "\\" in value or value[0] in "-~"
+            or any(ord(c) < 32 for c in value)):  # fmt: skip
+        raise ValueError(f"must be {what}: no / or \\, not . or .., not starting with - or ~")
+    return value
 
 
 GENERIC_SPLIT_METHODS = ("stratified", "random", "group", "predefined")
@@ -35,7 +62,7 @@ class SplitConfig(Section):
     method: str = "stratified"  # stratified, random, group, predefined, or one of the modality's own
     val: Fraction = 0.1  # fraction of all samples (of train, for `predefined` without a val split)
     test: Fraction = 0.15
-    seed: int = 0
+    seed: Seed = 0
     column: str = "split"  # predefined, csv sources: column of train/val/test per row
     # predefined: the source's split held out as the test set. "val" for sources that ship only
     # official train and val splits (e.g. the MedMNIST copies): val then comes from train.
@@ -82,7 +109,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "small_cnn"  # see `biomx models`
     args: dict[str, Any] = {}
-    ensemble: PositiveInt = 1  # deep ensemble: members trained with seeds train.seed + k
+    ensemble: Annotated[int, Field(gt=0, le=100)] = 1  # deep ensemble: members trained with seeds train.seed + k
 
 
 class TaskConfig(Section):
@@ -121,7 +148,7 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile
     channels_last: bool = False  # memory format for conv nets (fast on GPUs with tensor cores)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    seed: int = 0
+    seed: Seed = 0  # 0 .. 2**32 - 1
     deterministic: bool = False  # bitwise-reproducible kernels (slower)
     monitor: str = "val_loss"  # metric for the best checkpoint and early stopping
     early_stopping: PositiveInt | None = None  # patience, in epochs
@@ -142,20 +169,46 @@ class EvalConfig(Section):
 
 class OutputConfig(Section):
     dir: str = "runs"
-    name: str | None = None  # default: <experiment name>-<timestamp>
+    name: str | None = None  # default: <experiment name>-<timestamp>; a plain folder name inside dir
     tensorboard: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _inside_dir(cls, value: str | None) -> str | None:
+        return plain_name(value, "a plain folder name inside output.dir")
+
+    @field_validator("dir")
+    @classmethod
+    def _a_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a folder, e.g. runs")
+        path = Path(value).expanduser()
+        try:
+            for part in (path, *path.parents):  # the nearest part that exists must be a folder
+                if part.exists() or part.is_symlink():
+                    if not part.is_dir():
+                        raise ValueError(f"{shorten(str(part))} exists and is not a folder")
+                    break
+        except OSError as err:  # a name too long, no permission
+            raise ValueError(f"cannot be used as a folder ({err.strerror or err})") from None
+        return value
 
 
 class ExperimentConfig(Section):
     """A whole experiment; `biomx train FILE.yaml` reads one of these."""
 
-    name: str = "experiment"
+    name: str = "experiment"  # runs are <output.dir>/<name>-<time>: a plain name, like output.name
     data: DataConfig
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return plain_name(value, "a plain name (runs are <output.dir>/<name>-<time>)")  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- loading and errors
@@ -192,11 +245,16 @@ def _elsewhere(loc: tuple) -> str:
     return f"; it belongs to {selector}: {' or '.join(owners)}" if owners else ""
 
 
+def shorten(text: str, limit: int = MAX_SHOWN) -> str:
+    """`text` cut to `limit` characters, ending in "..." when cut (error lines stay readable)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _describe(cls: type[BaseModel], error: dict) -> str:
     loc = tuple(error["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    path = shorten(".".join(str(p) for p in loc), 2 * MAX_SHOWN) or "(top level)"
     if error["type"] == "extra_forbidden":
-        key = str(loc[-1])
+        key = shorten(str(loc[-1]))
         moved = getattr(_section_at(cls, loc[:-1]), "moved", {}).get(key)
         if moved:
             return f"{path}: unknown key; it is {moved} now"
@@ -206,14 +264,29 @@ def _describe(cls: type[BaseModel], error: dict) -> str:
     if error["type"] == "missing":
         return f"{path}: required key is missing"
     value = error.get("input")
-    message = error["msg"].removeprefix("Value error, ")
+    message = shorten(error["msg"].removeprefix("Value error, "), 4 * MAX_SHOWN)
     if isinstance(value, dict):  # a whole section failed a cross-field check
         return f"{path}: {message}"
-    return f"{path}: {message} (got {value!r})"
+    return f"{path}: {message} (got {_shown(value)})"
+
+
+def _shown(value: Any) -> str:
+    """repr(value), at most MAX_SHOWN characters; never builds the repr of a huge (alias-expanded)
+    value in full."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > MAX_SHOWN:
+        return f"a {type(value).__name__} of {len(value)} items"
+    try:
+        return shorten(reprlib.repr(value) if isinstance(value, (list, tuple, dict, set)) else repr(value))
+    except RecursionError:
+        return "a recursive value"
 
 
 def format_validation_error(err: ValidationError, cls: type[BaseModel] | None = None) -> str:
-    return "\n".join(_describe(cls or ExperimentConfig, e) for e in err.errors())
+    errors = err.errors()
+    lines = [_describe(cls or ExperimentConfig, e) for e in errors[:MAX_LINES]]
+    if len(errors) > MAX_LINES:
+        lines.append(f"... and {len(errors) - MAX_LINES} more problems")
+    return "\n".join(lines)
 
 
 def experiment_class(modality: str, kind: str) -> type[ExperimentConfig]:
@@ -251,6 +324,70 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(format_validation_error(err, cls)) from None
 
 
+class YAMLRefused(yaml.MarkedYAMLError):
+    """YAML that parses but is refused as a config: a duplicate key, an alias bomb."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (YAML keeps the last one
+    silently, so a typo'd second `lr:` would win unseen). Merge keys (`<<: *base`) still override."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise YAMLRefused(None, None, f"duplicate key {shorten(repr(key))}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(value: Any, memo: dict[int, int], active: set[int]) -> int:
+    """How many values `value` holds with every YAML alias expanded (shared parts counted once
+    per use, computed once each)."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ValueError("a recursive alias (a value that contains itself)")
+    active.add(key)
+    size = 1 + sum(_expanded_size(v, memo, active) for v in (value.values() if isinstance(value, dict) else value))
+    active.discard(key)
+    if size > MAX_YAML_NODES:
+        raise ValueError(f"YAML aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?)")
+    memo[key] = size
+    return size
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse config YAML with `StrictLoader`; a value that aliases expand beyond MAX_YAML_NODES,
+    or that contains itself, raises YAMLRefused. Other YAML errors propagate."""
+    value = yaml.load(text, Loader=StrictLoader)  # noqa: S506  (a SafeLoader)
+    try:
+        _expanded_size(value, {}, set())
+    except (ValueError, RecursionError) as err:
+        problem = str(err) if isinstance(err, ValueError) else "nested too deeply"
+        raise YAMLRefused(None, None, problem, None) from None
+    return value
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line about a YAML error: 'line N: problem'."""
+    mark = getattr(err, "problem_mark", None)
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"not a text file ({shorten(err.reason)} at character {err.position})"
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    where = f"line {mark.line + 1}: " if mark else ""
+    if isinstance(err, YAMLRefused):
+        return f"{where}{shorten(problem, 2 * MAX_SHOWN)}"
+    return f"{where}invalid YAML: {shorten(problem, 2 * MAX_SHOWN)}"
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` overrides (values parsed as YAML: 3, 1e-3, true, [1, 2])."""
     for item in overrides:
@@ -258,8 +395,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = load_yaml_text(text)
+        except YAMLRefused as err:
+            raise ConfigError(f"--set {shorten(repr(item))}: {_yaml_problem(err)}") from None
+        except (yaml.YAMLError, RecursionError):
             value = text
         node = raw
         parts = key.strip().split(".")
@@ -306,11 +445,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a config file (a YAML file)")
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: byte {err.start} is 0x{err.object[err.start]:02x}; "
+                          "a config is a YAML file") from None  # fmt: skip
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    try:
+        raw = load_yaml_text(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+        raise ConfigError(f"{path}: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if raw is None:
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(raw, dict):

@@ -179,8 +179,10 @@ class Modality(Protocol):
         """Extra CLI subcommands (each sets `func`)."""
         ...
 
-    def export_dataset(self, name: str, out_dir: str | Path, *, format: str | None, limit: int | None) -> str:
-        """Write one of `datasets` as real files under `out_dir`; the line to print."""
+    def export_dataset(self, name: str, out_dir: str | Path, *, format: str | None, limit: int | None,
+                       overwrite: bool = False) -> str:
+        """Write one of `datasets` as real files under `out_dir` (refusing to replace a file that is
+        there unless `overwrite`); the line to print."""
         ...
 
 

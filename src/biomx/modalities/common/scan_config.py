@@ -28,7 +28,7 @@ class SpatialAugmentConfig(Section):
 class ScanConfig(Section):
     """How scans (and their masks) are read, preprocessed and cached."""
 
-    spacing: list[PositiveFloat] | None = None  # resample to this voxel size (mm); None keeps it
+    spacing: Annotated[list[Annotated[float, Field(ge=0.01, le=100.0)]], Field(min_length=2, max_length=3)] | None = None  # resample to this voxel size (mm); None keeps it
     intensity: Literal["zscore", "ct", "minmax", "none"] = "zscore"  # ct: clip ct_window, scale
     ct_window: tuple[float, float] = (-175.0, 250.0)  # HU [low, high] for intensity: ct
     nonzero: bool = False  # zscore: statistics of non-zero voxels only (skull-stripped MR)

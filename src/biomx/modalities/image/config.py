@@ -6,8 +6,10 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from biomx.config import DataConfig, Fraction, PositiveFloat, PositiveInt, Section
+from biomx.config import DataConfig, Fraction, PositiveFloat, Section
 from biomx.modalities.common.scan_config import ScanConfig
+
+ImageSide = Annotated[int, Field(gt=0, le=4096)]  # pixels: bounded, so a typo cannot ask for 40 GB
 
 
 class AugmentConfig(Section):
@@ -27,7 +29,7 @@ class AugmentConfig(Section):
 class ImageSettings(Section):
     """How 2D images are decoded, resized, normalised and augmented."""
 
-    size: tuple[PositiveInt, PositiveInt] | None = None  # [H, W]; None keeps the npz size
+    size: tuple[ImageSide, ImageSide] | None = None  # [H, W]; None keeps the npz size
     channels: Literal[1, 3] = 1
     window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
     dicom_frames: Literal["first", "all"] = "first"

@@ -20,7 +20,12 @@ from biomx.datasets import DATA_DIR, get_dataset
 from biomx.datasets import DATASETS as EMBEDDED
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.errors import ConfigError
-from biomx.modalities.common.msd_writer import out_folder, write_dataset_json, written_line
+from biomx.modalities.common.msd_writer import (
+    out_folder,
+    refuse_existing,
+    write_dataset_json,
+    written_line,
+)
 
 NUCLEI_IMAGE = DATA_DIR / "nuclei_2d" / "img2d.tif"  # 512x512 uint16 fluorescence
 NUCLEI_MASK = DATA_DIR / "nuclei_2d" / "mask2d.tif"  # 512x512 uint16 instance ids (0 = background)
@@ -34,12 +39,14 @@ DATASETS: dict[str, str] = {
 }  # fmt: skip
 
 
-def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None) -> str:
+def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None,
+                   overwrite: bool = False) -> str:
     """Write dataset `name` under `out_dir`; the line to print. `format` (png or dcm, default png)
-    and `limit` apply to the embedded datasets."""
+    and `limit` apply to the embedded datasets. Refuses (ConfigError, nothing written) when a
+    file it would write exists, unless `overwrite`."""
     if name == "nuclei2d":
-        return written_line(name, write_nuclei_dataset(out_dir))
-    manifest = export_images(name, out_dir, format or "png", limit)
+        return written_line(name, write_nuclei_dataset(out_dir, overwrite=overwrite))
+    manifest = export_images(name, out_dir, format or "png", limit, overwrite=overwrite)
     return f"wrote {name} images and {manifest}"
 
 
@@ -65,7 +72,7 @@ def _write_dicom(path: Path, pixels, patient_id: str, label: str) -> None:
 
 
 def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int | None = None,
-                  split: str = "train") -> Path:
+                  split: str = "train", *, overwrite: bool = False) -> Path:
     """Write an embedded dataset as files, folder-per-class, plus a CSV manifest.
 
     Handy to try the file doors (`source: folder` / `source: csv`) on real images.
@@ -75,6 +82,7 @@ def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int |
         out_dir: destination; gets `<class>/<split>_<i>.<fmt>` and `manifest.csv`.
         fmt: "png" or "dcm".
         limit: at most this many images (taken in order).
+        overwrite: replace files already there (else ConfigError naming the first, nothing written).
 
     Returns:
         The manifest path (columns path, label, patient_id).
@@ -89,12 +97,15 @@ def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int |
     dataset = get_dataset(name)
     with np.load(dataset.path, allow_pickle=False) as arrays:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"][:, 0]
-    count = len(images) if limit is None else min(limit, len(images))
+    count = len(images) if limit is None else max(0, min(limit, len(images)))
     out = Path(out_dir)
+    manifest = out / "manifest.csv"
+    paths = [out / dataset.classes[int(labels[i])] / f"{split}_{i:05d}.{fmt}" for i in range(count)]
+    refuse_existing([manifest, *paths], overwrite)
+    out_folder(out)
     rows = []
-    for i in range(count):
-        label = dataset.classes[int(labels[i])]
-        path = out / label / f"{split}_{i:05d}.{fmt}"
+    for i, path in enumerate(paths):
+        label = path.parent.name
         path.parent.mkdir(parents=True, exist_ok=True)
         patient = f"P{i:05d}"  # MedMNIST has no patient ids: one image per pseudo-patient
         if fmt == "png":
@@ -102,7 +113,6 @@ def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int |
         else:
             _write_dicom(path, images[i], patient, label)
         rows.append((path.relative_to(out).as_posix(), label, patient))
-    manifest = out / "manifest.csv"
     with open(manifest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "patient_id"])
@@ -117,7 +127,7 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_nuclei_dataset(out_dir: str | Path, tile: int = 128) -> Path:
+def write_nuclei_dataset(out_dir: str | Path, tile: int = 128, *, overwrite: bool = False) -> Path:
     """Write the real nuclei image as non-overlapping 2D TIFF tiles in the MSD layout.
 
     imagesTr/nuclei_r{row}_c{col}.tif: uint16 fluorescence (values as recorded);
@@ -127,6 +137,7 @@ def write_nuclei_dataset(out_dir: str | Path, tile: int = 128) -> Path:
     Args:
         out_dir: destination folder.
         tile: tile side in pixels; must divide 512.
+        overwrite: replace files already there (else ConfigError naming the first, nothing written).
 
     Returns:
         the dataset.json path.
@@ -138,15 +149,17 @@ def write_nuclei_dataset(out_dir: str | Path, tile: int = 128) -> Path:
     height, width = image.shape
     if tile < 16 or height % tile or width % tile:
         raise ConfigError(f"tile {tile}: must be at least 16 and divide {height}x{width} (e.g. 64, 128, 256)")
+    tiles = [(row, col, f"nuclei_r{row}_c{col}") for row in range(height // tile) for col in range(width // tile)]
+    base = Path(out_dir)
+    refuse_existing([base / "dataset.json", *(base / d / f"{n}.tif" for d in ("imagesTr", "labelsTr") for *_, n in tiles)],
+                    overwrite)  # fmt: skip
     out = out_folder(out_dir)
     names = []
-    for row in range(height // tile):
-        for col in range(width // tile):
-            window = (slice(row * tile, (row + 1) * tile), slice(col * tile, (col + 1) * tile))
-            name = f"nuclei_r{row}_c{col}"
-            _write_tiff(out / "imagesTr" / f"{name}.tif", np.ascontiguousarray(image[window], dtype=np.uint16))
-            _write_tiff(out / "labelsTr" / f"{name}.tif", (instances[window] > 0).astype(np.uint8))
-            names.append(name)
+    for row, col, name in tiles:
+        window = (slice(row * tile, (row + 1) * tile), slice(col * tile, (col + 1) * tile))
+        _write_tiff(out / "imagesTr" / f"{name}.tif", np.ascontiguousarray(image[window], dtype=np.uint16))
+        _write_tiff(out / "labelsTr" / f"{name}.tif", (instances[window] > 0).astype(np.uint8))
+        names.append(name)
     info = {
         "name": "Nuclei2D",
         "description": f"Fluorescence microscopy of cell nuclei (2018 Data Science Bowl sample, 125 "

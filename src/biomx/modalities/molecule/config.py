@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from biomx.config import DataConfig, PositiveInt, Section, SplitConfig
+from biomx.config import DataConfig, Section, SplitConfig
 
 
 class MoleculeSettings(Section):
@@ -17,7 +17,7 @@ class MoleculeSettings(Section):
     standardize: bool = True  # largest fragment, neutralised, canonical SMILES (RDKit)
     features: list[Literal["morgan", "descriptors"]] = []  # molecule-level vectors for the model
     morgan_radius: Annotated[int, Field(ge=0, le=6)] = 2
-    morgan_size: PositiveInt = 2048
+    morgan_size: Annotated[int, Field(gt=0, le=65_536)] = 2048
     morgan_counts: bool = False  # counts instead of bits
     cache: bool = True  # keep featurised molecules on disk, keyed by content and settings
     cache_dir: str | None = None  # default: $BIOMX_CACHE or ~/.cache/biomx

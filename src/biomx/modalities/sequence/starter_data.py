@@ -12,14 +12,16 @@ DATASETS: dict[str, str] = {
 }
 
 
-def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None) -> str:
-    """Write dataset `name` under `out_dir`; the line to print. `format` and `limit` are not used."""
+def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None,
+                   overwrite: bool = False) -> str:
+    """Write dataset `name` under `out_dir`; the line to print. `format` and `limit` are not used.
+    Refuses (ConfigError, nothing written) when the CSV exists, unless `overwrite`."""
     if name not in DATASETS:
         raise ConfigError(f"--name {name!r}: sequence datasets are {', '.join(DATASETS)}")
-    return f"wrote {export_amp_vs_tm(out_dir)}"
+    return f"wrote {export_amp_vs_tm(out_dir, overwrite=overwrite)}"
 
 
-def export_amp_vs_tm(out_dir: str | Path) -> Path:
+def export_amp_vs_tm(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write modlamp's antimicrobial vs transmembrane peptides (412 real sequences) as a CSV.
 
     Columns: id, sequence, label (AMP or TM). Needs the `modlamp` package.
@@ -33,10 +35,12 @@ def export_amp_vs_tm(out_dir: str | Path) -> Path:
         from modlamp.datasets import load_AMPvsTM
     except ImportError:
         raise ConfigError("the amp_vs_tm peptides come from the modlamp package: pip install modlamp") from None
+    from biomx.modalities.common.msd_writer import out_folder, refuse_existing
+
+    path = Path(out_dir) / "amp_vs_tm.csv"
+    refuse_existing([path], overwrite)
     data = load_AMPvsTM()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "amp_vs_tm.csv"
+    out_folder(out_dir)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "sequence", "label"])

@@ -16,7 +16,7 @@ class SegmentationConfig(TaskConfig):
     # predicted connected components smaller than this (mm^3 for volumes, pixels for 2D images)
     # become background; 0 keeps them all
     min_component_size: Annotated[float, Field(ge=0.0)] = 0.0
-    patch_size: list[PositiveInt] | None = None  # training patch, e.g. [96, 96, 96] (required)
+    patch_size: Annotated[list[Annotated[int, Field(gt=0, le=512)]], Field(min_length=2, max_length=3)] | None = None  # training patch, e.g. [96, 96, 96] (required)
     pos_ratio: Fraction = 0.5  # share of patches centred on a foreground voxel
     patches_per_case: PositiveInt = 4  # training patches per case per epoch
     val_patches_per_case: PositiveInt = 2
