@@ -23,6 +23,7 @@ class MoleculeSettings(Section):
     cache_dir: str | None = None  # default: $BIOMX_CACHE or ~/.cache/biomx
     workers: Annotated[int, Field(ge=0)] = 0  # featurisation processes; 0 = automatic
     cluster_cutoff: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6  # split method cluster: Tanimoto distance
+    max_atoms: Annotated[int, Field(gt=0)] = 1000  # larger molecules are invalid records (listed, skipped)
 
 
 class MoleculeSplit(SplitConfig):

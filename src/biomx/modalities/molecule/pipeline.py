@@ -82,7 +82,8 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     records = _read(cfg, columns + ([split_column] if split_column else []))
     if not records.smiles:
         raise DataError(f"{cfg.path}: no molecules found")
-    smiles, kept, invalid = standardize(records.smiles, records.where, standardize=cfg.molecule.standardize)
+    smiles, kept, invalid = standardize(records.smiles, records.where, standardize=cfg.molecule.standardize,
+                                        max_atoms=cfg.molecule.max_atoms)
     if not kept:
         raise DataError(f"{cfg.path}: none of the {len(records.smiles)} molecules is valid "
                         f"(first problem: {invalid[0][0]}: {invalid[0][1]})")  # fmt: skip
@@ -180,7 +181,7 @@ def build_datasets(
                           "set e.g. features: [morgan] or [morgan, descriptors]")  # fmt: skip
     pre: dict[str, Any] = {"modality": "molecule", "standardize": m.standardize, "graph": not vector_only,
                            "settings": feature_settings(m), "smiles_column": m.smiles_column,
-                           "id_column": m.id_column}  # fmt: skip
+                           "id_column": m.id_column, "max_atoms": m.max_atoms}  # fmt: skip
     if pre["settings"]["descriptors"]:
         pre["descriptor_mean"], pre["descriptor_std"] = _descriptor_scaling(features["descriptors"], splits["train"])
     vectors = _vectors(features, pre)
@@ -234,7 +235,10 @@ def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: Experimen
 
 def _read_smi(path: Path | None) -> MoleculeRecords:
     """A .smi file (or standard input): SMILES, optionally followed by a name, one per line."""
-    text = sys.stdin.read() if path is None else path.read_text()
+    try:
+        text = sys.stdin.read() if path is None else path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{'standard input' if path is None else path}: {NOT_MOLECULES}") from None
     source = "stdin" if path is None else str(path)
     smiles, ids, where = [], [], []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -259,6 +263,31 @@ def _id_column(path: Path, preprocessing: dict[str, Any]) -> str | None:
     return next((c for c in candidates if c and c in header), None)
 
 
+NOT_MOLECULES = "not a CSV/TSV, SDF or .smi file of molecules"
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a file that is not text (an image, a binary blob): one line, not a decode error."""
+    import gzip
+
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                head = f.read(65536)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(65536)
+    except (OSError, EOFError):
+        raise DataError(f"{path}: {NOT_MOLECULES}") from None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a multi-byte character cut at the end of `head`
+            raise DataError(f"{path}: {NOT_MOLECULES}") from None
+    if b"\0" in head:
+        raise DataError(f"{path}: {NOT_MOLECULES}")
+
+
 def read_inputs(
     preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
 ) -> tuple[MoleculeDataset, list[str], list[tuple[str, str]]]:
@@ -268,10 +297,13 @@ def read_inputs(
     for item in inputs:
         if str(item) == "-":
             records = _read_smi(None)
+            if not records.smiles:
+                raise DataError("no molecules on standard input")
         else:
             path = Path(item)
             if not path.is_file():
                 raise DataError(f"{path}: no such file")
+            _check_text(path)
             suffix = path.suffix.lower()
             if suffix in (".sdf", ".sd") or path.name.lower().endswith(".sdf.gz"):
                 records = read_sdf(path, label_columns=[])
@@ -280,10 +312,14 @@ def read_inputs(
             else:
                 records = read_molecule_table(path, smiles_column=preprocessing["smiles_column"],
                                                   label_columns=[], id_column=_id_column(path, preprocessing))  # fmt: skip
+        if not records.smiles and str(item) != "-":
+            raise DataError(f"{item}: no molecules found")
         smiles += records.smiles
         ids += records.ids
         where += records.where
-    canonical, kept, invalid = standardize(smiles, where, standardize=preprocessing["standardize"])
+    # Runs written before data.molecule.max_atoms existed get its default.
+    canonical, kept, invalid = standardize(smiles, where, standardize=preprocessing["standardize"],
+                                           max_atoms=preprocessing.get("max_atoms", 1000))
     if invalid and not skip_errors:
         raise DataError(f"{invalid[0][0]}: {invalid[0][1]} (use --skip-errors to leave invalid molecules out)")
     features = featurize(canonical, preprocessing["settings"], cache=None, source_digest="")

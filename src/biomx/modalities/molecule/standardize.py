@@ -27,13 +27,15 @@ def _parse_error(smiles: str) -> str:
 
 
 def standardize(smiles_list: Sequence[str], where: Sequence[str],
-                standardize: bool = True) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+                standardize: bool = True,
+                max_atoms: int | None = None) -> tuple[list[str], list[int], list[tuple[str, str]]]:
     """Parse, clean and canonicalise molecules; invalid ones are collected, never raised.
 
     With `standardize`, a salt or solvent is stripped (largest fragment) and charges
     neutralised where a neutral form exists, so "CC(=O)[O-].[Na+]" becomes "CC(=O)O" and the
     same compound measured as different salts is one molecule. Without it, SMILES are only
-    canonicalised.
+    canonicalised. A molecule with more than `max_atoms` atoms (as parsed) is invalid: the
+    featurisers would stall on it.
 
     Returns:
         (canonical SMILES of the valid molecules, their indices in the input,
@@ -51,6 +53,9 @@ def standardize(smiles_list: Sequence[str], where: Sequence[str],
             mol = Chem.MolFromSmiles(smiles)
             if mol is None:
                 invalid.append((where[i], _parse_error(smiles)))
+                continue
+            if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
+                invalid.append((where[i], f"{mol.GetNumAtoms()} atoms > data.molecule.max_atoms ({max_atoms})"))
                 continue
             try:
                 if standardize:

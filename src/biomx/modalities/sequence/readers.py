@@ -79,7 +79,9 @@ def _lines(path: Path) -> Iterator[str]:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as f:  # type: ignore[operator]
             for line in f:
                 yield line.rstrip("\r\n")
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text file of sequences (byte {e.start} is not UTF-8)") from None
+    except (OSError, EOFError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise DataError(f"{path}: cannot read: {' '.join(reason.split())}") from e
 

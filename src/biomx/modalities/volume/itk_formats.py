@@ -128,6 +128,8 @@ def _metaimage_bytes(path: Path, header: dict[str, str], data_offset: int) -> by
         raise DataError(f"{path}: MetaImage with one file per slice ({source}) is not supported")
     else:
         data_file = path.parent / source
+        if Path(source).is_absolute() or not data_file.resolve().is_relative_to(path.parent.resolve()):
+            raise DataError(f"{path}: ElementDataFile points outside the header's folder ({source})")
         if not data_file.is_file():
             raise DataError(f"{path}: its data file {data_file} is missing")
         raw = data_file.read_bytes()
