@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,67 @@ def _warn_if_duplicated(modality: Modality, data: Samples, splits: dict[str, np.
         warn_if_duplicated(digests(data), splits)
 
 
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"input shape {tuple(x.shape)}"
+    nodes = getattr(x, "x", None)  # a PyG graph batch
+    if isinstance(nodes, torch.Tensor):
+        return f"{type(x).__name__} with node features {tuple(nodes.shape)}"
+    return f"input {type(x).__name__}"
+
+
+def check_model_runs(p: Prepared) -> None:
+    """Build the model and run it on one real training sample (CPU, eval mode, no gradients),
+    so a bad model.args (a negative width, a depth that pools a small image to nothing) is one
+    line before any run file is written.
+
+    Raises:
+        ConfigError: the model cannot be built, cannot run on this data's input, or its output
+            does not have the task's out_dim columns.
+    """
+    name, args = p.cfg.model.name, p.info["model"]["args"]
+    data = p.datasets["train"]
+    if not len(data):
+        return
+    getitems = getattr(data, "__getitems__", None)
+    x, shape = None, "no input"
+    try:
+        x, _ = collate_batch(getitems([0]) if getitems is not None else [data[0]])
+        shape = _describe(x)
+        model = build_model(name, **args).eval()
+        with torch.no_grad():
+            out = model(x)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001  any failure of a user's model arguments: one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first if len(first) <= 150 else first[:147] + "..."
+        raise ConfigError(f"model.args: {name} cannot run on this data ({shape}): {first}") from None
+    out_dim = args.get("out_dim")
+    if isinstance(out, torch.Tensor) and isinstance(out_dim, int) and out.ndim >= 1:
+        got = out.shape[1] if out.ndim > 1 else 1
+        if got != out_dim:
+            raise ConfigError(f"model.args: {name} gives {got} outputs per sample on this data ({shape}); "
+                              f"the task needs {out_dim}")  # fmt: skip
+
+
+def _check_same_model(run_dir: Path, p: Prepared) -> None:
+    """A resumed run must build the model its checkpoints were saved with."""
+    saved = read_json(run_dir / "run.json").get("model")
+    if not isinstance(saved, dict) or "args" not in saved:
+        return  # an old run without a model record: loading the weights is the check
+    now = json.loads(json.dumps(p.info["model"], default=float))
+    if now.get("name") != saved.get("name"):
+        raise BiomxError(f"{run_dir}: the checkpoint does not fit model.name {now.get('name')!r} "
+                         f"(saved with {saved.get('name')!r}); resume without changing the model")  # fmt: skip
+    keys = [k for k in {**saved["args"], **now["args"]} if saved["args"].get(k) != now["args"].get(k)]
+    if keys:
+        new = ", ".join(f"{k}: {now['args'].get(k)}" for k in keys)
+        old = ", ".join(f"{k}: {saved['args'].get(k)}" for k in keys)
+        raise BiomxError(f"{run_dir}: the checkpoint does not fit model.args {{{new}}} (saved with {{{old}}}); "
+                         "resume without changing the model")  # fmt: skip
+
+
 def _trainer(p: Prepared, run_dir: Path | None, member: int = 0) -> Trainer:
     cfg, task = p.cfg, p.task
     # Ensemble members differ only in their seed: initial weights, batch order, dropout.
@@ -192,6 +254,9 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
     dist.init_from_env(select_device(cfg.train.device))
     p = prepare(cfg)
     if resume is not None:
+        _check_same_model(Path(resume), p)
+    check_model_runs(p)  # before any run file is written: a bad model.args leaves nothing behind
+    if resume is not None:
         run_dir = Path(resume)
         _check_same_split(run_dir, p)
     else:
@@ -211,7 +276,14 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
             console.print(f"ensemble member {k + 1}/{len(members)} (seed {cfg.train.seed + k})")
         trainer = _trainer(p, member_dir, member=k)
         # On resume, finished members return at once and the interrupted one continues.
-        trainer.fit(resume=resume is not None and (member_dir / "checkpoints" / "last.safetensors").is_file())
+        resuming = resume is not None and (member_dir / "checkpoints" / "last.safetensors").is_file()
+        try:
+            trainer.fit(resume=resuming)
+        except RuntimeError as err:
+            if not resuming or "state_dict" not in str(err):
+                raise
+            raise BiomxError(f"{member_dir}: the checkpoint does not fit model.args {cfg.model.args} "
+                             "(it was saved with another model); resume without changing the model") from None
     _finish(p, trainer, run_dir)
     return run_dir
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
-from biomx.errors import BiomxError
+from biomx.errors import BiomxError, ConfigError
 from biomx.models.registry import build_model
 
 
@@ -116,9 +116,33 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module,
     info = extra.get("model_config") or {}
     if "model" not in info:
         raise BiomxError(f"{run_dir}: checkpoint has no model description; cannot rebuild the model")
-    model = build_model(info["model"]["name"], **info["model"]["args"])
-    model.load_state_dict(weights)
+    _check_plugins(path, info)
+    try:
+        model = build_model(info["model"]["name"], **info["model"]["args"])
+        model.load_state_dict(weights)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except RuntimeError as err:  # weights of another shape than the recorded model arguments
+        first = (str(err).strip().splitlines() or ["RuntimeError"])[0][:150]
+        raise BiomxError(f"{path}: the weights do not fit the model it records ({first})") from None
     return model.eval(), info
+
+
+def _check_plugins(path: Path, info: dict[str, Any]) -> None:
+    """The modality and task a checkpoint names must be registered: the registry's one line,
+    prefixed with the checkpoint it came from."""
+    from biomx.modalities import get_modality
+    from biomx.tasks import get_task
+
+    try:
+        modality = info.get("modality") or (info.get("preprocessing") or {}).get("modality")
+        if modality is not None:
+            get_modality(modality)
+        task = info.get("task")
+        if isinstance(task, dict) and task.get("name") is not None:  # older runs: no name, the kind
+            get_task(task["name"])
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def member_dirs(run_dir: Path, ensemble: int) -> list[Path]:

@@ -248,14 +248,58 @@ def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], extra: dic
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4,
+             "F16": 2, "BF16": 2, "I16": 2, "U16": 2}  # anything else (U8, I8, BOOL, F8_*): 1 byte
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file whose safetensors header asks for more tensor bytes than the file holds (a
+    truncated file, or a forged shape that would allocate gigabytes) before anything is allocated."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            start = f.read(8)
+            length = int.from_bytes(start, "little")
+            if len(start) < 8 or not 0 < length <= min(size - 8, _MAX_HEADER):
+                claim = f"a {length}-byte header" if len(start) == 8 else "no header"
+                raise BiomxError(f"{path}: not a readable biomx checkpoint (its header is corrupt: claims {claim} "
+                                 f"in a file of {size} bytes); restore it from a copy or train again")  # fmt: skip
+            header = json.loads(f.read(length))
+    except OSError as err:
+        raise BiomxError(f"{path}: not a readable biomx checkpoint ({err})") from None
+    except (ValueError, UnicodeDecodeError):  # not JSON: let safetensors name the problem
+        return
+    if not isinstance(header, dict):
+        return
+    claimed = 0
+    for key, entry in header.items():
+        if key == "__metadata__" or not isinstance(entry, dict):
+            continue
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if isinstance(shape, list) and all(isinstance(n, int) for n in shape):
+            n = _ITEMSIZE.get(entry.get("dtype"), 1)
+            for dim in shape:
+                n *= max(dim, 0)
+            claimed = max(claimed, n)
+        if isinstance(offsets, list) and all(isinstance(n, int) for n in offsets):
+            claimed = max(claimed, *offsets, 0)
+    if claimed > size - 8 - length:
+        raise BiomxError(f"{path}: not a readable biomx checkpoint (its header is corrupt: claims {claimed} bytes "
+                         f"of tensors; the file has {size - 8 - length} after its header); it is truncated or "
+                         "damaged: restore it from a copy or train again")  # fmt: skip
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Inverse of `save_checkpoint`: (model_state, extra).
 
     Raises:
-        BiomxError: the file is missing, truncated or not a biomx checkpoint.
+        BiomxError: the file is missing, truncated or not a biomx checkpoint, or its header
+            claims more tensor bytes than the file holds.
     """
     if not path.is_file():
         raise BiomxError(f"{path}: checkpoint not found")
+    _check_header(path)
     try:
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt") as f:
