@@ -50,6 +50,7 @@ def main(out_dir: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / f"rank{rank}.safetensors")
     (out_dir / f"losses{rank}.json").write_text(json.dumps({"steps": losses, "history": history}))
     if torch_dist.is_initialized():
+        torch_dist.barrier()  # both ranks done with their files and collectives before teardown
         torch_dist.destroy_process_group()
 
 
