@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +29,11 @@ from typing import Any
 import numpy as np
 
 from biomx.data.samples import sha256_file
+
+# CPython 3.11 before 3.11.8 can fail compile() run from two threads at once ("SystemError: AST
+# constructor recursion depth mismatch"); np.load parses every .npy header with ast.literal_eval,
+# and cases are loaded from a thread pool. Opening a memory map is quick: one lock costs nothing.
+_HEADER_LOCK = threading.Lock()
 
 FORMAT_VERSION = 1  # bump when the entry layout changes: old entries become misses
 _KEY = re.compile(r"[0-9a-f]{16,128}")
@@ -176,7 +182,8 @@ class ArrayCache:
             raise ValueError("old cache format")
         arrays = {}
         for name, spec in info["arrays"].items():
-            array = np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            with _HEADER_LOCK:  # np.load parses the header with ast.literal_eval (see _HEADER_LOCK)
+                array = np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             if array.dtype.str != spec["dtype"] or list(array.shape) != spec["shape"]:
                 raise ValueError(f"{name}.npy does not match meta.json")
             arrays[name] = array
