@@ -4,10 +4,9 @@ attributions."""
 
 from __future__ import annotations
 
-import argparse
-
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
+from biomx.modalities.common.defaults import add_commands, check_config
 from biomx.modalities.molecule import pipeline
 from biomx.modalities.molecule.config import MoleculeData
 from biomx.modalities.molecule.pipeline import (
@@ -29,14 +28,6 @@ input_help = "CSV/SDF/.smi molecules, or - for SMILES on standard input"
 
 def load(cfg: ExperimentConfig) -> Samples:
     return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
-
-
-def check_config(cfg: ExperimentConfig) -> None:
-    """Nothing beyond the config schema (sources and split methods are checked there)."""
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """No commands of its own."""
 
 
 def sample_digests(samples: Samples) -> list[str] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
 from biomx.data.splits import row_digests
+from biomx.modalities.common.defaults import check_config
 from biomx.modalities.sequence import pipeline
 from biomx.modalities.sequence.commands import add_commands
 from biomx.modalities.sequence.config import SequenceData
@@ -29,10 +30,6 @@ input_help = "FASTA/CSV sequences"
 
 def load(cfg: ExperimentConfig) -> Samples:
     return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
-
-
-def check_config(cfg: ExperimentConfig) -> None:
-    """Nothing beyond the config schema (sources and split methods are checked there)."""
 
 
 def sample_digests(samples: Samples) -> list[str] | None:
