@@ -43,6 +43,11 @@ def refuse_existing(targets: Iterable[Path], overwrite: bool = False) -> None:
                           "(biomx datasets --overwrite replaces existing files)")  # fmt: skip
 
 
+def msd_files(out: Path, names: list[str], ext: str) -> list[Path]:
+    """Every file an MSD export of the cases `names` writes: dataset.json and each image/label pair."""
+    return [out / "dataset.json", *(out / folder / f"{n}{ext}" for folder in ("imagesTr", "labelsTr") for n in names)]
+
+
 def write_dataset_json(out: Path, info: dict, training: list[str], ext: str) -> Path:
     """`out/dataset.json` (atomically): `info` plus the training cases `training` (names of
     `imagesTr/<name><ext>` and `labelsTr/<name><ext>` pairs) and no test cases."""

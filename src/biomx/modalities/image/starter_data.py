@@ -21,6 +21,7 @@ from biomx.datasets import DATASETS as EMBEDDED
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.errors import ConfigError
 from biomx.modalities.common.msd_writer import (
+    msd_files,
     out_folder,
     refuse_existing,
     write_dataset_json,
@@ -151,8 +152,7 @@ def write_nuclei_dataset(out_dir: str | Path, tile: int = 128, *, overwrite: boo
         raise ConfigError(f"tile {tile}: must be at least 16 and divide {height}x{width} (e.g. 64, 128, 256)")
     tiles = [(row, col, f"nuclei_r{row}_c{col}") for row in range(height // tile) for col in range(width // tile)]
     base = Path(out_dir)
-    refuse_existing([base / "dataset.json", *(base / d / f"{n}.tif" for d in ("imagesTr", "labelsTr") for *_, n in tiles)],
-                    overwrite)  # fmt: skip
+    refuse_existing(msd_files(base, [n for *_, n in tiles], ".tif"), overwrite)
     out = out_folder(out_dir)
     names = []
     for row, col, name in tiles:

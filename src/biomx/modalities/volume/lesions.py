@@ -18,7 +18,12 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from biomx.errors import ConfigError
-from biomx.modalities.common.msd_writer import out_folder, write_dataset_json
+from biomx.modalities.common.msd_writer import (
+    msd_files,
+    out_folder,
+    refuse_existing,
+    write_dataset_json,
+)
 from biomx.modalities.volume.files import Volume, write_nifti
 
 AIR, FAT, TISSUE = -1000.0, -100.0, 40.0  # HU
@@ -96,7 +101,7 @@ def _stored_geometry(affine: np.ndarray, shape: tuple[int, int, int], codes: str
 
 
 def write_lesion_dataset(out_dir: str | Path, n_cases: int = 24, seed: int = 0,
-                         shape: tuple[int, int, int] = (64, 64, 40)) -> Path:
+                         shape: tuple[int, int, int] = (64, 64, 40), *, overwrite: bool = False) -> Path:
     """Write synthetic CT-like lesion volumes and masks as an MSD-style dataset.
 
     Each case: air (-1000 HU) around a body ellipsoid with a fat layer (~-100 HU) and soft
@@ -112,30 +117,31 @@ def write_lesion_dataset(out_dir: str | Path, n_cases: int = 24, seed: int = 0,
         n_cases: number of cases (all in "training": the experiment splits them).
         seed: the random seed.
         shape: voxels per case in RAS order (i: right, j: anterior, k: superior).
+        overwrite: replace files already there (else refuse, naming the first, writing nothing).
 
     Returns:
         the dataset.json path.
 
     Raises:
-        ConfigError: n_cases < 1 or an axis shorter than 16 voxels.
+        ConfigError: n_cases < 1, an axis shorter than 16 voxels, or a file it would write
+            exists (without `overwrite`).
     """
     if n_cases < 1:
         raise ConfigError(f"n_cases must be at least 1, got {n_cases}")
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 16:
         raise ConfigError(f"shape must be 3 axes of at least 16 voxels, got {shape}")
+    names = [f"lesion_{i:03d}" for i in range(n_cases)]
+    refuse_existing(msd_files(Path(out_dir), names, ".nii.gz"), overwrite)
     out = out_folder(out_dir)
-    names = []
-    for i in range(n_cases):
+    for i, name in enumerate(names):
         image, mask, affine = _lesion_case(np.random.default_rng([seed, i]), shape)
         codes = _STORED_ORIENTATIONS[(i // 4) % len(_STORED_ORIENTATIONS)] if i % 4 == 3 else "RAS"
         stored, stored_shape = _stored_geometry(affine, shape, codes)
-        name = f"lesion_{i:03d}"
         reference = Volume(array=image, affine=affine, spacing=tuple(float(s) for s in np.diag(affine)[:3]),
                            source=name, original_affine=stored, original_shape=stored_shape)  # fmt: skip
         write_nifti(image, reference, out / "imagesTr" / f"{name}.nii.gz")  # back into `codes` order
         write_nifti(mask, reference, out / "labelsTr" / f"{name}.nii.gz")
-        names.append(name)
     info = {
         "name": "SyntheticLesions",
         "description": f"Synthetic CT-like volumes with 1-3 ellipsoid lesions each (biomx, seed {seed}); "

@@ -19,10 +19,7 @@ def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None,
     Refuses (ConfigError, nothing written) when a file it would write exists, unless `overwrite`."""
     if name not in DATASETS:
         raise ConfigError(f"--name {name!r}: volume datasets are {', '.join(DATASETS)}")
-    from biomx.modalities.common.msd_writer import refuse_existing, written_line
+    from biomx.modalities.common.msd_writer import written_line
     from biomx.modalities.volume.lesions import write_lesion_dataset
 
-    out = Path(out_dir)
-    cases = [f"lesion_{i:03d}.nii.gz" for i in range(LESION_CASES)]  # the names write_lesion_dataset uses
-    refuse_existing([out / "dataset.json", *(out / d / c for d in ("imagesTr", "labelsTr") for c in cases)], overwrite)
-    return written_line(name, write_lesion_dataset(out_dir, n_cases=LESION_CASES))
+    return written_line(name, write_lesion_dataset(out_dir, n_cases=LESION_CASES, overwrite=overwrite))
