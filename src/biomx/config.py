@@ -214,23 +214,14 @@ class ExperimentConfig(Section):
 # ---------------------------------------------------------------- loading and errors
 
 
-def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
-    """The valid key names of the section at `loc` (for 'did you mean' hints)."""
+def _section_at(cls: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], bool]:
+    """The deepest section along `loc`, and whether every part of `loc` names a section."""
     for part in loc:
         field = cls.model_fields.get(str(part))
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            break
+            return cls, False
         cls = field.annotation
-    return list(cls.model_fields)
-
-
-def _section_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    for part in loc:
-        field = cls.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        cls = field.annotation
-    return cls
+    return cls, True
 
 
 def _elsewhere(loc: tuple) -> str:
@@ -255,10 +246,11 @@ def _describe(cls: type[BaseModel], error: dict) -> str:
     path = shorten(".".join(str(p) for p in loc), 2 * MAX_SHOWN) or "(top level)"
     if error["type"] == "extra_forbidden":
         key = shorten(str(loc[-1]))
-        moved = getattr(_section_at(cls, loc[:-1]), "moved", {}).get(key)
+        section, found = _section_at(cls, loc[:-1])
+        moved = getattr(section, "moved", {}).get(key) if found else None
         if moved:
             return f"{path}: unknown key; it is {moved} now"
-        allowed = _fields_at(cls, loc[:-1])
+        allowed = list(section.model_fields)  # of the deepest section reached, for the hint
         hint = _elsewhere(loc) or suggest(key, allowed)
         return f"{path}: unknown key{hint} (allowed: {', '.join(allowed)})"
     if error["type"] == "missing":
