@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from biomx.argtypes import non_negative_int, positive_int
-from biomx.errors import BiomxError
+from biomx.errors import BiomxError, os_error_line
 from biomx.modalities import get_modality, modality_names
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "pneumonia_demo.yaml"
@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             print(f"error: {line}", file=sys.stderr)
         return getattr(err, "exit_code", 1)
+    except OSError as err:  # permission denied, read-only, disk full on a path the user chose
+        line = os_error_line(err)
+        if line is None or isinstance(err, BrokenPipeError):
+            raise
+        print(f"error: {line[:400]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from biomx.errors import BiomxError
+from biomx.errors import OS_ADVICE, BiomxError
 
 _TMP_MARK = ".biomx-tmp-"
 _STARTED = time.time()  # a temp file of this pid older than this is left from another process
@@ -35,13 +35,8 @@ _scanned: dict[str, tuple[int, set[str]]] = {}  # folder -> (its mtime when list
 
 _KINDS = [(stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe (FIFO)"),
           (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")]  # fmt: skip
-_ADVICE = {
-    errno.EACCES: "permission denied: check the folder's permissions or choose another output path",
-    errno.EPERM: "operation not permitted: check the folder's permissions or choose another output path",
-    errno.EROFS: "the file system is read-only: choose another output path",
-    errno.ENOSPC: "no space left on the device: free some disk space or choose another output path",
-    errno.EDQUOT: "disk quota exceeded: free some disk space or choose another output path",
-}
+# the write errors a user can fix: permissions, read-only file system, disk full, file too large
+_ADVICE = {code: OS_ADVICE[code] for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)}
 
 
 def check_target(path: Path) -> None:
