@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 
 import numpy as np
@@ -111,14 +110,12 @@ def test_bootstrap_ci_contains_estimate_is_reproducible_and_has_the_right_width(
     assert none["value"] == first["metrics"]["r2"]["value"]
 
 
-def test_evaluate_is_fast_and_json_serialisable():
+def test_evaluate_is_json_serialisable():
     rng = np.random.default_rng(0)
     true = rng.normal(size=(1000, 1))
     pred = true + rng.normal(size=(1000, 1))
     task = build_regression_task(["y"])
-    start = time.perf_counter()
-    evaluation = task.evaluate(pred, true, n_bootstrap=1000, seed=0)
-    assert time.perf_counter() - start < 3.0
+    evaluation = task.evaluate(pred, true, n_bootstrap=1000, seed=0)  # its speed: benchmarks/, not here
     assert set(evaluation) == {"kind", "headline", "n", "targets", "ci", "n_bootstrap", "metrics",
                                "per_target", "scatter"}
     assert evaluation["kind"] == "regression" and evaluation["targets"] == ["y"]
