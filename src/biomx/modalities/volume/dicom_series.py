@@ -15,7 +15,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 
 from biomx.errors import DataError
-from biomx.modalities.volume.decoding import DECODE_ERRORS, LPS_TO_RAS
+from biomx.modalities.volume.decoding import DECODE_ERRORS, LPS_TO_RAS, OpenedVolume
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
@@ -40,8 +40,9 @@ def dicom_files_in(folder: Path) -> list[Path]:
     return files
 
 
-def read_dicom_series(where: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Slices of one series -> (data (cols, rows, slices), voxel -> RAS affine).
+def open_dicom_series(where: Path, files: list[Path]) -> OpenedVolume:
+    """The headers of one series; its pixels -> (data (cols, rows, slices), voxel -> RAS
+    affine) are decoded only when asked for.
 
     Slices are sorted by their position along the slice normal (file names and
     InstanceNumber are often wrong); the series must be one grid without holes.
@@ -64,8 +65,12 @@ def read_dicom_series(where: Path, files: list[Path]) -> tuple[np.ndarray, np.nd
     affine[:3, 2] = (_position(slices[-1]) - _position(slices[0])) / (n - 1) if n > 1 \
         else normal * gap
     affine[:3, 3] = _position(slices[0])
-    data = np.stack([_dicom_pixels(path, ds).T for path, ds in slices], axis=-1)
-    return data, LPS_TO_RAS @ affine
+
+    def read() -> tuple[np.ndarray, np.ndarray]:
+        data = np.stack([_dicom_pixels(path, ds).T for path, ds in slices], axis=-1)
+        return data, LPS_TO_RAS @ affine
+
+    return OpenedVolume((int(slices[0][1].Columns), int(slices[0][1].Rows), n), read)
 
 
 def _dicom_headers(where: Path, files: list[Path]) -> list[tuple[Path, Any]]:

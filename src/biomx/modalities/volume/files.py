@@ -40,9 +40,10 @@ from nibabel.orientations import (
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.errors import DataError
 from biomx.modalities.common.scans import check_finite
-from biomx.modalities.volume.decoding import DECODE_ERRORS
-from biomx.modalities.volume.dicom_series import DICOM_SUFFIXES, dicom_files_in, read_dicom_series
-from biomx.modalities.volume.itk_formats import read_metaimage, read_nrrd
+from biomx.modalities.volume.config import DEFAULT_MAX_VOXELS
+from biomx.modalities.volume.decoding import DECODE_ERRORS, OpenedVolume, check_voxels
+from biomx.modalities.volume.dicom_series import DICOM_SUFFIXES, dicom_files_in, open_dicom_series
+from biomx.modalities.volume.itk_formats import open_metaimage, open_nrrd
 
 _RAS = axcodes2ornt("RAS")
 
@@ -74,7 +75,8 @@ class Volume:
 # ---- 1. Reading -------------------------------------------------------------------------------
 
 
-def read_volume(path: str | Path, *, mask: bool = False, nan_policy: str = "raise") -> Volume:
+def read_volume(path: str | Path, *, mask: bool = False, nan_policy: str = "raise",
+                max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     """Read a 3D volume (NIfTI, DICOM series folder or file, NRRD, MetaImage) in RAS+ order.
 
     The format comes from the suffix (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, .dcm), a folder
@@ -86,14 +88,16 @@ def read_volume(path: str | Path, *, mask: bool = False, nan_policy: str = "rais
         mask: True for a label map: voxels must be whole numbers and are kept as the smallest of
             uint8/int16/int32; False (images) gives float32.
         nan_policy: "raise" refuses NaN/infinite voxels; "zero" sets them to 0.
+        max_voxels: the most values (voxels times channels) a header may declare; checked
+            before any voxel is read (`data.volume.max_voxels`).
 
     Returns:
         a `Volume` in canonical orientation.
 
     Raises:
-        DataError: missing, empty, truncated, corrupt or unsupported input; NaN voxels with
-            nan_policy="raise"; a DICOM folder with several series, mixed slices or missing
-            slices; a mask with non-integer values.
+        DataError: missing, empty, truncated, corrupt or unsupported input; a header declaring
+            more than `max_voxels`; NaN voxels with nan_policy="raise"; a DICOM folder with
+            several series, mixed slices or missing slices; a mask with non-integer values.
         ValueError: an invalid `nan_policy`.
     """
     if nan_policy not in ("raise", "zero"):
@@ -102,29 +106,29 @@ def read_volume(path: str | Path, *, mask: bool = False, nan_policy: str = "rais
     if not path.exists():
         raise DataError(f"{path}: cannot read volume: file or folder not found")
     try:
-        if path.is_dir():
-            data, affine = read_dicom_series(path, dicom_files_in(path))
-        else:
-            data, affine = _read_file(path)
+        opened = open_dicom_series(path, dicom_files_in(path)) if path.is_dir() else _open_file(path)
+        check_voxels(path, opened.shape, max_voxels)  # every format passes here, before its voxels
+        data, affine = opened.read()
     except DECODE_ERRORS as e:  # our own DataErrors (naming a slice) pass through
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]  # one line, bounded
         raise DataError(f"{path}: cannot read volume: {reason}") from e
     return _make_volume(data, affine, str(path), mask, nan_policy)
 
 
-def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One file -> (data (x, y, z[, c]) in file voxel order, voxel -> RAS affine)."""
+def _open_file(path: Path) -> OpenedVolume:
+    """One file's header -> its declared shape, and how to read (data in file voxel order,
+    voxel -> RAS affine)."""
     kind = _format_of(path)
     if kind == "nifti":
-        return _read_nifti(nib.load(path))
+        return _open_nifti(nib.load(path))
     if kind == "nifti-bytes":  # NIfTI-1 without its suffix: nibabel picks readers by name
-        return _read_nifti(nib.Nifti1Image.from_bytes(path.read_bytes()))
+        return _open_nifti(nib.Nifti1Image.from_bytes(path.read_bytes()))
     if kind == "dicom":
-        return read_dicom_series(path, [path])
+        return open_dicom_series(path, [path])
     if kind == "nrrd":
-        return read_nrrd(path)
+        return open_nrrd(path)
     if kind == "metaimage":
-        return read_metaimage(path)
+        return open_metaimage(path)
     raise DataError(f"{path}: cannot read volume: unknown format "
                     "(expected NIfTI, DICOM, NRRD or MetaImage)")
 
@@ -191,6 +195,11 @@ def _label_dtype(data: np.ndarray, source: str) -> type[np.integer]:
 
 
 # ---- NIfTI ------------------------------------------------------------------------------------
+
+
+def _open_nifti(img: Any) -> OpenedVolume:
+    """A NIfTI header: nibabel reads voxels only when its `dataobj` is turned into an array."""
+    return OpenedVolume(tuple(int(n) for n in img.shape), lambda: _read_nifti(img))
 
 
 def _read_nifti(img: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """NRRD (pynrrd) and MetaImage (.mha, .mhd + raw): the ITK / 3D Slicer volume formats.
 
-Each reader gives (data (x, y, z[, c]) in file voxel order, voxel -> RAS affine); a 2D image
-gains a depth axis of one voxel.
+Each `open_*` reads a header into an `OpenedVolume`, whose `read` gives (data (x, y, z[, c]) in
+file voxel order, voxel -> RAS affine); a 2D image gains a depth axis of one voxel.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from biomx.errors import DataError
-from biomx.modalities.volume.decoding import LPS_TO_RAS, nrrd
+from biomx.modalities.volume.decoding import LPS_TO_RAS, OpenedVolume, nrrd
 
 # MetaImage ElementType -> numpy dtype (MET_LONG is 32-bit in MetaIO).
 _MET_TYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
@@ -39,10 +39,18 @@ def _with_depth(data: np.ndarray, affine: np.ndarray, n_spatial: int,
     return data, affine
 
 
-def read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """NRRD/NHDR via pynrrd: axes with a space direction are spatial, one other is channels."""
+def open_nrrd(path: Path) -> OpenedVolume:
+    """An NRRD/NHDR header (pynrrd); its voxels are read only when asked for."""
     if nrrd is None:
         raise DataError(f"{path}: install pynrrd to read .nrrd/.nhdr files (pip install pynrrd)")
+    sizes = nrrd.read_header(str(path)).get("sizes")
+    if sizes is None:
+        raise DataError(f"{path}: NRRD header without 'sizes'")
+    return OpenedVolume(tuple(int(n) for n in sizes), lambda: _read_nrrd(path))
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """NRRD/NHDR via pynrrd: axes with a space direction are spatial, one other is channels."""
     data, header = nrrd.read(str(path), index_order="F")
     directions = header.get("space directions")
     if directions is None:  # no world frame: 'domain' axes, scaled by their spacings
@@ -77,8 +85,8 @@ def _nrrd_axes_without_space(header: dict[str, Any], ndim: int) -> np.ndarray:
     return directions
 
 
-def read_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """MetaImage (.mha, .mhd + raw): raw or zlib data; ITK's convention, world LPS."""
+def open_metaimage(path: Path) -> OpenedVolume:
+    """A MetaImage header (.mha, .mhd + raw); its voxels are read only when asked for."""
     header, data_offset = _metaimage_header(path)
     ndims = int(header.get("NDims", 0))
     dims = [int(v) for v in header.get("DimSize", "").split()]
@@ -88,11 +96,19 @@ def read_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
     etype = header.get("ElementType", "")
     if etype not in _MET_TYPES:
         raise DataError(f"{path}: unsupported MetaImage ElementType {etype!r}")
-    msb = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False"))
-    dtype = np.dtype(_MET_TYPES[etype]).newbyteorder(">" if _true(msb) else "<")
     channels = int(header.get("ElementNumberOfChannels", 1))
-    raw = _metaimage_bytes(path, header, data_offset)
+    shape = (*dims, channels) if channels != 1 else tuple(dims)
+    return OpenedVolume(shape, lambda: _read_metaimage(path, header, data_offset, dims, channels))
+
+
+def _read_metaimage(path: Path, header: dict[str, str], data_offset: int, dims: list[int],
+                    channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """MetaImage voxels: raw or zlib data; ITK's convention, world LPS."""
+    ndims = len(dims)
+    msb = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False"))
+    dtype = np.dtype(_MET_TYPES[header["ElementType"]]).newbyteorder(">" if _true(msb) else "<")
     expected = int(np.prod(dims)) * channels * dtype.itemsize
+    raw = _metaimage_bytes(path, header, data_offset, expected)
     if len(raw) < expected:
         raise DataError(f"{path}: truncated MetaImage: {len(raw)} bytes of voxel data, expected "
                         f"{expected}")
@@ -118,7 +134,8 @@ def _metaimage_header(path: Path) -> tuple[dict[str, str], int]:
     raise DataError(f"{path}: MetaImage header has no ElementDataFile")
 
 
-def _metaimage_bytes(path: Path, header: dict[str, str], data_offset: int) -> bytes:
+def _metaimage_bytes(path: Path, header: dict[str, str], data_offset: int, expected: int) -> bytes:
+    """The voxel bytes, at most `expected` of them once decompressed."""
     source = header["ElementDataFile"]
     if source == "LOCAL":
         with open(path, "rb") as f:
@@ -136,7 +153,8 @@ def _metaimage_bytes(path: Path, header: dict[str, str], data_offset: int) -> by
         skip = int(header.get("HeaderSize", 0))
         raw = raw[skip:] if skip > 0 else raw
     if _true(header.get("CompressedData", "False")):
-        raw = zlib.decompress(raw, wbits=47)  # 47: zlib or gzip header, detected
+        # 47: zlib or gzip header, detected. Bounded: a small stream can inflate a thousandfold.
+        raw = zlib.decompressobj(wbits=47).decompress(raw, max_length=expected)
     return raw
 
 

@@ -12,6 +12,7 @@ from biomx.data.cases import Scan
 from biomx.errors import DataError
 from biomx.modalities.common.msd import is_2d_file, read_msd
 from biomx.modalities.common.scans import unique_stem
+from biomx.modalities.volume.config import DEFAULT_MAX_VOXELS
 from biomx.modalities.volume.files import (
     VOLUME_SUFFIXES,
     Volume,
@@ -27,17 +28,18 @@ mask_suffix = ".nii.gz"
 collect_scans = collect_volume_inputs  # files, folders of volumes, or one DICOM series per folder
 
 
-def read_scan(path: str | Path, mask: bool = False, nan_policy: str = "raise") -> Scan:
+def read_scan(path: str | Path, mask: bool = False, nan_policy: str = "raise",
+              max_voxels: int = DEFAULT_MAX_VOXELS) -> Scan:
     """A volume as (C, X, Y, Z) float32, or a mask as (X, Y, Z) integers, in canonical RAS.
 
     Raises:
-        DataError: a 2D image; unreadable, truncated or corrupt file; NaN voxels with nan_policy
-            "raise"; a mask with several channels.
+        DataError: a 2D image; unreadable, truncated or corrupt file; a header declaring more
+            than `max_voxels`; NaN voxels with nan_policy "raise"; a mask with several channels.
     """
     path = Path(path)
     if is_2d_file(path):
         raise DataError(f"{path}: a 2D image, but this run segments 3D volumes")
-    volume = read_volume(path, mask=mask, nan_policy=nan_policy)
+    volume = read_volume(path, mask=mask, nan_policy=nan_policy, max_voxels=max_voxels)
     array = volume.array
     if not mask and array.ndim == 3:
         array = array[None]
@@ -48,9 +50,11 @@ def read_scan(path: str | Path, mask: bool = False, nan_policy: str = "raise") -
     return Scan(array, tuple(float(s) for s in volume.spacing), str(path), volume)
 
 
-def read_pair(image_path: Path, label_path: Path, nan_policy: str, tolerance_mm: float) -> tuple[Scan, Scan]:
+def read_pair(image_path: Path, label_path: Path, nan_policy: str, tolerance_mm: float,
+              max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[Scan, Scan]:
     """A volume and its mask, refused unless they share origin, spacing and orientation."""
-    image, mask = read_scan(image_path, nan_policy=nan_policy), read_scan(label_path, mask=True)
+    image = read_scan(image_path, nan_policy=nan_policy, max_voxels=max_voxels)
+    mask = read_scan(label_path, mask=True, max_voxels=max_voxels)
     check_same_geometry(image.reference, mask.reference, tolerance_mm)
     return image, mask
 
