@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from biomx.config import ExperimentConfig, dump_config, load_config
+from biomx.config import DataConfig, ExperimentConfig, dump_config, load_config
 from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples
 from biomx.data.splits import predefined_splits, split_indices, warn_if_duplicated, warn_if_leaking
@@ -29,6 +29,7 @@ from biomx.evaluation import summary_line, write_run_report
 from biomx.modalities import get_modality
 from biomx.models.registry import build_model, check_model_args, check_model_fits, suggest
 from biomx.protocols import Modality, Task, TaskType, TestRun
+from biomx.report.config_view import run_config
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks import get_task
 from biomx.version import __version__
@@ -291,27 +292,67 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
 def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
     """Evaluate the best checkpoint(s) on the test split and write the report (rank 0 writes)."""
     dist.barrier()
-    evaluation, sections = None, []
+    evaluation, sections, scored = None, [], []
     if len(p.datasets["test"]):
         weights = []
         for member_dir in member_dirs(run_dir, p.cfg.model.ensemble):
             best = member_dir / "checkpoints" / "best.safetensors"
-            weights.append(load_checkpoint(best)[0] if best.is_file() else None)
+            state, extra = load_checkpoint(best) if best.is_file() else (None, {})
+            weights.append(state)
+            scored.append(extra)  # epoch and monitored value: the report names what was scored
         run = TestRun(p.cfg, p.modality, p.data, p.splits, p.datasets, p.info["preprocessing"], run_dir, trainer,
                       weights)  # fmt: skip
         evaluation, sections = p.task.evaluate_test(run)
         if evaluation is not None:
             console.print(summary_line(evaluation))
-            sections = [*p.task.report_sections(evaluation), *sections]
     if dist.is_main():
-        notes = [f"split sizes: { {k: len(v) for k, v in p.splits.items()} }"]
-        notes += [f"skipped: {f} ({r})" for f, r in p.data.skipped[:50]]
-        if len(p.data.skipped) > 50:
-            notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
-        write_run_report(run_dir, f"biomx run: {run_dir.name}", evaluation, sections,
-                         p.cfg.model_dump(mode="json"), environment(trainer.device, trainer.world), notes)  # fmt: skip
+        _write_report(p, trainer, run_dir, evaluation, sections, scored)
     dist.barrier()
     return evaluation
+
+
+def _scored_checkpoint(p: Prepared, trainer: Trainer, scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which weights the test split saw: every member's best checkpoint, or the weights in memory."""
+    if scored and all(extra.get("epoch") is not None for extra in scored):
+        first = scored[0]
+        record = {"name": "best", "epoch": first["epoch"], "monitor": first.get("monitor"), "value": first.get("best")}
+        if len(scored) > 1:
+            record["member_epochs"] = [extra["epoch"] for extra in scored]
+        return record
+    return {"name": "last", "epoch": trainer.state.get("epoch") or None, "monitor": p.cfg.train.monitor}
+
+
+def _unused_settings(p: Prepared) -> list[str]:
+    """Config paths this run does not read: a spatial modality's paired-scan settings, when the
+    source holds no image/mask pairs (as the protocol says where they sit, no name is needed)."""
+    scan_settings = getattr(p.modality, "scan_settings", None)
+    if scan_settings is None or p.cfg.data.source in getattr(p.modality, "pair_sources", ()):
+        return []
+    return [scan_settings(p.cfg)[1]]
+
+
+def _write_report(p: Prepared, trainer: Trainer, run_dir: Path, evaluation: dict[str, Any] | None,
+                  sections: list[dict], scored: list[dict[str, Any]]) -> None:  # fmt: skip
+    """report.html: the task's sections, the scored checkpoint, units, and the part of the config
+    that applies to this run."""
+    shown = None
+    if evaluation is not None:
+        # A copy: test_metrics.json and the returned evaluation stay as the task wrote them.
+        shown = {**evaluation, "checkpoint": _scored_checkpoint(p, trainer, scored)}
+        units = getattr(p.cfg.task, "units", None)  # a task whose targets have units declares task.units
+        if units:
+            shown["units"] = units
+        sections = [*p.task.report_sections(shown), *sections]
+    config, left_out = run_config(p.cfg.model_dump(mode="json"), p.info["modality"], DataConfig.model_fields,
+                                  _unused_settings(p))  # fmt: skip
+    notes: list[str | dict[str, Any]] = [{"split sizes": {k: len(v) for k, v in p.splits.items()}}]
+    notes += [f"skipped: {f} ({r})" for f, r in p.data.skipped[:50]]
+    if len(p.data.skipped) > 50:
+        notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
+    if left_out:
+        notes.append(f"config: {', '.join(left_out)} not shown (not read by this run); config.yaml has every key")
+    write_run_report(run_dir, f"biomx run: {run_dir.name}", shown, sections, config,
+                     environment(trainer.device, trainer.world), notes)  # fmt: skip
 
 
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Path:

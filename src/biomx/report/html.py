@@ -8,11 +8,10 @@ years later. All text that comes from data or config goes through `html.escape`.
 from __future__ import annotations
 
 import base64
-import datetime
 import html
 import io
-import math
 import numbers
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,26 @@ import yaml
 from matplotlib.figure import Figure
 
 from biomx.engine.checkpoint import atomic_write_text
+from biomx.report.format import fmt, fmt_column, table
+from biomx.report.metrics import best_epoch, evaluation_section, header, metric_info
+
+__all__ = ["figure_to_data_uri", "fmt", "stats_table", "write_report"]
 
 _DPI = 100  # small PNGs keep a typical report well under 2 MB
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 h1 { margin-bottom: 0.2em; } .meta { color: #666; } .summary { font-size: 1.15em; }
 section { margin-top: 2em; border-top: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.8em 0; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: 0.8em 0; }
+table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.best td { background: #fff4c2; font-weight: 600; }
+.mark { color: #7a5c00; font-size: 0.85em; font-weight: 600; white-space: nowrap; }
+.small-n { color: #a13d00; font-size: 0.85em; white-space: nowrap; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+img { max-width: 100%; height: auto; }
 .grid { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { font-size: 0.9em; color: #444; max-width: 340px; }
 img.px { image-rendering: pixelated; width: 160px; height: auto; }
@@ -69,65 +78,6 @@ def _img(uri: str, alt: str, css_class: str = "") -> str:
     return f'<img{cls} src="{uri}" alt="{html.escape(alt)}">'
 
 
-def fmt(value: Any) -> str:
-    """Three decimals for floats, plain ints, "n/a" for missing or NaN."""
-    if value is None or isinstance(value, bool):
-        return "n/a" if value is None else str(value)
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return html.escape(str(value))
-    if math.isnan(number):
-        return "n/a"
-    # Learning rates like 1e-4 would read "0.000" with three decimals.
-    if 0 < abs(number) < 1e-3:
-        return f"{number:.2e}"
-    return f"{number:.1f}" if abs(number) >= 100 else f"{number:.3f}"
-
-
-def _table(header: list[str], rows: list[list[str]], numeric: bool = True) -> str:
-    """An HTML table; header cells are escaped here, row cells must already be safe.
-
-    With `numeric`, every column after the first is right-aligned.
-    """
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    num = ' class="num"' if numeric else ""
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td{num}>{c}</td>" if i else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _header(title: str, evaluation: dict | None) -> str:
-    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="meta">Generated {date}</p>']
-    if evaluation is None:
-        parts.append('<p class="summary">No test split was evaluated.</p>')
-        return "\n".join(parts)
-    metrics = evaluation.get("metrics", {})
-    level = f"{100 * float(evaluation.get('ci', 0.95)):g}% CI"
-    found = []
-    # The task names its headline metrics; the first two go in the summary line.
-    headline = list(evaluation.get("headline") or metrics)[:2]
-    for wanted in headline:
-        # Exact name first, so "balanced_accuracy" does not stand in for "accuracy".
-        name = wanted if wanted in metrics else next((k for k in metrics if wanted in k), None)
-        if name is not None:
-            m = metrics[name]
-            found.append(
-                f"{html.escape(name)} <b>{fmt(m.get('value'))}</b> "
-                f"({level} {fmt(m.get('ci_low'))}&ndash;{fmt(m.get('ci_high'))})"
-            )
-    found.append(f"n = {fmt(evaluation.get('n'))}")
-    parts.append(f'<p class="summary">Test: {", ".join(found)}</p>')
-    return "\n".join(parts)
-
-
 def _series(history: list[dict], key: str) -> tuple[list[float], list[float]]:
     """(epochs, values) for the epochs that recorded `key` as a number."""
     xs, ys = [], []
@@ -139,7 +89,8 @@ def _series(history: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def _history_section(history: list[dict]) -> str:
+def _history_section(history: list[dict], best: Any = None) -> str:
+    """Learning curves and the epoch table; the row of epoch `best` is highlighted and marked."""
     if not history:
         return "<h2>Learning curves</h2><p>No training history was recorded.</p>"
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -153,60 +104,47 @@ def _history_section(history: list[dict]) -> str:
             ax = fig.add_subplot(1, len(panels), i + 1)
             for key in panel:
                 ax.plot(*_series(history, key), marker="o", markersize=3, label=key)
+            if best is not None:
+                ax.axvline(best, linestyle=":", color="grey", linewidth=1, label=f"best epoch {best}")
             ax.set_xlabel("epoch")
             ax.set_title("loss" if panel is loss_keys else "validation metrics")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         parts.append(_img(figure_to_data_uri(fig), "learning curves"))
+    columns = [k for k in keys if k != "epoch"]
+    # One format per column, so a learning rate decaying past 1e-3 does not switch notation mid-table.
+    cells = [fmt_column([row.get(k) for row in history]) for k in columns]
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+    is_best = [best is not None and epoch == best for epoch in epochs]
     rows = [
-        [html.escape(str(row.get("epoch", i + 1)))]
-        + [fmt(row.get(k)) for k in keys if k != "epoch"]
-        for i, row in enumerate(history)
+        [html.escape(str(epoch)) + (' <span class="mark">best</span>' if mark else "")]
+        + [column[i] for column in cells]
+        for i, (epoch, mark) in enumerate(zip(epochs, is_best, strict=True))
     ]
-    parts.append(_table(["epoch"] + [k for k in keys if k != "epoch"], rows))
+    parts.append(table(["epoch", *columns], rows, row_classes=["best" if mark else "" for mark in is_best]))
     return "\n".join(parts)
 
 
-def stats_table(label: str, stats_by_name: dict) -> dict:
-    """A section table of per-class or per-target statistics, one row per name."""
+def stats_table(label: str, stats_by_name: dict, labels: dict[str, str] | None = None) -> dict:
+    """A section table of per-class or per-target statistics, one row per name.
+
+    `labels` renames header cells (e.g. "rmse" -> "rmse (log mol/L)"); values are not changed."""
     columns = list(dict.fromkeys(k for stats in stats_by_name.values() for k in stats))
-    rows = [[str(name)] + [fmt(stats.get(c)) for c in columns] for name, stats in stats_by_name.items()]
-    return {"header": [label] + columns, "rows": rows, "numeric": True}
-
-
-def _evaluation_section(evaluation: dict | None) -> str:
-    parts = ["<h2>Test evaluation</h2>"]
-    if evaluation is None:
-        parts.append("<p>No test split was evaluated.</p>")
-        return "\n".join(parts)
-    level = f"{100 * float(evaluation.get('ci', 0.95)):g}%"
-    threshold = evaluation.get("threshold")  # None for multiclass (argmax)
-    parts.append(
-        f"<p>Task: {html.escape(str(evaluation.get('kind', '?')))}; "
-        f"n = {fmt(evaluation.get('n'))}; "
-        + (f"threshold {fmt(threshold)}; " if threshold is not None else "")
-        + f"{level} CIs from {fmt(evaluation.get('n_bootstrap'))} bootstrap resamples.</p>"
-    )
-    rows = [
-        [
-            html.escape(name),
-            fmt(m.get("value")),
-            f"[{fmt(m.get('ci_low'))}, {fmt(m.get('ci_high'))}]",
-        ]
-        for name, m in evaluation.get("metrics", {}).items()
-    ]
-    parts.append(_table(["metric", "value", f"{level} CI"], rows))
-    return "\n".join(parts)
+    cells = [fmt_column([stats.get(c) for stats in stats_by_name.values()]) for c in columns]
+    rows = [[str(name)] + [column[i] for column in cells] for i, name in enumerate(stats_by_name)]
+    header = [label] + [(labels or {}).get(c, c) for c in columns]
+    return {"header": header, "rows": rows, "numeric": True}
 
 
 def _extra_section(section: dict) -> str:
+    """A task's or modality's section; cells come as plain text and are escaped here."""
     parts = [f"<h2>{html.escape(str(section['title']))}</h2>"]
     if section.get("text"):
         parts.append(f"<p>{html.escape(str(section['text']))}</p>")
     if section.get("table"):
-        table = section["table"]
-        rows = [[html.escape(str(cell)) for cell in row] for row in table["rows"]]
-        parts.append(_table([str(h) for h in table["header"]], rows, numeric=table.get("numeric", False)))
+        given = section["table"]
+        rows = [[html.escape(str(cell)) for cell in row] for row in given["rows"]]
+        parts.append(table([str(h) for h in given["header"]], rows, numeric=given.get("numeric", False)))
     figures = []
     for item in section.get("figures", []):  # figures or PNG bytes (e.g. RDKit drawings), or (either, alt)
         fig, alt = item if isinstance(item, tuple) else (item, str(section["title"]))
@@ -240,6 +178,26 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _inline(value: Any) -> str:
+    """A note's value as readable text: "train 120, val 16, test 24" rather than a dict repr."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_inline(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple | set):
+        return ", ".join(_inline(v) for v in value)
+    return str(value)
+
+
+def _note_items(notes: Sequence[Any]) -> str:
+    """One list item per note; a mapping note gives one item per key ("split sizes: train 120, ...")."""
+    items = []
+    for note in notes:
+        pairs = note.items() if isinstance(note, Mapping) else [(None, note)]
+        for key, value in pairs:
+            text = _inline(value) if key is None else f"{key}: {_inline(value)}"
+            items.append(f"<li>{html.escape(text)}</li>")
+    return "".join(items)
+
+
 def write_report(
     path: Path,
     *,
@@ -248,7 +206,7 @@ def write_report(
     evaluation: dict | None,
     config: dict,
     environment: dict,
-    notes: list[str] | None = None,
+    notes: Sequence[str | Mapping[str, Any]] | None = None,
     extra: list[dict] | None = None,
 ) -> Path:
     """Write the run report as one self-contained HTML file, atomically.
@@ -258,17 +216,23 @@ def write_report(
         title: the report's heading.
         history: per-epoch dicts (`epoch`, `train_loss`, `val_loss`, `val_<metric>`, ...);
             missing keys are skipped, an empty list gives a "no history" note.
-        evaluation: the test evaluation dict (`kind`, `n`, `metrics` with CIs, `headline`: the
-            metrics named in the summary line), or None. What else a task measured comes in
-            `extra`, as the task's own sections.
-        config: the resolved experiment config, shown as YAML.
+        evaluation: the test evaluation dict (`kind`, `n`, `n_bootstrap`, `metrics` with CIs,
+            `headline`: the metrics named in the summary line; optionally `checkpoint`: which
+            weights were scored, `{"name": "best" | "last", "epoch", "monitor", "value",
+            "member_epochs"}`, whose best epoch is highlighted in the epoch table), or None.
+            What else a task measured comes in `extra`, as the task's own sections.
+        config: the config to show, as YAML (the experiment passes the part that applies to
+            the run); without a checkpoint record its `train.monitor` picks the best epoch.
         environment: versions, device and the like, shown as a table.
-        notes: free-text remarks (e.g. skipped files).
+        notes: remarks (e.g. skipped files): strings, or mappings shown as "key: value" items.
         extra: the task's and the modality's sections, each `{"title": str, "text": str
             (optional), "figures": [Figure or PNG bytes or (either, alt text), ...] (optional),
             "table": {"header": [...], "rows": [[...]], "numeric": bool} (optional), "gallery":
-            [{"pictures": [((H, W, 3) uint8, alt), ...], "caption": str}, ...] (optional)}`; text
-            and cells are escaped.
+            [{"pictures": [((H, W, 3) uint8, alt), ...], "caption": str}, ...] (optional),
+            "metric_info": {metric: {"unit": str, "n": int, "counted": str}} (optional: a unit
+            for the metric table and summary, and the count its interval rests on when that is
+            not the test cases)}`; text and cells are escaped. A section without a title only
+            annotates the metrics.
 
     Returns:
         `path`.
@@ -277,19 +241,22 @@ def write_report(
         OSError: if the file cannot be written.
     """
     path = Path(path)
+    extra = list(extra or [])
+    info = metric_info(extra)
+    checkpoint = evaluation.get("checkpoint") if evaluation else None
+    monitor = (config.get("train") or {}).get("monitor") if isinstance(config.get("train"), dict) else None
     sections = [
-        _header(title, evaluation),
-        _history_section(history),
-        _evaluation_section(evaluation),
+        header(title, evaluation, info),
+        _history_section(history, best_epoch(history, checkpoint, monitor)),
+        evaluation_section(evaluation, info, history),
     ]
-    sections += [_extra_section(section) for section in extra or []]
+    sections += [_extra_section(section) for section in extra if section.get("title")]
     config_yaml = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
     sections.append(f"<h2>Resolved config</h2><pre>{html.escape(config_yaml)}</pre>")
     env_rows = [[html.escape(str(k)), html.escape(str(v))] for k, v in environment.items()]
-    sections.append("<h2>Environment</h2>" + _table(["key", "value"], env_rows, numeric=False))
+    sections.append("<h2>Environment</h2>" + table(["key", "value"], env_rows, numeric=False))
     if notes:
-        items = "".join(f"<li>{html.escape(str(n))}</li>" for n in notes)
-        sections.append(f"<h2>Notes</h2><ul>{items}</ul>")
+        sections.append(f"<h2>Notes</h2><ul>{_note_items(notes)}</ul>")
     body = "\n".join(f"<section>{s}</section>" if i else s for i, s in enumerate(sections))
     document = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

@@ -91,8 +91,44 @@ def _calibration_figure(calibration: dict) -> tuple[Figure, str]:
     return fig, "reliability diagram"
 
 
+def _fewest(counts: dict[str, tuple[int, int]], which: str) -> tuple[int, str] | None:
+    """(smallest count, what it counts) over classes: "positives", "negatives" or "either"."""
+    found = []
+    for positives, negatives in counts.values():
+        if which in ("positives", "either"):
+            found.append((positives, "positives"))
+        if which in ("negatives", "either"):
+            found.append((negatives, "negatives"))
+    return min(found) if found else None
+
+
+def metric_counts(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The count each metric's bootstrap interval rests on, where that is fewer than the test cases.
+
+    An AUROC is as unstable as its rarer side: 300 cases with 5 negatives give a wide interval.
+    Binary scores the positive class (its negatives are the other class's cases); multiclass and
+    multilabel macro-average one-vs-rest scores over every class, so the weakest class decides.
+    """
+    per_class, n = evaluation.get("per_class") or {}, evaluation.get("n")
+    if not per_class or not isinstance(n, int):
+        return {}
+    counts = {}
+    for name, stats in per_class.items():
+        if isinstance(stats.get("support"), int):  # evaluations written before support: no counts
+            positives = stats["support"]
+            counts[name] = (positives, int(stats.get("n", n)) - positives)  # multilabel: observed cases
+    scored = dict(list(counts.items())[1:]) if evaluation.get("kind") == "binary" else counts
+    needs = {"auroc": "either", "auprc": "either", "sensitivity": "positives", "specificity": "negatives"}
+    found = {metric: _fewest(scored, which) for metric, which in needs.items()}
+    # Balanced accuracy averages every class's recall, the binary negative class's included.
+    smallest = _fewest(counts, "positives")
+    found["balanced_accuracy"] = (smallest[0], "in the smallest class") if smallest else None
+    return {metric: {"n": f[0], "counted": f[1]} for metric, f in found.items() if f is not None and f[0] < n}
+
+
 def report_sections(evaluation: dict[str, Any]) -> list[dict]:
-    """The figures and the per-class table of `ClassificationTask.evaluate`'s output."""
+    """The figures and the per-class table of `ClassificationTask.evaluate`'s output, and the
+    counts behind each metric's interval (a title-less section: it annotates the metric table)."""
     figures = []
     curves = evaluation.get("curves", {})
     for kind in ("roc", "pr"):
@@ -103,7 +139,9 @@ def report_sections(evaluation: dict[str, Any]) -> list[dict]:
         figures.append(confusion)
     if evaluation.get("calibration"):
         figures.append(_calibration_figure(evaluation["calibration"]))
-    sections = [{"title": "Curves and calibration", "figures": figures}] if figures else []
+    sections: list[dict] = [{"metric_info": metric_counts(evaluation)}]
+    if figures:
+        sections.append({"title": "Curves and calibration", "figures": figures})
     per_class = evaluation.get("per_class")
     if per_class:
         sections.append({"title": "Per class", "table": stats_table("class", per_class)})
