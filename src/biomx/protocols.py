@@ -246,3 +246,41 @@ class SpatialModality(Modality, Protocol):
     def scan_stem(self, path: Path, used: set[str]) -> str:
         """A name for the scan's mask file, unique among `used` (and added to it)."""
         ...
+
+
+# ------------------------------------------------------------------ optional members
+# A plug-in may offer these; code that uses them (`biomx.predictor`) checks with isinstance and
+# says what is missing, so a plug-in without them works everywhere else as before.
+
+
+@runtime_checkable
+class InMemoryInputs(Protocol):
+    """A modality that also takes in-memory inputs (arrays, tensors, strings) from Python."""
+
+    def read_objects(self, preprocessing: dict[str, Any], objects: Any) -> tuple[Any, list[str]]:
+        """(model-ready inputs, one name per sample) for `objects`: one object, a list of them, or
+        one array holding a batch; prepared exactly as `read_inputs` prepares the files that hold
+        them. A DataError (one line) for an object of a kind it does not read."""
+        ...
+
+
+@runtime_checkable
+class InMemoryScans(Protocol):
+    """A spatial modality that also makes scans of in-memory arrays (segmentation from Python)."""
+
+    def scan_from_array(self, array: Any, name: str, nan_policy: str = "raise") -> Any:
+        """The `biomx.data.cases.Scan` that `read_scan` would give for a file holding `array`
+        (unit spacing: an array has none); a DataError for an array of another layout."""
+        ...
+
+
+@runtime_checkable
+class LabellingTask(Protocol):
+    """A task whose predictions are class probabilities, labelled by the task (one class per
+    sample, 0/1 per label, or a label map): `classes` name what the labels index."""
+
+    classes: list[str]
+
+    def predict_labels(self, predictions: np.ndarray) -> np.ndarray:
+        """Label indices (or 0/1 per label) from task-space predictions."""
+        ...

@@ -1,0 +1,36 @@
+"""In-memory sequences for `biomx.predictor`: strings encoded as `read_inputs` encodes records.
+
+Each string is one sequence (any case; the run's alphabet and codes), centre-cropped or padded
+to the run's length and one-hot encoded, as the records of a FASTA or CSV file are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biomx.errors import DataError
+from biomx.modalities.sequence.encoding import encode, one_hot
+
+
+def read_objects(preprocessing: dict[str, Any], objects: Any) -> tuple[torch.Tensor, list[str]]:
+    """Sequence strings -> the one-hot batch `read_inputs` makes of a file's records, and names.
+
+    Raises:
+        DataError: not a string (an array given to a sequence run), a character outside the
+            run's alphabet and its codes (naming the sequence and the position).
+    """
+    items = [objects] if isinstance(objects, str) else list(objects)
+    names = [f"[{i}]" for i in range(len(items))]
+    for name, item in zip(names, items, strict=True):
+        if isinstance(item, Path) or not isinstance(item, (str, np.str_)):
+            what = f"{item}: no such file" if isinstance(item, Path) else f"{name}: a {type(item).__name__}"
+            raise DataError(f"{what}; a sequence run reads sequence strings or FASTA/CSV files")
+        if "." in item or "/" in item:  # no letter of a sequence: a file name that is not there
+            raise DataError(f"{item}: no such file")
+    tokens, _ = encode([str(s) for s in items], preprocessing["alphabet"], length=preprocessing["length"],
+                       ids=names)  # fmt: skip
+    return one_hot(tokens, preprocessing["alphabet"]), names
