@@ -118,15 +118,15 @@ def test_dicom_ct_rescale_and_window():
     assert image.shape == (1, 128, 128) and image.min() == 0 and image.max() == 1
     assert image.std() > 0.05
     np.testing.assert_allclose(image[0], (hu - hu.min()) / (hu.max() - hu.min()), atol=1e-5)
-    soft = read_image(CT, window=(40, 400))  # soft-tissue window in HU: [-160, 240]
-    np.testing.assert_allclose(soft[0], np.clip((hu + 160) / 400, 0, 1), atol=1e-5)
+    soft = read_image(CT, window=(40, 400))  # soft-tissue window in HU, DICOM LINEAR: [-160, 239]
+    np.testing.assert_allclose(soft[0], np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-5)
     assert 0 < soft.mean() < 1 and not np.array_equal(soft, image)
 
 
 def test_dicom_file_window_is_used():
     raw = pydicom.dcmread(MR).pixel_array.astype(np.float64)
-    image = read_image(MR)  # WindowCenter 600, WindowWidth 1600 -> [-200, 1400]
-    np.testing.assert_allclose(image[0], np.clip((raw + 200) / 1600, 0, 1), atol=1e-5)
+    image = read_image(MR)  # WindowCenter 600, WindowWidth 1600, DICOM LINEAR (PS3.3 C.11.2.1.2.1)
+    np.testing.assert_allclose(image[0], np.clip((raw - 599.5) / 1599 + 0.5, 0, 1), atol=1e-5)
 
 
 def test_dicom_monochrome1_is_inverted():

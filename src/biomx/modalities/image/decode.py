@@ -10,6 +10,7 @@ Which files make up a dataset: `image.sources` (folders, CSV manifests) and `ima
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,10 +22,15 @@ import tifffile
 import torch
 import torch.nn.functional as F
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from biomx.errors import DataError
-from biomx.modalities.common.planar import DECODE_ERRORS, read_pillow
+from biomx.modalities.common.planar import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_PIXELS,
+    check_pixels,
+    read_pillow,
+)
 
 _SUFFIX_FORMAT = {".png": "pillow", ".jpg": "pillow", ".jpeg": "pillow", ".bmp": "pillow",
                   ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom", ".dicom": "dicom"}
@@ -35,16 +41,20 @@ _SUFFIX_FORMAT = {".png": "pillow", ".jpg": "pillow", ".jpeg": "pillow", ".bmp":
 
 def read_image(path: str | Path, *, channels: int | None = None,
                window: tuple[float, float] | None = None, dicom_frames: str = "first",
-               nifti_slice: int | None = None, nan_policy: str = "raise") -> np.ndarray:
+               nifti_slice: int | None = None, nan_policy: str = "raise",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one 2D image file as float32 (C, H, W) with intensities in [0, 1].
 
     The format comes from the extension, else the magic bytes (DICOM exports often have none).
     Scaling: uint8 /255; wider integers min-max between their 0.5 and 99.5 percentiles (16-bit
-    microscopy and X-ray rarely use the full range); floats min-max. DICOM: Modality LUT
-    (slope/intercept), then the VOI window (`window`, else the file's first WindowCenter/Width,
-    else min-max); MONOCHROME1 is inverted so high = bright; colour is scaled by its bit depth.
-    NIfTI: one slice, min-max. A constant image gives zeros. NaN or infinite pixels (float TIFF,
-    DICOM, NIfTI) are refused (`nan_policy` "raise") or set to 0 before scaling ("zero").
+    microscopy and X-ray rarely use the full range); floats min-max. DICOM: pydicom's Modality
+    LUT (slope/intercept or LUT), then its VOI LUT: `window` if given (with the file's VOI LUT
+    Function), else the file's VOI LUT Sequence, else its first WindowCenter/Width (LINEAR,
+    LINEAR_EXACT or SIGMOID), else min-max; the VOI output range maps to [0, 1]; MONOCHROME1 is
+    inverted so high = bright; colour is scaled by its bit depth. NIfTI: one slice, min-max. A
+    constant image gives zeros. NaN or infinite pixels (float TIFF, DICOM, NIfTI) are refused
+    (`nan_policy` "raise") or set to 0 before scaling ("zero"). The pixel count the header
+    declares is checked against `max_pixels` before anything is decoded.
 
     Args:
         path: the image file.
@@ -56,13 +66,16 @@ def read_image(path: str | Path, *, channels: int | None = None,
         nifti_slice: index along the last spatial axis of a NIfTI volume (negative from the
             end); default the middle slice. 4D: first volume. H, W = voxel axes 0, 1 (as MONAI).
         nan_policy: "raise" (a DataError naming the file and the count) or "zero".
+        max_pixels: refuse a file whose header declares more pixels (DICOM: rows x columns x
+            the frames read); None: no limit.
 
     Returns:
         float32 array (C, H, W) in [0, 1].
 
     Raises:
         DataError: missing, corrupt, truncated or unsupported file; `nifti_slice` out of range;
-            channels that cannot be converted; NaN or infinite pixels with nan_policy "raise".
+            channels that cannot be converted; NaN or infinite pixels with nan_policy "raise";
+            more pixels than `max_pixels`.
         ValueError: an invalid `dicom_frames`, `channels`, `window` width or `nan_policy`.
     """
     path = Path(path)
@@ -79,13 +92,13 @@ def read_image(path: str | Path, *, channels: int | None = None,
     try:
         kind = _format_of(path)
         if kind == "pillow":
-            image = _scale(_finite(read_pillow(path), path, nan_policy))
+            image = _scale(_finite(read_pillow(path, max_pixels), path, nan_policy))
         elif kind == "tiff":
-            image = _scale(_finite(_read_tiff(path), path, nan_policy))
+            image = _scale(_finite(_read_tiff(path, max_pixels), path, nan_policy))
         elif kind == "dicom":
-            image = _read_dicom(path, window, dicom_frames, nan_policy)
+            image = _read_dicom(path, window, dicom_frames, nan_policy, max_pixels)
         elif kind == "nifti":
-            image = _read_nifti(path, nifti_slice, nan_policy)
+            image = _read_nifti(path, nifti_slice, nan_policy, max_pixels)
         else:
             raise DataError(f"{path}: cannot read image: unknown format "
                             "(expected PNG, JPEG, BMP, TIFF, DICOM or NIfTI)")
@@ -120,9 +133,12 @@ def is_image_file(path: Path) -> bool:
         return False
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]  # multi-page (stack, pyramid): the first page
+        # The page's tags give its extent; nothing is decoded before asarray().
+        depth = (page.imagedepth,) if page.imagedepth > 1 else ()
+        check_pixels(path, (page.imagewidth, page.imagelength, *depth), max_pixels)
         arr, axes = page.asarray(), page.axes
     if axes == "YX":
         return arr[None]
@@ -169,11 +185,15 @@ def _rescale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _read_dicom(path: Path, window: tuple[float, float] | None, frames: str, nan_policy: str) -> np.ndarray:
+def _read_dicom(path: Path, window: tuple[float, float] | None, frames: str, nan_policy: str,
+                max_pixels: int | None) -> np.ndarray:
+    header = pydicom.dcmread(path, stop_before_pixels=True)  # the size check reads no pixel data
+    n_frames = int(header.get("NumberOfFrames") or 1)
+    read_frames = (n_frames,) if frames == "all" and n_frames > 1 else ()  # "first" decodes one frame
+    check_pixels(path, (int(header.get("Columns") or 0), int(header.get("Rows") or 0), *read_frames), max_pixels)
     ds = pydicom.dcmread(path)
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(f"{path}: cannot read image: DICOM file has no pixel data")
-    n_frames = int(ds.get("NumberOfFrames") or 1)
     arr = pixel_array(ds, index=0 if frames == "first" else None)  # "first" decodes one frame
     if frames == "first" or n_frames == 1:
         arr = arr[None]  # now (F, H, W) grey or (F, H, W, 3) colour
@@ -185,28 +205,92 @@ def _read_dicom(path: Path, window: tuple[float, float] | None, frames: str, nan
         out = _rescale(arr, 0, 2 ** int(bits) - 1)
         return out.transpose(0, 3, 1, 2).reshape(-1, *out.shape[1:3])
     arr = _finite(apply_modality_lut(arr, ds), path, nan_policy)  # stored values -> modality units (HU for CT)
-    center_width = window or _file_window(ds)
-    if center_width is not None:
-        lo, hi = center_width[0] - center_width[1] / 2, center_width[0] + center_width[1] / 2
+    return _voi_to_unit(arr, ds, window, photometric)
+
+
+def _voi_to_unit(arr: np.ndarray, ds: pydicom.Dataset, window: tuple[float, float] | None,
+                 photometric: str) -> np.ndarray:
+    """Modality values -> [0, 1] through pydicom's `apply_voi_lut`, its output range mapped to
+    [0, 1]; MONOCHROME1 inverted. `ds` is edited: the user's window replaces the file's."""
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
+    windowed = _usable_window(ds)
+    lut = window is None and _usable_lut(ds)  # the user's window wins over the file's LUT
+    if lut:
+        out, white = _lut_lookup(arr, ds)
+        lo, hi = 0.0, float(white)
+    elif windowed:
+        if "BitsStored" not in ds:  # float pixel data: the output range is normalised away anyway
+            ds.BitsStored = int(ds.get("BitsAllocated") or 16)
+        with np.errstate(over="ignore"):  # SIGMOID far from the centre: exp overflows to the right limit
+            out = apply_voi_lut(arr, ds, prefer_lut=False)
+            # pydicom's own output range (it depends on bits, sign and rescale): where +-inf land.
+            ends = apply_voi_lut(np.array([-np.inf, np.inf]), ds, prefer_lut=False)
+        lo, hi = float(ends.min()), float(ends.max())
     else:
-        lo, hi = float(arr.min()), float(arr.max())
-    if photometric == "MONOCHROME1":  # low = bright: negate so high = bright; constant stays 0
-        arr, lo, hi = -arr, -hi, -lo
-    return _rescale(arr, lo, hi)
+        out, lo, hi = arr, float(arr.min()), float(arr.max())
+    unit = _rescale(out, lo, hi)
+    if photometric == "MONOCHROME1" and hi > lo:  # low = bright: invert so high = bright; constant stays 0
+        unit = np.subtract(1.0, unit, out=unit)
+    return unit
 
 
-def _file_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
+def _usable_window(ds: pydicom.Dataset) -> bool:
+    """Whether `ds` has a window pydicom can apply; normalises it to the first (center, width)
+    and a VOI LUT Function pydicom accepts. A broken window in a file (empty, width <= 0, not a
+    number) is ignored, as viewers do, rather than refusing the image."""
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None or center == "" or width == "":
-        return None
-    center = float(center[0] if isinstance(center, MultiValue) else center)
-    width = float(width[0] if isinstance(width, MultiValue) else width)
-    return (center, width) if width > 0 else None
+        return False
+    try:
+        center = float(center[0] if isinstance(center, MultiValue) else center)
+        width = float(width[0] if isinstance(width, MultiValue) else width)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
+        return False
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function == "LINEAR" and width < 1:
+        function = "LINEAR_EXACT"  # LINEAR is defined for width >= 1 only (PS3.3 C.11.2.1.2.1)
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = center, width, function
+    if "PhotometricInterpretation" not in ds:
+        ds.PhotometricInterpretation = "MONOCHROME2"  # what a grey image without one is read as
+    return True
 
 
-def _read_nifti(path: Path, index: int | None, nan_policy: str) -> np.ndarray:
-    img = nib.load(path)
+def _usable_lut(ds: pydicom.Dataset) -> bool:
+    """Whether the first VOI LUT Sequence item has what pydicom's `apply_voi_lut` needs."""
+    items = ds.get("VOILUTSequence")
+    return bool(items) and all(items[0].get(key) is not None for key in ("LUTDescriptor", "LUTData"))
+
+
+def _lut_lookup(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, int]:
+    """The first VOI LUT applied by pydicom's `apply_voi_lut`, and the LUT's white level.
+
+    pydicom 3.0 builds its LUT indices in the LUT's own dtype, so an index past 255 (8-bit LUT)
+    or past 65535 wraps silently. The input is therefore rounded (a LUT is indexed by integers;
+    floats draw a warning) and clipped to the LUT's domain first, which the standard does anyway
+    (below the first entry -> first, above the last -> last), and an 8-bit LUT is looked up as
+    16-bit: same entries, wider indices.
+
+    White: 2**n - 1 for the bits the largest entry needs, at most the LUT Descriptor's n.
+    Vendors often declare 16 bits for entries that stop at 4095; taken literally, that image
+    would use 1/16 of the grey range.
+    """
+    item = ds.VOILUTSequence[0]
+    count, first, declared = (int(v) for v in item.LUTDescriptor)
+    domain = np.arange(first, first + (count or 2**16), dtype=np.int64)
+    if declared == 8:
+        item.LUTDescriptor = [count, first, 16]
+    entries = apply_voi_lut(domain, ds, prefer_lut=True)  # every entry (pydicom knows US/OW, endianness)
+    out = apply_voi_lut(np.clip(np.rint(arr), domain[0], domain[-1]).astype(np.int64), ds, prefer_lut=True)
+    return out, 2 ** max(1, min(declared, int(entries.max()).bit_length())) - 1
+
+
+def _read_nifti(path: Path, index: int | None, nan_policy: str, max_pixels: int | None) -> np.ndarray:
+    img = nib.load(path)  # reads the header; the voxels stay on disk until sliced
     shape = img.shape
+    check_pixels(path, shape[:2], max_pixels)  # one slice: voxel axes 0 and 1
     depth = shape[2] if len(shape) >= 3 else 1
     k = depth // 2 if index is None else index
     if not -depth <= k < depth:
@@ -268,6 +352,7 @@ def resize_image(image: np.ndarray | torch.Tensor, size: tuple[int, int]) -> tor
 def decode_images(paths: list[Path], *, size: tuple[int, int], channels: int,
                   window: tuple[float, float] | None = None, dicom_frames: str = "first",
                   on_error: str = "raise", workers: int = 0, nan_policy: str = "raise",
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Decode, resize and stack images into one float16 (N, C, h, w) tensor in [0, 1].
 
@@ -278,7 +363,7 @@ def decode_images(paths: list[Path], *, size: tuple[int, int], channels: int,
         paths: image files.
         size: (h, w) of every output image.
         channels: output channels (see `read_image`).
-        window, dicom_frames, nan_policy: passed to `read_image`.
+        window, dicom_frames, nan_policy, max_pixels: passed to `read_image`.
         on_error: "raise" raises the first unreadable file's DataError (in path order);
             "skip" leaves it out and records it in `failures`.
         workers: threads; 0 = min(8, cpu count), 1 = no threads.
@@ -297,7 +382,7 @@ def decode_images(paths: list[Path], *, size: tuple[int, int], channels: int,
     def decode_one(i: int) -> str | None:
         try:
             image = read_image(paths[i], channels=channels, window=window,
-                               dicom_frames=dicom_frames, nan_policy=nan_policy)
+                               dicom_frames=dicom_frames, nan_policy=nan_policy, max_pixels=max_pixels)
             out[i] = resize_image(image, size)  # each thread writes its own row
             return None
         except DataError as e:
