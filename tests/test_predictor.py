@@ -149,6 +149,8 @@ def test_image_files_equal_the_cli_and_arrays_equal_their_files(runs, png_folder
         np.testing.assert_allclose(model.predict_proba(x), proba, atol=1e-6)
         assert model.predict(x).tolist() == labels.tolist()
     assert model.predict(images[3]).tolist() == [labels[3]]  # one (H, W) image
+    assert model.predict(Image.open(files[3])).tolist() == [labels[3]]  # a Pillow image
+    np.testing.assert_allclose(model.predict_proba([images[4][None]]), proba[4:5], atol=1e-6)  # (1, H, W)
     rgb = np.repeat(images[0][..., None], 3, axis=2)  # (H, W, 3): converted to grey as a file is
     np.testing.assert_allclose(model.predict_proba(rgb), proba[:1], atol=1e-3)
 

@@ -266,7 +266,10 @@ def split_inputs(x: Any) -> tuple[bool, Any]:
     """
     if isinstance(x, (str, os.PathLike)):
         x = [x]
-    elif isinstance(x, np.ndarray) and x.dtype.kind in "USO":  # strings (or objects): one input each
+    elif not isinstance(x, (list, tuple, np.ndarray, torch.Tensor)) and (
+            hasattr(x, "__array__") or hasattr(x, "__array_interface__")):  # a Pillow image, a pandas Series
+        x = np.asarray(x)
+    if isinstance(x, np.ndarray) and x.dtype.kind in "USO":  # strings (or objects): one input each
         x = list(x.ravel()) if x.dtype.kind in "US" else list(x)
     if isinstance(x, (np.ndarray, torch.Tensor)):
         if x.ndim == 0 or len(x) == 0:

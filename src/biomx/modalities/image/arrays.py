@@ -7,7 +7,8 @@ normalisation), so an array and the PNG/TIFF holding it give the same prediction
 Layouts (what Pillow, imageio and torch give):
     one image      (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4
     a batch        a list of those; or one array (N, H, W), (N, H, W, C) or (N, C, H, W)
-A 3-D array is one image when an end axis is a channel axis (1, 3 or 4 long), else N grey images.
+One 3-D array is one image when its last axis is a channel axis (1, 3 or 4 long), else N grey
+images (N, H, W); give one channels-first image in a list, or as (1, C, H, W).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def split_images(objects: Any) -> list[tuple[str, np.ndarray]]:
     """The images of a batch (see the module docstring) as (name, (C, H, W) array) pairs."""
     if isinstance(objects, (np.ndarray, torch.Tensor)):
         a = as_numpy(objects)
-        if a.ndim == 2 or (a.ndim == 3 and (a.shape[-1] in _CHANNELS or a.shape[0] in _CHANNELS)):
+        if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in _CHANNELS):  # one image, else N grey ones
             return [("[0]", _channels_first(a, "[0]"))]
         if a.ndim not in (3, 4):
             raise DataError(f"an array of shape {tuple(a.shape)} does not hold 2D images ({LAYOUTS}); "
