@@ -1,7 +1,9 @@
 """A corpus of bad input files, run through the real command line on real tiny runs.
 
 One table: per modality (image, sequence, molecule) `biomx predict RUN <bad file>`, and
-`biomx train CONFIG` on bad data. Every case checks the biomx rule: a non-zero exit (0 only
+`biomx train CONFIG` on bad data; volumes (NIfTI, NRRD, MetaImage, DICOM series) and
+segmentation image/mask pairs are read directly, through the volume modality's readers, with
+the CLI's handling of their errors. Every case checks the biomx rule: a non-zero exit (0 only
 for the documented --skip-errors cases), no Python traceback, one `error:` line naming the
 file (or row), and the files already on disk (the run folder, the inputs) unchanged.
 """
@@ -11,12 +13,16 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
 from biomx.cli import main
 from biomx.errors import BiomxError
@@ -26,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DNA = Path(__file__).parent / "data" / "dna_tf_binding"
 JUNK = bytes(range(256)) * 16 + os.urandom(512)
 PNG_HEAD = b"\x89PNG\r\n\x1a\n"
+CT5N = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"  # 5 CT slices
 
 
 # ---------------------------------------------------------------------------------- tiny runs
@@ -67,6 +74,16 @@ def molecule_csv(tmp_path_factory) -> Path:
     small = path.parent / "small.csv"
     small.write_text("\n".join(lines[:121]) + "\n")
     return small
+
+
+@pytest.fixture(scope="module")
+def lesion(tmp_path_factory) -> tuple[Path, Path]:
+    """One real MSD case: a CT-like NIfTI image (int16 HU, 24x24x16) and its uint8 lesion mask."""
+    from biomx.modalities.volume.lesions import write_lesion_dataset
+
+    root = write_lesion_dataset(tmp_path_factory.mktemp("lesions"), n_cases=1, seed=3, shape=(24, 24, 16)).parent
+    (image,), (label,) = sorted((root / "imagesTr").iterdir()), sorted((root / "labelsTr").iterdir())
+    return image, label
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +189,97 @@ def _metaimage(outside: str) -> Callable[..., list[str]]:
     return make
 
 
+def volume(id: str, name: str, write: Callable[[Path, dict], object], expect: str) -> Case:
+    """`read_volume(tmp/name)` after `write(tmp/name, fixtures)` made it."""
+
+    def make(tmp: Path, fx: dict) -> list[str]:
+        write(tmp / name, fx)
+        return ["<read_volume>", str(tmp / name)]
+
+    return Case(id, None, make, expect)
+
+
+def _nifti_like(path: Path, fx: dict, data: np.ndarray, affine: np.ndarray | None = None) -> None:
+    """`data` saved with the lesion image's affine (or `affine`)."""
+    nib.save(nib.Nifti1Image(data, nib.load(fx["lesion"][0]).affine if affine is None else affine), path)
+
+
+def _lesion_voxels(fx: dict, dtype: type = np.float32) -> np.ndarray:
+    return np.asarray(nib.load(fx["lesion"][0]).dataobj).astype(dtype)
+
+
+def _half_of_the_image(path: Path, fx: dict) -> None:
+    """The lesion image's first half: its header whole, its gzip stream ending inside the voxels."""
+    data = fx["lesion"][0].read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _with_nan(path: Path, fx: dict) -> None:
+    data = _lesion_voxels(fx)
+    data[3, 4, 5] = np.nan
+    _nifti_like(path, fx, data)
+
+
+def _huge_header(path: Path, fx: dict) -> None:
+    """A NIfTI header declaring 32767^3 float voxels (the most int16 dims allow), 64 bytes of data."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((32767, 32767, 32767))
+    header.set_data_dtype(np.float32)
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4) + bytes(64)))
+
+
+def _nrrd_cut(path: Path, fx: dict) -> None:
+    """A gzip-encoded NRRD of the lesion image, cut in the middle of its data."""
+    nrrd = pytest.importorskip("nrrd")
+    nrrd.write(str(path), _lesion_voxels(fx, np.int16), {"encoding": "gzip"})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _mhd(dims: str, raw: bytes | None) -> Callable[[Path, dict], None]:
+    def write(path: Path, fx: dict) -> None:
+        path.write_text(f"ObjectType = Image\nNDims = 3\nDimSize = {dims}\nElementType = MET_SHORT\n"
+                        "ElementDataFile = voxels.raw\n")  # fmt: skip
+        if raw is not None:
+            path.with_name("voxels.raw").write_bytes(raw)
+
+    return write
+
+
+def _series_with_junk(folder: Path, fx: dict) -> None:
+    shutil.copytree(CT5N, folder)
+    (folder / "junk.dcm").write_bytes(JUNK)
+
+
+def pair(id: str, write_mask: Callable[[Path, dict], object], expect: str) -> Case:
+    """The volume modality's `read_pair(tmp/image.nii.gz, tmp/mask.nii.gz)` (segmentation reads
+    every case so), the image a copy of the real lesion image, the mask made by `write_mask`."""
+
+    def make(tmp: Path, fx: dict) -> list[str]:
+        image = tmp / "image.nii.gz"
+        shutil.copy(fx["lesion"][0], image)
+        write_mask(tmp / "mask.nii.gz", fx)
+        return ["<read_pair>", str(image), str(tmp / "mask.nii.gz")]
+
+    return Case(id, None, make, expect)
+
+
+def _mask_cropped(path: Path, fx: dict) -> None:
+    nib.save(nib.load(fx["lesion"][1]).slicer[:, :, :12], path)  # same voxels, 4 slices fewer
+
+
+def _mask_shifted(path: Path, fx: dict) -> None:
+    label = nib.load(fx["lesion"][1])
+    affine = label.affine.copy()
+    affine[:3, 3] += 5.0  # 5 mm off the image grid
+    _nifti_like(path, fx, np.asarray(label.dataobj), affine)
+
+
+def _mask_fractional(path: Path, fx: dict) -> None:
+    mask = np.asarray(nib.load(fx["lesion"][1]).dataobj).astype(np.float32)
+    mask[mask > 0] = 0.5  # probabilities, not labels
+    _nifti_like(path, fx, mask)
+
+
 SMILES_OK = "smiles\nCCO\nc1ccccc1O\n"
 SMILES_BAD = "smiles\nCCO\nC1CC(\nc1ccccc1O\n"
 TRUNCATED_PNG = PNG_HEAD + b"\x00\x00\x00\rIHDR\x00\x00\x00\x1c\x00\x00\x00\x1c\x08\x00\x00\x00\x00"
@@ -216,6 +324,22 @@ CASES = [
     # a volume header pointing outside its folder (read directly)
     Case("metaimage-absolute-data-file", None, _metaimage("absolute"), "ElementDataFile points outside"),
     Case("metaimage-data-file-outside", None, _metaimage("relative"), "ElementDataFile points outside"),
+    # volume files read directly
+    volume("nifti-truncated-gz", "cut.nii.gz", _half_of_the_image, "cut.nii.gz: cannot read volume"),
+    volume("nifti-junk", "junk.nii", lambda p, fx: p.write_bytes(JUNK), "junk.nii: cannot read volume"),
+    volume("nifti-header-too-many-voxels", "huge.nii.gz", _huge_header,
+           "huge.nii.gz: its header declares shape 32767 x 32767 x 32767"),  # fmt: skip
+    volume("nifti-nan-voxels", "nan.nii", _with_nan, "nan.nii: 1 of 9216 voxels are NaN"),
+    volume("nrrd-junk", "junk.nrrd", lambda p, fx: p.write_bytes(JUNK), "junk.nrrd: cannot read volume"),
+    volume("nrrd-truncated-gzip", "cut.nrrd", _nrrd_cut, "cut.nrrd: cannot read volume"),
+    volume("metaimage-data-file-missing", "ct.mhd", _mhd("8 8 4", None), "ct.mhd: its data file"),
+    volume("metaimage-absurd-dimsize", "ct.mhd", _mhd("100000 100000 100000", bytes(64)),
+           "ct.mhd: its header declares shape 100000 x 100000 x 100000"),  # fmt: skip
+    volume("dicom-series-junk-slice", "series", _series_with_junk, "junk.dcm: cannot read DICOM file"),
+    # segmentation image/mask pairs
+    pair("segmentation-mask-shape-differs", _mask_cropped, "mask.nii.gz: shape (24, 24, 12) does not match"),
+    pair("segmentation-mask-off-grid", _mask_shifted, "mask.nii.gz: voxel positions differ"),
+    pair("segmentation-mask-not-labels", _mask_fractional, "mask.nii.gz: a mask must hold whole numbers"),
 ]
 
 
@@ -225,12 +349,16 @@ def _snapshot(*folders: Path) -> dict[Path, bytes]:
 
 def _run(argv: list[str]) -> int:
     """`biomx.cli.main`, or for a direct volume read the CLI's one-line error for a BiomxError."""
-    if argv[0] != "<read_volume>":
+    if argv[0] not in ("<read_volume>", "<read_pair>"):
         return main(argv)
+    from biomx.modalities import get_modality
     from biomx.modalities.volume.files import read_volume
 
     try:
-        read_volume(argv[1])
+        if argv[0] == "<read_volume>":
+            read_volume(argv[1])
+        else:  # as segmentation reads a case: the default nan_policy and geometry tolerance
+            get_modality("volume").read_pair(Path(argv[1]), Path(argv[2]), "raise", 0.01)
     except BiomxError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -242,7 +370,8 @@ def test_bad_file(case: Case, request, tmp_path, capsys, monkeypatch):
     fx = {"runs": request.getfixturevalue("runs") if case.run else None,
           "png_folder": request.getfixturevalue("png_folder"),
           "fasta_dir": request.getfixturevalue("fasta_dir"),
-          "molecule_csv": request.getfixturevalue("molecule_csv")}  # fmt: skip
+          "molecule_csv": request.getfixturevalue("molecule_csv"),
+          "lesion": request.getfixturevalue("lesion")}  # fmt: skip
     argv = case.make(tmp_path, fx)
     watched = [tmp_path, *([fx["runs"][case.run]] if case.run else [])]
     before = _snapshot(*watched)
