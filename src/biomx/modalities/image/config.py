@@ -34,6 +34,9 @@ class ImageSettings(Section):
     window: tuple[float, PositiveFloat] | None = None  # DICOM VOI window [center, width]
     dicom_frames: Literal["first", "all"] = "first"
     nan_policy: Literal["raise", "zero"] = "raise"  # NaN/infinite pixels (float TIFF, DICOM, NIfTI): refuse or zero
+    # Pixels a file's header may declare (DICOM: rows x columns x frames read), checked before decoding,
+    # so a corrupt or hostile header cannot ask for gigabytes. Same value as common.planar.DEFAULT_MAX_PIXELS.
+    max_pixels: Annotated[int, Field(gt=0)] = 100_000_000
     path_column: str = "path"  # csv source: the column of image files
     normalize: bool = True  # standardise with the training split's mean and std
     cache: bool = True  # image files: keep decoded images on disk, keyed by content and settings

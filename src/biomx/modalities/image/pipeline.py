@@ -23,6 +23,7 @@ from biomx.datasets import get_dataset
 from biomx.errors import DataError
 from biomx.modalities.common.gradcam import gallery_section, gradcam
 from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
+from biomx.modalities.common.planar import DEFAULT_MAX_PIXELS
 from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
 from biomx.modalities.image.decode import decode_images
@@ -57,7 +58,7 @@ def _from_npz(path: Path, cfg: DataConfig, classes: list[str] | None) -> Samples
     return Samples(tensor, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
 
 
-IMAGE_CACHE_VERSION = "images-v1"  # bump when decoding or resizing changes: old entries miss
+IMAGE_CACHE_VERSION = "images-v2"  # bump when decoding or resizing changes: old entries miss (v2: DICOM VOI by pydicom)
 
 
 def _file_hashes(paths: list[Path]) -> list[str | None]:
@@ -81,12 +82,12 @@ def _decode_cached(paths: list[Path], hashes: list[str | None], cfg: DataConfig,
     """
     settings = {"image_size": list(cfg.image.size), "channels": cfg.image.channels,
                 "window": list(cfg.image.window) if cfg.image.window else None, "dicom_frames": cfg.image.dicom_frames,
-                "on_error": cfg.on_error, "nan_policy": cfg.image.nan_policy}  # fmt: skip
+                "on_error": cfg.on_error, "nan_policy": cfg.image.nan_policy, "max_pixels": cfg.image.max_pixels}  # fmt: skip
 
     def decode() -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
         return decode_images(paths, size=tuple(cfg.image.size), channels=cfg.image.channels, window=cfg.image.window,
                              dicom_frames=cfg.image.dicom_frames, on_error=cfg.on_error,
-                             nan_policy=cfg.image.nan_policy)  # fmt: skip
+                             nan_policy=cfg.image.nan_policy, max_pixels=cfg.image.max_pixels)  # fmt: skip
 
     if not cfg.image.cache or any(h is None for h in hashes):
         return decode()
@@ -184,7 +185,8 @@ def build_datasets(
     c, h, w = images.shape[1:]
     preprocessing = {
         "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.image.window,
-        "dicom_frames": cfg.data.image.dicom_frames, "nan_policy": cfg.data.image.nan_policy, "mean": mean, "std": std,
+        "dicom_frames": cfg.data.image.dicom_frames, "nan_policy": cfg.data.image.nan_policy,
+        "max_pixels": cfg.data.image.max_pixels, "mean": mean, "std": std,
     }  # fmt: skip
     return datasets, preprocessing, {"in_channels": c}
 
@@ -245,6 +247,7 @@ def read_inputs(
         window=preprocessing["window"], dicom_frames=preprocessing["dicom_frames"],
         on_error="skip" if skip_errors else "raise",
         nan_policy=preprocessing.get("nan_policy", "raise"),  # runs made before the policy: raise
+        max_pixels=preprocessing.get("max_pixels", DEFAULT_MAX_PIXELS),  # runs made before the limit: the default
     )  # fmt: skip
     x = images.float()
     if preprocessing["mean"] is not None:
