@@ -14,7 +14,9 @@ import yaml
 
 from biomx.cli import main
 from biomx.report import write_report
+from biomx.report.config_view import run_config
 from biomx.report.format import fmt, fmt_column
+from biomx.tasks.classification.report import metric_counts
 from biomx.tasks.regression.report import report_sections
 from data_paths import DNA
 from test_report import parse
@@ -123,7 +125,7 @@ def test_best_epoch_and_scored_checkpoint_are_marked(image_run):
     assert marked == [f"{best} best"]
     assert raw.count('<tr class="best">') == 1
     text = parser.plain_text
-    assert f"Scored on the test set: the best checkpoint, saved at epoch {best} of 2; val_loss" in text
+    assert f"Scored on the test set: the best checkpoint, saved at epoch {best} of 2 (val_loss" in text
 
 
 def test_notes_are_text_not_a_dict(image_run):
@@ -183,3 +185,64 @@ def test_units_are_escaped(tmp_path):
     raw = path.read_text(encoding="utf-8")
     assert "<script" not in raw
     assert parse(path).row(f"rmse ({attack})")[1] == "0.500"
+
+
+def _evaluation(checkpoint: dict) -> dict:
+    metric = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
+    return {"kind": "binary", "n": 400, "n_bootstrap": 100, "ci": 0.95, "metrics": {"auroc": metric},
+            "checkpoint": checkpoint}  # fmt: skip
+
+
+HISTORY = [{"epoch": e, "val_loss": loss, "val_auroc": auc, "lr": 1e-3}
+           for e, loss, auc in ((1, 0.6, 0.80), (2, 0.4, 0.85), (3, 0.5, 0.90))]  # fmt: skip
+
+
+@pytest.mark.parametrize("checkpoint, marked, said", [
+    ({"name": "best", "epoch": 2, "monitor": "val_loss", "value": 0.4, "member_epochs": [2, 3, 1]}, "2",
+     "the best checkpoint of each of the 3 ensemble members, saved at epochs 2, 3, 1 of 3; member 1's "
+     "(val_loss 0.400) is marked in the epoch table."),
+    ({"name": "last", "epoch": 3, "monitor": "val_loss"}, None,
+     "the last weights, after epoch 3 of 3; no best checkpoint was saved (val_loss was never a number)."),
+    ({"name": "last", "epoch": None}, None, "the model as built; no checkpoint was found."),
+])  # fmt: skip
+def test_scored_checkpoint_wording(tmp_path, checkpoint, marked, said):
+    path = write_report(tmp_path / "r.html", title="t", history=HISTORY, evaluation=_evaluation(checkpoint),
+                        config={"train": {"monitor": "val_auroc"}}, environment={})  # fmt: skip
+    parser = parse(path)
+    assert f"Scored on the test set: {said}" in parser.plain_text
+    header, rows = _epoch_rows(parser)
+    assert [row[0] for row in rows] == [f"{e} best" if str(e) == marked else str(e) for e in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("monitor, best", [("val_loss", "2"), ("val_auroc", "3"), ("val_missing", None)])
+def test_best_epoch_without_a_test_split_follows_the_monitor(tmp_path, monitor, best):
+    """No checkpoint record: the trainer's rule (lower is better for losses; train_loss when the
+    monitor was never logged, here absent too)."""
+    path = write_report(tmp_path / "r.html", title="t", history=HISTORY, evaluation=None,
+                        config={"train": {"monitor": monitor}}, environment={})  # fmt: skip
+    header, rows = _epoch_rows(parse(path))
+    assert [row[0] for row in rows if row[0].endswith("best")] == ([f"{best} best"] if best else [])
+
+
+def test_run_config_keeps_shared_keys_and_the_run_s_own_section():
+    config = {"name": "x", "data": {"modality": "toy", "source": "csv", "split": {"seed": 0},
+                                    "toy": {"size": 3, "pairs": {"a": 1}}, "other": {"size": 9}},
+              "task": {"kind": "k", "units": "mm"}}  # fmt: skip
+    shown, dropped = run_config(config, "toy", {"modality", "source", "split"}, ["data.toy.pairs", "data.toy"])
+    assert shown == {"name": "x", "data": {"modality": "toy", "source": "csv", "split": {"seed": 0},
+                                           "toy": {"size": 3}}, "task": {"kind": "k", "units": "mm"}}  # fmt: skip
+    assert dropped == ["data.other", "data.toy.pairs"]
+    assert "other" in config["data"]  # the caller's dict is left alone
+
+
+def test_class_counts_behind_multiclass_and_multilabel_intervals():
+    multiclass = {"kind": "multiclass", "n": 60, "per_class": {
+        "a": {"support": 40}, "b": {"support": 12}, "c": {"support": 8}}}  # fmt: skip
+    counts = metric_counts(multiclass)
+    assert counts["auroc"] == {"n": 8, "counted": "positives"}  # class c: 8 against 52
+    assert counts["specificity"] == {"n": 20, "counted": "negatives"}  # class a: 40 against 20
+    assert counts["balanced_accuracy"] == {"n": 8, "counted": "in the smallest class"}
+    multilabel = {"kind": "multilabel", "n": 100, "per_class": {
+        "x": {"support": 30, "n": 90}, "y": {"support": 85, "n": 95}}}  # fmt: skip
+    assert metric_counts(multilabel)["auroc"] == {"n": 10, "counted": "negatives"}  # y: 85 of 95 observed
+    assert metric_counts({"kind": "binary", "n": 10}) == {}

@@ -102,14 +102,14 @@ def checkpoint_text(checkpoint: dict | None, history: list[dict]) -> str:
     monitor = checkpoint.get("monitor")
     if checkpoint.get("name") == "best":
         value = checkpoint.get("value")
-        why = (
-            f"; {html.escape(str(monitor))} {fmt(value)}" if monitor and not _is_nan(value) else ""
-        )
-        text = f"the <b>best</b> checkpoint, saved at <b>epoch {fmt(epoch)}</b>{of}{why}"
+        score = f" ({html.escape(str(monitor))} {fmt(value)})" if monitor and not _is_nan(value) else ""
         members = checkpoint.get("member_epochs") or []
-        if len(members) > 1:
-            text += (f"; each of the {len(members)} ensemble members' best checkpoints, from epochs "
-                     f"{', '.join(fmt(e) for e in members)} (the learning curves are member 1's)")  # fmt: skip
+        if len(members) > 1:  # the learning curves and the epoch table show member 1
+            epochs = ", ".join(fmt(e) for e in members)
+            text = (f"the <b>best</b> checkpoint of each of the {len(members)} ensemble members, saved at "
+                    f"<b>epochs {epochs}</b>{of}; member 1's{score} is marked in the epoch table")  # fmt: skip
+        else:
+            text = f"the <b>best</b> checkpoint, saved at <b>epoch {fmt(epoch)}</b>{of}{score}"
     elif epoch is not None:
         text = (f"the <b>last</b> weights, after <b>epoch {fmt(epoch)}</b>{of}; no best checkpoint was saved"
                 + (f" ({html.escape(str(monitor))} was never a number)" if monitor else ""))  # fmt: skip
