@@ -18,6 +18,7 @@ from PIL import Image
 
 from biomx.cli import main
 from biomx.errors import BiomxError
+from biomx.modalities.sequence.encoding import encode, one_hot
 from biomx.modalities.sequence.readers import records_from_fasta
 from biomx.predictor import load
 from data_paths import MEDMNIST
@@ -183,11 +184,16 @@ def test_sequence_files_equal_the_cli_and_strings_equal_their_file(runs, fasta_d
     np.testing.assert_allclose(model.predict_proba(sequences), proba, atol=1e-6)
     np.testing.assert_allclose(model.predict_proba(np.array(sequences)), proba, atol=1e-6)
     assert model.predict(sequences[0].lower()).tolist() == [rows[0]["predicted"]]  # one string, any case
+    tokens, _ = encode(sequences, "dna", length=model.preprocessing["length"])
+    encoded = one_hot(tokens, "dna").numpy()  # already encoded: taken as it is
+    np.testing.assert_allclose(model.predict_proba(encoded), proba, atol=1e-6)
+    np.testing.assert_allclose(model.predict_proba(torch.from_numpy(encoded[0])), proba[:1], atol=1e-6)
 
 
 def test_sequence_run_refuses_wrong_inputs_in_one_line(runs):
     model = load(runs["sequence"])
-    _one_line_error(model, np.zeros((2, 28, 28)), "a ndarray; a sequence run reads sequence strings")
+    _one_line_error(model, np.zeros((2, 28, 28)), r"shape \(2, 28, 28\) is not one-hot sequences for this run")
+    _one_line_error(model, [np.zeros((4, 28))], "a ndarray; a sequence run reads sequence strings")
     _one_line_error(model, ["ACGT", "ACGTZ"], "invalid character 'Z' at position 5")
     _one_line_error(model, "missing/seqs.fa", "missing/seqs.fa: no such file")
 

@@ -93,5 +93,7 @@ def read_objects(preprocessing: dict[str, Any], objects: Any) -> tuple[torch.Ten
 
 def scan_from_array(array: Any, name: str, nan_policy: str = "raise") -> Scan:
     """An in-memory 2D image as `scans.read_scan` reads a file: (C, H, W) float32, raw values."""
+    if isinstance(array, (str, Path)):  # a path that is not there (the predictor reads files)
+        raise DataError(f"{array}: no such file or folder (an image run reads image files or arrays)")
     a = _channels_first(as_numpy(array), name).astype(np.float32)
     return Scan(check_finite(a, name, nan_policy, "data.image.scan.nan_policy"), (1.0, 1.0), name)
