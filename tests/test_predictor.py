@@ -156,6 +156,24 @@ def test_image_files_equal_the_cli_and_arrays_equal_their_files(runs, png_folder
     np.testing.assert_allclose(model.predict_proba(rgb), proba[:1], atol=1e-3)
 
 
+def test_image_mc_dropout_and_checkpoints_as_the_cli(runs, png_folder, tmp_path):
+    files = sorted(png_folder.rglob("*.png"))[:6]
+    assert main(["predict", str(runs["image"]), *map(str, files), "-o", str(tmp_path / "mc.csv"),
+                 "--mc-dropout", "3"]) == 0  # fmt: skip
+    with open(tmp_path / "mc.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    model = load(runs["image"], mc_dropout=3)
+    expected = [[float(r[f"prob_{c}"]) for c in model.classes_] for r in rows]
+    np.testing.assert_allclose(model.predict_proba(files), expected, atol=1e-6)
+    assert load(runs["image"], checkpoint="last").predict(files).shape == (6,)
+    for kwargs, match in (({"checkpoint": "first"}, "checkpoint: expected 'best' or 'last'"),
+                          ({"device": "tpu"}, "device: 'tpu' is not a device")):  # fmt: skip
+        with pytest.raises(BiomxError, match=match):
+            load(runs["image"], **kwargs)
+    with pytest.raises(BiomxError, match="run directory not found"):
+        load(tmp_path / "no-run")
+
+
 def test_image_run_refuses_wrong_inputs_in_one_line(runs, png_folder):
     model = load(runs["image"])
     _one_line_error(model, "CCO", "CCO: no such file or folder")
