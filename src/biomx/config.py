@@ -154,7 +154,9 @@ class TrainConfig(Section):
     early_stopping: PositiveInt | None = None  # patience, in epochs
     checkpoint_every: PositiveInt | None = None  # also save every N steps (epochs always)
     num_workers: Annotated[int, Field(ge=0)] = 0
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal; else (nohup, SLURM, CI) a line when either limit is reached:
+    log_every_s: PositiveFloat = 30.0  # seconds between plain progress lines
+    log_every_steps: PositiveInt | None = None  # batches between plain progress lines (None: by time only)
 
 
 class EvalConfig(Section):
@@ -167,10 +169,22 @@ class EvalConfig(Section):
     moved: ClassVar[dict[str, str]] = {"surface_tolerance_mm": "task.surface_tolerance_mm"}
 
 
+class MlflowConfig(Section):  # `output.mlflow: {}` (or `true`): log the run to MLflow too (docs/runs.md)
+    enabled: bool = False  # giving the section turns it on; written out, so a resume reads it back
+    tracking_uri: str | None = None  # default: a file store in <run>/mlruns; any MLflow URI
+    experiment: str | None = None  # default: the config's name
+
+
 class OutputConfig(Section):
     dir: str = "runs"
     name: str | None = None  # default: <experiment name>-<timestamp>; a plain folder name inside dir
     tensorboard: bool = True
+    mlflow: MlflowConfig = MlflowConfig()  # not `| None`: an unknown key inside gets the section's hint
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _given_means_on(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else {"enabled": True, **v} if isinstance(v, dict) else v
 
     @field_validator("name")
     @classmethod

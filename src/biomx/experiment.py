@@ -20,8 +20,10 @@ from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples
 from biomx.data.splits import predefined_splits, split_indices, warn_if_duplicated, warn_if_leaking
 from biomx.engine import distributed as dist
+from biomx.engine.callbacks import Callback
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
 from biomx.engine.logging import console
+from biomx.engine.mlflow_logger import check_tracking, tracking_callbacks
 from biomx.engine.runtime import seed_everything, select_device
 from biomx.engine.trainer import Trainer
 from biomx.errors import BiomxError, ConfigError
@@ -221,7 +223,7 @@ def _check_same_model(run_dir: Path, p: Prepared) -> None:
                          "resume without changing the model")  # fmt: skip
 
 
-def _trainer(p: Prepared, run_dir: Path | None, member: int = 0) -> Trainer:
+def _trainer(p: Prepared, run_dir: Path | None, member: int = 0, callbacks: list[Callback] | None = None) -> Trainer:
     cfg, task = p.cfg, p.task
     # Ensemble members differ only in their seed: initial weights, batch order, dropout.
     settings = cfg.train.model_copy(update={"seed": cfg.train.seed + member})
@@ -235,7 +237,7 @@ def _trainer(p: Prepared, run_dir: Path | None, member: int = 0) -> Trainer:
         model, task.loss, p.datasets["train"],
         val_data=p.datasets["val"] if len(p.datasets["val"]) else None,
         settings=settings, run_dir=run_dir, metrics_fn=metrics_fn, collate_fn=collate_batch,
-        model_config=p.info, tensorboard=cfg.output.tensorboard,
+        model_config=p.info, tensorboard=cfg.output.tensorboard, callbacks=callbacks or [],
     )  # fmt: skip
 
 
@@ -257,6 +259,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
     if resume is not None:
         _check_same_model(Path(resume), p)
     check_model_runs(p)  # before any run file is written: a bad model.args leaves nothing behind
+    check_tracking(cfg)  # so does output.mlflow without MLflow installed
     if resume is not None:
         run_dir = Path(resume)
         _check_same_split(run_dir, p)
@@ -272,10 +275,11 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
             _write_run_files(run_dir, p)
             console.print(f"run: {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in p.splits.items())})")
     members = member_dirs(run_dir, cfg.model.ensemble)
+    callbacks = tracking_callbacks(cfg, run_dir)  # one MLflow run across all members
     for k, member_dir in enumerate(members):
         if len(members) > 1 and dist.is_main():
             console.print(f"ensemble member {k + 1}/{len(members)} (seed {cfg.train.seed + k})")
-        trainer = _trainer(p, member_dir, member=k)
+        trainer = _trainer(p, member_dir, member=k, callbacks=callbacks)
         # On resume, finished members return at once and the interrupted one continues.
         resuming = resume is not None and (member_dir / "checkpoints" / "last.safetensors").is_file()
         try:
@@ -285,7 +289,9 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
                 raise
             raise BiomxError(f"{member_dir}: the checkpoint does not fit model.args {cfg.model.args} "
                              "(it was saved with another model); resume without changing the model") from None
-    _finish(p, trainer, run_dir)
+    evaluation = _finish(p, trainer, run_dir)
+    for callback in callbacks:
+        callback.on_run_end(run_dir, evaluation)
     return run_dir
 
 

@@ -1,11 +1,12 @@
-"""Per-epoch metrics to metrics.jsonl and TensorBoard, and a progress display (rank 0 only)."""
+"""The training console: a progress display per epoch and the per-epoch summary line (rank 0 only).
+
+The metric files (metrics.jsonl, TensorBoard) are callbacks: see `biomx.engine.callbacks`.
+"""
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-from pathlib import Path
+import time
 from typing import Any
 
 from rich.console import Console
@@ -18,46 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from biomx.engine.checkpoint import atomic_write_text
-
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-class MetricsLog:
-    """metrics.jsonl (rewritten atomically from the full history) plus TensorBoard events."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
-        self.path = run_dir / "metrics.jsonl"
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # slow import: only when asked
-
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def write(self, history: list[dict[str, Any]]) -> None:
-        # Rewriting the whole file keeps it consistent with the checkpoint after a resume.
-        lines = [json.dumps({k: _json_safe(v) for k, v in row.items()}) for row in history]
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
-        if self.writer is not None and history:
-            row = history[-1]
-            for key, value in row.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def make_progress(enabled: bool) -> Progress | None:
-    """A rich progress bar with samples/s and ETA, only on an interactive terminal."""
-    if not enabled or not sys.stderr.isatty():
-        return None
+def _rich_bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -68,6 +33,68 @@ def make_progress(enabled: bool) -> Progress | None:
         console=console,
         transient=True,
     )
+
+
+def format_duration(seconds: float) -> str:
+    """`42s`, `1m35s`, `2h03m`: short enough for a log line, precise enough for an ETA."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class EpochProgress:
+    """One epoch's progress on rank 0: a rich bar on a terminal; otherwise (nohup, SLURM, CI logs,
+    where a bar would print nothing useful until the epoch ends) a plain line whenever
+    `every_s` seconds or `every_steps` batches have passed since the last one:
+
+        epoch 1/5  step 120/400  loss 0.412  312 samples/s  eta 1m35s
+
+    Use as a context manager; `update` after each optimizer step. `enabled=False`: silent.
+    """
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, total: int, completed: int,
+                 every_s: float = 30.0, every_steps: int | None = None):  # fmt: skip
+        self.description, self.total = f"epoch {epoch}/{epochs}", total
+        self.every_s, self.every_steps = every_s, every_steps
+        self.bar = _rich_bar() if enabled and sys.stderr.isatty() else None
+        self.plain = enabled and self.bar is None
+        self.task = None
+        if self.bar is not None:
+            self.task = self.bar.add_task(self.description, total=total, completed=completed, rate=0.0, loss=0.0)
+        # The ETA uses this session's pace only: batches done before a resume took no time here.
+        self.first = self.last_line_at = completed
+        self.started = self.last_line_time = time.perf_counter()
+
+    def __enter__(self) -> EpochProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, completed: int, rate: float, loss: float) -> None:
+        """`completed` batches of `total` done; `rate` samples/s (all ranks); `loss` running mean."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=completed, rate=rate, loss=loss)
+        if not self.plain:
+            return
+        now = time.perf_counter()
+        due = now - self.last_line_time >= self.every_s or (
+            self.every_steps is not None and completed - self.last_line_at >= self.every_steps)
+        if due:
+            self.last_line_time, self.last_line_at = now, completed
+            console.print(self.line(completed, rate, loss, now - self.started))
+
+    def line(self, completed: int, rate: float, loss: float, elapsed: float) -> str:
+        done = completed - self.first
+        eta = format_duration((self.total - completed) * elapsed / done) if done > 0 else "?"
+        return (f"{self.description}  step {completed}/{self.total}  loss {loss:.4g}  "
+                f"{rate:.0f} samples/s  eta {eta}")  # fmt: skip
 
 
 def format_epoch(row: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 It knows nothing about images or molecules. It takes a model, a loss function
 `loss_fn(outputs, targets)`, datasets yielding `(inputs, targets)` batches, and a
 `TrainConfig`. It owns the loop, precision, torch.compile, DDP, checkpoints (every epoch,
-atomic, resumable mid-epoch), best-model tracking, early stopping and the logs.
+atomic, resumable mid-epoch), best-model tracking, early stopping and the logs; anything else
+hooks in through callbacks (`biomx.engine.callbacks`).
 
     trainer = Trainer(model, loss_fn, train_ds, val_data=val_ds, settings=TrainConfig(epochs=3),
                       run_dir="runs/try1", metrics_fn=my_metrics)
@@ -16,7 +17,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from biomx.config import TrainConfig
 from biomx.engine import distributed as dist
+from biomx.engine.callbacks import Callback, MetricsFile, TensorBoardLogger
 from biomx.engine.checkpoint import load_checkpoint, save_checkpoint
-from biomx.engine.logging import MetricsLog, console, format_epoch, make_progress
+from biomx.engine.logging import EpochProgress, console, format_epoch
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import select_device, set_deterministic
 from biomx.engine.samplers import ResumableSampler, ShardSampler
@@ -78,6 +80,8 @@ class Trainer:
         model_config: JSON-able description saved in checkpoints (to rebuild the model).
         tensorboard: also write TensorBoard event files.
         step_hook: called as `step_hook(trainer)` after every optimizer step.
+        callbacks: `Callback`s (see `biomx.engine.callbacks`), run on rank 0 after the built-in
+            ones (metrics.jsonl and TensorBoard, when there is a run_dir).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class Trainer:
         model_config: dict[str, Any] | None = None,
         tensorboard: bool = True,
         step_hook: Callable[[Trainer], None] | None = None,
+        callbacks: Sequence[Callback] = (),
     ):
         self.settings = settings or TrainConfig()
         s = self.settings
@@ -111,7 +116,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.model_config = model_config or {}
         self.step_hook = step_hook
-        self.tensorboard = tensorboard
+        files = [MetricsFile(), *([TensorBoardLogger()] if tensorboard else [])] if self.run_dir is not None else []
+        self.callbacks: list[Callback] = [*files, *callbacks]
         self._stop_reason: str | None = None
         self.last_loss = float("nan")  # this rank's loss of the latest batch
 
@@ -221,7 +227,9 @@ class Trainer:
             "model_config": self.model_config,
             "settings": self.settings.model_dump(mode="json"),
         }
-        save_checkpoint(self.checkpoint_dir / f"{name}.safetensors", _unwrap(self.net).state_dict(), extra)
+        path = self.checkpoint_dir / f"{name}.safetensors"
+        save_checkpoint(path, _unwrap(self.net).state_dict(), extra)
+        self._emit("on_checkpoint", path)
 
     def _save_best(self) -> None:
         if self.checkpoint_dir is None or not dist.is_main():
@@ -232,7 +240,9 @@ class Trainer:
             "monitor": self.settings.monitor,
             "best": self.state["best"],
         }
-        save_checkpoint(self.checkpoint_dir / "best.safetensors", _unwrap(self.net).state_dict(), extra)
+        path = self.checkpoint_dir / "best.safetensors"
+        save_checkpoint(path, _unwrap(self.net).state_dict(), extra)
+        self._emit("on_checkpoint", path)
 
     def load(self, path: Path) -> None:
         """Restore model, optimizer, scheduler, scaler, RNG and loop position from a checkpoint."""
@@ -254,6 +264,12 @@ class Trainer:
             torch.cuda.set_rng_state(extra["rng"]["cuda"][self.rank], self.device)
         self.state.update(extra["trainer"])
         self.history = list(extra["history"])
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        """Call `hook(self, *args)` on every callback, on rank 0 only (they log and write files)."""
+        if dist.is_main():
+            for callback in self.callbacks:
+                getattr(callback, hook)(self, *args)
 
     # ------------------------------------------------------------------ stopping
 
@@ -298,17 +314,20 @@ class Trainer:
             self.load(self.checkpoint_dir / "last.safetensors")
         else:
             torch.manual_seed(s.seed + self.rank)
-        log = MetricsLog(self.run_dir, self.tensorboard) if self.run_dir and dist.is_main() else None
+        error: BaseException | None = None
         try:
+            self._emit("on_train_start")  # inside: a failing start still lets the others clean up
             with self._signals():
                 while self.state["epoch"] < s.epochs and not self.state["stopped_early"]:
-                    self._train_epoch(log)
+                    self._train_epoch()
+        except BaseException as err:
+            error = err
+            raise
         finally:
-            if log is not None:
-                log.close()
+            self._emit("on_train_end", error)
         return self.history
 
-    def _train_epoch(self, log: MetricsLog | None) -> None:
+    def _train_epoch(self) -> None:
         s, st = self.settings, self.state
         epoch = st["epoch"]
         self.sampler.set_epoch(epoch)
@@ -316,11 +335,10 @@ class Trainer:
         if hasattr(self.train_data, "set_epoch"):
             self.train_data.set_epoch(epoch)
         self.net.train()
-        progress = make_progress(s.progress and dist.is_main())
-        task = progress.add_task(f"epoch {epoch + 1}/{s.epochs}", total=self.batches_per_epoch,
-                                 completed=st["batch_in_epoch"], rate=0.0, loss=0.0) if progress else None
+        progress = EpochProgress(s.progress and dist.is_main(), epoch + 1, s.epochs, self.batches_per_epoch,
+                                 st["batch_in_epoch"], s.log_every_s, s.log_every_steps)  # fmt: skip
         started, samples_now = time.perf_counter(), 0
-        with progress or contextlib.nullcontext():
+        with progress:
             for i, batch in enumerate(self.train_loader, start=st["batch_in_epoch"]):
                 x, y = self._to_device(batch)
                 sync = (i + 1) % s.accumulate == 0 or i + 1 == self.batches_per_epoch
@@ -337,9 +355,8 @@ class Trainer:
                 if not sync:
                     continue
                 self._optimizer_step()
-                if progress:
-                    rate = samples_now * self.world / (time.perf_counter() - started)
-                    progress.update(task, completed=i + 1, rate=rate, loss=st["loss_sum"] / st["samples"])
+                rate = samples_now * self.world / (time.perf_counter() - started)
+                progress.update(i + 1, rate, st["loss_sum"] / st["samples"])
                 if self.step_hook is not None:
                     self.step_hook(self)
                 if s.checkpoint_every and st["step"] % s.checkpoint_every == 0:
@@ -347,7 +364,7 @@ class Trainer:
                 if dist.any_rank(self._stop_reason is not None):
                     self._stop()
         train_time = time.perf_counter() - started
-        self._end_epoch(log, samples_now * self.world / max(train_time, 1e-9), train_time)
+        self._end_epoch(samples_now * self.world / max(train_time, 1e-9), train_time)
 
     def _optimizer_step(self) -> None:
         s = self.settings
@@ -369,7 +386,7 @@ class Trainer:
         code = {"SIGINT": 130, "SIGTERM": 143}.get(reason, 1)
         raise TrainingInterrupted(f"interrupted ({reason}) at {where}; checkpoint saved; continue with: {resume}", code)
 
-    def _end_epoch(self, log: MetricsLog | None, samples_per_s: float, train_time: float) -> None:
+    def _end_epoch(self, samples_per_s: float, train_time: float) -> None:
         st = self.state
         train_loss = dist.mean_across_ranks(torch.tensor(st["loss_sum"] / max(st["samples"], 1))).item()
         row: dict[str, Any] = {"epoch": st["epoch"] + 1, "step": st["step"], "train_loss": train_loss}
@@ -385,8 +402,7 @@ class Trainer:
         self.history.append(row)
         self._track_best(row)
         self.save()
-        if log is not None:
-            log.write(self.history)
+        self._emit("on_epoch_end", row)
         if dist.is_main():
             console.print(format_epoch(row))
 
