@@ -280,3 +280,5 @@ def test_segmentation_masks_equal_the_cli_and_arrays_equal_their_file(nuclei_run
     with pytest.raises(BiomxError, match="gives no class probabilities per sample") as err:
         model.predict_proba(tiles)
     assert "\n" not in str(err.value)
+    _one_line_error(model, [np.zeros((8, 64, 64), np.float32)], r"shape \(8, 64, 64\) is not a 2D image")
+    _one_line_error(model, "CCO", "CCO: no such file or folder")
