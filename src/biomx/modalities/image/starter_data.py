@@ -1,7 +1,8 @@
 """The image datasets `biomx datasets` lists and exports (`--name NAME --export DIR`).
 
-- pneumoniamnist (embedded, `biomx.datasets`): written as PNG or DICOM files, folder per
-  class, with a CSV manifest (`export_images`).
+- pneumoniamnist (embedded, `biomx.datasets`): its held-out split (never trained on by the demo)
+  written as PNG or DICOM files, folder per class, with a CSV manifest and a README.txt
+  (`export_images`). Labels go only into the manifest and the folder names.
 - nuclei2d: a real fluorescence image with 125 hand-annotated nuclei (shipped in
   `biomx/datasets/nuclei_2d/`, see ATTRIBUTION.md there), cut into 2D TIFF tiles with binary
   masks in the Medical Segmentation Decathlon layout (`write_nuclei_dataset`); dataset.json is
@@ -16,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from biomx.datasets import DATA_DIR, get_dataset
+from biomx.datasets import DATA_DIR, EmbeddedDataset, get_dataset
 from biomx.datasets import DATASETS as EMBEDDED
 from biomx.engine.checkpoint import atomic_write_bytes
+from biomx.engine.logging import console
 from biomx.errors import ConfigError
 from biomx.modalities.common.msd_writer import (
     msd_files,
@@ -33,7 +35,7 @@ NUCLEI_MASK = DATA_DIR / "nuclei_2d" / "mask2d.tif"  # 512x512 uint16 instance i
 
 DATASETS: dict[str, str] = {
     **{d.name: f"{d.description}; classes: {', '.join(d.classes)}; source: {d.citation} "
-               f"(--name {d.name} --export DIR [--format png|dcm] [--limit N])"
+               f"(--name {d.name} --export DIR [--format png|dcm] [--limit N]; writes its held-out split)"
        for d in EMBEDDED.values() if d.modality == "image"},
     "nuclei2d": "real fluorescence nuclei image (125 hand-annotated nuclei, 2018 Data Science Bowl) "
     "as 16 TIFF tiles with masks, MSD layout (--name nuclei2d --export DIR)",
@@ -43,16 +45,29 @@ DATASETS: dict[str, str] = {
 def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None,
                    overwrite: bool = False) -> str:
     """Write dataset `name` under `out_dir`; the line to print. `format` (png or dcm, default png)
-    and `limit` apply to the embedded datasets. Refuses (ConfigError, nothing written) when a
-    file it would write exists, unless `overwrite`."""
+    and `limit` apply to the embedded datasets, which export their held-out split (`held_out_split`).
+    Refuses (ConfigError, nothing written) when a file it would write exists, unless `overwrite`."""
     if name == "nuclei2d":
         return written_line(name, write_nuclei_dataset(out_dir, overwrite=overwrite))
     manifest = export_images(name, out_dir, format or "png", limit, overwrite=overwrite)
     return f"wrote {name} images and {manifest}"
 
 
-def _write_dicom(path: Path, pixels, patient_id: str, label: str) -> None:
-    """A minimal valid DICOM secondary-capture file holding an 8-bit grey image."""
+def held_out_split(splits: list[str]) -> str:
+    """The split an export writes by default: `test` if the archive has one, else `val`. The demo
+    never trains on either (val only picks its best epoch), so a model tested on them is not
+    tested on its own training images."""
+    return "test" if "test" in splits else "val"
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, description: str) -> None:
+    """A minimal valid DICOM secondary-capture file holding an 8-bit grey image.
+
+    Neither the label nor a patient is written into it: the label lives only in the manifest
+    and the folder name (a header field carrying it leaks the answer to anything that reads
+    headers), and MedMNIST has no patient ids, so PatientID is left empty (type 2: present,
+    may be empty) rather than invented.
+    """
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -64,7 +79,9 @@ def _write_dicom(path: Path, pixels, patient_id: str, label: str) -> None:
     ds = pydicom.Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID, ds.StudyDescription = "CR", patient_id, label
+    ds.Modality, ds.ConversionType = "CR", "WSD"  # workstation: converted, not acquired
+    ds.PatientName, ds.PatientID, ds.PatientIdentityRemoved = "", "", "YES"
+    ds.ImageComments = description  # where the image comes from; never its label
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
@@ -72,52 +89,80 @@ def _write_dicom(path: Path, pixels, patient_id: str, label: str) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def _readme(dataset: EmbeddedDataset, split: str, count: int) -> str:
+    """README.txt of an export: what the files are, where the labels are, what patient_id is not."""
+    if split == "train":
+        use = "These are the images the demo trains on: a model trained on them and tested on them leaks."
+    else:
+        use = f"The demo never trains on the {split!r} split" + (" (it picks its best epoch on it)." if split == "val" else ".")
+    return (
+        f"{count} images of the {split!r} split of {dataset.name}: {dataset.description}.\n"
+        f"Source: {dataset.citation}.\n{use}\n\n"
+        "Labels are in manifest.csv (column label) and in the folder names, nowhere else: the image\n"
+        "files (PNG pixels, DICOM headers) carry no label.\n\n"
+        "MedMNIST publishes no patient ids. The patient_id column holds one placeholder per image\n"
+        "(img-<split>-<index>) so that the manifest has the column your own data needs; a split\n"
+        "grouped on it is a split per image and cannot keep one patient's images together. DICOM\n"
+        "files leave PatientID empty.\n"
+    )
+
+
 def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int | None = None,
-                  split: str = "train", *, overwrite: bool = False) -> Path:
-    """Write an embedded dataset as files, folder-per-class, plus a CSV manifest.
+                  split: str | None = None, *, overwrite: bool = False) -> Path:
+    """Write an embedded dataset's split as files, folder-per-class, plus a CSV manifest and a README.
 
     Handy to try the file doors (`source: folder` / `source: csv`) on real images.
 
     Args:
         name: embedded dataset name.
-        out_dir: destination; gets `<class>/<split>_<i>.<fmt>` and `manifest.csv`.
+        out_dir: destination; gets `<class>/<split>_<i>.<fmt>`, `manifest.csv` and `README.txt`.
         fmt: "png" or "dcm".
         limit: at most this many images (taken in order).
+        split: "train", "val" or "test" (if the archive has it); default the held-out split
+            (`held_out_split`). "train" prints a warning: the demo trains on those images.
         overwrite: replace files already there (else ConfigError naming the first, nothing written).
 
     Returns:
-        The manifest path (columns path, label, patient_id).
+        The manifest path (columns path, label, patient_id; see README.txt for patient_id).
+
+    Raises:
+        ConfigError: an unknown format or split, or a file the export would write exists.
     """
     import csv
 
-    import numpy as np
     from PIL import Image
 
     if fmt not in ("png", "dcm"):
         raise ConfigError(f"--format: expected png or dcm, got {fmt!r}")
     dataset = get_dataset(name)
     with np.load(dataset.path, allow_pickle=False) as arrays:
+        splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays.files]
+        split = split or held_out_split(splits)
+        if split not in splits:
+            raise ConfigError(f"split {split!r}: {name} has the splits {', '.join(splits)}")
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"][:, 0]
+    if split == "train":
+        console.print(f"warning: exporting the {split!r} split of {name}: these are the images the demo trains "
+                      "on; a model trained on them and tested on them leaks", markup=False)  # fmt: skip
     count = len(images) if limit is None else max(0, min(limit, len(images)))
     out = Path(out_dir)
-    manifest = out / "manifest.csv"
+    manifest, readme = out / "manifest.csv", out / "README.txt"
     paths = [out / dataset.classes[int(labels[i])] / f"{split}_{i:05d}.{fmt}" for i in range(count)]
-    refuse_existing([manifest, *paths], overwrite)
+    refuse_existing([manifest, readme, *paths], overwrite)
     out_folder(out)
     rows = []
     for i, path in enumerate(paths):
-        label = path.parent.name
         path.parent.mkdir(parents=True, exist_ok=True)
-        patient = f"P{i:05d}"  # MedMNIST has no patient ids: one image per pseudo-patient
         if fmt == "png":
             Image.fromarray(images[i]).save(path)
         else:
-            _write_dicom(path, images[i], patient, label)
-        rows.append((path.relative_to(out).as_posix(), label, patient))
+            _write_dicom(path, images[i], f"{dataset.name} {split} image {i} (MedMNIST; no patient ids)")
+        rows.append((path.relative_to(out).as_posix(), path.parent.name, f"img-{split}-{i:05d}"))
     with open(manifest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "patient_id"])
         writer.writerows(rows)
+    readme.write_text(_readme(dataset, split, count))
     return manifest
 
 
