@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -135,6 +136,21 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
     assert run.info.status == "FINISHED" and run.data.params == {"train.epochs": "3"}
     assert [m.step for m in client.get_metric_history(record["run_id"], "train_loss")] == [1, 2, 3]
     assert [a.path for a in client.list_artifacts(record["run_id"], "checkpoints")] == ["checkpoints/best.safetensors"]
+
+
+@needs_mlflow
+def test_a_store_that_goes_away_is_one_warning_and_training_goes_on(tmp_path, capsys):
+    logger = MLflowLogger(MlflowConfig(enabled=True), tmp_path, {}, "toy")
+
+    def lose_the_store(trainer: Trainer) -> None:
+        if trainer.state["step"] == 2:  # after the run was opened, before any epoch was logged
+            shutil.rmtree(tmp_path / "mlruns")
+
+    history = _toy_trainer(tmp_path, logger, lose_the_store).fit()
+    assert [row["epoch"] for row in history] == [1, 2, 3]  # all epochs trained and saved
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning: MLflow" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: MLflow: could not log epoch 1 to file:")
 
 
 def test_flat_params_are_dotted_keys_with_json_values():

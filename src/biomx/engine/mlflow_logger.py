@@ -16,18 +16,15 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from biomx.config import ExperimentConfig, MlflowConfig
 from biomx.engine import distributed as dist
 from biomx.engine.callbacks import Callback
 from biomx.engine.checkpoint import atomic_write_text
 from biomx.engine.logging import console
-from biomx.engine.trainer import TrainingInterrupted
+from biomx.engine.trainer import Trainer, TrainingInterrupted
 from biomx.errors import BiomxError
-
-if TYPE_CHECKING:
-    from biomx.engine.trainer import Trainer
 
 MAX_PARAM_CHARS = 500  # MLflow's limit on a param value in older servers (6000 in newer ones)
 BATCH = 100  # params or metrics per request: the MLflow REST limit for params
