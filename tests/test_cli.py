@@ -109,6 +109,39 @@ def test_datasets_lists_each_modality_and_exports_by_name(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_datasets_export_options_need_export_and_name_alone_lists_one(capsys):
+    """--format, --limit and --overwrite only say how to export: without --export they are one
+    error line (not silently ignored); --name alone lists that dataset, and an unknown one fails."""
+    for argv, flags in ([["--limit", "3"], "--limit"], [["--format", "png", "--overwrite"], "--format and --overwrite"]):
+        assert _fails(capsys, ["datasets", *argv]) == (
+            f"error: datasets {flags}: only with --export DIR (add --export DIR to write the dataset; "
+            "listing takes no such option)")
+    assert main(["datasets", "--name", "nuclei2d"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0] == "image:" and lines[1].startswith("  nuclei2d: ")
+    assert _fails(capsys, ["datasets", "--name", "nucle2d"]).startswith(
+        "error: datasets --name: unknown dataset 'nucle2d'; did you mean 'nuclei2d'?")
+
+
+def test_validate_lists_every_problem_and_missing_data_paths(tmp_path, capsys):
+    """One pass: the schema's problems and a data path that does not exist, one line each."""
+    cfg = _write_config(tmp_path / "exp.yaml", "{source: csv, path: nowhere.csv, image: {size: [28, 28]}}")
+    missing = f"error: data.path: {tmp_path / 'nowhere.csv'}: no such file or folder"
+    assert main(["validate", str(cfg)]) == 1
+    assert capsys.readouterr().err.splitlines() == [missing]
+    assert main(["validate", str(cfg), "--set", "train.epochs=0", "--set", "train.batch_size=0"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].strip() for line in err] == ["train.epochs", "train.batch_size", "data.path"]
+    assert err[-1] == missing
+    # the cross-section checks too, once the schema holds
+    assert main(["validate", str(cfg), "--set", "model.name=resnet19"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("error: model.name: unknown model 'resnet19'") and err[1] == missing
+    (tmp_path / "nowhere.csv").write_text("path,label\n")
+    assert main(["validate", str(cfg)]) == 0
+    assert capsys.readouterr().out.strip() == f"{cfg}: valid"
+
+
 def test_corrupt_image_fails_then_is_skipped_and_listed(tmp_path, capsys, png_folder):
     data = tmp_path / "data"
     shutil.copytree(png_folder, data)
@@ -175,7 +208,11 @@ def test_dicom_folder_end_to_end(tmp_path, capsys, dicom_folder):
 
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
-    assert capsys.readouterr().out.startswith(f"test (n={metrics['n']}): auroc {metrics['metrics']['auroc']['value']:.3f}")
+    printed = capsys.readouterr()
+    summary = [line for line in (printed.out + printed.err).splitlines() if line.startswith("test (n=")]
+    assert summary == [line for line in summary if line.startswith(
+        f"test (n={metrics['n']}): auroc {metrics['metrics']['auroc']['value']:.3f}")]  # fmt: skip
+    assert len(summary) == 1, printed  # once: evaluate_run prints it, the command does not again
 
     test_files = [row["id"] for row in split if row["split"] == "test"]
     out = tmp_path / "pred.csv"
