@@ -209,3 +209,31 @@ def test_nan_voxels_are_refused_or_zeroed_when_asked(lesions, tmp_path, monkeypa
     assert len(p.data.ids) == 8
     x, _ = p.datasets["train"].__getitems__(list(range(len(p.datasets["train"]))))
     assert bool(x.isfinite().all())
+
+
+def test_size_limits_apply_to_training_and_to_the_runs_predict(lesions, nuclei, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / "cache"))
+    cfg = _config(tmp_path, "big", f"modality: volume, path: {lesions}, volume: {{max_voxels: 1000}}",
+                  "{name: unet, args: {channels: [8, 16], strides: [2]}}", task=PATCH_3D)  # fmt: skip
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lesion_" in err[0] and "data.volume.max_voxels (1,000)" in err[0], err
+    cfg = _config(tmp_path, "tiles", f"modality: image, path: {nuclei}, image: {{max_pixels: 10000}}",
+                  "{name: unet, args: {channels: [8, 16], strides: [2]}}",
+                  task="{kind: segmentation, patch_size: [64, 64]}")  # fmt: skip
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "128 x 128 image (16,384 pixels), more than data.image.max_pixels" in err[0], err
+
+    cfg = _config(tmp_path, "ok", f"modality: image, path: {nuclei}, image: {{max_pixels: 20000}}",
+                  "{name: unet, args: {channels: [8, 16], strides: [2]}}",
+                  task="{kind: segmentation, patch_size: [64, 64]}")  # fmt: skip
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "runs" / "ok"
+    assert json.loads((run / "run.json").read_text())["preprocessing"]["limits"] == {"max_pixels": 20000}
+    big = tmp_path / "big.tif"
+    tifffile.imwrite(big, np.zeros((160, 160), np.uint16))  # 25,600 pixels: over the run's limit
+    capsys.readouterr()
+    assert main(["predict", str(run), str(big), "-o", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "big.tif" in err[0] and "data.image.max_pixels (20,000)" in err[0], err

@@ -223,9 +223,9 @@ class _KeptMasks:
     def collect_scans(self, inputs: list[str | Path]) -> list[Path]:
         return [Path(p) for p in inputs] if self._arrays is not None else self._modality.collect_scans(inputs)
 
-    def read_scan(self, path: str | Path, mask: bool = False, nan_policy: str = "raise") -> Any:
+    def read_scan(self, path: str | Path, mask: bool = False, nan_policy: str = "raise", **limits: int) -> Any:
         if self._arrays is None:
-            return self._modality.read_scan(path, mask=mask, nan_policy=nan_policy)
+            return self._modality.read_scan(path, mask=mask, nan_policy=nan_policy, **limits)
         return self._modality.scan_from_array(self._arrays[str(path)], str(path), nan_policy)
 
     def scan_reference(self, scan: Any) -> Any:

@@ -229,11 +229,18 @@ class SpatialModality(Modality, Protocol):
         `.spatial_dims`."""
         ...
 
-    def read_pair(self, image: Path, label: Path, nan_policy: str, tolerance_mm: float) -> tuple[Any, Any]:
-        """(image, mask) `biomx.data.cases.Scan`s, refused unless on the same grid."""
+    def read_limits(self, cfg: ExperimentConfig) -> dict[str, int]:
+        """The size limits its readers take as keywords (e.g. {"max_voxels": ...}), from the config;
+        recorded with the run's preprocessing so that predict reads with the run's own limits."""
         ...
 
-    def read_scan(self, path: str | Path, mask: bool = False, nan_policy: str = "raise") -> Any: ...
+    def read_pair(self, image: Path, label: Path, nan_policy: str, tolerance_mm: float,
+                  **limits: int) -> tuple[Any, Any]:
+        """(image, mask) `biomx.data.cases.Scan`s, refused unless on the same grid; a file whose
+        header declares more than `limits` allow is refused before it is read."""
+        ...
+
+    def read_scan(self, path: str | Path, mask: bool = False, nan_policy: str = "raise", **limits: int) -> Any: ...
 
     def scan_reference(self, scan: Any) -> Any:
         """A JSON-able record of the scan's geometry, all `write_mask` needs."""

@@ -49,17 +49,19 @@ class Scan:
     reference: Any = None  # the modality's record of the scan's geometry, for writing a mask back
 
 
-ReadPair = Callable[[Path, Path, str, float], tuple[Scan, Scan]]  # (image, mask, nan_policy, tolerance)
+ReadPair = Callable[..., tuple[Scan, Scan]]  # (image, mask, nan_policy, tolerance, **limits)
 
 
 # ---- 2. Preprocessing and its inverse -------------------------------------------------------------
 
 
 def settings_from(scan_cfg: Any, spatial_dims: int, channels: int | None = None,
-                  patch_size: list[int] | None = None, key: str = "data") -> dict[str, Any]:
+                  patch_size: list[int] | None = None, key: str = "data",
+                  limits: dict[str, int] | None = None) -> dict[str, Any]:
     """The preprocessing settings that define a cache entry and go into run.json.
 
-    `key` is where `scan_cfg` sits in the config (e.g. data.volume), for messages."""
+    `key` is where `scan_cfg` sits in the config (e.g. data.volume), for messages; `limits` are
+    the modality's reader size limits (`read_limits`), recorded so predict reads as training did."""
     patch = list(patch_size) if patch_size else None
     for name, value in (("task.patch_size", patch), (f"{key}.spacing", scan_cfg.spacing)):
         if value is not None and len(value) != spatial_dims:
@@ -70,7 +72,7 @@ def settings_from(scan_cfg: Any, spatial_dims: int, channels: int | None = None,
         "spatial_dims": spatial_dims, "spacing": scan_cfg.spacing, "intensity": scan_cfg.intensity,
         "ct_window": list(scan_cfg.ct_window), "nonzero": scan_cfg.nonzero,
         "crop_foreground": scan_cfg.crop_foreground, "patch_size": patch, "nan_policy": scan_cfg.nan_policy,
-        "channels": channels,
+        "channels": channels, "limits": dict(limits or {}),
     }  # fmt: skip
 
 
@@ -204,10 +206,13 @@ def prepare_case(case_id: str, image_path: Path, label_path: Path, settings: dic
     Raises:
         DataError: unreadable files, a mask off the image's grid, NaN voxels, too many channels.
     """
-    key = cache_key(PREPROCESS_VERSION, file_digest(image_path), file_digest(label_path), settings)
+    # A size limit only decides whether a file is read, never what it becomes: not part of the key.
+    defining = {name: value for name, value in settings.items() if name != "limits"}
+    key = cache_key(PREPROCESS_VERSION, file_digest(image_path), file_digest(label_path), defining)
     meta = store.get_meta(key)
     if meta is None or store.get(key) is None:
-        image, mask = read_pair(Path(image_path), Path(label_path), settings["nan_policy"], tolerance_mm)
+        image, mask = read_pair(Path(image_path), Path(label_path), settings["nan_policy"], tolerance_mm,
+                                **settings.get("limits", {}))  # fmt: skip
         if settings["channels"] is not None and len(image.array) != settings["channels"]:
             raise DataError(f"{image_path}: {len(image.array)} channel(s), expected {settings['channels']}")
         x, y, geometry = preprocess(image.array, image.spacing, settings, mask.array)

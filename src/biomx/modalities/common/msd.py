@@ -21,10 +21,15 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from PIL import Image
 
 from biomx.errors import DataError
-from biomx.modalities.common.planar import DECODE_ERRORS, read_pillow
+from biomx.modalities.common.planar import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_PIXELS,
+    check_pixels,
+    open_pillow,
+    read_pillow,
+)
 
 _PLANE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -260,7 +265,7 @@ def _check_unique(dataset: MsdDataset, where: Path) -> None:
 # ---- 2D files --------------------------------------------------------------------------------
 
 
-def read_plane(path: Path, *, mask: bool = False) -> np.ndarray:
+def read_plane(path: Path, *, mask: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a 2D image or mask file (TIFF, PNG, BMP, JPEG) with its values as stored.
 
     Unlike `image.read_image` (classification: scaled to [0, 1]), intensities are kept raw, so
@@ -269,6 +274,7 @@ def read_plane(path: Path, *, mask: bool = False) -> np.ndarray:
     Args:
         path: the file.
         mask: True for a label map: one integer class index per pixel.
+        max_pixels: a header declaring more pixels is refused before anything is decoded.
 
     Returns:
         image: float32 (C, H, W); mask: an integer array (H, W) (uint8, uint16, ...;
@@ -283,11 +289,11 @@ def read_plane(path: Path, *, mask: bool = False) -> np.ndarray:
         raise DataError(f"{path}: cannot read image: file not found")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array = _read_tiff_plane(path)
+            array = _read_tiff_plane(path, max_pixels)
         elif mask:
-            array = _read_pillow_mask(path)
+            array = _read_pillow_mask(path, max_pixels)
         else:
-            array = read_pillow(path)
+            array = read_pillow(path, max_pixels)
     except DECODE_ERRORS as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise DataError(f"{path}: cannot read image: {reason}") from e
@@ -296,10 +302,12 @@ def read_plane(path: Path, *, mask: bool = False) -> np.ndarray:
     return _as_mask(array, path)
 
 
-def _read_tiff_plane(path: Path) -> np.ndarray:
+def _read_tiff_plane(path: Path, max_pixels: int | None) -> np.ndarray:
     """(C, H, W) from the first image series of a TIFF; refuses stacks (a 3D volume as TIFF)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        extent = [n for n, axis in zip(series.shape, series.axes, strict=True) if axis not in "SC"]
+        check_pixels(path, extent[::-1], max_pixels)  # the header's extent, before decoding
         array, axes = series.asarray(), series.axes
     if axes == "YX":
         return array[None]
@@ -310,9 +318,9 @@ def _read_tiff_plane(path: Path) -> np.ndarray:
     raise DataError(f"{path}: TIFF holds {axes} {array.shape} (a stack?); expected one 2D image (YX, YXS or CYX)")
 
 
-def _read_pillow_mask(path: Path) -> np.ndarray:
+def _read_pillow_mask(path: Path, max_pixels: int | None) -> np.ndarray:
     """Pillow masks keep palette indices (mode P: VOC-style colour masks store class ids)."""
-    with Image.open(path) as img:
+    with open_pillow(path, max_pixels) as img:
         img.load()  # decode now, so a truncated file fails here
         array = np.asarray(img.convert("L") if img.mode == "1" else img)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

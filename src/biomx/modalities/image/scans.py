@@ -14,6 +14,7 @@ from biomx.data.cases import Scan
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.errors import DataError
 from biomx.modalities.common.msd import is_2d_file, read_msd, read_plane
+from biomx.modalities.common.planar import DEFAULT_MAX_PIXELS
 from biomx.modalities.common.scans import check_finite, check_same_shape, unique_stem
 
 pair_sources = ("msd",)  # sources of image/mask pairs
@@ -22,24 +23,28 @@ mask_suffix = ".tif"
 _SUFFIXES = (".tiff", ".tif", ".png", ".jpeg", ".jpg", ".bmp")
 
 
-def read_scan(path: str | Path, mask: bool = False, nan_policy: str = "raise") -> Scan:
+def read_scan(path: str | Path, mask: bool = False, nan_policy: str = "raise",
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     """A 2D image as (C, H, W) float32 with its raw values, or a mask as (H, W) integers.
 
     Raises:
-        DataError: not a 2D image file; unreadable; NaN pixels with nan_policy "raise".
+        DataError: not a 2D image file; unreadable; a header declaring more than `max_pixels`;
+            NaN pixels with nan_policy "raise".
     """
     path = Path(path)
     if not is_2d_file(path):
         raise DataError(f"{path}: not a 2D image file (TIFF, PNG, BMP, JPEG); this run segments 2D images")
-    array = read_plane(path, mask=mask)
+    array = read_plane(path, mask=mask, max_pixels=max_pixels)
     if not mask:
         array = check_finite(array, str(path), nan_policy, "data.image.scan.nan_policy")
     return Scan(array, (1.0, 1.0), str(path))
 
 
-def read_pair(image_path: Path, label_path: Path, nan_policy: str, tolerance_mm: float) -> tuple[Scan, Scan]:
+def read_pair(image_path: Path, label_path: Path, nan_policy: str, tolerance_mm: float,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Scan, Scan]:
     """An image and its mask, on the same pixel grid."""
-    image, mask = read_scan(image_path, nan_policy=nan_policy), read_scan(label_path, mask=True)
+    image = read_scan(image_path, nan_policy=nan_policy, max_pixels=max_pixels)
+    mask = read_scan(label_path, mask=True, max_pixels=max_pixels)
     check_same_shape(image, mask)
     return image, mask
 

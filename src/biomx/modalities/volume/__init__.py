@@ -37,9 +37,14 @@ def load(cfg: ExperimentConfig) -> Samples:
     return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
 
 
+def read_limits(cfg: ExperimentConfig) -> dict[str, int]:
+    """Scans whose header declares more voxels are refused before they are read."""
+    return {"max_voxels": cfg.data.volume.max_voxels}
+
+
 def scan_settings(cfg: ExperimentConfig) -> tuple[ScanConfig, str]:
     """How scans with masks (source msd) are read, and where that sits in the config."""
     return cfg.data.volume, "data.volume"
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset"]

@@ -42,7 +42,8 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
         fits = [n for n in modality_names() if getattr(get_modality(n), "spatial_dims", None) == dataset.spatial_dims]
         raise ConfigError(f"data.modality: {data.path} holds {dataset.spatial_dims}D images; use modality: "
                           f"{' or '.join(fits) or '(none registered)'}")  # fmt: skip
-    settings = settings_from(scan, dims, len(dataset.channels) or None, cfg.task.patch_size, scan_key)
+    settings = settings_from(scan, dims, len(dataset.channels) or None, cfg.task.patch_size, scan_key,
+                             modality.read_limits(cfg))  # fmt: skip
     store = case_store(scan)
     names = classes or dataset.classes
     labelled = [c for c in dataset.cases if c.label is not None]

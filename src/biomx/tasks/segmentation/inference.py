@@ -70,7 +70,7 @@ def evaluate_cases(task: SegmentationTask, run: TestRun) -> tuple[dict[str, Any]
         probs = probabilities(models, arrays["image"], preprocessing, task.out_dim, device, autocast)
         pred = probs.argmax(0).astype(np.uint8)
         del probs
-        truth = modality.read_scan(case.label_path, mask=True)
+        truth = modality.read_scan(case.label_path, mask=True, **preprocessing.get("limits", {}))
         restored = task.postprocess(restore(pred, case.geometry), truth.spacing)  # on the scan's grid
         results.append(case_metrics(restored, truth.array, truth.spacing, task.classes,
                                     cfg.task.surface_tolerance_mm, case.id))  # fmt: skip
@@ -107,7 +107,7 @@ def predict_masks(task: SegmentationTask, request: PredictRequest) -> dict[str, 
     failures, used = [], set()
     for path in modality.collect_scans(inputs):
         try:
-            scan = modality.read_scan(path, nan_policy=pre["nan_policy"])
+            scan = modality.read_scan(path, nan_policy=pre["nan_policy"], **pre.get("limits", {}))
             if len(scan.array) != pre["channels"]:
                 raise DataError(f"{path}: {len(scan.array)} channel(s), the model takes {pre['channels']}")
         except DataError as err:
