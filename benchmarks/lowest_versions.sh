@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Do the lower bounds in pyproject.toml hold? Installs the LOWEST version each dependency allows
+# (core and every extra; their own dependencies at the newest) into a throwaway venv under /tmp
+# and runs a subset of the tests that touches every dependency's API.
+#
+#   nice -n 19 benchmarks/lowest_versions.sh            # ~10 min; needs the package index
+#   KEEP=1 benchmarks/lowest_versions.sh                 # keep the venv (path printed) to dig in
+#
+# Not part of `make test`: it downloads ~1 GB and takes minutes. torch stays at TORCH_SPEC (the CPU
+# wheel pip finds locally); the lowest torch biomx allows (2.4) is not installed here.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python3.11}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+VENV=$(mktemp -d /tmp/biomx-lowest.XXXXXX)
+if [[ -z "${KEEP:-}" ]]; then trap 'rm -rf "$VENV"' EXIT; fi
+# What the tests need beyond biomx's own dependencies, at their lowest too (pyproject's dev extra).
+TEST_TOOLS=$(sed -n 's/^dev = \[.*"biomx\[all\]", *\(.*\)\].*/\1/p' "$ROOT/pyproject.toml" | tr -d '"' | tr ',' ' ')
+TESTS=(
+    tests/test_config.py tests/test_plugins.py tests/test_extras.py    # pydantic, pyyaml
+    tests/test_trainer.py tests/test_report.py                         # safetensors, rich, tensorboard, matplotlib
+    tests/test_image.py tests/test_gradcam.py                          # pillow, tifffile, pydicom, captum
+    tests/test_volume_io.py tests/test_sliding_window.py               # nibabel, pynrrd, pydicom series, monai
+    tests/test_segmentation_models.py                                  # monai nets (SwinUNETR), einops
+    tests/test_molecule_data.py tests/test_molecule_models.py          # rdkit, torch-geometric, scikit-learn
+    tests/test_sequence.py tests/test_sequence_explain.py              # pyfaidx, captum, scipy
+)
+
+echo "venv: $VENV"
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet uv "$TORCH_SPEC"
+# uv reads the dependencies (and the named extras) from pyproject.toml without installing biomx
+# itself; lowest-direct: each of them at the lowest version its bound allows. torch is held at the
+# build installed above (a constraint, and uv keeps an installed version that satisfies it).
+echo "$TORCH_SPEC" > "$VENV/constraints.txt"
+"$VENV/bin/uv" pip install --python "$VENV/bin/python" --native-tls --resolution lowest-direct \
+    --constraint "$VENV/constraints.txt" -r "$ROOT/pyproject.toml" \
+    --extra molecules --extra genomics $TEST_TOOLS
+echo "--- installed (the direct dependencies) ---"
+"$VENV/bin/python" - "$ROOT/pyproject.toml" <<'PY'
+import re, sys, tomllib
+from importlib.metadata import version
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+specs = project["dependencies"] + [s for k in ("molecules", "genomics") for s in project["optional-dependencies"][k]]
+for spec in specs:
+    name = re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]
+    print(f"{name:18} {version(name):12} (allowed: {spec})")
+PY
+cd "$ROOT"
+PYTHONPATH="$ROOT/src" PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+    -m "not slow" "${TESTS[@]}"
