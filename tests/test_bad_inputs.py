@@ -196,8 +196,8 @@ CASES: list[Case] = [
     command("export-images-manifest", ["datasets", "--export", "{tmp}/out", "--limit", "3"],
             "out/manifest.csv: already exists", lambda tmp: _exports(tmp, {"out/manifest.csv": "my,own\n"})),
     command("export-images-file", ["datasets", "--export", "{tmp}/out", "--limit", "3"],
-            "out/pneumonia/train_00000.png: already exists",
-            lambda tmp: _exports(tmp, {"out/pneumonia/train_00000.png": "mine", "out/notes.txt": "keep"})),
+            "out/pneumonia/val_00000.png: already exists",
+            lambda tmp: _exports(tmp, {"out/pneumonia/val_00000.png": "mine", "out/notes.txt": "keep"})),
     command("export-nuclei", ["datasets", "--name", "nuclei2d", "--export", "{tmp}/n"], "n/dataset.json: already exists",
             lambda tmp: _exports(tmp, {"n/dataset.json": "{}"})),  # fmt: skip
     command("export-lesions", ["datasets", "--name", "lesions3d", "--export", "{tmp}/v"],
