@@ -81,8 +81,9 @@ def _missing_data_path(raw: dict, config_file: Path) -> list[str]:
     source = data.get("source")
     if (config.sources and source not in config.sources) or source in config.local_sources:
         return []
-    # Relative to the config file's folder, as load_config resolves it (so from any cwd).
-    path = config_file.resolve().parent / Path(data["path"]).expanduser()
+    path = Path(data["path"]).expanduser()
+    if not path.is_absolute():  # relative to the config file's folder, as load_config resolves it
+        path = (config_file.resolve().parent / path).resolve()
     if os.path.exists(path):  # False as well for a path the OS refuses (e.g. a name too long)
         return []
     return [f"data.path: {shorten(str(path), 4 * MAX_SHOWN)}: no such file or folder"]
