@@ -34,8 +34,6 @@ def test_every_core_argument_has_help() -> None:
     assert list(_without_help(build_parser())) == []
 
 
-@pytest.mark.xfail(reason="modalities/sequence/commands.py: `variants RUN`, `ism RUN`, `ism -o` have no help "
-                   "(the modalities' file, not the CLI's)", strict=False)  # fmt: skip
 def test_every_modality_command_argument_has_help() -> None:
     core = set(_subcommands(build_parser()).choices)
     full = build_parser(plugin_commands=True)

@@ -24,7 +24,7 @@ def _cmd_ism(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("variants", help="DNA model: predicted effect of each variant in a VCF (or CSV)")
-    p.add_argument("run")
+    p.add_argument("run", help="a trained sequence run folder (runs/<name>)")
     p.add_argument("variants", help="VCF (.vcf/.vcf.gz) or CSV/TSV with chrom,pos,ref,alt[,id]")
     p.add_argument("--genome", required=True, help="genome FASTA (indexed with .fai, or indexed on the fly)")
     p.add_argument("-o", "--output", required=True, help="CSV to write")
@@ -32,9 +32,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_variants)
 
     p = sub.add_parser("ism", help="DNA model: in-silico mutagenesis heatmaps for sequences (FASTA/CSV)")
-    p.add_argument("run")
+    p.add_argument("run", help="a trained sequence run folder (runs/<name>)")
     p.add_argument("inputs", nargs="+", help="FASTA or CSV (sequence column) files")
-    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("-o", "--output-dir", required=True, help="folder for the heat maps (PNG) and effect tables (CSV), made if missing")
     p.add_argument("--class", dest="class_name", help="class to explain (default: positive)")
     p.add_argument("--limit", type=positive_int, default=20, help="at most this many sequences")
     p.set_defaults(func=_cmd_ism)
