@@ -20,7 +20,9 @@ TEST_TOOLS=$(sed -n 's/^dev = \[.*"biomx\[all\]", *\(.*\)\].*/\1/p' "$ROOT/pypro
 TESTS=(
     tests/test_config.py tests/test_plugins.py tests/test_extras.py    # pydantic, pyyaml
     tests/test_trainer.py tests/test_report.py                         # safetensors, rich, tensorboard, matplotlib
-    tests/test_image.py tests/test_gradcam.py                          # pillow, tifffile, pydicom, captum
+    tests/test_image.py tests/test_gradcam.py tests/test_dicom_voi.py  # pillow, tifffile, pydicom, captum
+    tests/test_classification.py tests/test_splits.py                  # scikit-learn, scipy
+    tests/test_segmentation_task.py                                    # monai losses, scipy.ndimage
     tests/test_volume_io.py tests/test_sliding_window.py               # nibabel, pynrrd, pydicom series, monai
     tests/test_segmentation_models.py                                  # monai nets (SwinUNETR), einops
     tests/test_molecule_data.py tests/test_molecule_models.py          # rdkit, torch-geometric, scikit-learn
