@@ -6,11 +6,23 @@ config can swap models without touching anything else.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Annotated
+
 from monai.networks.nets import DenseNet121, ResNet
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from torch import nn
 
 from biomx.errors import ConfigError
+from biomx.models.bounds import Between, InChannels, OutDim, Rate, SpatialDims
+
+# Each network's class-activation layers (module paths, deepest first; see registry.cam_layers):
+# the outputs of its last blocks, after their norms, activations and residual adds, where the
+# map is the evidence the head pools. A conv inside the last block (before its batch norm and
+# residual add) gave all-zero maps for trained ResNets.
+SMALL_CNN_CAM = ("last_stage",)
+RESNET_CAM = ("layer4", "layer3", "layer2", "layer1")
+DENSENET_CAM = ("class_layers.relu", "features.denseblock3", "features.denseblock2", "features.denseblock1")
 
 _RESNET_LAYOUTS = {
     18: (ResNetBlock, [2, 2, 2, 2]),
@@ -30,12 +42,12 @@ def _norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
 
 
 def small_cnn(
-    in_channels: int = 1,
-    out_dim: int = 2,
-    spatial_dims: int = 2,
-    width: int = 32,
-    depth: int = 3,
-    dropout: float = 0.1,
+    in_channels: InChannels = 1,
+    out_dim: OutDim = 2,
+    spatial_dims: SpatialDims = 2,
+    width: Annotated[int, Between(1, 256)] = 32,
+    depth: Annotated[int, Between(1, 6)] = 3,  # width doubles per stage: 256 * 2**5 channels at most
+    dropout: Rate = 0.1,
     norm: str = "batch",
 ) -> nn.Module:
     """A VGG-style CNN: `depth` stages of two 3x3 convs + pooling, then a linear head.
@@ -58,17 +70,22 @@ def small_cnn(
             channels = out
         if stage < depth - 1:  # keep the last stage's resolution for class-activation maps
             layers.append(pool(2))
+    # The last stage's activation is named (SMALL_CNN_CAM); the rest keep their positions as
+    # names, so the weights' keys are those of a plain nn.Sequential.
+    names = [str(i) for i in range(len(layers))]
+    names[-1] = SMALL_CNN_CAM[0]
     layers += [gap(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, out_dim)]
-    return nn.Sequential(*layers)
+    names += [str(i) for i in range(len(names), len(layers))]
+    return nn.Sequential(OrderedDict(zip(names, layers, strict=True)))
 
 
 def resnet(
     depth: int = 18,
-    in_channels: int = 1,
-    out_dim: int = 2,
-    spatial_dims: int = 2,
+    in_channels: InChannels = 1,
+    out_dim: OutDim = 2,
+    spatial_dims: SpatialDims = 2,
     stem: str = "imagenet",
-    widen_factor: float = 1.0,
+    widen_factor: Annotated[float, Between(0.125, 8.0)] = 1.0,
 ) -> nn.Module:
     """MONAI's ResNet (He et al. 2016) for 2D or 3D input.
 
@@ -97,23 +114,29 @@ def resnet(
     )
 
 
-def resnet18(in_channels: int = 1, out_dim: int = 2, spatial_dims: int = 2, stem: str = "imagenet") -> nn.Module:
+def resnet18(
+    in_channels: InChannels = 1, out_dim: OutDim = 2, spatial_dims: SpatialDims = 2, stem: str = "imagenet"
+) -> nn.Module:
     """ResNet-18 (11M parameters)."""
     return resnet(18, in_channels, out_dim, spatial_dims, stem)
 
 
-def resnet34(in_channels: int = 1, out_dim: int = 2, spatial_dims: int = 2, stem: str = "imagenet") -> nn.Module:
+def resnet34(
+    in_channels: InChannels = 1, out_dim: OutDim = 2, spatial_dims: SpatialDims = 2, stem: str = "imagenet"
+) -> nn.Module:
     """ResNet-34 (21M parameters)."""
     return resnet(34, in_channels, out_dim, spatial_dims, stem)
 
 
-def resnet50(in_channels: int = 1, out_dim: int = 2, spatial_dims: int = 2, stem: str = "imagenet") -> nn.Module:
+def resnet50(
+    in_channels: InChannels = 1, out_dim: OutDim = 2, spatial_dims: SpatialDims = 2, stem: str = "imagenet"
+) -> nn.Module:
     """ResNet-50 (bottleneck blocks, 23M parameters)."""
     return resnet(50, in_channels, out_dim, spatial_dims, stem)
 
 
 def densenet121(
-    in_channels: int = 1, out_dim: int = 2, spatial_dims: int = 2, dropout: float = 0.0
+    in_channels: InChannels = 1, out_dim: OutDim = 2, spatial_dims: SpatialDims = 2, dropout: Rate = 0.0
 ) -> nn.Module:
     """MONAI's DenseNet-121 (Huang et al. 2017), the CheXNet backbone."""
     return DenseNet121(

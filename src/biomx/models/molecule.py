@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from biomx.models.bounds import Between, Blocks, OutDim, Rate, Units
+
+# Atom, bond and molecule-level feature sizes (set from the featuriser; 0 = none)
+Features = Annotated[int, Between(0, 1_000_000)]
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -180,16 +185,16 @@ class DMPNN(nn.Module):
 
 
 def dmpnn(
-    atom_dim: int = 0,
-    bond_dim: int = 0,
-    feature_dim: int = 0,
-    out_dim: int = 1,
-    hidden: int = 300,
-    depth: int = 3,
-    dropout: float = 0.0,
+    atom_dim: Features = 0,
+    bond_dim: Features = 0,
+    feature_dim: Features = 0,
+    out_dim: OutDim = 1,
+    hidden: Units = 300,
+    depth: Blocks = 3,
+    dropout: Rate = 0.0,
     aggregation: str = "mean",
-    ffn_hidden: int = 300,
-    ffn_layers: int = 2,
+    ffn_hidden: Units = 300,
+    ffn_layers: Blocks = 2,
     bias: bool = False,
 ) -> nn.Module:
     """chemprop's D-MPNN (see `DMPNN`); defaults are chemprop v1's (hidden 300, depth 3, mean
@@ -261,18 +266,18 @@ class GINE(nn.Module):
 
 
 def gin(
-    atom_dim: int = 0,
-    bond_dim: int = 0,
-    feature_dim: int = 0,
-    out_dim: int = 1,
-    hidden: int = 300,
-    layers: int = 5,
-    dropout: float = 0.1,
+    atom_dim: Features = 0,
+    bond_dim: Features = 0,
+    feature_dim: Features = 0,
+    out_dim: OutDim = 1,
+    hidden: Units = 300,
+    layers: Blocks = 5,
+    dropout: Rate = 0.1,
     pooling: str = "sum",
     norm: str = "batch",
     train_eps: bool = False,
-    ffn_hidden: int = 300,
-    ffn_layers: int = 2,
+    ffn_hidden: Units = 300,
+    ffn_layers: Blocks = 2,
 ) -> nn.Module:
     """GIN with bond features (see `GINE`): 5 layers of 300, batch norm, sum pooling.
 
@@ -357,16 +362,16 @@ class AttentiveFP(nn.Module):
 
 
 def attentive_fp(
-    atom_dim: int = 0,
-    bond_dim: int = 0,
-    feature_dim: int = 0,
-    out_dim: int = 1,
-    hidden: int = 200,
-    num_layers: int = 2,
-    num_timesteps: int = 2,
-    dropout: float = 0.1,
-    ffn_hidden: int = 200,
-    ffn_layers: int = 2,
+    atom_dim: Features = 0,
+    bond_dim: Features = 0,
+    feature_dim: Features = 0,
+    out_dim: OutDim = 1,
+    hidden: Units = 200,
+    num_layers: Blocks = 2,
+    num_timesteps: Blocks = 2,
+    dropout: Rate = 0.1,
+    ffn_hidden: Units = 200,
+    ffn_layers: Blocks = 2,
 ) -> nn.Module:
     """AttentiveFP (see `AttentiveFP`): hidden 200, 2 atom layers, 2 molecule timesteps."""
     return AttentiveFP(atom_dim, bond_dim, feature_dim, out_dim, hidden, num_layers, num_timesteps,
@@ -403,12 +408,12 @@ class FingerprintMLP(nn.Module):
 
 
 def fingerprint_mlp(
-    atom_dim: int = 0,
-    bond_dim: int = 0,
-    feature_dim: int = 0,
-    out_dim: int = 1,
-    hidden_sizes: Sequence[int] = (1024, 256),
-    dropout: float = 0.2,
+    atom_dim: Features = 0,
+    bond_dim: Features = 0,
+    feature_dim: Features = 0,
+    out_dim: OutDim = 1,
+    hidden_sizes: Annotated[Sequence[int], Between(1, 65_536)] = (1024, 256),
+    dropout: Rate = 0.2,
     norm: str = "batch",
 ) -> nn.Module:
     """MLP on fingerprints / descriptors (see `FingerprintMLP`); atom_dim and bond_dim are

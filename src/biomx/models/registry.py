@@ -2,7 +2,9 @@
 
 Configs name a model; only names registered here can be built (no dotted-path imports,
 no code from a config). Arguments are checked against the builder's signature before
-anything is built, so a typo names the bad key and the closest valid one.
+anything is built, so a typo names the bad key and the closest valid one, and against the ranges
+the builder's signature declares (`biomx.models.bounds`), so width: 10**9 is one line, not an
+out-of-memory crash.
 
 Each model declares the modalities (`data.modality`) and tasks (`task.kind`) it serves, as
 plain names; `check_model_fits` refuses a config that pairs it with anything else, in one line
@@ -21,6 +23,7 @@ from torch import nn
 
 from biomx.errors import ConfigError
 from biomx.models import image2d, molecule, segmentation, sequence
+from biomx.models.bounds import check_bounds
 
 
 def builder_defaults(in_channels: int) -> dict[str, int]:
@@ -42,6 +45,10 @@ class ModelEntry:
     tasks: tuple[str, ...] = ()  # the task.kind values it serves; () = every one
     # the input sizes `biomx models` builds it with to count parameters, from --in-channels
     listing_inputs: Callable[[int], dict[str, int]] = builder_defaults
+    # Where explanations read the network (class-activation maps): the outputs of its last
+    # blocks as module paths for `model.get_submodule`, deepest first; an earlier one is used
+    # when an input leaves the deepest without a spatial map. () = the last convolution.
+    cam_layers: tuple[str, ...] = ()
 
     def serves(self, modality: str | None = None, task: str | None = None) -> bool:
         """Whether the model fits `modality` data and a `task` task (None: any)."""
@@ -61,6 +68,7 @@ def register(
     modalities: Iterable[str] = (),
     tasks: Iterable[str] = (),
     listing_inputs: Callable[[int], dict[str, int]] = builder_defaults,
+    cam_layers: Iterable[str] = (),
 ) -> None:
     """Add a model builder to the zoo under `name` (e.g. from a plug-in module).
 
@@ -70,11 +78,16 @@ def register(
         tasks: the `task.kind` names it serves; none given = every task.
         listing_inputs: maps `biomx models --in-channels` to the input arguments the listing
             builds it with (default: the builder's own defaults).
+        cam_layers: module paths of the outputs of its last blocks, deepest first (e.g.
+            ("layer4", "layer3") for a ResNet), for class-activation maps; none given = the last
+            convolution, which in a network with residual adds or a final norm can miss the
+            evidence (all-zero maps).
     """
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     served = tuple(modalities) or ((modality,) if modality else ())
-    _REGISTRY[name] = ModelEntry(name, builder, description, served, tuple(tasks), listing_inputs)
+    _REGISTRY[name] = ModelEntry(name, builder, description, served, tuple(tasks), listing_inputs,
+                                 tuple(cam_layers))  # fmt: skip
 
 
 def unregister(name: str) -> None:
@@ -92,15 +105,15 @@ PREDICTS = ("classification", "regression")
 
 
 def _register_zoo() -> None:
-    for name, builder, description in [
-        ("small_cnn", image2d.small_cnn, "VGG-style CNN, fast on CPU (the demo model)"),
-        ("resnet18", image2d.resnet18, "ResNet-18 (MONAI)"),
-        ("resnet34", image2d.resnet34, "ResNet-34 (MONAI)"),
-        ("resnet50", image2d.resnet50, "ResNet-50, bottleneck blocks (MONAI)"),
-        ("densenet121", image2d.densenet121, "DenseNet-121 (MONAI), CheXNet backbone"),
+    for name, builder, description, cam_layers in [
+        ("small_cnn", image2d.small_cnn, "VGG-style CNN, fast on CPU (the demo model)", image2d.SMALL_CNN_CAM),
+        ("resnet18", image2d.resnet18, "ResNet-18 (MONAI)", image2d.RESNET_CAM),
+        ("resnet34", image2d.resnet34, "ResNet-34 (MONAI)", image2d.RESNET_CAM),
+        ("resnet50", image2d.resnet50, "ResNet-50, bottleneck blocks (MONAI)", image2d.RESNET_CAM),
+        ("densenet121", image2d.densenet121, "DenseNet-121 (MONAI), CheXNet backbone", image2d.DENSENET_CAM),
     ]:
         register(name, builder, description=description, modalities=PIXELS, tasks=PREDICTS,
-                 listing_inputs=given_in_channels)  # fmt: skip
+                 listing_inputs=given_in_channels, cam_layers=cam_layers)  # fmt: skip
     for name, builder, description in [
         ("deepsea", sequence.deepsea, "DeepSEA, 3-layer DNA CNN (Zhou 2015)"),
         ("basset", sequence.basset, "Basset, DNA CNN with batch norm (Kelley 2016)"),
@@ -152,14 +165,17 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def check_model_args(name: str, args: dict[str, Any]) -> None:
-    """Raise ConfigError if `args` has a key the builder does not take."""
-    params = inspect.signature(get_entry(name).builder).parameters
+    """Raise ConfigError (one line) if `args` has a key the builder does not take, or a value
+    outside the range its signature declares (`biomx.models.bounds`), before anything is built."""
+    builder = get_entry(name).builder
+    params = inspect.signature(builder).parameters
     for key in args:
         if key not in params:
             raise ConfigError(
                 f"model.args.{key}: {name} has no argument {key!r}{suggest(key, list(params))}; "
                 f"allowed: {', '.join(params)}"
             )
+    check_bounds(name, builder, args)
 
 
 def build_model(name: str, **args: Any) -> nn.Module:
@@ -230,7 +246,9 @@ def list_models(
     rows = []
     for name in models_for(modality, task):
         entry = _REGISTRY[name]
-        model = entry.builder(**entry.listing_inputs(in_channels), out_dim=out_dim)
+        inputs = {**entry.listing_inputs(in_channels), "out_dim": out_dim}
+        check_bounds(name, entry.builder, inputs)  # e.g. --in-channels 0
+        model = entry.builder(**inputs)
         rows.append({
             "name": name,
             "modalities": entry.modalities,

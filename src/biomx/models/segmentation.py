@@ -13,12 +13,13 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from monai.networks.nets import SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from biomx.errors import ConfigError
+from biomx.models.bounds import Between, InChannels, OutDim, Rate, SpatialDims
 
 
 def _check_dims(spatial_dims: int) -> None:
@@ -51,14 +52,14 @@ def _rate(key: str, value: Any) -> float:
 
 
 def unet(
-    in_channels: int = 1,
-    out_dim: int = 2,
-    spatial_dims: int = 3,
-    channels: Sequence[int] = (16, 32, 64, 128, 256),
-    strides: Sequence[int] = (2, 2, 2, 2),
-    num_res_units: int = 2,
+    in_channels: InChannels = 1,
+    out_dim: OutDim = 2,
+    spatial_dims: SpatialDims = 3,
+    channels: Annotated[Sequence[int], Between(1, 4096)] = (16, 32, 64, 128, 256),
+    strides: Annotated[Sequence[int], Between(1, 8)] = (2, 2, 2, 2),
+    num_res_units: Annotated[int, Between(0, 16)] = 2,
     norm: str = "instance",
-    dropout: float = 0.0,
+    dropout: Rate = 0.0,
 ) -> nn.Module:
     """MONAI's residual UNet (Kerfoot et al. 2018), the usual first baseline.
 
@@ -90,13 +91,13 @@ def unet(
 
 
 def segresnet(
-    in_channels: int = 1,
-    out_dim: int = 2,
-    spatial_dims: int = 3,
-    init_filters: int = 16,
-    blocks_down: Sequence[int] = (1, 2, 2, 4),
-    blocks_up: Sequence[int] = (1, 1, 1),
-    dropout: float = 0.0,
+    in_channels: InChannels = 1,
+    out_dim: OutDim = 2,
+    spatial_dims: SpatialDims = 3,
+    init_filters: Annotated[int, Between(8, 512)] = 16,
+    blocks_down: Annotated[Sequence[int], Between(1, 64)] = (1, 2, 2, 4),
+    blocks_up: Annotated[Sequence[int], Between(1, 64)] = (1, 1, 1),
+    dropout: Rate = 0.0,
 ) -> nn.Module:
     """MONAI's SegResNet (Myronenko 2018, BraTS winner), without the VAE branch.
 
@@ -128,14 +129,14 @@ def segresnet(
 
 
 def swin_unetr(
-    in_channels: int = 1,
-    out_dim: int = 2,
-    spatial_dims: int = 3,
-    feature_size: int = 24,
-    depths: Sequence[int] = (2, 2, 2, 2),
-    num_heads: Sequence[int] = (3, 6, 12, 24),
-    window_size: int = 7,
-    dropout: float = 0.0,
+    in_channels: InChannels = 1,
+    out_dim: OutDim = 2,
+    spatial_dims: SpatialDims = 3,
+    feature_size: Annotated[int, Between(12, 768)] = 24,
+    depths: Annotated[Sequence[int], Between(1, 64)] = (2, 2, 2, 2),
+    num_heads: Annotated[Sequence[int], Between(1, 256)] = (3, 6, 12, 24),
+    window_size: Annotated[int, Between(1, 64)] = 7,
+    dropout: Rate = 0.0,
     use_checkpoint: bool = False,
 ) -> nn.Module:
     """MONAI's SwinUNETR (Hatamizadeh et al. 2022): a Swin transformer encoder, a CNN decoder.

@@ -18,10 +18,14 @@ three models give the same output for a sequence whether or not it is padded. Th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from biomx.models.bounds import Between, Blocks, InChannels, OutDim, Rate, Units
 
 
 def _length_mask(x: Tensor) -> Tensor:
@@ -64,11 +68,11 @@ def _masked_mean(h: Tensor, mask: Tensor) -> Tensor:
 
 
 def deepsea(
-    in_channels: int = 4,
-    out_dim: int = 1,
-    length: int = 200,
-    width: int = 320,
-    dropout: float = 0.2,
+    in_channels: InChannels = 4,
+    out_dim: OutDim = 1,
+    length: Annotated[int, Between(16, 10_000)] = 200,  # the dense layer grows with it
+    width: Annotated[int, Between(1, 1024)] = 320,
+    dropout: Rate = 0.2,
 ) -> nn.Module:
     """DeepSEA (Zhou & Troyanskaya 2015, Nature Methods 12:931): chromatin effects of variants.
 
@@ -118,7 +122,7 @@ def deepsea(
     )
 
 
-def basset(in_channels: int = 4, out_dim: int = 1, dropout: float = 0.3) -> nn.Module:
+def basset(in_channels: InChannels = 4, out_dim: OutDim = 1, dropout: Rate = 0.3) -> nn.Module:
     """Basset (Kelley, Snoek & Rinn 2016, Genome Research 26:990): chromatin accessibility.
 
     conv 300x19 -> BN -> ReLU -> max-pool 3; conv 200x11 -> BN -> ReLU -> max-pool 4;
@@ -192,11 +196,11 @@ class DanQ(nn.Module):
 
 
 def danq(
-    in_channels: int = 4,
-    out_dim: int = 1,
-    filters: int = 320,
-    hidden: int = 320,
-    dropout: float = 0.2,
+    in_channels: InChannels = 4,
+    out_dim: OutDim = 1,
+    filters: Units = 320,
+    hidden: Units = 320,
+    dropout: Rate = 0.2,
 ) -> nn.Module:
     """DanQ: conv + max-pool + BiLSTM + dense (see `DanQ`)."""
     return DanQ(in_channels, out_dim, filters, hidden, dropout)
@@ -266,14 +270,14 @@ class SequenceTransformer(nn.Module):
 
 
 def sequence_transformer(
-    in_channels: int = 4,
-    out_dim: int = 1,
-    dim: int = 128,
-    depth: int = 4,
-    heads: int = 4,
-    patch: int = 4,
-    dropout: float = 0.1,
-    max_length: int = 4096,
+    in_channels: InChannels = 4,
+    out_dim: OutDim = 1,
+    dim: Units = 128,
+    depth: Blocks = 4,
+    heads: Annotated[int, Between(1, 256)] = 4,
+    patch: Annotated[int, Between(1, 1024)] = 4,
+    dropout: Rate = 0.1,
+    max_length: Annotated[int, Between(1, 1_000_000)] = 4096,
 ) -> nn.Module:
     """A small pre-norm transformer encoder over `patch`-position tokens (see
     `SequenceTransformer`). Inputs of any length up to `max_length` positions."""
@@ -310,11 +314,11 @@ class ProteinCNN(nn.Module):
 
 
 def protein_cnn(
-    in_channels: int = 20,
-    out_dim: int = 1,
-    width: int = 128,
-    kernels: tuple[int, ...] = (3, 5, 9),
-    dropout: float = 0.2,
+    in_channels: InChannels = 20,
+    out_dim: OutDim = 1,
+    width: Units = 128,
+    kernels: Annotated[Sequence[int], Between(1, 1024)] = (3, 5, 9),
+    dropout: Rate = 0.2,
 ) -> nn.Module:
     """Multi-kernel CNN with masked global max pooling for proteins (see `ProteinCNN`)."""
     return ProteinCNN(in_channels, out_dim, width, tuple(kernels), dropout)
@@ -359,11 +363,11 @@ class ProteinLSTM(nn.Module):
 
 
 def protein_lstm(
-    in_channels: int = 20,
-    out_dim: int = 1,
-    hidden: int = 128,
-    layers: int = 1,
-    dropout: float = 0.2,
+    in_channels: InChannels = 20,
+    out_dim: OutDim = 1,
+    hidden: Units = 128,
+    layers: Blocks = 1,
+    dropout: Rate = 0.2,
 ) -> nn.Module:
     """BiLSTM with masked mean + max pooling for proteins (see `ProteinLSTM`)."""
     if layers < 1:

@@ -6,12 +6,22 @@ the regions that push the target logit up. We use Captum's `LayerGradCam` for th
 and only add the plumbing around it: picking the layer, resolving targets, upsampling to
 the input size, normalising each map to [0, 1] and leaving the model as we found it.
 
-Binary models with a single output logit: Grad-CAM explains the positive-class logit
-(target 0), i.e. "what makes the model say positive". The negative class has no logit of
-its own to explain.
+The layer is the output of the network's last block (a zoo entry's `cam_layers`, e.g. a
+ResNet's `layer4`): it feeds global pooling and the linear head, so its map is the
+class-activation map itself, never all zero while the explained logit exceeds its bias. The
+last convolution (`find_last_conv`) is only a fallback for models that declare nothing: in a
+ResNet it sits before the batch norm and the residual add, and a trained ResNet-18 gave
+all-zero maps there for every confident positive.
+
+Binary models with a single output logit: target 0 with sign +1 explains the positive class;
+sign -1 (the negated logit) explains the negative class.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -20,8 +30,16 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from biomx.errors import BiomxError
+from biomx.explain import eval_mode
 
 _CONV_TYPES = (nn.Conv2d, nn.Conv3d)
+# How many cells along every axis (or the input's size, if smaller) a layer's map needs. The last
+# block's output feeds global pooling and the linear head, so its map is the class-activation map
+# itself, never blank where the explained logit has evidence: it is used whenever it is a map at
+# all (MIN_LAST_BLOCK_CELLS). Below that (a ResNet's layer4 is 1^3 for a 28^3 volume with the
+# stride-2 stem: one number), the deepest earlier layer with MIN_CAM_CELLS is used.
+MIN_LAST_BLOCK_CELLS = 2
+MIN_CAM_CELLS = 4
 
 
 def find_last_conv(model: nn.Module) -> nn.Module:
@@ -46,6 +64,72 @@ def find_last_conv(model: nn.Module) -> nn.Module:
     if last is None:
         raise BiomxError("model has no convolution layer; Grad-CAM needs a CNN")
     return last
+
+
+def _module_path(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise BiomxError(f"Grad-CAM layer {path!r} is not a module of the model; declare the path of "
+                         "its last block's output (see model.named_modules())") from None  # fmt: skip
+
+
+def _output_sizes(model: nn.Module, modules: list[nn.Module], x: Tensor) -> dict[nn.Module, tuple[int, ...]]:
+    """The spatial size of each module's output for one input of `x` (eval mode, no gradients)."""
+    sizes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def record(module: nn.Module, _: Any, out: Any) -> None:  # returns None: the output is kept
+        if isinstance(out, Tensor):
+            sizes[module] = tuple(out.shape[2:])
+
+    hooks = [m.register_forward_hook(record) for m in modules]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
+def cam_layer(model: nn.Module, x: Tensor, declared: Sequence[str] = ()) -> nn.Module:
+    """The layer to explain for inputs shaped like `x`.
+
+    Args:
+        model: the network (eval/training flags are restored).
+        x: a batch of its inputs; one of them is run to measure each candidate's map.
+        declared: module paths inside the model (for `get_submodule`), deepest first: the
+            outputs of its last blocks (a zoo entry's `cam_layers`). The first is used if its
+            map keeps `MIN_LAST_BLOCK_CELLS` cells along every axis; else the first of the rest
+            that keeps `MIN_CAM_CELLS`; else the last listed.
+
+    Without declared paths (a user's model): the last convolution that keeps `MIN_CAM_CELLS`,
+    else `find_last_conv(model)`.
+
+    Raises:
+        BiomxError: a declared path names no module, or the model has no convolution.
+    """
+    if declared:
+        candidates = [_module_path(model, path) for path in declared]
+    else:
+        candidates = [m for m in model.modules() if isinstance(m, _CONV_TYPES)][::-1]
+    sizes = _output_sizes(model, candidates, x)
+
+    def keeps(module: nn.Module, cells: int) -> bool:
+        wanted = [min(cells, n) for n in x.shape[2:]]
+        return module in sizes and all(s >= w for s, w in zip(sizes[module], wanted, strict=False))
+
+    if declared and keeps(candidates[0], MIN_LAST_BLOCK_CELLS):
+        return candidates[0]
+    fine = [module for module in candidates if keeps(module, MIN_CAM_CELLS)]
+    if fine:
+        return fine[0]
+    return candidates[-1] if declared else find_last_conv(model)
+
+
+def module_name(model: nn.Module, layer: nn.Module) -> str:
+    """The path of `layer` inside `model` (as `get_submodule` takes it), or its class name."""
+    return next((name for name, m in model.named_modules() if m is layer), type(layer).__name__)
 
 
 def _resolve_targets(logits: Tensor, targets: Tensor | int | None) -> Tensor:
@@ -95,6 +179,7 @@ def gradcam(
     targets: Tensor | int | None = None,
     *,
     layer: nn.Module | None = None,
+    signs: Tensor | None = None,
 ) -> Tensor:
     """Compute Grad-CAM heatmaps, one per image, at the input resolution.
 
@@ -109,7 +194,9 @@ def gradcam(
         targets: class index per image (tensor of shape (B,)), one int for all images, or
             None for the predicted class. For a single-logit (binary) model the only
             target is 0, the positive-class logit, which is also what None explains.
-        layer: the convolution layer to explain; defaults to `find_last_conv(model)`.
+        layer: the layer to explain (see `cam_layer`); defaults to `find_last_conv(model)`.
+        signs: +1 or -1 per image, multiplying its target logit: -1 explains the evidence
+            against it (the negative class of a single-logit binary model). None: all +1.
 
     Returns:
         A float tensor of shape (B, H, W) (or (B, D, H, W) for 3D inputs) on the images'
@@ -141,7 +228,16 @@ def gradcam(
                     f"{tuple(logits.shape)} for {images.shape[0]} images"
                 )
             target = _resolve_targets(logits, targets)
-            cam = LayerGradCam(model, layer).attribute(
+            forward = model
+            if signs is not None:
+                factor = torch.as_tensor(signs, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+                if factor.shape[0] != logits.shape[0]:
+                    raise BiomxError(f"got {factor.shape[0]} Grad-CAM signs for {logits.shape[0]} images")
+
+                def forward(batch: Tensor) -> Tensor:
+                    return model(batch) * factor
+
+            cam = LayerGradCam(forward, layer).attribute(
                 inputs, target=target, relu_attributions=True
             )
             mode = "bilinear" if images.dim() == 4 else "trilinear"
@@ -190,12 +286,127 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     return np.round(blended * 255.0).astype(np.uint8)
 
 
-def gallery_section(examples: list[dict]) -> list[dict]:
+# ---------------------------------------------------------------------------------- the report gallery
+
+
+@dataclass(frozen=True)
+class GalleryPlan:
+    """Which test rows the gallery explains, which output each map explains, and why."""
+
+    rows: list[int]  # positions in the test split, in display order
+    outputs: Tensor  # (len(rows),) the output column each map explains
+    signs: Tensor  # (len(rows),) +1, or -1 where the map explains the negated logit
+    predicted: np.ndarray  # the task's predicted labels of those rows (for the captions)
+    chosen: str  # how the rows were chosen and what each map explains, for the report text
+
+
+def _single_labels(task: Any, preds: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, list] | None:
+    """(index into the class views of each row's predicted class, the views), where each row
+    predicts one class that has a view; None otherwise (regression, multilabel)."""
+    views = task.class_views(preds, targets)
+    predicted = np.asarray(task.attribution_target(preds)[0])
+    classes = list(getattr(task, "classes", None) or [])
+    if not views or predicted.ndim != 1 or not np.issubdtype(predicted.dtype, np.integer):
+        return None
+    names = [view[0] for view in views]
+    if not classes or not all(0 <= k < len(classes) and classes[k] in names for k in predicted.tolist()):
+        return None
+    return np.array([names.index(classes[k]) for k in predicted.tolist()], dtype=np.int64), views
+
+
+def _by_predicted_class(task: Any, preds: np.ndarray, targets: np.ndarray, n: int) -> GalleryPlan | None:
+    """Each predicted class's most confident correct and most confident wrong predictions,
+    alternating, classes taken in turn until n rows; every map explains the predicted class."""
+    found = _single_labels(task, preds, targets)
+    if found is None:
+        return None
+    view_of, views = found
+    labelled = np.isfinite(np.asarray(targets, dtype=np.float64).reshape(len(preds), -1)).all(axis=1)
+    queues, picked = [], []
+    for j, (_, _, _, prob, is_class) in enumerate(views):
+        prob, is_class = np.asarray(prob).reshape(-1), np.asarray(is_class).reshape(-1)
+        mine = labelled & (view_of == j)
+        ranked = [rows[np.argsort(-prob[rows], kind="stable")].tolist()
+                  for rows in (np.flatnonzero(mine & is_class), np.flatnonzero(mine & ~is_class))]  # fmt: skip
+        correct, wrong = ([(row, ok) for row in rows] for rows, ok in zip(ranked, (True, False), strict=True))
+        queue = [pick for pair in zip(correct, wrong, strict=False) for pick in pair]
+        queues.append(queue + correct[len(wrong):] + wrong[len(correct):])  # alternate, then the rest
+        picked.append({True: [], False: []})
+    taken = 0
+    while taken < n and any(queues):
+        for j, queue in enumerate(queues):
+            if queue and taken < n:
+                row, correct = queue.pop(0)
+                picked[j][correct].append(row)
+                taken += 1
+    rows = [row for groups in picked for row in groups[True] + groups[False]]
+    counts = "; ".join(f"predicted {views[j][0]}: {len(g[True])} correct, {len(g[False])} wrong"
+                       for j, g in enumerate(picked) if g[True] or g[False])  # fmt: skip
+    chosen_views = [views[view_of[row]] for row in rows]
+    return GalleryPlan(
+        rows,
+        torch.tensor([int(view[1]) for view in chosen_views], dtype=torch.long),
+        torch.tensor([float(view[2]) for view in chosen_views]),
+        np.asarray(task.attribution_target(preds[rows])[0]) if rows else np.array([]),
+        f"The {len(rows)} test images are the most confident correct and the most confident wrong "
+        f"predictions of each predicted class, in turn ({counts}); each map explains the "
+        "predicted class.",
+    )
+
+
+def plan_gallery(task: Any, preds: np.ndarray, targets: np.ndarray, n: int) -> GalleryPlan:
+    """Up to n test rows to explain, through the task's explanation hooks only.
+
+    A task whose rows each predict one class (binary, multiclass): `_by_predicted_class`, with
+    each map explaining the predicted class (a single-logit binary model's negative class is its
+    negated logit). Any other task (regression, multilabel) picks its rows and outputs itself
+    (`pick_explained`) and says which (`attribution_text`).
+    """
+    if n <= 0 or len(preds) == 0:
+        return GalleryPlan([], torch.zeros(0, dtype=torch.long), torch.zeros(0), np.array([]), "")
+    plan = _by_predicted_class(task, preds, targets, n)
+    if plan is not None:
+        return plan
+    picks = task.pick_explained(preds, targets, n)
+    rows = [row for row, _, _ in picks]
+    output, shown = task.attribution_text()
+    return GalleryPlan(
+        rows,
+        torch.tensor([column for _, _, column in picks], dtype=torch.long),
+        torch.ones(len(rows)),
+        np.asarray(task.attribution_target(preds[rows])[0]),
+        f"The {len(rows)} test images are {shown}; each map explains {output}.",
+    )
+
+
+def gallery_maps(model: nn.Module, data: Any, plan: GalleryPlan, declared: Sequence[str], chunk: int) -> tuple[Tensor, str]:
+    """(Grad-CAM maps of the plan's rows on the CPU, the explained layer's path).
+
+    Args:
+        data: the test dataset (`__getitems__(rows) -> (inputs, targets)`).
+        declared: the model's CAM layers (its zoo entry's `cam_layers`; () for none).
+        chunk: inputs per Grad-CAM pass (3D activations are large: a few volumes at a time).
+    """
+    device = next(model.parameters()).device
+    maps, layer = [], None
+    for start in range(0, len(plan.rows), chunk):
+        x, _ = data.__getitems__(plan.rows[start:start + chunk])
+        x = x.to(device)
+        layer = layer or cam_layer(model, x, declared)
+        part = slice(start, start + chunk)
+        maps.append(gradcam(model, x, plan.outputs[part].to(device), layer=layer,
+                            signs=plan.signs[part].to(device)).cpu())  # fmt: skip
+    return torch.cat(maps), module_name(model, layer)
+
+
+def gallery_section(examples: list[dict], text: str = "") -> list[dict]:
     """The report section of explained images: each image beside its Grad-CAM overlay.
 
     Args:
         examples: dicts with `image` (C, H, W) in [0, 1], `heatmap` (H, W) in [0, 1] or None, and
             `caption`.
+        text: how the images were chosen and what the maps explain (e.g. `GalleryPlan.chosen`),
+            put before the overlay's legend.
     """
     if not examples:
         return []
@@ -207,5 +418,5 @@ def gallery_section(examples: list[dict]) -> list[dict]:
         if example.get("heatmap") is not None:
             pictures.append((overlay(image, example["heatmap"]), "Grad-CAM overlay"))
         items.append({"pictures": pictures, "caption": example.get("caption", "")})
-    return [{"title": "Explanations", "text": "Each image with its Grad-CAM overlay: red marks the regions "
-             "that raised the explained logit most.", "gallery": items}]  # fmt: skip
+    legend = "Each image beside its Grad-CAM overlay: red marks the regions that raised the explained output most."
+    return [{"title": "Explanations", "text": f"{text} {legend}".strip(), "gallery": items}]

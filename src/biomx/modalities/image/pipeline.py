@@ -21,13 +21,14 @@ from biomx.data.cache import ArrayCache, cache_key, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.datasets import get_dataset
 from biomx.errors import DataError
-from biomx.modalities.common.gradcam import gallery_section, gradcam
+from biomx.modalities.common.gradcam import gallery_maps, gallery_section, plan_gallery
 from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.common.planar import DEFAULT_MAX_PIXELS
 from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
 from biomx.modalities.image.decode import decode_images
 from biomx.modalities.image.sources import image_files_under, records_from_csv, records_from_folder
+from biomx.models.registry import get_entry
 from biomx.protocols import Task, TestView
 
 # ---------------------------------------------------------------------------------- loading
@@ -199,23 +200,22 @@ def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Modul
 
 
 def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
-    """Grad-CAM maps for chosen test images (the task picks them and words the captions)."""
-    chosen = task.pick_examples(test.predictions, test.targets, n)
-    if not chosen:
+    """Grad-CAM maps of chosen test images, each explaining its predicted class (`plan_gallery`),
+    at the model's declared CAM layer (its zoo entry's `cam_layers`)."""
+    plan = plan_gallery(task, test.predictions, test.targets, n)
+    if not plan.rows:
         return []
-    x, _ = test.data.__getitems__(chosen)
-    predicted, target = task.attribution_target(test.predictions[chosen])
-    device = next(model.parameters()).device
-    heatmaps = gradcam(model, x.to(device), target).cpu().numpy()
+    declared = get_entry(cfg.model.name).cam_layers
+    heatmaps, layer = gallery_maps(model, test.data, plan, declared, chunk=64)
     inputs = test.samples.inputs
-    display = inputs[torch.as_tensor(test.index[chosen])].float()
+    display = inputs[torch.as_tensor(test.index[plan.rows])].float()
     if inputs.dtype == torch.uint8:
         display /= 255
     examples = []
-    for row, i in enumerate(chosen):
-        caption = task.caption(test.targets[i], test.predictions[i], predicted[row])
-        examples.append({"image": display[row].numpy(), "heatmap": heatmaps[row], "caption": caption})
-    return gallery_section(examples)
+    for row, i in enumerate(plan.rows):
+        caption = task.caption(test.targets[i], test.predictions[i], plan.predicted[row])
+        examples.append({"image": display[row].numpy(), "heatmap": heatmaps[row].numpy(), "caption": caption})
+    return gallery_section(examples, f"{plan.chosen} Grad-CAM of the output of {layer}.")
 
 
 # ---------------------------------------------------------------------------------- prediction

@@ -26,11 +26,13 @@ from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.samples import Samples, sha256_file
 from biomx.data.spatial_augment import augment_batch, is_active
 from biomx.errors import ConfigError, DataError
-from biomx.modalities.common.gradcam import find_last_conv, gallery_section, gradcam
+from biomx.modalities.common.gradcam import cam_layer as _cam_layer  # noqa: F401  (tests import it from here)
+from biomx.modalities.common.gradcam import gallery_maps, gallery_section, plan_gallery
 from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.volume.config import DEFAULT_MAX_VOXELS
 from biomx.modalities.volume.files import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
+from biomx.models.registry import get_entry
 from biomx.protocols import Task, TestView
 
 _SPLITS = ("train", "val", "test")
@@ -159,63 +161,29 @@ def _display(volumes: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def _cam_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """The last convolution whose output keeps >= 4 voxels along every axis (fewer if the input has).
-
-    The last convolution of a ResNet with the stride-2 stem sees a 28^3 volume as 1^3: one
-    number, no map. An earlier layer still localises (Grad-CAM works with any conv layer).
-    """
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
-    sizes: dict[nn.Module, tuple[int, ...]] = {}
-
-    def record(module: nn.Module, _: Any, out: torch.Tensor) -> None:  # returns None: output kept
-        sizes[module] = tuple(out.shape[2:])
-
-    hooks = [m.register_forward_hook(record) for m in convs]
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for m, training in was_training.items():
-            m.training = training
-    wanted = [min(4, n) for n in x.shape[2:]]
-    fine = [m for m in convs if m in sizes and all(s >= w for s, w in zip(sizes[m], wanted, strict=False))]
-    return fine[-1] if fine else find_last_conv(model)
-
-
 def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
     """3D Grad-CAM of chosen test volumes, shown on the slice through each map's maximum.
 
     The slice is taken across the first spatial axis (D: the slice axis of a (D, H, W) CT or MR
-    stack); the report shows that slice (C, H, W) with the heatmap's slice (H, W) over it. The
-    explained layer is the last convolution that still has a spatial map (`_cam_layer`).
+    stack); the report shows that slice (C, H, W) with the heatmap's slice (H, W) over it. Each
+    map explains the volume's predicted class (`plan_gallery`) at the model's declared CAM layer,
+    or an earlier one where that has no spatial map left (`cam_layer`).
     """
-    chosen = task.pick_examples(test.predictions, test.targets, n)
-    if not chosen:
+    plan = plan_gallery(task, test.predictions, test.targets, n)
+    if not plan.rows:
         return []
-    predicted, target = task.attribution_target(test.predictions[chosen])
-    device = next(model.parameters()).device
-    heatmaps, layer = [], None
-    for start in range(0, len(chosen), 8):  # 3D activations are large: a few volumes at a time
-        x, _ = test.data.__getitems__(chosen[start:start + 8])
-        layer = layer or _cam_layer(model, x.to(device))
-        part = target[start:start + 8] if isinstance(target, torch.Tensor) else target
-        heatmaps.append(gradcam(model, x.to(device), part, layer=layer).cpu())
-    heatmaps = torch.cat(heatmaps)
-    display = _display(test.samples.inputs[torch.as_tensor(test.index[chosen])])
+    declared = get_entry(cfg.model.name).cam_layers
+    heatmaps, layer = gallery_maps(model, test.data, plan, declared, chunk=8)
+    display = _display(test.samples.inputs[torch.as_tensor(test.index[plan.rows])])
     depth = heatmaps.shape[1]
     examples = []
-    for row, i in enumerate(chosen):
+    for row, i in enumerate(plan.rows):
         heat = heatmaps[row]
         d = int(heat.flatten().argmax()) // heat[0].numel() if heat.max() > 0 else depth // 2
-        caption = task.caption(test.targets[i], test.predictions[i], predicted[row])
+        caption = task.caption(test.targets[i], test.predictions[i], plan.predicted[row])
         examples.append({"image": display[row][:, d].numpy(), "heatmap": heat[d].numpy(),
                          "caption": f"{caption} | slice {d + 1}/{depth}"})  # fmt: skip
-    return gallery_section(examples)
+    return gallery_section(examples, f"{plan.chosen} Grad-CAM of the output of {layer}.")
 
 
 # ---------------------------------------------------------------------------------- prediction
