@@ -21,6 +21,7 @@ from biomx.models.bounds import Between, InChannels, OutDim, Rate, SpatialDims
 # map is the evidence the head pools. A conv inside the last block (before its batch norm and
 # residual add) gave all-zero maps for trained ResNets.
 SMALL_CNN_CAM = ("last_stage",)
+SMALL_CNN_MAX_CHANNELS = 8192  # a 3x3 conv from 4096 to 8192 channels already holds 300M weights
 RESNET_CAM = ("layer4", "layer3", "layer2", "layer1")
 DENSENET_CAM = ("class_layers.relu", "features.denseblock3", "features.denseblock2", "features.denseblock1")
 
@@ -45,15 +46,21 @@ def small_cnn(
     in_channels: InChannels = 1,
     out_dim: OutDim = 2,
     spatial_dims: SpatialDims = 2,
-    width: Annotated[int, Between(1, 256)] = 32,
-    depth: Annotated[int, Between(1, 6)] = 3,  # width doubles per stage: 256 * 2**5 channels at most
+    width: Annotated[int, Between(1, 1024)] = 32,
+    depth: Annotated[int, Between(1, 8)] = 3,
     dropout: Rate = 0.1,
     norm: str = "batch",
 ) -> nn.Module:
     """A VGG-style CNN: `depth` stages of two 3x3 convs + pooling, then a linear head.
 
-    Trains in seconds on CPU at 28-64 px; the demo's model. Width doubles per stage.
+    Trains in seconds on CPU at 28-64 px; the demo's model. Width doubles per stage, up to
+    `SMALL_CNN_MAX_CHANNELS` in the last one.
     """
+    last = width * 2 ** (depth - 1)
+    if last > SMALL_CNN_MAX_CHANNELS:  # checked before any layer is allocated
+        raise ConfigError(f"model.args.depth: small_cnn's last stage would have width * 2**(depth - 1) = "
+                          f"{last} channels (width {width}, depth {depth}); at most "
+                          f"{SMALL_CNN_MAX_CHANNELS}: lower depth or width")  # fmt: skip
     conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
     pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
     gap = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
