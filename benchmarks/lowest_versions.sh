@@ -15,8 +15,21 @@ PYTHON=${PYTHON:-python3.11}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 VENV=$(mktemp -d /tmp/biomx-lowest.XXXXXX)
 if [[ -z "${KEEP:-}" ]]; then trap 'rm -rf "$VENV"' EXIT; fi
-# What the tests need beyond biomx's own dependencies, at their lowest too (pyproject's dev extra).
-TEST_TOOLS=$(sed -n 's/^dev = \[.*"biomx\[all\]", *\(.*\)\].*/\1/p' "$ROOT/pyproject.toml" | tr -d '"' | tr ',' ' ')
+# The test tools of pyproject's dev extra, at their lowest too. Its higher bounds on biomx's own
+# dependencies (what only the tests need) are left out: this checks what a user gets.
+TEST_TOOLS=$("$PYTHON" - "$ROOT/pyproject.toml" <<'PY'
+import re, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+name = lambda spec: re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower()
+core = {name(s) for s in project["dependencies"]} | {"biomx"}
+print(" ".join(s for s in project["optional-dependencies"]["dev"] if name(s) not in core))
+PY
+)
+# ... and the two tests that need those higher bounds.
+NEEDS_DEV_BOUNDS=(
+    --deselect tests/test_dicom_voi.py::test_the_first_of_several_windows_is_used          # pydicom 3.0.1's test file
+    --deselect tests/test_classification.py::test_multiclass_metrics_match_sklearn        # scikit-learn 1.7 multiclass Brier
+)
 TESTS=(
     tests/test_config.py tests/test_plugins.py tests/test_extras.py    # pydantic, pyyaml
     tests/test_trainer.py tests/test_report.py                         # safetensors, rich, tensorboard, matplotlib
@@ -36,7 +49,9 @@ echo "venv: $VENV"
 # itself; lowest-direct: each of them at the lowest version its bound allows. torch is held at the
 # build installed above (a constraint, and uv keeps an installed version that satisfies it).
 echo "$TORCH_SPEC" > "$VENV/constraints.txt"
-"$VENV/bin/uv" pip install --python "$VENV/bin/python" --native-tls --resolution lowest-direct \
+# uv trusts its own root certificates; where pip is told of another bundle (PIP_CERT), so is uv.
+if [[ -n "${PIP_CERT:-}" && -z "${SSL_CERT_FILE:-}" ]]; then export SSL_CERT_FILE="$PIP_CERT"; fi
+"$VENV/bin/uv" pip install --python "$VENV/bin/python" --resolution lowest-direct \
     --constraint "$VENV/constraints.txt" -r "$ROOT/pyproject.toml" \
     --extra molecules --extra genomics $TEST_TOOLS
 echo "--- installed (the direct dependencies) ---"
@@ -51,4 +66,4 @@ for spec in specs:
 PY
 cd "$ROOT"
 PYTHONPATH="$ROOT/src" PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    -m "not slow" "${TESTS[@]}"
+    -m "not slow" "${NEEDS_DEV_BOUNDS[@]}" "${TESTS[@]}"
