@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from biomx.errors import ConfigError
-from biomx.models import image2d, molecule, segmentation, sequence
+from biomx.models import image2d, molecule, segmentation, sequence, tabular
 from biomx.models.bounds import check_bounds
 
 
@@ -140,6 +140,12 @@ def _register_zoo() -> None:
     ]:  # fmt: skip
         register(name, builder, description=description, modalities=PIXELS, tasks=("segmentation",),
                  listing_inputs=given_in_channels)  # fmt: skip
+    for name, builder, description in [
+        ("tabular_mlp", tabular.tabular_mlp, "MLP with categorical embeddings, batch/layer norm (tables)"),
+        ("ft_transformer", tabular.ft_transformer, "FT-Transformer: feature tokens + CLS (Gorishniy 2021)"),
+    ]:
+        register(name, builder, description=description, modalities=("tabular",),
+                 listing_inputs=tabular.listing_inputs)  # tasks: () = every task (survival too)
 
 
 _register_zoo()
