@@ -14,6 +14,7 @@ MODALITIES = Registry("modality", "data.modality", {
     "volume": "biomx.modalities.volume",
     "sequence": "biomx.modalities.sequence",
     "molecule": "biomx.modalities.molecule",
+    "tabular": "biomx.modalities.tabular",
 })  # fmt: skip
 
 

@@ -1,0 +1,144 @@
+"""The tabular modality in an experiment: a table -> typed columns -> an encoding fitted on the
+training split -> one float matrix per split; and the same encoding for `biomx predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from biomx.config import ExperimentConfig
+from biomx.data.samples import Samples
+from biomx.errors import DataError
+from biomx.modalities.tabular.encoding import (
+    encoded_names,
+    fit,
+    model_inputs,
+    parse_column,
+    transform,
+)
+from biomx.modalities.tabular.readers import read_table, text_cells
+from biomx.modalities.tabular.table import ParsedTable, label_columns, load_parsed
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def load(cfg: ExperimentConfig) -> Samples:
+    """Read (or take from the cache) and type the table; Samples.inputs is the ParsedTable."""
+    parsed, digest = load_parsed(cfg.data)
+    columns = label_columns(cfg.data)
+    return Samples(
+        inputs=parsed,
+        labels=parsed.labels,
+        ids=parsed.ids,
+        groups=np.array(parsed.groups, dtype=object) if parsed.groups and any(parsed.groups) else None,
+        predefined=_predefined(parsed),
+        source_sha256=digest,
+        where=_Where(parsed),
+        label_columns=columns if len(columns) > 1 else None,
+    )
+
+
+class _Where(dict):
+    """index -> "file row N", computed when asked (a 1M-row table needs no 1M strings up front)."""
+
+    def __init__(self, parsed: ParsedTable) -> None:
+        super().__init__()
+        self.parsed = parsed
+
+    def get(self, i: int, default: Any = None) -> Any:
+        return self.parsed.where(int(i)) if 0 <= int(i) < len(self.parsed.ids) else default
+
+    def __getitem__(self, i: int) -> str:
+        return self.parsed.where(int(i))
+
+    def __contains__(self, i: object) -> bool:
+        return isinstance(i, (int, np.integer)) and 0 <= int(i) < len(self.parsed.ids)
+
+
+def _predefined(parsed: ParsedTable) -> dict[str, np.ndarray] | None:
+    if parsed.split_names is None:
+        return None
+    names = np.array([SPLIT_NAMES.get(s.strip().lower(), "") for s in parsed.split_names])
+    bad = np.flatnonzero(names == "")
+    if len(bad):
+        raise DataError(f"{parsed.where(int(bad[0]))}: split column has {parsed.split_names[bad[0]]!r}; "
+                        "expected train, val or test")  # fmt: skip
+    return {s: np.flatnonzero(names == s) for s in ("train", "val", "test") if (names == s).any()}
+
+
+def sample_digests(samples: Samples) -> list[str] | None:
+    """A hash of each row's feature values, for the duplicates-across-splits check."""
+    import pandas as pd
+
+    parsed: ParsedTable = samples.inputs
+    frame = pd.DataFrame({f"c{k}": v for k, v in enumerate(parsed.values.values())})
+    return [f"{h:016x}" for h in pd.util.hash_pandas_object(frame, index=False).to_numpy()]
+
+
+class TabularDataset(Dataset):
+    """Rows of the encoded matrix; holds every split's rows (explanations and the baseline read
+    the training rows through the test dataset) and the rows of its own split in `index`."""
+
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray) -> None:
+        self.x, self.targets = x, targets
+        self.index = np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(self.index[np.asarray(indices, dtype=np.int64)])
+        return self.x[rows], self.targets[rows]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+
+def build_datasets(samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray],
+                   cfg: ExperimentConfig) -> tuple[dict[str, TabularDataset], dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The encoding fitted on the training rows, the encoded datasets, and the model's input sizes."""
+    parsed: ParsedTable = samples.inputs
+    t = cfg.data.tabular
+    encoding = fit(parsed.values, parsed.types, splits["train"], t.max_levels)
+    x = torch.from_numpy(transform(parsed.values, encoding))
+    datasets = {name: TabularDataset(x, targets, idx) for name, idx in splits.items()}
+    names, columns = encoded_names(encoding)
+    pre = {"modality": "tabular", "types": parsed.types, "encoding": encoding, "encoded_names": names,
+           "encoded_columns": columns, "id_column": t.id_column,
+           "label_columns": label_columns(cfg.data)}  # fmt: skip
+    return datasets, pre, model_inputs(encoding)
+
+
+def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
+    return model
+
+
+def read_inputs(preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
+                ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:  # fmt: skip
+    """Tables with the run's feature columns (others are ignored; labels may be absent) -> the
+    run's encoding applied, one name per row (the id column if present), skipped rows."""
+    matrices, names, failures = [], [], []
+    types: dict[str, str] = preprocessing["types"]
+    for item in inputs:
+        table = read_table(item)
+        for name in types:
+            table.column(name, "a feature column of the run")
+        bad: list[int] = []
+        values = {name: parse_column(table, name, kind, bad if skip_errors else None) for name, kind in types.items()}
+        keep = np.setdiff1d(np.arange(len(table)), np.asarray(bad, dtype=np.int64))
+        failures += [(table.where(i), "a value does not fit its column's type") for i in sorted(set(bad))]
+        id_column = preprocessing.get("id_column")
+        if id_column and id_column in table.columns:
+            row_names = text_cells(table.columns[id_column]).tolist()
+        else:
+            row_names = [table.where(i) for i in range(len(table))]
+        matrices.append(transform({k: v[keep] for k, v in values.items()}, preprocessing["encoding"]))
+        names += [row_names[i] for i in keep]
+    x = np.concatenate(matrices) if matrices else np.zeros((0, len(preprocessing["encoded_names"])), np.float32)
+    return torch.from_numpy(x), names, failures
