@@ -52,7 +52,7 @@ def predict_files(
     task = task_from_info(info["task"])
     request = PredictRequest(models, info, modality, list(inputs), output=Path(output) if output else None,
                              skip_errors=skip_errors, batch_size=batch_size, mc_dropout=mc_dropout,
-                             files_dir=Path(masks_dir) if masks_dir else None)  # fmt: skip
+                             files_dir=Path(masks_dir) if masks_dir else None, run_dir=Path(run_dir))  # fmt: skip
     columns = task.predict(request)
     if output is not None:
         write_csv(Path(output), columns)

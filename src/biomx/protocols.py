@@ -74,6 +74,7 @@ class PredictRequest:
     mc_dropout: int | None = None  # None: as the run was evaluated
     files_dir: Path | None = None  # where per-input files go (e.g. masks); None: the task's default
     failures: list[tuple[str, str]] = field(default_factory=list)
+    run_dir: Path | None = None  # the run being called, for files a task keeps beside run.json
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ TASKS = Registry("task", "task.kind", {
     "classification": "biomx.tasks.classification",
     "regression": "biomx.tasks.regression",
     "segmentation": "biomx.tasks.segmentation",
+    "survival": "biomx.tasks.survival",
 })  # fmt: skip
 
 
