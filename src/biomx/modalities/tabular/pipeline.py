@@ -84,8 +84,9 @@ class TabularDataset(Dataset):
     """Rows of the encoded matrix; holds every split's rows (explanations and the baseline read
     the training rows through the test dataset) and the rows of its own split in `index`."""
 
-    def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray) -> None:
-        self.x, self.targets = x, targets
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray,
+                 encoding: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.x, self.targets, self.encoding = x, targets, encoding
         self.index = np.asarray(index, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -107,7 +108,7 @@ def build_datasets(samples: Samples, targets: torch.Tensor, splits: dict[str, np
     t = cfg.data.tabular
     encoding = fit(parsed.values, parsed.types, splits["train"], t.max_levels)
     x = torch.from_numpy(transform(parsed.values, encoding))
-    datasets = {name: TabularDataset(x, targets, idx) for name, idx in splits.items()}
+    datasets = {name: TabularDataset(x, targets, idx, encoding) for name, idx in splits.items()}
     names, columns = encoded_names(encoding)
     pre = {"modality": "tabular", "types": parsed.types, "encoding": encoding, "encoded_names": names,
            "encoded_columns": columns, "id_column": t.id_column,
