@@ -19,7 +19,7 @@ from biomx.errors import ConfigError
 from biomx.protocols import Modality
 from biomx.tasks.rows import build_datasets, load
 from biomx.tasks.survival.config import SurvivalConfig
-from biomx.tasks.survival.losses import bin_cuts
+from biomx.tasks.survival.losses import bin_cuts, null_hazard_logits
 from biomx.tasks.survival.targets import check_has_events, columns_of, encode_survival
 from biomx.tasks.survival.task import QUICK_METRICS, SurvivalTask, task_from_info
 
@@ -50,7 +50,9 @@ def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_
     event_times = train[train[:, 1] > 0.5, 0]
     horizons = cfg.task.horizons or sorted({float(f"{q:.4g}") for q in np.quantile(event_times, [0.25, 0.5, 0.75])})
     cuts = bin_cuts(train[:, 0], train[:, 1], cfg.task.bins) if cfg.task.model == "logistic_hazard" else None
+    offset = null_hazard_logits(train[:, 0], train[:, 1], cuts) if cuts else None
     return SurvivalTask(model=cfg.task.model, horizons=[float(h) for h in horizons], ties=cfg.task.ties, cuts=cuts,
+                        offset=offset,
                         tau=cfg.task.tau, time_unit=cfg.task.time_unit, columns=list(columns_of(samples)))
 
 

@@ -94,3 +94,19 @@ def logistic_hazard_loss(logits: torch.Tensor, time: torch.Tensor, event: torch.
 def hazard_survival(logits: torch.Tensor) -> torch.Tensor:
     """Survival at each cut, prod_{j<=k} (1 - h_j), computed as exp(sum log sigmoid(-logit))."""
     return torch.exp(torch.cumsum(F.logsigmoid(-logits.float()), dim=1))
+
+
+def null_hazard_logits(time: np.ndarray, event: np.ndarray, cuts: list[float]) -> list[float]:
+    """The logit of each bin's hazard without covariates (events in the bin / samples at risk in
+    it, with `discretize`'s rules): the maximum-likelihood fit of the model to the training split.
+
+    Added to the network's outputs, it lets a freshly initialised network (logits near 0, i.e. a
+    hazard of one half per bin) start from the population's survival curve and learn only how
+    each sample differs from it."""
+    idx, ev = discretize(torch.as_tensor(time, dtype=torch.float32), torch.as_tensor(event, dtype=torch.float32),
+                         torch.tensor(cuts, dtype=torch.float32))  # fmt: skip
+    idx, ev = idx.numpy(), ev.numpy()
+    at_risk = np.array([(idx >= k).sum() for k in range(len(cuts))], dtype=np.float64)
+    events = np.array([(ev & (idx == k)).sum() for k in range(len(cuts))], dtype=np.float64)
+    hazard = np.clip(np.divide(events, at_risk, out=np.zeros(len(cuts)), where=at_risk > 0), 1e-4, 1 - 1e-4)
+    return [float(v) for v in np.log(hazard / (1.0 - hazard))]

@@ -40,6 +40,7 @@ class SurvivalTask:
     horizons: list[float]
     ties: str = "efron"
     cuts: list[float] | None = None  # logistic_hazard: right edges of the time bins
+    offset: list[float] | None = None  # logistic_hazard: training hazard logits added to the outputs
     tau: float | None = None  # Uno's C truncation (default: the last horizon)
     time_unit: str | None = None
     columns: list[str] = field(default_factory=lambda: ["time", "event"])
@@ -71,14 +72,18 @@ class SurvivalTask:
         time, event = targets[:, 0], targets[:, 1]
         if self.model == "cox":
             return cox_loss(outputs.reshape(-1), time, event, self.ties)
-        return logistic_hazard_loss(outputs.reshape(len(outputs), -1), time, event,
-                                    torch.tensor(self.cuts, dtype=torch.float32))
+        return logistic_hazard_loss(self._logits(outputs), time, event, torch.tensor(self.cuts, dtype=torch.float32))
+
+    def _logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Hazard logits: the network's outputs plus the training split's per-bin offset."""
+        logits = outputs.reshape(len(outputs), -1).float()
+        return logits + logits.new_tensor(self.offset) if self.offset is not None else logits
 
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         """Cox: the log-risk (N,); logistic hazard: survival at each bin edge (N, K)."""
         if self.model == "cox":
             return outputs.float().reshape(-1)
-        return hazard_survival(outputs.reshape(len(outputs), -1))
+        return hazard_survival(self._logits(outputs))
 
     def risk(self, preds: np.ndarray) -> np.ndarray:
         """One score per sample, higher = earlier event: the Cox log-risk, or for the discrete
@@ -123,7 +128,7 @@ class SurvivalTask:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "model": self.model, "ties": self.ties, "cuts": self.cuts,
-                "horizons": self.horizons, "tau": self.tau, "time_unit": self.time_unit,
+                "offset": self.offset, "horizons": self.horizons, "tau": self.tau, "time_unit": self.time_unit,
                 "columns": self.columns}  # fmt: skip
 
     def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
@@ -138,5 +143,5 @@ class SurvivalTask:
 
 def task_from_info(info: dict[str, Any]) -> SurvivalTask:
     return SurvivalTask(model=info["model"], horizons=info["horizons"], ties=info.get("ties", "efron"),
-                        cuts=info.get("cuts"), tau=info.get("tau"), time_unit=info.get("time_unit"),
+                        cuts=info.get("cuts"), offset=info.get("offset"), tau=info.get("tau"), time_unit=info.get("time_unit"),
                         columns=info.get("columns") or ["time", "event"])  # fmt: skip
