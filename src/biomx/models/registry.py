@@ -145,7 +145,7 @@ def _register_zoo() -> None:
         ("ft_transformer", tabular.ft_transformer, "FT-Transformer: feature tokens + CLS (Gorishniy 2021)"),
     ]:
         register(name, builder, description=description, modalities=("tabular",),
-                 listing_inputs=tabular.listing_inputs)  # tasks: () = every task (survival too)
+                 tasks=(*PREDICTS, "survival"), listing_inputs=tabular.listing_inputs)  # fmt: skip
 
 
 _register_zoo()
