@@ -5,7 +5,7 @@ the whole column's text (no statistic is fitted, so this reads no label and leak
 - boolean: every non-missing cell is true/false, yes/no or t/f (a 0/1 column is numeric);
 - numeric: every non-missing cell is a number, and it is not a column of few integers;
 - categorical: anything else, and integer columns with at most `max_inferred_levels` distinct
-  values (codes such as stage 1-4 or a site id).
+  values, each seen twice on average (codes such as stage 1-4 or a site id).
 
 The encoding (a JSON-able dict, stored in run.json's preprocessing):
 - numeric and boolean columns: missing -> the training median; standardised with the training
@@ -48,7 +48,9 @@ def infer_type(cells: np.ndarray, max_levels: int) -> str:
         observed = values[~missing]
         integers = np.all(observed == np.round(observed))
         distinct = np.unique(observed)
-        if integers and len(distinct) <= max_levels and not np.isin(distinct, [0.0, 1.0]).all():
+        # Codes repeat: a level is seen twice on average (so a small table's ages stay numbers).
+        coded = len(distinct) <= max_levels and 2 * len(distinct) <= len(observed)
+        if integers and coded and not np.isin(distinct, [0.0, 1.0]).all():
             return "categorical"
         return "numeric"
     _, bad_bool = parse_booleans(cells)
