@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from biomx.engine import distributed as dist
 from biomx.engine.trainer import enable_dropout
 from biomx.errors import BiomxError
-from biomx.protocols import PredictRequest, TestRun
+from biomx.protocols import PredictRequest, TestRun, TestView
 from biomx.runs import read_json, write_csv, write_json
 from biomx.tasks.survival import baseline as base
 from biomx.tasks.survival import scoring
@@ -79,7 +79,12 @@ def evaluate_test(task: SurvivalTask, run: TestRun) -> tuple[dict[str, Any] | No
                                 "event": [int(e) for e in truth[:, 1]]}  # fmt: skip
     columns.update({k: [f"{v:.6f}" for v in col.tolist()] for k, col in task.prediction_columns(preds).items()})
     write_csv(run.run_dir / "predictions_test.csv", columns)
-    return evaluation, []
+    view = TestView(run.samples, run.splits["test"], run.datasets["test"], preds, truth, run.splits)
+    sections = run.modality.explain(run.trainer.model, task, view, run.cfg.eval.explain, run.cfg)
+    found = {section["title"]: section["json"] for section in sections if "json" in section}
+    if found:
+        write_json(run.run_dir / "explanations.json", found)
+    return evaluation, sections
 
 
 def _batches(x: Any, batch_size: int):

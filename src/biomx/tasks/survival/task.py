@@ -18,6 +18,7 @@ import torch
 from biomx.errors import BiomxError, ConfigError, DataError
 from biomx.protocols import PredictRequest, TestRun
 from biomx.tasks.survival import evaluate as _evaluate
+from biomx.tasks.survival import explain
 from biomx.tasks.survival.baseline import cox_survival
 from biomx.tasks.survival.losses import cox_loss, hazard_survival, logistic_hazard_loss
 from biomx.tasks.survival.metrics import concordance
@@ -139,6 +140,19 @@ class SurvivalTask:
 
     def predict(self, request: PredictRequest) -> dict[str, list]:
         return _evaluate.predict(self, request)
+
+    # Explanation hooks a modality may ask (see explain.py).
+    def attribution_target(self, preds: np.ndarray) -> tuple[np.ndarray, int | None]:
+        return explain.attribution_target(self, preds)
+
+    def attribution_text(self) -> tuple[str, str]:
+        return explain.attribution_text(self)
+
+    def pick_explained(self, preds: np.ndarray, targets: np.ndarray, n: int) -> list[tuple[int, str, int]]:
+        return explain.pick_explained(self, preds, targets, n)
+
+    def describe(self, column: int, pred: np.ndarray, target: np.ndarray) -> tuple[str, float, object, str]:
+        return explain.describe(self, column, pred, target)
 
 
 def task_from_info(info: dict[str, Any]) -> SurvivalTask:
