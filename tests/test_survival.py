@@ -248,3 +248,49 @@ def test_cox_task_needs_its_baseline_for_survival():
     task = SurvivalTask(model="cox", horizons=[1.0])
     with pytest.raises(Exception, match="baseline"):
         task.survival(np.zeros(2), np.array([1.0]))
+
+
+class _Rows:
+    """A dataset of built batches (`__getitems__`), as a modality gives them."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[indices], torch.zeros(len(indices), 2)
+
+
+def test_classical_cox_only_for_flat_features(gbsg2):
+    from biomx.tasks.survival.baseline import (
+        MAX_FEATURES,
+        cox_ph_predict,
+        fit_cox_ph,
+        flat_features,
+    )
+
+    assert flat_features(_Rows(torch.zeros(4, 1, 8, 8))) is None  # images: no linear baseline
+    assert flat_features(_Rows(torch.zeros(4, 100, dtype=torch.long))) is None  # token ids
+    x, y, train, test, _ = gbsg2
+    features = x.to_numpy(dtype=np.float64)
+    assert flat_features(_Rows(torch.tensor(features))).shape == features.shape
+    fitted, note = fit_cox_ph(features[train], y["time"][train], y["cens"][train].astype(float))
+    assert fitted is not None and "CoxPHFitter" in note
+    risk, surv = cox_ph_predict(fitted, features[test], np.array([365.0, 1095.0]))
+    assert m.concordance(y["time"][test], y["cens"][test].astype(float), risk) > 0.6
+    assert surv.shape == (len(test), 2) and (surv[:, 0] >= surv[:, 1]).all()
+    wide = np.random.default_rng(0).normal(size=(50, MAX_FEATURES + 1))
+    fitted, note = fit_cox_ph(wide, np.arange(50.0), np.ones(50))
+    assert fitted is None and "no linear baseline" in note
+
+
+def test_horizons_must_increase():
+    from pydantic import ValidationError
+
+    from biomx.tasks.survival.config import SurvivalConfig
+
+    assert SurvivalConfig(horizons=[1, 2.5]).horizons == [1, 2.5]
+    with pytest.raises(ValidationError, match="strictly increasing"):
+        SurvivalConfig(horizons=[5, 2])
