@@ -29,6 +29,7 @@ from biomx.modalities.tabular.readers import (
     Table,
     bad_value,
     missing_mask,
+    no_gc,
     parse_booleans,
     parse_numbers,
     text_cells,
@@ -155,4 +156,5 @@ def check_labels(table: Table, columns: list[str], keep_missing: bool) -> list:
         cells.append(np.where(missing, "", text_cells(column)).tolist())
     if len(columns) == 1:
         return cells[0]
-    return [list(row) for row in zip(*cells, strict=True)]
+    with no_gc():
+        return [list(row) for row in zip(*cells, strict=True)]

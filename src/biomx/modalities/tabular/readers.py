@@ -8,6 +8,9 @@ Parquet rows from 1.
 from __future__ import annotations
 
 import difflib
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,19 @@ class Table:
             shown = ", ".join(self.names[:12]) + (" ..." if len(self.names) > 12 else "")
             raise DataError(f"{self.path}: no column {name!r} ({what}){hint}; columns: {shown}")
         return self.columns[name]
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Build many small lists (a label row per patient) without the cyclic collector: with
+    millions of cells alive, its full passes cost more than the building itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def source_of(path: Path, given: str | None = None) -> str:
@@ -114,13 +130,25 @@ def _check_header(path: Path, names: list[str]) -> None:
         seen.add(name)
 
 
+def _factorized(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct cells): each rule below runs once per distinct text, not once per row
+    (a 100k-row table has a few thousand distinct values per column)."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(cells, use_na_sentinel=False)
+    return codes, np.asarray(uniques, dtype=object)
+
+
+def _stripped(uniques: np.ndarray) -> list[str]:
+    return [str(u).strip() for u in uniques]
+
+
 def missing_mask(cells: np.ndarray) -> np.ndarray:
     """True where a cell is missing (an empty or NA-like text, or a NaN number)."""
     if cells.dtype.kind == "f":
         return np.isnan(cells)
-    import pandas as pd
-
-    return pd.Series(cells, dtype=object).str.strip().str.lower().isin(MISSING).to_numpy()
+    codes, uniques = _factorized(cells)
+    return np.array([u.lower() in MISSING for u in _stripped(uniques)], dtype=bool)[codes]
 
 
 def parse_numbers(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +158,14 @@ def parse_numbers(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.where(np.isinf(values), np.nan, values), np.flatnonzero(np.isinf(values))
     import pandas as pd
 
-    missing = missing_mask(cells)
-    values = pd.to_numeric(pd.Series(np.where(missing, "nan", cells), dtype=object).str.strip(),
-                           errors="coerce").to_numpy(dtype=np.float64)  # fmt: skip
-    bad = np.flatnonzero(~missing & ~np.isfinite(values))
-    values[bad] = np.nan
-    return values, bad
+    codes, uniques = _factorized(cells)
+    text = _stripped(uniques)
+    missing = np.array([u.lower() in MISSING for u in text], dtype=bool)
+    numbers = pd.to_numeric(pd.Series(["nan" if m else u for u, m in zip(text, missing, strict=True)], dtype=object),
+                            errors="coerce").to_numpy(dtype=np.float64)  # fmt: skip
+    bad_unique = ~missing & ~np.isfinite(numbers)
+    numbers[bad_unique] = np.nan
+    return numbers[codes], np.flatnonzero(bad_unique[codes])
 
 
 def parse_booleans(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,22 +175,22 @@ def parse_booleans(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values = cells.astype(np.float64).copy()
         values[bad] = np.nan
         return values, bad
-    import pandas as pd
-
-    text = pd.Series(cells, dtype=object).str.strip().str.lower()
-    values = np.where(text.isin(TRUE), 1.0, np.where(text.isin(FALSE), 0.0, np.nan))
-    bad = np.flatnonzero(np.isnan(values) & ~text.isin(MISSING).to_numpy())
-    return values, bad
+    codes, uniques = _factorized(cells)
+    text = [u.lower() for u in _stripped(uniques)]
+    values = np.array([1.0 if u in TRUE else 0.0 if u in FALSE else np.nan for u in text])
+    bad_unique = np.isnan(values) & ~np.array([u in MISSING for u in text], dtype=bool)
+    return values[codes], np.flatnonzero(bad_unique[codes])
 
 
 def text_cells(cells: np.ndarray) -> np.ndarray:
     """Categorical cells as stripped text, "" where missing (numbers as written: 1.0 -> "1")."""
     if cells.dtype.kind == "f":
-        return np.array(["" if np.isnan(v) else (str(int(v)) if float(v).is_integer() else repr(float(v)))
-                         for v in cells], dtype=object)  # fmt: skip
-    text = np.array([str(c).strip() for c in cells], dtype=object)
-    text[missing_mask(cells)] = ""
-    return text
+        codes, uniques = _factorized(cells)
+        shown = ["" if np.isnan(v) else (str(int(v)) if float(v).is_integer() else repr(float(v))) for v in uniques]
+        return np.asarray(shown, dtype=object)[codes]
+    codes, uniques = _factorized(cells)
+    text = _stripped(uniques)
+    return np.asarray(["" if u.lower() in MISSING else u for u in text], dtype=object)[codes]
 
 
 def bad_value(table: Table, name: str, row: int, kind: str) -> DataError:

@@ -20,7 +20,7 @@ from biomx.data.cache import ArrayCache, cache_key, default_cache_dir
 from biomx.data.samples import sha256_file
 from biomx.errors import DataError
 from biomx.modalities.tabular.encoding import check_labels, column_types, parse_column
-from biomx.modalities.tabular.readers import Table, read_table, text_cells
+from biomx.modalities.tabular.readers import Table, no_gc, read_table, text_cells
 
 CACHE_VERSION = 1  # bump when what is cached changes: old entries become misses
 
@@ -139,7 +139,8 @@ def _from_cache(arrays: dict[str, np.ndarray], meta: dict[str, Any], path: str) 
     values = {name: text(f"f{k}") if kind == "categorical" else np.array(arrays[f"f{k}"])
               for k, (name, kind) in enumerate(types.items())}  # fmt: skip
     columns = [text(f"label{j}").tolist() for j in range(sum(1 for a in arrays if a.startswith("label")))]
-    labels = [list(r) for r in zip(*columns, strict=True)] if meta["several_labels"] else columns[0]
+    with no_gc():
+        labels = [list(r) for r in zip(*columns, strict=True)] if meta["several_labels"] else columns[0]
     optional = {n: text(n).tolist() if n in arrays else None for n in ("groups", "split_names")}
     return ParsedTable(path, meta["first_row"], types, values, labels, text("ids").tolist(), **optional)
 
