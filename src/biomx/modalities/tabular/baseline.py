@@ -39,6 +39,23 @@ def _loss_terms(task: Task, raw: np.ndarray, targets: torch.Tensor, k: int) -> t
     return (g[:, 0], h[:, 0]) if k == 1 else (g, h)
 
 
+def row_separable(task: Task, targets: torch.Tensor, k: int, rows: int = 64) -> bool:
+    """Whether the task's loss is a sum over rows (one row's output moves no other row's gradient);
+    only then is the Hessian diagonal above exact. A ranking loss (Cox) is not."""
+    y = targets[:rows]
+    if len(y) < 2:
+        return True
+    z = torch.linspace(-1.0, 1.0, len(y) * k, dtype=torch.float64).reshape(len(y), k)
+
+    def grad(at: torch.Tensor) -> torch.Tensor:
+        at = at.clone().requires_grad_(True)
+        return torch.autograd.grad(task.loss(at, y) * len(y), at)[0]
+
+    moved = z.clone()
+    moved[0] += 1.0
+    return bool(torch.allclose(grad(z)[1:], grad(moved)[1:], atol=1e-9))
+
+
 def train_booster(task: Task, x: np.ndarray, targets: torch.Tensor, splits: dict[str, np.ndarray],
                   categorical: list[int], rounds: int, seed: int) -> Any:  # fmt: skip
     """A LightGBM booster fitted to the training rows with the task's loss, early-stopped on val."""
@@ -82,9 +99,10 @@ def baseline_section(task: Task, test: TestView, cfg: ExperimentConfig, categori
     except ImportError:
         return {"title": "Baseline: LightGBM", "text": "LightGBM is not installed (pip install lightgbm); "
                 "no gradient-boosted tree baseline was trained."}  # fmt: skip
-    if not hasattr(task, "evaluate"):
-        return None
     data = test.data
+    if not hasattr(task, "evaluate") or not row_separable(task, data.targets[torch.as_tensor(test.splits["train"])],
+                                                          int(task.out_dim)):  # fmt: skip
+        return None  # a task scored otherwise (its own baseline, if any, is in its own sections)
     x = data.x.numpy()
     booster = train_booster(task, x, data.targets, test.splits, categorical, cfg.data.tabular.baseline_rounds,
                             cfg.train.seed)  # fmt: skip
