@@ -81,6 +81,11 @@ def test_gbsg2_trains_reports_and_predicts(tmp_path, gbsg2_csv, model, capsys):
     tested = {r["id"]: r for r in csv.DictReader(open(run / "predictions_test.csv"))}
     again = {r["path"]: r for r in rows if r["path"] in tested}
     assert len(again) == 103 and all(abs(float(again[k]["risk"]) - float(tested[k]["risk"])) < 1e-4 for k in tested)
+    if model == "cox":  # S(t) needs the baseline hazard: without it, one line saying where it comes from
+        (run / "survival_baseline.json").unlink()
+        capsys.readouterr()
+        assert main(["predict", str(run), str(gbsg2_csv), "-o", str(out)]) == 1
+        assert "survival_baseline.json: missing" in capsys.readouterr().err
 
 
 def test_all_censored_cohort_is_one_line(tmp_path, gbsg2_csv, capsys):

@@ -75,7 +75,7 @@ def evaluate_test(task: SurvivalTask, run: TestRun) -> tuple[dict[str, Any] | No
                                   reference=_reference(run, train_truth))  # fmt: skip
     write_json(run.run_dir / "test_metrics.json", evaluation)
     ids = [run.samples.ids[i] for i in run.splits["test"]]
-    columns: dict[str, list] = {"id": ids, "time": [f"{t:g}" for t in truth[:, 0]],
+    columns: dict[str, list] = {"id": ids, "time": [f"{t:.10g}" for t in truth[:, 0]],
                                 "event": [int(e) for e in truth[:, 1]]}  # fmt: skip
     columns.update({k: [f"{v:.6f}" for v in col.tolist()] for k, col in task.prediction_columns(preds).items()})
     write_csv(run.run_dir / "predictions_test.csv", columns)
@@ -103,7 +103,8 @@ def load_baseline(task: SurvivalTask, run_dir: Path | None) -> None:
     path = Path(run_dir or ".") / BASELINE_FILE
     if run_dir is None or not path.is_file():
         raise BiomxError(f"{path}: missing; a Cox survival run needs its baseline hazard for S(t) "
-                         "(written when the test split is evaluated: run `biomx evaluate RUN`)")  # fmt: skip
+                         "(written when the test split is evaluated, by `biomx train` or `biomx evaluate RUN`; "
+                         "a run without a test split has none)")  # fmt: skip
     task.baseline = read_json(path)
 
 
