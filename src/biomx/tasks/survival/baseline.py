@@ -61,10 +61,12 @@ def flat_features(data: Dataset) -> np.ndarray | None:
 
 def fit_cox_ph(x_train: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[Any | None, str]:
     """(a fitted lifelines CoxPHFitter and the columns it kept, a note) or (None, why not)."""
-    import pandas as pd
-    from lifelines import CoxPHFitter
-    from lifelines.exceptions import ConvergenceError
-
+    try:
+        import pandas as pd
+        from lifelines import CoxPHFitter
+        from lifelines.exceptions import ConvergenceError
+    except ImportError:  # an optional dependency: the network's own evaluation does not need it
+        return None, "no linear baseline: lifelines is not installed (pip install lifelines)"
     if x_train.shape[1] > MAX_FEATURES:
         return None, f"no linear baseline: {x_train.shape[1]} input features (more than {MAX_FEATURES})"
     keep = np.flatnonzero(x_train.std(axis=0) > 0)  # a constant column has no coefficient
