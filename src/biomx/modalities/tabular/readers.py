@@ -80,9 +80,12 @@ def read_table(path: str | Path, source: str | None = None) -> Table:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     kind = source_of(path, source)
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ConfigError(f"{path}: reading tables needs pandas: pip install pandas") from None
     if kind == "parquet":
         return _read_parquet(path)
-    import pandas as pd
 
     try:  # every cell as text: types are decided by biomx, not guessed by pandas
         frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
