@@ -36,30 +36,22 @@ def baseline_row(x_train: torch.Tensor, n_continuous: int) -> torch.Tensor:
 
 def attributions(model: nn.Module, x: torch.Tensor, baseline: torch.Tensor, target: Any, n_encoded: int
                  ) -> torch.Tensor:  # fmt: skip
-    """(N, n_encoded) integrated gradients of output `target` (None for a one-output model)."""
+    """(N, n_encoded) integrated gradients of output column `target` (None: the first, e.g. a
+    binary model's one logit)."""
     from captum.attr import IntegratedGradients
 
     device = next(model.parameters()).device
     x, baseline = x.to(device), baseline.to(device).expand_as(x)
-    if isinstance(target, torch.Tensor):
-        target = target.to(device)
+    target = 0 if target is None else target.to(device) if isinstance(target, torch.Tensor) else target
     with torch.enable_grad():
         if hasattr(model, "embed") and hasattr(model, "head"):
             with torch.no_grad():
                 z, zb = model.embed(x), model.embed(baseline)
-            attr = IntegratedGradients(_output(model.head)).attribute(z, zb, target=target, n_steps=N_STEPS)
+            attr = IntegratedGradients(model.head).attribute(z, zb, target=target, n_steps=N_STEPS)
             blocks = [attr[:, a:b].sum(dim=1) for a, b in model.feature_slices]
             return torch.stack(blocks, dim=1).detach().float().cpu()
-        attr = IntegratedGradients(_output(model)).attribute(x, baseline, target=target, n_steps=N_STEPS)
+        attr = IntegratedGradients(model).attribute(x, baseline, target=target, n_steps=N_STEPS)
         return attr.detach().float().cpu()[:, :n_encoded]
-
-
-def _output(f: Any) -> Any:
-    """A one-output model returns (N, 1) or (N,): Captum wants (N,) with no target then."""
-    def forward(inputs: torch.Tensor) -> torch.Tensor:
-        out = f(inputs)
-        return out[:, 0] if out.dim() == 2 and out.shape[1] == 1 else out
-    return forward
 
 
 def sum_to_columns(attr: np.ndarray, encoded_columns: list[str]) -> tuple[np.ndarray, list[str]]:

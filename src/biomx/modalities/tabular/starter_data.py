@@ -35,7 +35,7 @@ def _frame(name: str) -> tuple[object, str]:
         bunch = load_breast_cancer(as_frame=True)
         frame = bunch.data.copy()
         frame["diagnosis"] = [bunch.target_names[k] for k in bunch.target]
-        return frame, "bc"
+        return frame, "bc_"
     try:
         from sksurv.datasets import load_gbsg2, load_whas500
     except ImportError:
@@ -45,7 +45,7 @@ def _frame(name: str) -> tuple[object, str]:
     event, time = ("cens", "time") if name == "gbsg2" else ("fstat", "lenfol")
     frame["time"] = y[time]
     frame["event"] = y[event].astype(int)
-    return frame, name
+    return frame, f"{name}_"
 
 
 def export_dataset(name: str, out_dir: str | Path, *, format: str | None = None, limit: int | None = None,
