@@ -85,3 +85,36 @@ def test_ft_transformer_trains_on_the_same_table(exported: Path, tmp_path: Path)
     run = _train(tmp_path, exported, "ft_transformer", {"d_token": 16, "depth": 1, "heads": 2}, epochs=2)
     metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert metrics["auroc"]["value"] > 0.8
+
+
+def test_regression_with_patient_groups_and_the_survival_exports(tmp_path: Path) -> None:
+    """whas500 as `biomx datasets` exports it (time and event columns for the survival task),
+    read as a regression of BMI with a patient column: a grouped split keeps each patient in
+    one split, the baseline is scored in the target's units."""
+    assert main(["datasets", "--name", "whas500", "--export", str(tmp_path)]) == 0
+    assert main(["datasets", "--name", "gbsg2", "--export", str(tmp_path)]) == 0
+    header = (tmp_path / "gbsg2.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "id" and header[-2:] == ["time", "event"]
+    rows = list(csv.DictReader(open(tmp_path / "whas500.csv")))
+    with open(tmp_path / "w.csv", "w", newline="") as f:  # two visits per patient
+        writer = csv.DictWriter(f, ["patient_id", *rows[0]])
+        writer.writeheader()
+        writer.writerows({"patient_id": f"pt{i // 2}", **r} for i, r in enumerate(rows))
+    cfg = {"name": "w", "data": {"modality": "tabular", "source": "csv", "path": str(tmp_path / "w.csv"),
+                                 "label_column": "bmi", "split": {"method": "group"},
+                                 "tabular": {"id_column": "id", "exclude": ["time", "event"], "baseline_rounds": 50}},
+           "model": {"name": "tabular_mlp", "args": {"width": 16, "depth": 1, "embedding_dim": 0}},
+           "task": {"kind": "regression"}, "train": {"epochs": 1, "progress": False},
+           "eval": {"bootstrap": 0, "explain": 2},
+           "output": {"dir": str(tmp_path / "runs"), "name": "w", "tensorboard": False}}  # fmt: skip
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "w.yaml")]) == 0
+    run = tmp_path / "runs" / "w"
+    split = {r["id"]: r["split"] for r in csv.DictReader(open(run / "split.csv"))}
+    for k in range(0, len(rows) - 1, 2):  # both visits of a patient in the same split
+        assert split[rows[k]["id"]] == split[rows[k + 1]["id"]]
+    pre = json.loads((run / "run.json").read_text())["preprocessing"]
+    assert "patient_id" not in pre["types"] and "bmi" not in pre["types"] and "time" not in pre["types"]
+    found = json.loads((run / "explanations.json").read_text())
+    assert found["Baseline: LightGBM on the same split"]["lightgbm"]["rmse"]["value"] < 10  # kg/m2, not z-scores
+    assert "gender" in found["Feature importance (integrated gradients)"]
