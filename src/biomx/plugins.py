@@ -24,6 +24,11 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "datamol": ("datamol", "molecules"),
     "pyfaidx": ("pyfaidx", "genomics"),
     "modlamp": ("modlamp", "genomics"),
+    "pandas": ("pandas", "tabular"),
+    "pyarrow": ("pyarrow", "tabular"),
+    "lightgbm": ("LightGBM", "tabular"),
+    "lifelines": ("lifelines", "tabular"),
+    "sksurv": ("scikit-survival", "tabular"),
 }
 
 
