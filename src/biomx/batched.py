@@ -49,7 +49,7 @@ def evaluate_test(task: RowTask, run: TestRun) -> tuple[dict[str, Any] | None, l
     test_index = run.splits["test"]
     ids = [run.samples.ids[i] for i in test_index]
     evaluation = evaluate_split(task, preds, truth, ids, run.run_dir, run.cfg.eval, run.cfg.train.seed, std=std)
-    view = TestView(run.samples, test_index, run.datasets["test"], preds, truth, run.splits)
+    view = TestView(run.samples, test_index, run.datasets["test"], preds, truth, run.splits, run.run_dir)
     sections = run.modality.explain(run.trainer.model, task, view, run.cfg.eval.explain, run.cfg)
     if std is not None:
         unc = uncertainty_evaluation(task, preds, std, truth)

@@ -41,6 +41,7 @@ class TestView:
     predictions: np.ndarray  # task space: probabilities or values in original units
     targets: np.ndarray  # as the task encodes them
     splits: dict[str, np.ndarray]  # every split, e.g. for a table of what train and test share
+    run_dir: Path | None = None  # the run's folder, for files an explanation keeps (e.g. a baseline model)
 
 
 @dataclass

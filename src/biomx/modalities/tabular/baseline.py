@@ -6,8 +6,8 @@ with respect to the raw outputs come from autograd (`task.loss`), so a binary, m
 multilabel or regression task (class weights, label smoothing, missing multi-task labels
 included) needs no objective of its own, and no task is named here. Its raw outputs go through
 `task.predictions` and `task.evaluate`, exactly as the network's. Early stopping on the
-validation split (the task's loss). The booster is kept in LightGBM's own text format
-(`Booster.model_to_string`, what `save_model` writes), never pickle.
+validation split (the task's loss). The booster is saved in the run folder in LightGBM's own
+text format (`Booster.save_model`, baseline_lightgbm.txt), never pickle.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from biomx.protocols import Task, TestView
 
 HESSIAN_FLOOR = 1e-6  # Newton steps need a positive curvature; a flat loss gets this much
 EARLY_STOPPING_ROUNDS = 50
+BOOSTER_FILE = "baseline_lightgbm.txt"  # in the run folder
 
 
 def _loss_terms(task: Task, raw: np.ndarray, targets: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +111,10 @@ def baseline_section(task: Task, test: TestView, cfg: ExperimentConfig, categori
     e = cfg.eval
     ours = task.evaluate(preds, test.targets, n_bootstrap=e.bootstrap, ci=e.ci, seed=cfg.train.seed)
     network = task.evaluate(test.predictions, test.targets, n_bootstrap=e.bootstrap, ci=e.ci, seed=cfg.train.seed)
+    saved = None
+    if test.run_dir is not None:  # LightGBM's own text format (never pickle): lightgbm.Booster(model_file=...)
+        saved = test.run_dir / BOOSTER_FILE
+        booster.save_model(str(saved))
     rows = []
     for name in ours.get("headline", list(ours["metrics"])):
         a, b = network["metrics"].get(name, {}), ours["metrics"].get(name, {})
@@ -122,8 +127,7 @@ def baseline_section(task: Task, test: TestView, cfg: ExperimentConfig, categori
             "table": {"header": ["metric", f"network ({cfg.model.name})", "LightGBM"], "rows": rows},
             "json": {"network": network["metrics"], "lightgbm": ours["metrics"],
                      "best_iteration": int(booster.best_iteration or booster.current_iteration()),
-                     "booster_format": "LightGBM text model: lightgbm.Booster(model_str=...)",
-                     "booster": booster.model_to_string()}}  # fmt: skip
+                     "booster_file": saved.name if saved else None}}  # fmt: skip
 
 
 def _shown(metric: dict[str, Any]) -> str:
