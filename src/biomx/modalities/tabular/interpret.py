@@ -64,11 +64,13 @@ def sum_to_columns(attr: np.ndarray, encoded_columns: list[str]) -> tuple[np.nda
     return out, columns
 
 
-def _cell(values: dict[str, np.ndarray], column: str, row: int) -> str:
+def _cell(values: dict[str, np.ndarray], types: dict[str, str], column: str, row: int) -> str:
     v = values[column][row]
     if isinstance(v, str):
         return v or "missing"
-    return "missing" if np.isnan(v) else f"{v:.4g}"
+    if np.isnan(v):
+        return "missing"
+    return ("true" if v else "false") if types.get(column) == "boolean" else f"{v:.4g}"
 
 
 def _figure(importance: np.ndarray, columns: list[str]) -> Any:
@@ -117,7 +119,7 @@ def explanation_sections(model: nn.Module, task: Task, test: TestView, n: int, e
 
 def _patients(model: nn.Module, task: Any, test: TestView, n: int, encoded_columns: list[str],
               base: torch.Tensor, x_test: torch.Tensor) -> dict:  # fmt: skip
-    values = test.samples.inputs.values
+    values, types = test.samples.inputs.values, test.samples.inputs.types
     picked = task.pick_explained(test.predictions, test.targets, n)
     rows, found = [], []
     for row, group, column in picked:
@@ -127,10 +129,10 @@ def _patients(model: nn.Module, task: Any, test: TestView, n: int, encoded_colum
         caption, value, truth, output = task.describe(column, test.predictions[row], test.targets[row])
         top = np.argsort(-np.abs(per_column[0]))[:TOP_FEATURES]
         sample = int(test.index[row])
-        shown = [f"{columns[k]} = {_cell(values, columns[k], sample)} ({per_column[0, k]:+.3f})" for k in top]
+        shown = [f"{columns[k]} = {_cell(values, types, columns[k], sample)} ({per_column[0, k]:+.3f})" for k in top]
         rows.append([test.samples.ids[sample], group, caption, "; ".join(shown)])
         found.append({"id": test.samples.ids[sample], "group": group, "prediction": value, "truth": truth,
-                      "output": output, "top": [{"column": columns[k], "value": _cell(values, columns[k], sample),
+                      "output": output, "top": [{"column": columns[k], "value": _cell(values, types, columns[k], sample),
                                                  "attribution": float(per_column[0, k])} for k in top]})  # fmt: skip
     return {"title": "Patients explained (integrated gradients)",
             "text": f"Top {TOP_FEATURES} columns of each patient by |attribution| of the explained output, with "
