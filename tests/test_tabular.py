@@ -121,3 +121,20 @@ def test_attributions_sum_back_to_columns(name: str, args: dict) -> None:
     with torch.no_grad():  # completeness: the attributions add up to f(x) - f(baseline)
         gap = (model(x) - model(base.expand_as(x)))[:, 0].numpy()
     np.testing.assert_allclose(per_column.sum(1), gap, atol=0.1 * np.abs(gap).max() + 1e-3)  # 32 steps
+
+
+def test_tsv_and_predefined_splits(table: Path, tmp_path: Path) -> None:
+    from biomx.modalities.tabular.pipeline import load
+
+    split = ["train", "train", "val", "test", "Train", "validation"]
+    lines = TABLE.splitlines()
+    text = "\n".join([lines[0].replace(",", "\t") + "\tsplit",
+                      *[line.replace(",", "\t") + f"\t{s}" for line, s in zip(lines[1:], split, strict=True)]])  # fmt: skip
+    path = tmp_path / "t.tsv"
+    path.write_text(text + "\n")
+    raw = {"data": {"modality": "tabular", "source": "tsv", "path": str(path), "label_column": "outcome",
+                    "split": {"method": "predefined"}, "tabular": {"id_column": "id", "cache": False}}}  # fmt: skip
+    samples = load(validate(raw))
+    assert "split" not in samples.inputs.types and samples.ids[0] == "p1"
+    found = samples.predefined
+    assert {k: v.tolist() for k, v in found.items()} == {"train": [0, 1, 4], "val": [2, 5], "test": [3]}

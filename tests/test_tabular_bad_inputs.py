@@ -87,6 +87,8 @@ CASES = [
     Case("empty file", "train", "bad.csv: the table is empty", text=lambda t: ""),
     Case("header only", "train", "bad.csv: the table has a header but no rows", text=lambda t: t.splitlines()[0] + "\n"),
     Case("missing label", "train", "bad.csv row 4: column 'outcome': the label is missing", text=_edit(4, "outcome", "")),
+    Case("unknown column type", "train", "data.tabular.columns.crp: Input should be 'numeric', 'categorical' or 'boolean'",
+         data={"tabular": {"columns": {"crp": "number"}}}),
     Case("not a parquet file", "train", "bad.parquet: not a readable Parquet file", suffix=".parquet",
          data={"source": "parquet"}),
     Case("predict: misspelt feature column", "predict", "no column 'crp' (a feature column of the run) (did you mean 'cpr'?)",
