@@ -20,6 +20,7 @@ from torch import nn
 from biomx.protocols import Task, TestView
 
 N_STEPS = 32
+INTERNAL_BATCH = 2048  # interpolated rows per forward pass (an FT-Transformer's attention is N x F^2)
 MAX_GLOBAL_ROWS = 1000  # test rows the global importance averages over at most
 TOP_FEATURES = 5  # per patient
 TOP_PLOTTED = 20
@@ -47,10 +48,12 @@ def attributions(model: nn.Module, x: torch.Tensor, baseline: torch.Tensor, targ
         if hasattr(model, "embed") and hasattr(model, "head"):
             with torch.no_grad():
                 z, zb = model.embed(x), model.embed(baseline)
-            attr = IntegratedGradients(model.head).attribute(z, zb, target=target, n_steps=N_STEPS)
+            attr = IntegratedGradients(model.head).attribute(z, zb, target=target, n_steps=N_STEPS,
+                                                           internal_batch_size=INTERNAL_BATCH)
             blocks = [attr[:, a:b].sum(dim=1) for a, b in model.feature_slices]
             return torch.stack(blocks, dim=1).detach().float().cpu()
-        attr = IntegratedGradients(model).attribute(x, baseline, target=target, n_steps=N_STEPS)
+        attr = IntegratedGradients(model).attribute(x, baseline, target=target, n_steps=N_STEPS,
+                                                       internal_batch_size=INTERNAL_BATCH)
         return attr.detach().float().cpu()[:, :n_encoded]
 
 
