@@ -98,7 +98,7 @@ def baseline_section(task: Task, test: TestView, cfg: ExperimentConfig, categori
     try:
         import lightgbm  # noqa: F401
     except ImportError:
-        return {"title": "Baseline: LightGBM", "text": "LightGBM is not installed (pip install lightgbm); "
+        return {"title": "Baseline: LightGBM", "text": "LightGBM is not installed (pip install 'biomx[tabular]'); "
                 "no gradient-boosted tree baseline was trained."}  # fmt: skip
     data = test.data
     if not hasattr(task, "evaluate") or not row_separable(task, data.targets[torch.as_tensor(test.splits["train"])],

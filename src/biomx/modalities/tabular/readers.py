@@ -83,7 +83,7 @@ def read_table(path: str | Path, source: str | None = None) -> Table:
     try:
         import pandas as pd
     except ImportError:
-        raise ConfigError(f"{path}: reading tables needs pandas: pip install pandas") from None
+        raise ConfigError(f"{path}: reading tables needs pandas: pip install 'biomx[tabular]'") from None
     if kind == "parquet":
         return _read_parquet(path)
 
@@ -105,7 +105,7 @@ def _read_parquet(path: Path) -> Table:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+        raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install 'biomx[tabular]'") from None
     try:
         frame = pq.read_table(path).to_pandas()
     except Exception as err:  # pyarrow raises many kinds (ArrowInvalid, OSError) for a bad file

@@ -39,7 +39,7 @@ def _frame(name: str) -> tuple[object, str]:
     try:
         from sksurv.datasets import load_gbsg2, load_whas500
     except ImportError:
-        raise ConfigError(f"the {name} table comes from scikit-survival: pip install scikit-survival") from None
+        raise ConfigError(f"the {name} table comes from scikit-survival: pip install 'biomx[tabular]'") from None
     x, y = load_gbsg2() if name == "gbsg2" else load_whas500()
     frame = x.copy()
     event, time = ("cens", "time") if name == "gbsg2" else ("fstat", "lenfol")
