@@ -124,3 +124,12 @@ def test_skip_errors_leaves_the_bad_rows_out(run: Path, tmp_path: Path, capsys) 
     assert "bad.csv row 3" in capsys.readouterr().err
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert len(lines) == 60 and "p1," not in "\n".join(lines)  # header + 59 rows; p1 is row 3
+
+
+def test_unseen_category_and_missing_values_are_predicted(run: Path, tmp_path: Path) -> None:
+    """Not errors: a level never seen in training (the unknown level) and empty cells (the
+    training median / the missing level) are what the run's encoding is for."""
+    text = _edit(3, "sex", "X")(_edit(4, "age", "")(_edit(5, "sex", "")(_table(seed=2))))
+    new = _write(tmp_path / "new.csv", text)
+    assert main(["predict", str(run), str(new), "-o", str(tmp_path / "out.csv")]) == 0
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 61
