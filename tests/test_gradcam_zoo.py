@@ -59,7 +59,7 @@ def resnet_run(pneumonia_npz, tmp_path_factory):
         # small batches: enough steps in 2 epochs for the batch-norm statistics to settle
         "train": {"epochs": 2, "batch_size": 16, "progress": False, "device": "cpu", "seed": 0,
                   "optimizer": {"name": "adamw", "lr": 0.001}},
-        "eval": {"bootstrap": 10, "explain": 8},
+        "eval": {"bootstrap": 0, "explain": 8},
         "output": {"dir": str(tmp_path_factory.mktemp("runs")), "name": "run", "tensorboard": False},
     }  # fmt: skip
     cfg = validate(raw)
