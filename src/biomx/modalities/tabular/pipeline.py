@@ -14,14 +14,14 @@ from torch.utils.data import Dataset
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
 from biomx.errors import DataError
-from biomx.modalities.tabular.encoding import (
+from biomx.modalities.common.table_encoding import (
     encoded_names,
     fit,
     model_inputs,
     parse_column,
     transform,
 )
-from biomx.modalities.tabular.readers import read_table, text_cells
+from biomx.modalities.common.table_readers import read_table, text_cells
 from biomx.modalities.tabular.table import ParsedTable, label_columns, load_parsed
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}

@@ -19,8 +19,8 @@ from biomx.config import DataConfig
 from biomx.data.cache import ArrayCache, cache_key, default_cache_dir
 from biomx.data.samples import sha256_file
 from biomx.errors import DataError
-from biomx.modalities.tabular.encoding import check_labels, column_types, parse_column
-from biomx.modalities.tabular.readers import Table, no_gc, read_table, text_cells
+from biomx.modalities.common.table_encoding import check_labels, column_types, parse_column
+from biomx.modalities.common.table_readers import Table, no_gc, read_table, text_cells
 
 CACHE_VERSION = 1  # bump when what is cached changes: old entries become misses
 
