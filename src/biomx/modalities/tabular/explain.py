@@ -6,8 +6,8 @@ import numpy as np
 from torch import nn
 
 from biomx.config import ExperimentConfig
-from biomx.modalities.tabular.baseline import baseline_section
 from biomx.modalities.common.table_encoding import encoded_names
+from biomx.modalities.tabular.baseline import baseline_section
 from biomx.modalities.tabular.interpret import explanation_sections
 from biomx.protocols import Task, TestView
 
