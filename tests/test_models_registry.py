@@ -15,6 +15,7 @@ SEGMENTERS = ["segresnet", "swin_unetr", "unet"]
 SEQUENCE_MODELS = ["basset", "danq", "deepsea", "protein_cnn", "protein_lstm", "sequence_transformer"]
 MOLECULE_MODELS = ["attentive_fp", "dmpnn", "fingerprint_mlp", "gin"]
 TABULAR_MODELS = ["ft_transformer", "tabular_mlp"]
+HISTORY_MODELS = ["history_gru", "history_transformer"]
 
 
 def toy_mlp(in_channels: int = 30, out_dim: int = 1) -> nn.Module:
@@ -31,7 +32,7 @@ def toy_model():
 
 def test_every_model_declares_what_it_serves() -> None:
     assert registry.model_names() == sorted(PIXEL_CLASSIFIERS + SEGMENTERS + SEQUENCE_MODELS + MOLECULE_MODELS
-                                           + TABULAR_MODELS)
+                                           + TABULAR_MODELS + HISTORY_MODELS)
     for name in PIXEL_CLASSIFIERS:  # built 2D or 3D from spatial_dims (volumes: 3)
         entry = get_entry(name)
         assert (entry.modalities, entry.tasks) == (("image", "volume"), ("classification", "regression"))
@@ -43,6 +44,9 @@ def test_every_model_declares_what_it_serves() -> None:
         assert (get_entry(name).modalities, get_entry(name).tasks) == (("molecule",), ("classification", "regression"))
     for name in TABULAR_MODELS:
         assert get_entry(name).modalities == ("tabular",)
+    for name in HISTORY_MODELS:
+        assert (get_entry(name).modalities, get_entry(name).tasks) == (("history",), ("classification", "regression",
+                                                                                      "survival"))
 
 
 def test_check_model_fits_accepts_a_fitting_config() -> None:

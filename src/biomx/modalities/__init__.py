@@ -15,6 +15,7 @@ MODALITIES = Registry("modality", "data.modality", {
     "sequence": "biomx.modalities.sequence",
     "molecule": "biomx.modalities.molecule",
     "tabular": "biomx.modalities.tabular",
+    "history": "biomx.modalities.history",
 })  # fmt: skip
 
 

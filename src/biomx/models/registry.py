@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from biomx.errors import ConfigError
-from biomx.models import image2d, molecule, segmentation, sequence, tabular
+from biomx.models import history, image2d, molecule, segmentation, sequence, tabular
 from biomx.models.bounds import check_bounds
 
 
@@ -146,6 +146,12 @@ def _register_zoo() -> None:
     ]:
         register(name, builder, description=description, modalities=("tabular",),
                  tasks=(*PREDICTS, "survival"), listing_inputs=tabular.listing_inputs)  # fmt: skip
+    for name, builder, description in [
+        ("history_gru", history.history_gru, "GRU/LSTM over visits (packed) + static covariates (histories)"),
+        ("history_transformer", history.history_transformer, "transformer over visits (time encoding) + covariates"),
+    ]:
+        register(name, builder, description=description, modalities=("history",),
+                 tasks=(*PREDICTS, "survival"), listing_inputs=history.listing_inputs)  # fmt: skip
 
 
 _register_zoo()
