@@ -29,6 +29,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "lightgbm": ("LightGBM", "tabular"),
     "lifelines": ("lifelines", "tabular"),
     "sksurv": ("scikit-survival", "tabular"),
+    "SurvSet": ("SurvSet", "tabular"),
 }
 
 
