@@ -130,8 +130,6 @@ def test_the_base_install_serves_images_and_volumes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="config._elsewhere looks in every registered modality (names()), not the "
-                   "ones that load here (MODALITIES.available())", strict=False)
 def test_a_misplaced_key_is_reported_as_such_without_an_extra() -> None:
     """A key of the sequence section in an image config names its owner, RDKit or not."""
     done = run_without(["rdkit"], "validate", "examples/pneumonia_resnet18.yaml", "--set", "data.sequence.alphabet=dna")

@@ -246,7 +246,7 @@ def _elsewhere(loc: tuple) -> str:
     if len(loc) != 2 or loc[0] not in ("data", "task"):
         return ""
     registry, selector = (MODALITIES, "data.modality") if loc[0] == "data" else (TASKS, "task.kind")
-    owners = [name for name in registry.names() if str(loc[1]) in registry.get(name).config.model_fields]
+    owners = [name for name in registry.available() if str(loc[1]) in registry.get(name).config.model_fields]
     return f"; it belongs to {selector}: {' or '.join(owners)}" if owners else ""
 
 

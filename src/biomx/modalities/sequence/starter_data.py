@@ -31,10 +31,9 @@ def export_amp_vs_tm(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """
     import csv
 
-    try:
-        from modlamp.datasets import load_AMPvsTM
-    except ImportError:
-        raise ConfigError("the amp_vs_tm peptides come from the modlamp package: pip install modlamp") from None
+    from biomx.plugins import import_extra
+
+    load_AMPvsTM = import_extra("modlamp.datasets", "the amp_vs_tm dataset").load_AMPvsTM
     from biomx.modalities.common.msd_writer import out_folder, refuse_existing
 
     path = Path(out_dir) / "amp_vs_tm.csv"

@@ -24,7 +24,7 @@ from biomx.data.samples import Samples
 from biomx.data.spatial_augment import is_active
 from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
-from biomx.modalities import get_modality, modality_names
+from biomx.modalities import MODALITIES, get_modality
 from biomx.models.segmentation import required_divisor
 
 
@@ -39,7 +39,7 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
     scan, scan_key = modality.scan_settings(cfg)
     dataset = modality.read_pairs(data.path)
     if dataset.spatial_dims != dims:
-        fits = [n for n in modality_names() if getattr(get_modality(n), "spatial_dims", None) == dataset.spatial_dims]
+        fits = [n for n in MODALITIES.available() if getattr(get_modality(n), "spatial_dims", None) == dataset.spatial_dims]
         raise ConfigError(f"data.modality: {data.path} holds {dataset.spatial_dims}D images; use modality: "
                           f"{' or '.join(fits) or '(none registered)'}")  # fmt: skip
     settings = settings_from(scan, dims, len(dataset.channels) or None, cfg.task.patch_size, scan_key,

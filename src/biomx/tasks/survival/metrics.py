@@ -9,6 +9,7 @@ call, without building structured arrays. Higher risk means an earlier event.
 from __future__ import annotations
 
 import numpy as np
+from scipy.integrate import trapezoid  # np.trapezoid is numpy >= 2 only
 from scipy.stats import chi2
 
 TIED_TOL = 1e-8  # risk scores this close count as tied (sksurv's tied_tol)
@@ -97,7 +98,7 @@ def integrated_brier(time: np.ndarray, event: np.ndarray, surv: np.ndarray, grid
                      censoring: Censoring) -> float:
     """The Brier score integrated over the grid (trapezoid), divided by the grid's span."""
     scores = brier_scores(time, event, surv, grid, censoring)
-    return float(np.trapezoid(scores, grid) / (grid[-1] - grid[0]))
+    return float(trapezoid(scores, grid) / (grid[-1] - grid[0]))
 
 
 def dynamic_auc(time: np.ndarray, event: np.ndarray, risk: np.ndarray, horizons: np.ndarray,

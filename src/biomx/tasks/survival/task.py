@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from scipy.integrate import trapezoid  # np.trapezoid is numpy >= 2 only
 
 from biomx.errors import BiomxError, ConfigError, DataError
 from biomx.protocols import PredictRequest, TestRun
@@ -95,7 +96,7 @@ class SurvivalTask:
             return preds.reshape(-1)
         edges = np.concatenate([[0.0], self.cuts or []])
         surv = np.concatenate([np.ones((len(preds), 1)), preds.reshape(len(preds), -1)], axis=1)
-        return edges[-1] - np.trapezoid(surv, edges, axis=1)
+        return edges[-1] - trapezoid(surv, edges, axis=1)
 
     def survival(self, preds: np.ndarray, times: np.ndarray) -> np.ndarray:
         """S(t) at `times` for each sample, (N, T)."""
