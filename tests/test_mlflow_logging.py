@@ -165,8 +165,8 @@ def test_flat_params_are_dotted_keys_with_json_values():
 
 def test_without_mlflow_the_config_is_one_line_and_no_run_starts(tmp_path, png_folder, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError
-    with pytest.raises(BiomxError, match=r"^output.mlflow needs MLflow: pip install mlflow$"):
+    with pytest.raises(BiomxError, match=r'^output.mlflow needs MLflow: pip install "biomx\[tracking\]" \(or mlflow\)$'):
         require_mlflow()
     assert main(["train", str(_config(tmp_path, png_folder, "true"))]) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: output.mlflow needs MLflow: pip install mlflow"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == 'error: output.mlflow needs MLflow: pip install "biomx[tracking]" (or mlflow)'
     assert not (tmp_path / "runs" / "tiny").exists()  # refused before any run file was written

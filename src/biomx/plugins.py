@@ -30,6 +30,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "lifelines": ("lifelines", "tabular"),
     "sksurv": ("scikit-survival", "tabular"),
     "SurvSet": ("SurvSet", "tabular"),
+    "mlflow": ("MLflow", "tracking"),
 }
 
 

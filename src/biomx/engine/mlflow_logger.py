@@ -1,7 +1,7 @@
 """Log a run to MLflow (`output.mlflow`): the flattened config as params, every epoch's numbers,
 the test metrics, and the report, config and best checkpoint(s) as artifacts.
 
-MLflow is optional (`pip install mlflow` or `mlflow-skinny`) and imported only when asked for.
+MLflow is optional (`pip install "biomx[tracking]"`, or mlflow itself) and imported only when asked for.
 The default store is a file store in `<run>/mlruns` (`mlflow ui --backend-store-uri
 <run>/mlruns`); `output.mlflow.tracking_uri` takes any MLflow URI. `<run>/mlflow.json` keeps the
 MLflow run id, so `biomx train --resume` continues the same MLflow run.
@@ -36,7 +36,7 @@ def require_mlflow() -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        raise BiomxError("output.mlflow needs MLflow: pip install mlflow") from None
+        raise BiomxError('output.mlflow needs MLflow: pip install "biomx[tracking]" (or mlflow)') from None
 
 
 def check_tracking(cfg: ExperimentConfig) -> None:
