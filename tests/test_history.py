@@ -177,3 +177,34 @@ def test_bad_input_is_one_line_naming_file_row_and_column(tmp_path: Path) -> Non
     message = _refused(tmp_path, ok, [{"id": "a", "age": 1, "time": 4, "event": 1},
                                       {"id": "a", "age": 2, "time": 5, "event": 0}])  # fmt: skip
     assert "base.csv row 3: column 'id': patient 'a' has a second baseline row" in message
+
+
+@pytest.mark.parametrize("kind,label,model", [("classification", "event", "history_gru"),
+                                              ("regression", "time", "history_transformer")])  # fmt: skip
+def test_classification_and_regression_train_and_predict(tmp_path: Path, kind: str, label: str, model: str) -> None:
+    import yaml
+
+    from biomx.cli import main
+
+    history, baseline = _tables(tmp_path)
+    cfg = _cfg(history, baseline) | {"model": {"name": model, "args": {"width": 8}}, "task": {"kind": kind}}
+    cfg["data"]["label_column"] = label
+    cfg["data"]["history"]["exclude"] = ["time" if label == "event" else "event"]  # the other outcome
+    cfg["train"] = {"epochs": 1, "batch_size": 8, "progress": False}
+    cfg["eval"] = {"bootstrap": 5, "explain": 0}
+    cfg["output"] = {"dir": str(tmp_path / "runs"), "name": kind, "tensorboard": False}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 0
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tmp_path / "runs" / kind), str(history), "-o", str(out)]) == 0
+    assert len(list(csv.DictReader(open(out)))) == N_PATIENTS
+
+
+def test_a_bad_baseline_covariate_names_the_history_key(tmp_path: Path) -> None:
+    history, baseline = _tables(tmp_path)
+    rows = list(csv.DictReader(open(baseline)))
+    rows[3]["age"] = "old"
+    _write(baseline, rows)
+    with pytest.raises(DataError, match=r"b.csv row 5: column 'age': 'old' is not a number .*data.history.columns"):
+        prepare(validate(_cfg(history, baseline, columns={"age": "numeric"})))

@@ -62,7 +62,8 @@ def column_types(table: Table, features: list[str], declared: dict[str, str], ma
     return {c: declared.get(c) or infer_type(table.columns[c], max_levels) for c in features}
 
 
-def parse_column(table: Table, name: str, kind: str, bad_rows: list[int] | None = None) -> np.ndarray:
+def parse_column(table: Table, name: str, kind: str, bad_rows: list[int] | None = None,
+                 declared_in: str = "data.tabular.columns") -> np.ndarray:  # fmt: skip
     """A column's values: float (NaN = missing) for numeric/boolean, text ("" = missing) otherwise.
 
     A cell that does not fit the type raises a DataError naming file, row and column; with
@@ -73,7 +74,7 @@ def parse_column(table: Table, name: str, kind: str, bad_rows: list[int] | None 
     values, bad = (parse_numbers if kind == "numeric" else parse_booleans)(cells)
     if len(bad):
         if bad_rows is None:
-            raise bad_value(table, name, int(bad[0]), kind)
+            raise bad_value(table, name, int(bad[0]), kind, declared_in)
         bad_rows.extend(int(r) for r in bad)
     return values
 

@@ -196,8 +196,9 @@ def text_cells(cells: np.ndarray) -> np.ndarray:
     return np.asarray(["" if u.lower() in MISSING else u for u in text], dtype=object)[codes]
 
 
-def bad_value(table: Table, name: str, row: int, kind: str) -> DataError:
+def bad_value(table: Table, name: str, row: int, kind: str, declared_in: str = "data.tabular.columns") -> DataError:
+    """`declared_in`: the config key where the reading modality declares column types."""
     value = table.columns[name][row]
     wanted = "a number" if kind == "numeric" else "true/false, yes/no or 1/0"
     return DataError(f"{table.where(row)}: column {name!r}: {str(value)!r} is not {wanted} "
-                     f"(the column is {kind}; declare it in data.tabular.columns to read it otherwise)")  # fmt: skip
+                     f"(the column is {kind}; declare it in {declared_in} to read it otherwise)")  # fmt: skip

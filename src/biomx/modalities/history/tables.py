@@ -71,7 +71,7 @@ def read_baseline(path: str | Path, settings, label_columns: list[str], group_co
         table.column(name, "data.history.columns" if name in settings.columns else "data.history.exclude")
     features = [c for c in table.names if c not in used]
     types = column_types(table, features, settings.columns, 10)
-    values = {name: parse_column(table, name, kind) for name, kind in types.items()}
+    values = {name: parse_column(table, name, kind, None, "data.history.columns") for name, kind in types.items()}
     return Baseline(str(table.path), ids, types, values, labels, rows, table)
 
 
