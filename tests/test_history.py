@@ -208,3 +208,13 @@ def test_a_bad_baseline_covariate_names_the_history_key(tmp_path: Path) -> None:
     _write(baseline, rows)
     with pytest.raises(DataError, match=r"b.csv row 5: column 'age': 'old' is not a number .*data.history.columns"):
         prepare(validate(_cfg(history, baseline, columns={"age": "numeric"})))
+
+
+def test_a_missing_label_is_one_line(tmp_path: Path) -> None:
+    history, baseline = _tables(tmp_path)
+    rows = list(csv.DictReader(open(baseline)))
+    rows[2]["event"] = ""
+    _write(baseline, rows)
+    with pytest.raises(DataError, match=r"^.*b.csv row 4: column 'event': the label is missing \(1 rows lack it; "
+                                        r"drop those rows\)$"):  # fmt: skip
+        prepare(validate(_cfg(history, baseline)))

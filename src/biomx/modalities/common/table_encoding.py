@@ -142,18 +142,20 @@ def transform(values: dict[str, np.ndarray], encoding: dict[str, Any]) -> np.nda
     return np.stack(parts, axis=1).astype(np.float32)
 
 
-def check_labels(table: Table, columns: list[str], keep_missing: bool) -> list:
+def check_labels(table: Table, columns: list[str], keep_missing: bool,
+                 keep_key: str | None = "data.tabular.missing_labels") -> list:  # fmt: skip
     """The label cells (text), one per row, a list per row for several columns; a missing label
-    is a DataError naming file, row and column unless `keep_missing`."""
+    is a DataError naming file, row and column unless `keep_missing` (`keep_key`: the setting
+    that keeps them, named in the message; None where the reading modality has none)."""
     cells = []
     for name in columns:
         column = table.column(name, "data.label_column")
         missing = missing_mask(column)
         if missing.any() and not keep_missing:
             row = int(np.flatnonzero(missing)[0])
+            keep = f", or set {keep_key}: keep for multi-task labels" if keep_key else ""
             raise DataError(f"{table.where(row)}: column {name!r}: the label is missing "
-                            f"({int(missing.sum())} rows lack it; drop those rows, or set "
-                            "data.tabular.missing_labels: keep for multi-task labels)")  # fmt: skip
+                            f"({int(missing.sum())} rows lack it; drop those rows{keep})")  # fmt: skip
         cells.append(np.where(missing, "", text_cells(column)).tolist())
     if len(columns) == 1:
         return cells[0]

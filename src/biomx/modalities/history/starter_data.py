@@ -19,7 +19,7 @@ def _frames(name: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     try:
         from SurvSet.data import SurvLoader
     except ImportError:
-        raise ConfigError(f"the {name} histories come from SurvSet: pip install SurvSet") from None
+        raise ConfigError(f"the {name} histories come from SurvSet: pip install 'biomx[tabular]'") from None
     frame = SurvLoader().load_dataset(name)["df"]
     history, baseline = [], []
     # SurvSet keeps the counting-process form: one row per interval [time, time2) with the CD4

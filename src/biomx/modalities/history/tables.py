@@ -63,7 +63,7 @@ def read_baseline(path: str | Path, settings, label_columns: list[str], group_co
         rows[pid] = i
     labels: list = []
     if need_labels:
-        labels = check_labels(table, label_columns, False)
+        labels = check_labels(table, label_columns, False, None)
     used = {settings.id_column, *label_columns, *settings.exclude}
     if group_column:
         used.add(group_column)
