@@ -218,3 +218,16 @@ def test_a_missing_label_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"^.*b.csv row 4: column 'event': the label is missing \(1 rows lack it; "
                                         r"drop those rows\)$"):  # fmt: skip
         prepare(validate(_cfg(history, baseline)))
+
+
+def test_parquet_tables_read_as_csv(tmp_path: Path) -> None:
+    import pandas as pd
+
+    history, baseline = _tables(tmp_path)
+    for path in (history, baseline):
+        pd.read_csv(path, dtype=str, keep_default_na=False).to_parquet(path.with_suffix(".parquet"))
+    csv_run = prepare(validate(_cfg(history, baseline)))
+    cfg = _cfg(history.with_suffix(".parquet"), baseline.with_suffix(".parquet"))
+    cfg["data"]["source"] = "parquet"
+    parquet_run = prepare(validate(cfg))
+    assert torch.equal(csv_run.datasets["train"].x, parquet_run.datasets["train"].x)

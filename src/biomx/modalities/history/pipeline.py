@@ -60,7 +60,7 @@ def load(cfg: ExperimentConfig) -> Samples:
     d, s = cfg.data, cfg.data.history
     labels = label_columns(d)
     baseline = read_baseline(s.baseline, s, labels, d.group_column)
-    histories, variables = read_histories(d.path, s, baseline.rows, baseline.path)
+    histories, variables = read_histories(d.path, s, baseline.rows, baseline.path, source=d.source)
     rows = np.arange(len(baseline.ids))
     kept_labels = baseline.labels
     if s.landmark is not None and s.at_risk_column:

@@ -108,13 +108,14 @@ def _matrix(table: Table, settings, variables: list[str] | None) -> tuple[np.nda
 
 
 def read_histories(path: str | Path, settings, baseline_rows: dict[str, int] | None, baseline_path: str,
-                   variables: list[str] | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:  # fmt: skip
+                   variables: list[str] | None = None, source: str | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:  # fmt: skip
     """Patient id -> (relative visit times, (visits, variables) values); the variables.
 
     Rows of one patient at the same time are one visit (a long table's rows of one visit merge;
     a later row's value wins). A patient without a baseline row, a missing or negative time, a
-    non-number: a DataError naming file, row and column."""
-    table = read_table(path)
+    non-number: a DataError naming file, row and column. `source`: csv, tsv or parquet (default:
+    from the suffix)."""
+    table = read_table(path, source)
     ids = text_cells(table.column(settings.id_column, "data.history.id_column"))
     times = _numbers(table, settings.time_column, "data.history.time_column")
     for i in np.flatnonzero(np.isnan(times) | (times < 0))[:1]:
