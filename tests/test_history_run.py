@@ -79,6 +79,9 @@ def test_history_run_predict_and_a_baseline_only_model_on_the_same_split(exporte
     # The CD4 history carries what the four baseline covariates lack (here 0.75 vs 0.71; the full
     # set over five splits is in docs/history.md).
     assert c_history > c_static
+    report = (history / "report.html").read_text()
+    assert "History encoding (fitted on the training patients)" in report
+    assert "Variable importance (occlusion on the test patients)" in report
     out = tmp_path / "p.csv"
     assert main(["predict", str(history), str(exported / "aids_history.csv"), "-o", str(out)]) == 0
     predicted = list(csv.DictReader(open(out)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from biomx.modalities.common.defaults import add_commands, check_config, split
 from biomx.modalities.history.config import HistoryData
+from biomx.modalities.history.explain import explain
 from biomx.modalities.history.pipeline import (
     build_datasets,
     inference_model,
@@ -24,10 +25,6 @@ sources = config.sources
 split_methods = config.split_methods
 input_help = "history tables (the run's id, time and variables) of patients in the run's baseline table"
 
-
-def explain(model, task, test, n, cfg) -> list[dict]:
-    """No attribution sections yet: the report shows the task's own sections."""
-    return []
 
 
 __all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split",

@@ -100,9 +100,11 @@ def sample_digests(samples: Samples) -> list[str] | None:
 class HistoryDataset(Dataset):
     """Rows of the encoded matrix; holds every split's rows and serves those in `index`."""
 
-    def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray) -> None:
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray,
+                 variables: list[dict[str, Any]] | None = None, max_visits: int = 1) -> None:  # fmt: skip
         self.x, self.targets = x, targets
         self.index = np.asarray(index, dtype=np.int64)
+        self.variables, self.max_visits = variables or [], max_visits  # for the explanations
 
     def __len__(self) -> int:
         return len(self.index)
@@ -137,7 +139,7 @@ def build_datasets(samples: Samples, targets: torch.Tensor, splits: dict[str, np
            "max_visits": max(1, min(s.max_visits, longest)), "time_scale": s.time_scale,
            "baseline": str(s.baseline), "label_columns": label_columns(cfg.data)}  # fmt: skip
     x = torch.from_numpy(_matrix(record, static, pre))
-    datasets = {name: HistoryDataset(x, targets, idx) for name, idx in splits.items()}
+    datasets = {name: HistoryDataset(x, targets, idx, pre["variables"], pre["max_visits"]) for name, idx in splits.items()}
     inputs = model_inputs(static) | {"n_variables": len(record.variables), "max_visits": pre["max_visits"]}
     return datasets, pre, inputs
 
