@@ -18,6 +18,7 @@ from biomx.data.samples import Samples, sha256_file
 from biomx.data.splits import row_digests
 from biomx.errors import DataError
 from biomx.modalities.common.table_encoding import fit, model_inputs, parse_column, transform
+from biomx.modalities.history.config import HistorySettings
 from biomx.modalities.history.encode import encode_all, fit_variables, landmarked
 from biomx.modalities.history.tables import Baseline, read_baseline, read_histories
 
@@ -35,6 +36,7 @@ class HistoryRecord:
 
 
 def label_columns(cfg: Any) -> list[str]:
+    """data.label_column as a list (survival: [time, event])."""
     return list(cfg.label_column) if isinstance(cfg.label_column, list) else [cfg.label_column]
 
 
@@ -152,8 +154,8 @@ def read_inputs(preprocessing: dict[str, Any], inputs: list[str | Path], skip_er
                 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:  # fmt: skip
     """History tables of new patients (the run's layout and variables; others ignored); their
     covariates from the run's baseline table (`data.history.baseline`), joined on the id. Every
-    patient of the history table is predicted, cut at the run's landmark."""
-    from biomx.modalities.history.config import HistorySettings
+    patient of the history table is predicted, cut at the run's landmark. A bad row is refused
+    even with `skip_errors`: leaving one visit out would silently change a patient's history."""
 
     s = HistorySettings(**preprocessing["settings"])
     baseline = read_baseline(preprocessing["baseline"], s, [], None, need_labels=False)

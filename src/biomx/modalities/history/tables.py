@@ -15,6 +15,7 @@ import numpy as np
 from biomx.errors import DataError
 from biomx.modalities.common.table_encoding import check_labels, column_types, parse_column
 from biomx.modalities.common.table_readers import Table, parse_numbers, read_table, text_cells
+from biomx.modalities.history.config import HistorySettings
 
 
 @dataclass
@@ -48,7 +49,7 @@ def _numbers(table: Table, name: str, what: str) -> np.ndarray:
     return values
 
 
-def read_baseline(path: str | Path, settings, label_columns: list[str], group_column: str | None,
+def read_baseline(path: str | Path, settings: HistorySettings, label_columns: list[str], group_column: str | None,
                   need_labels: bool = True) -> Baseline:  # fmt: skip
     """One row per patient: the id, the covariates, the label cells (checked unless not needed)."""
     table = read_table(path)
@@ -75,7 +76,7 @@ def read_baseline(path: str | Path, settings, label_columns: list[str], group_co
     return Baseline(str(table.path), ids, types, values, labels, rows, table)
 
 
-def _long_cells(table: Table, settings) -> tuple[np.ndarray, list[str], np.ndarray]:
+def _long_cells(table: Table, settings: HistorySettings) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(variable index per row, variable names, value per row) of a long table."""
     names = text_cells(table.column(settings.variable_column, "data.history.variable_column"))
     values = _numbers(table, settings.value_column, "data.history.value_column")
@@ -87,7 +88,7 @@ def _long_cells(table: Table, settings) -> tuple[np.ndarray, list[str], np.ndarr
     return np.array([index[v] for v in names], dtype=np.int64), variables, values
 
 
-def _matrix(table: Table, settings, variables: list[str] | None) -> tuple[np.ndarray, list[str]]:
+def _matrix(table: Table, settings: HistorySettings, variables: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """(rows, variables) values: one row of the table per visit row (NaN = not measured)."""
     if settings.layout == "long":
         var, names, values = _long_cells(table, settings)
@@ -107,7 +108,7 @@ def _matrix(table: Table, settings, variables: list[str] | None) -> tuple[np.nda
     return np.stack([_numbers(table, v, "a history variable") for v in variables], axis=1), list(variables)
 
 
-def read_histories(path: str | Path, settings, baseline_rows: dict[str, int] | None, baseline_path: str,
+def read_histories(path: str | Path, settings: HistorySettings, baseline_rows: dict[str, int] | None, baseline_path: str,
                    variables: list[str] | None = None, source: str | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:  # fmt: skip
     """Patient id -> (relative visit times, (visits, variables) values); the variables.
 
