@@ -60,7 +60,7 @@ def evaluate_test(task: RowTask, run: TestRun) -> tuple[dict[str, Any] | None, l
     return evaluation, sections
 
 
-def _batches(x: Any, batch_size: int):
+def batches(x: Any, batch_size: int):
     """A stacked tensor is split; a dataset with `__getitems__` (molecules) is fetched in chunks."""
     if isinstance(x, torch.Tensor):
         yield from x.split(batch_size)
@@ -86,7 +86,7 @@ def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
                 torch.manual_seed(k)  # reproducible dropout masks
                 enable_dropout(model)
             preds, start = [], 0
-            for batch in _batches(x, request.batch_size):
+            for batch in batches(x, request.batch_size):
                 out = model(batch)
                 _check_finite(out, names, start)  # a diverged model must not label NaN as a class
                 preds.append(task.predictions(out))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from biomx.batched import _batches, _check_finite
+from biomx.batched import _check_finite, batches
 from biomx.engine.trainer import enable_dropout
 from biomx.errors import BiomxError
 from biomx.modalities import get_modality
@@ -179,7 +179,7 @@ class Predictor:
                     torch.manual_seed(k)  # the dropout masks of `biomx predict`
                     enable_dropout(model)
                 preds, start = [], 0
-                for batch in _batches(inputs, self.batch_size):
+                for batch in batches(inputs, self.batch_size):
                     out = model(batch.to(self.device))
                     _check_finite(out, names, start)  # a diverged model must not label NaN as a class
                     preds.append(self.task.predictions(out).cpu())

@@ -1,13 +1,16 @@
-"""Images (or volumes) held in one tensor, served as augmented, already-stacked batches.
+"""Samples held in one tensor, served as already-stacked batches.
 
 `ImageTensorDataset.__getitems__` indexes and augments (e.g. `image.augment.Augment`) a whole
 batch of the tensor at once, so loading costs milliseconds, not a Python loop per sample.
+`RowTensorDataset` does the same for encoded rows (a table's, a patient history's) without
+augmentation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -83,3 +86,23 @@ class ImageTensorDataset(Dataset):
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x, self.targets[index]
+
+
+class RowTensorDataset(Dataset):
+    """Rows of one encoded matrix. It holds every split's rows (explanations and baselines read
+    the training rows through the test dataset) and serves the rows of its own split, `index`."""
+
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray) -> None:
+        self.x, self.targets = x, targets
+        self.index = np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(self.index[np.asarray(indices, dtype=np.int64)])
+        return self.x[rows], self.targets[rows]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]

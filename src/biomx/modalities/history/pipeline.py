@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples, sha256_file
 from biomx.data.splits import row_digests
 from biomx.errors import DataError
 from biomx.modalities.common.table_encoding import fit, model_inputs, parse_column, transform
+from biomx.modalities.common.tensor_dataset import RowTensorDataset
 from biomx.modalities.history.config import HistorySettings
 from biomx.modalities.history.encode import encode_all, fit_variables, landmarked
 from biomx.modalities.history.tables import Baseline, read_baseline, read_histories
@@ -99,25 +99,14 @@ def sample_digests(samples: Samples) -> list[str] | None:
     return row_digests(padded)
 
 
-class HistoryDataset(Dataset):
-    """Rows of the encoded matrix; holds every split's rows and serves those in `index`."""
+class HistoryDataset(RowTensorDataset):
+    """The encoded histories (one flat row per patient), with their variables and visit count
+    (for the explanations)."""
 
     def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray,
                  variables: list[dict[str, Any]] | None = None, max_visits: int = 1) -> None:  # fmt: skip
-        self.x, self.targets = x, targets
-        self.index = np.asarray(index, dtype=np.int64)
-        self.variables, self.max_visits = variables or [], max_visits  # for the explanations
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.as_tensor(self.index[np.asarray(indices, dtype=np.int64)])
-        return self.x[rows], self.targets[rows]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
+        super().__init__(x, targets, index)
+        self.variables, self.max_visits = variables or [], max_visits
 
 
 def _matrix(record: HistoryRecord, static: dict[str, Any], pre: dict[str, Any]) -> np.ndarray:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
@@ -22,6 +21,7 @@ from biomx.modalities.common.table_encoding import (
     transform,
 )
 from biomx.modalities.common.table_readers import read_table, text_cells
+from biomx.modalities.common.tensor_dataset import RowTensorDataset
 from biomx.modalities.tabular.table import ParsedTable, label_columns, load_parsed
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -80,25 +80,13 @@ def sample_digests(samples: Samples) -> list[str] | None:
     return [f"{h:016x}" for h in pd.util.hash_pandas_object(frame, index=False).to_numpy()]
 
 
-class TabularDataset(Dataset):
-    """Rows of the encoded matrix; holds every split's rows (explanations and the baseline read
-    the training rows through the test dataset) and the rows of its own split in `index`."""
+class TabularDataset(RowTensorDataset):
+    """The encoded table's rows, with the encoding that made them (for the explanations)."""
 
     def __init__(self, x: torch.Tensor, targets: torch.Tensor, index: np.ndarray,
                  encoding: dict[str, Any] | None = None) -> None:  # fmt: skip
-        self.x, self.targets, self.encoding = x, targets, encoding
-        self.index = np.asarray(index, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.as_tensor(self.index[np.asarray(indices, dtype=np.int64)])
-        return self.x[rows], self.targets[rows]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
+        super().__init__(x, targets, index)
+        self.encoding = encoding
 
 
 def build_datasets(samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray],

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from biomx.batched import batches
 from biomx.engine import distributed as dist
 from biomx.engine.trainer import enable_dropout
 from biomx.errors import BiomxError
@@ -87,15 +88,6 @@ def evaluate_test(task: SurvivalTask, run: TestRun) -> tuple[dict[str, Any] | No
     return evaluation, sections
 
 
-def _batches(x: Any, batch_size: int):
-    """A stacked tensor is split; a dataset with `__getitems__` is fetched in chunks."""
-    if isinstance(x, torch.Tensor):
-        yield from x.split(batch_size)
-        return
-    for start in range(0, len(x), batch_size):
-        yield x.__getitems__(list(range(start, min(start + batch_size, len(x)))))[0]
-
-
 def load_baseline(task: SurvivalTask, run_dir: Path | None) -> None:
     """A Cox run's Breslow baseline, from the run directory (written by its test evaluation)."""
     if task.model != "cox" or task.baseline is not None:
@@ -123,7 +115,7 @@ def predict(task: SurvivalTask, request: PredictRequest) -> dict[str, list]:
             if mc > 0:
                 torch.manual_seed(k)  # reproducible dropout masks
                 enable_dropout(model)
-            outputs = [model(batch) for batch in _batches(x, request.batch_size)]
+            outputs = [model(batch) for batch in batches(x, request.batch_size)]
             preds = task.predictions(torch.cat(outputs)) if outputs else torch.zeros(0, max(task.out_dim, 1))
             if not torch.isfinite(preds).all():
                 raise BiomxError("the model's output is not finite (NaN/Inf): a diverged run; "
