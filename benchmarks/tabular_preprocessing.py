@@ -56,7 +56,7 @@ def _config(path: Path, cache_dir: Path):
 
 
 def time_once(path: Path, root: Path, k: int) -> dict[str, float]:
-    from biomx.modalities.tabular.encoding import fit, transform
+    from biomx.modalities.common.table_encoding import fit, transform
     from biomx.modalities.tabular.table import load_parsed
 
     cfg = _config(path, root / f"cache{k}")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from biomx.config import validate
-from biomx.modalities.tabular.encoding import encoded_names, fit, model_inputs, transform
+from biomx.modalities.common.table_encoding import encoded_names, fit, model_inputs, transform
+from biomx.modalities.common.table_readers import read_table
 from biomx.modalities.tabular.interpret import attributions, baseline_row, sum_to_columns
-from biomx.modalities.tabular.readers import read_table
 from biomx.modalities.tabular.table import parse
 from biomx.models.registry import build_model
 
