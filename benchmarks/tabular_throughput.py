@@ -2,6 +2,7 @@
 `ft_transformer`.
 
     .venv/bin/python benchmarks/tabular_throughput.py [--rows 20000] [--rounds 5] [--threads 1] [--models tabular_mlp ft_transformer]
+    .venv/bin/python benchmarks/tabular_throughput.py --modality history [--rows 20000] [--threads 1]
 
 The table: GBSG2 as `biomx datasets --name gbsg2 --export DIR` writes it (686 breast cancer
 patients, 5 numeric and 3 categorical features, time and event), resampled with replacement
@@ -25,6 +26,17 @@ One untimed warm-up epoch per side, then --rounds alternating pairs (biomx, bare
 process, so load from other processes hits both; the estimate is the median of the paired
 per-round ratios (target >= 0.90). Each side also records batch / median step interval, which
 a burst of load on the shared machine does not throw off.
+
+--modality history times the patient-history models the same way: `history_gru` and
+`history_transformer` on the AIDS trial as `biomx datasets --name aids --export DIR` writes it
+(467 patients, CD4 at 0, 2, 6, 12, 18 months), patients resampled with replacement to --rows
+patients (fresh ids, each copy with all its visits), trained as `examples/aids_history.yaml`
+(landmark 6 months, so only the patients alive then and their visits up to month 6: 3 visit
+blocks per row; stratified 60/20/20, Cox loss, AdamW, batch 64). history_gru keeps the example's
+args (width 32, depth 1, GRU, dropout 0.1); history_transformer gets the args of
+docs/history.md's measured table (width 32, depth 1, 4 heads, dropout 0.1). The encoded history
+is one flat float row per patient (covariates, then the visit blocks), held in the same
+RowTensorDataset as a table, so the bare loop is the same.
 
 --threads 1 is what the README's numbers use: with torch's default of one thread per core and
 another process on one of the cores, the MLP's many tiny parallel ops wait for the busy core
@@ -50,11 +62,14 @@ from biomx.engine import logging as biomx_logging
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import seed_everything
 from biomx.experiment import Prepared, _trainer, prepare
+from biomx.modalities.history.starter_data import export_dataset as export_history
 from biomx.modalities.tabular.starter_data import export_dataset
 from biomx.models.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "gbsg2_survival.yaml"
+HISTORY_EXAMPLE = ROOT / "examples" / "aids_history.yaml"
+MODELS = {"tabular": ["tabular_mlp", "ft_transformer"], "history": ["history_gru", "history_transformer"]}
 TARGET = 0.90
 NOISY = 1.15  # warn when one side's rounds differ by more than 15%
 
@@ -72,6 +87,41 @@ def make_table(rows: int, folder: Path, seed: int = 0) -> Path:
         for k, i in enumerate(picks):
             writer.writerow([f"r{k:07d}", *body[i][1:]])  # column 0 is the id
     return path
+
+
+def make_histories(patients: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The AIDS histories exported by biomx, patients resampled with replacement to `patients`
+    (fresh ids; each copy keeps all its visits): (history table, baseline table)."""
+    export_history("aids", folder)
+    tables = {}
+    for part in ("history", "baseline"):
+        with open(folder / f"aids_{part}.csv", newline="") as f:
+            header, *body = list(csv.reader(f))
+        tables[part] = (header, body)
+    (h_header, h_body), (b_header, b_body) = tables["history"], tables["baseline"]
+    visits: dict[str, list[list[str]]] = {}
+    for row in h_body:  # column 0 is the id in both tables
+        visits.setdefault(row[0], []).append(row[1:])
+    picks = np.random.default_rng(seed).integers(0, len(b_body), patients)
+    history, baseline = folder / f"aids_history_{patients}.csv", folder / f"aids_baseline_{patients}.csv"
+    with open(history, "w", newline="") as fh, open(baseline, "w", newline="") as fb:
+        wh, wb = csv.writer(fh), csv.writer(fb)
+        wh.writerow(h_header)
+        wb.writerow(b_header)
+        for k, i in enumerate(picks):
+            ident = f"p{k:07d}"
+            wb.writerow([ident, *b_body[i][1:]])
+            wh.writerows([ident, *v] for v in visits[b_body[i][0]])
+    return history, baseline
+
+
+def history_config(history: Path, baseline: Path, model: str, batch_size: int) -> ExperimentConfig:
+    # The example's args are GRU args; the transformer gets those of docs/history.md's table.
+    args = [] if model == "history_gru" else ["model.args={width: 32, depth: 1, heads: 4, dropout: 0.1}"]
+    return load_config(HISTORY_EXAMPLE, [
+        f"data.path={history}", f"data.history.baseline={baseline}", f"model.name={model}", *args,
+        "train.epochs=1", "train.progress=false", "train.device=cpu", f"train.batch_size={batch_size}",
+    ])  # fmt: skip
 
 
 def config(table: Path, cache: Path, model: str, batch_size: int) -> ExperimentConfig:
@@ -152,7 +202,8 @@ def measure(p: Prepared, rounds: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rows", type=int, default=20_000, help="rows of the resampled table (default 20000)"
+        "--rows", type=int, default=20_000,
+        help="rows of the resampled table, or patients with --modality history (default 20000)",
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="biomx/bare pairs per model (default 5)"
@@ -160,8 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--batch-size", type=int, default=64, help="batch size (default 64, the example's)"
     )
-    parser.add_argument("--models", nargs="+", default=["tabular_mlp", "ft_transformer"],
-                        choices=["tabular_mlp", "ft_transformer"])  # fmt: skip
+    parser.add_argument("--modality", choices=list(MODELS), default="tabular",
+                        help="tabular: GBSG2 rows (default); history: AIDS patient histories")  # fmt: skip
+    parser.add_argument("--models", nargs="+", default=None, choices=[m for ms in MODELS.values() for m in ms],
+                        help="default: both models of --modality")  # fmt: skip
     parser.add_argument(
         "--threads",
         type=int,
@@ -172,20 +225,29 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.rows < 1000 or args.rounds < 1 or args.batch_size < 2:
         parser.error("needs --rows >= 1000, --rounds >= 1, --batch-size >= 2")
+    models = args.models or MODELS[args.modality]
+    if any(m not in MODELS[args.modality] for m in models):
+        parser.error(f"--modality {args.modality} takes --models {' '.join(MODELS[args.modality])}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     quiet, biomx_logging.console.quiet = biomx_logging.console.quiet, True  # no per-epoch lines
-    results: dict = {"rows": args.rows, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+    results: dict = {"modality": args.modality, "rows": args.rows, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "models": {}}  # fmt: skip
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            table = make_table(args.rows, Path(tmp))
-            for name in args.models:
-                p = prepare(config(table, Path(tmp) / "cache", name, args.batch_size))
+            if args.modality == "tabular":
+                table = make_table(args.rows, Path(tmp))
+            else:
+                history, baseline = make_histories(args.rows, Path(tmp))
+            for name in models:
+                if args.modality == "tabular":
+                    p = prepare(config(table, Path(tmp) / "cache", name, args.batch_size))
+                else:
+                    p = prepare(history_config(history, baseline, name, args.batch_size))
                 n_train = len(p.datasets["train"])
-                print(f"{name} {p.info['model']['args']}: {n_train} training rows x "
+                print(f"{name} {p.info['model']['args']}: {n_train} training rows of {len(p.targets)} x "
                       f"{p.datasets['train'].x.shape[1]} encoded columns, batch {args.batch_size}, "
                       f"{n_train // args.batch_size} steps/epoch, fp32 CPU, {torch.get_num_threads()} threads",
                       flush=True)  # fmt: skip
