@@ -1,5 +1,5 @@
-"""Tabular training throughput: biomx's Trainer vs a bare PyTorch loop, for `tabular_mlp` and
-`ft_transformer`.
+"""Tabular and patient-history training throughput: biomx's Trainer vs a bare PyTorch loop, for
+`tabular_mlp`, `ft_transformer`, `history_gru` and `history_transformer`.
 
     .venv/bin/python benchmarks/tabular_throughput.py [--rows 20000] [--rounds 5] [--threads 1] [--models tabular_mlp ft_transformer]
     .venv/bin/python benchmarks/tabular_throughput.py --modality history [--rows 20000] [--threads 1]
