@@ -286,6 +286,22 @@ def test_classical_cox_only_for_flat_features(gbsg2):
     assert fitted is None and "no linear baseline" in note
 
 
+def test_classical_cox_reads_level_codes_as_levels():
+    """An encoded categorical (level codes 1, 2, 3) whose middle level carries the risk: a linear
+    model on the codes as numbers cannot rank it; one indicator per level can."""
+    from biomx.tasks.survival.baseline import cox_ph_predict, fit_cox_ph
+
+    rng = np.random.default_rng(0)
+    code = rng.integers(1, 4, size=400).astype(np.float64)
+    x = np.column_stack([code, rng.normal(size=400)])  # a standardised number beside it
+    time = rng.exponential(1.0 / np.exp(2.0 * (code == 2)))
+    event = np.ones(400)
+    fitted, note = fit_cox_ph(x[:300], time[:300], event[:300])
+    assert "1 coded as levels (one-hot)" in note
+    risk, _ = cox_ph_predict(fitted, x[300:], np.zeros(1))
+    assert m.concordance(time[300:], event[300:], risk) > 0.65
+
+
 def test_horizons_must_increase():
     from pydantic import ValidationError
 

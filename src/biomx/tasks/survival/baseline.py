@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 PENALIZER = 0.01  # a small ridge penalty: one-hot or collinear columns would not converge without it
 MAX_FEATURES = 200  # beyond this a linear Cox fit is slow and ill-posed on typical cohort sizes
+MAX_LEVELS = 50  # more distinct whole numbers than this in a column: a count, not level codes
 
 
 def breslow(time: np.ndarray, event: np.ndarray, log_risk: np.ndarray) -> dict[str, Any]:
@@ -59,10 +60,33 @@ def flat_features(data: Dataset) -> np.ndarray | None:
     return x.double().numpy()
 
 
+def _level_codes(x_train: np.ndarray) -> dict[int, np.ndarray]:
+    """Columns that hold integer level codes (3 to MAX_LEVELS distinct whole numbers in training),
+    e.g. an encoded categorical: column -> its training levels. A linear model must not read a
+    code as a quantity, so these are one-hot encoded; standardised numbers are never all whole."""
+    codes = {}
+    for k in range(x_train.shape[1]):
+        levels = np.unique(x_train[:, k])
+        if 3 <= len(levels) <= MAX_LEVELS and np.all(levels == np.round(levels)):
+            codes[k] = levels
+    return codes
+
+
+def _design(x: np.ndarray, keep: np.ndarray, codes: dict[int, np.ndarray]) -> Any:
+    """The Cox model's input frame: kept numeric columns, and one indicator per level of each
+    coded column but its first (the reference; a level unseen in training gets none)."""
+    import pandas as pd
+
+    columns = {f"x{k}": x[:, k] for k in keep if k not in codes}
+    for k, levels in codes.items():
+        for level in levels[1:]:
+            columns[f"x{k}={level:g}"] = (x[:, k] == level).astype(np.float64)
+    return pd.DataFrame(columns)
+
+
 def fit_cox_ph(x_train: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[Any | None, str]:
-    """(a fitted lifelines CoxPHFitter and the columns it kept, a note) or (None, why not)."""
+    """(a fitted lifelines CoxPHFitter with how it encodes its inputs, a note) or (None, why not)."""
     try:
-        import pandas as pd
         from lifelines import CoxPHFitter
         from lifelines.exceptions import ConvergenceError
     except ImportError:  # an optional dependency: the network's own evaluation does not need it
@@ -70,7 +94,8 @@ def fit_cox_ph(x_train: np.ndarray, time: np.ndarray, event: np.ndarray) -> tupl
     if x_train.shape[1] > MAX_FEATURES:
         return None, f"no linear baseline: {x_train.shape[1]} input features (more than {MAX_FEATURES})"
     keep = np.flatnonzero(x_train.std(axis=0) > 0)  # a constant column has no coefficient
-    frame = pd.DataFrame(x_train[:, keep], columns=[f"x{k}" for k in keep])
+    codes = {k: levels for k, levels in _level_codes(x_train).items() if k in set(keep.tolist())}
+    frame = _design(x_train, keep, codes)
     frame["time"], frame["event"] = time, (event > 0.5).astype(int)
     model = CoxPHFitter(penalizer=PENALIZER)
     try:
@@ -79,15 +104,14 @@ def fit_cox_ph(x_train: np.ndarray, time: np.ndarray, event: np.ndarray) -> tupl
             model.fit(frame, duration_col="time", event_col="event")
     except (ConvergenceError, np.linalg.LinAlgError, ValueError) as err:
         return None, f"no linear baseline: the Cox fit did not converge ({str(err).splitlines()[0][:120]})"
-    return (model, keep), f"lifelines CoxPHFitter, penalizer {PENALIZER}, {len(keep)} features"
+    coded = f", {len(codes)} coded as levels (one-hot)" if codes else ""
+    return (model, keep, codes), f"lifelines CoxPHFitter, penalizer {PENALIZER}, {len(keep)} features{coded}"
 
 
 def cox_ph_predict(fitted: Any, x: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(log partial hazard (N,), survival at `times` (N, T)) of a fitted classical Cox model."""
-    import pandas as pd
-
-    model, keep = fitted
-    frame = pd.DataFrame(x[:, keep], columns=[f"x{k}" for k in keep])
+    model, keep, codes = fitted
+    frame = _design(x, keep, codes)
     risk = np.log(np.asarray(model.predict_partial_hazard(frame), dtype=np.float64))
     surv = np.asarray(model.predict_survival_function(frame, times=np.asarray(times)), dtype=np.float64).T
     return risk, surv
