@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from biomx.cli import main
@@ -81,6 +82,13 @@ def test_gbsg2_trains_reports_and_predicts(tmp_path, gbsg2_csv, model, capsys):
     tested = {r["id"]: r for r in csv.DictReader(open(run / "predictions_test.csv"))}
     again = {r["path"]: r for r in rows if r["path"] in tested}
     assert len(again) == 103 and all(abs(float(again[k]["risk"]) - float(tested[k]["risk"])) < 1e-4 for k in tested)
+    from biomx.predictor import load
+
+    predictor = load(run)  # the same from Python: the task's own columns, as numbers
+    values = predictor.predict(str(gbsg2_csv))
+    assert predictor.columns_ == ["risk", "survival_at_365", "survival_at_1095", "survival_at_1825"]
+    assert values.shape == (686, 4)
+    assert np.allclose(values, [[float(r[c]) for c in predictor.columns_] for r in rows], atol=1e-5)
     if model == "cox":  # S(t) needs the baseline hazard: without it, one line saying where it comes from
         (run / "survival_baseline.json").unlink()
         capsys.readouterr()

@@ -116,9 +116,13 @@ class Predictor:
         """Labels (the class names, one per sample; 0/1 per label for a multilabel run), values in
         the targets' units (a regression: (N,), or (N, T) for T targets), or masks (a run that
         labels pixels: one label map per scan, on the scan's own grid; (N, *S) when all scans
-        have one shape, else an object array of masks)."""
+        have one shape, else an object array of masks), or for any other task the columns its own
+        `predict` writes, (N, K) in the order of `columns_` (e.g. a survival run's risk and
+        survival at each horizon)."""
         if not isinstance(self.task, RowTask):
-            masks = self._dense_predict(x)
+            masks, columns = self._task_predict(x)
+            if columns is not None:
+                return columns
             return np.stack(masks) if len({m.shape for m in masks}) == 1 else _object_array(masks)
         preds = self._task_predictions(x)
         if not isinstance(self.task, LabellingTask):
@@ -188,21 +192,28 @@ class Predictor:
             model.eval()
         return mean_and_std(passes)[0]
 
-    def _dense_predict(self, x: Any) -> list[np.ndarray]:
-        """Masks from the task's own `predict`, the modality's mask writer swapped for a list."""
+    def _task_predict(self, x: Any) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """The task's own `predict`, the modality's mask writer swapped for a list: (masks, None)
+        for a task that writes masks, else ([], its numeric columns as (N, K), named in
+        `columns_`)."""
         files, items = split_inputs(x)
         arrays = None
         if not files:
             if not isinstance(self.modality, InMemoryScans):
-                raise BiomxError(f"the {self.modality.name} modality makes no scans of arrays; pass file paths")
+                raise BiomxError(f"this run's task ({self._task_name()}) predicts from files here; pass file paths")
             arrays = _scan_arrays(items, getattr(self.modality, "spatial_dims", 0))
         view = _KeptMasks(self.modality, arrays)
         inputs: list[str | Path] = list(items) if files else [Path(name) for name in arrays]
-        request = PredictRequest(self._models, self.info, view, inputs, files_dir=Path("masks"))  # type: ignore[arg-type]
-        self.task.predict(request)
-        if len(view.masks) != len(inputs) and not files:
-            raise BiomxError(f"this run's task ({self._task_name()}) returns no mask per input")
-        return view.masks
+        request = PredictRequest(self._models, self.info, view, inputs, files_dir=Path("masks"),  # type: ignore[arg-type]
+                                 run_dir=self.run_dir)  # fmt: skip
+        written = self.task.predict(request)
+        if view.masks or not files:
+            if len(view.masks) != len(inputs):
+                raise BiomxError(f"this run's task ({self._task_name()}) returns no mask per input")
+            return view.masks, None
+        numeric = {name: values for name, values in written.items() if name != "path" and _numbers(values)}
+        self.columns_ = list(numeric)
+        return [], np.column_stack([np.asarray(v, dtype=np.float64) for v in numeric.values()])
 
 
 class _KeptMasks:
@@ -230,6 +241,15 @@ class _KeptMasks:
 
     def scan_reference(self, scan: Any) -> Any:
         return None if self._arrays is not None else self._modality.scan_reference(scan)
+
+
+def _numbers(values: list) -> bool:
+    """A column of numbers (as written: floats or their text)."""
+    try:
+        np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _scan_arrays(items: Any, spatial_dims: int) -> dict[str, Any]:
