@@ -8,6 +8,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -121,3 +122,24 @@ def test_regression_with_patient_groups_and_the_survival_exports(tmp_path: Path)
     found = json.loads((run / "explanations.json").read_text())
     assert found["Baseline: LightGBM on the same split"]["lightgbm"]["rmse"]["value"] < 10  # kg/m2, not z-scores
     assert "gender" in found["Feature importance (integrated gradients)"]
+
+
+def test_python_predictor_takes_a_dataframe_as_its_csv(mlp_run: Path, exported: Path) -> None:
+    """`biomx.load(run).predict_proba(frame)` equals the prediction from the CSV holding it:
+    numbers stay numbers, categories and ids are text, and the run's encoding is applied."""
+    import pandas as pd
+
+    from biomx.errors import BiomxError
+    from biomx.predictor import load
+
+    frame = pd.read_csv(exported).head(20)
+    predictor = load(mlp_run)
+    from_frame = predictor.predict_proba(frame.drop(columns=["diagnosis"]))
+    from_file = predictor.predict_proba(str(exported))[:20]
+    assert from_frame == pytest.approx(from_file, abs=1e-6)
+    records = frame.drop(columns=["diagnosis"]).to_dict(orient="records")
+    assert predictor.predict(records[:3]).tolist() == predictor.predict(str(exported))[:3].tolist()
+    with pytest.raises(BiomxError, match="no column 'mean radius'"):
+        predictor.predict(frame.drop(columns=["mean radius"]))
+    with pytest.raises(BiomxError, match="a tabular run reads tables"):
+        predictor.predict(np.zeros((2, 30)))

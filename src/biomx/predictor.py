@@ -284,6 +284,8 @@ def split_inputs(x: Any) -> tuple[bool, Any]:
     Raises:
         BiomxError: nothing to predict, paths mixed with in-memory inputs, an input of no kind.
     """
+    if isinstance(x, dict) or (hasattr(x, "columns") and hasattr(x, "iloc")):
+        return False, x  # a table (a DataFrame, a dict of columns): one batch of rows, as given
     if isinstance(x, (str, os.PathLike)):
         x = [x]
     elif not isinstance(x, (list, tuple, np.ndarray, torch.Tensor)) and (

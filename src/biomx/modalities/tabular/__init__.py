@@ -6,6 +6,7 @@ a LightGBM baseline beside the network in the report; per-column attributions. S
 from __future__ import annotations
 
 from biomx.modalities.common.defaults import add_commands, check_config, split
+from biomx.modalities.tabular.arrays import read_objects
 from biomx.modalities.tabular.config import TabularData
 from biomx.modalities.tabular.explain import explain
 from biomx.modalities.tabular.pipeline import (
@@ -25,5 +26,5 @@ split_methods = config.split_methods
 input_help = "CSV/TSV/Parquet tables with the run's feature columns (one prediction per row)"
 
 __all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split",
-           "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "add_commands",
+           "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "add_commands",
            "datasets", "export_dataset"]  # fmt: skip

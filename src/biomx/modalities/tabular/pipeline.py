@@ -20,7 +20,7 @@ from biomx.modalities.common.table_encoding import (
     parse_column,
     transform,
 )
-from biomx.modalities.common.table_readers import read_table, text_cells
+from biomx.modalities.common.table_readers import Table, read_table, text_cells
 from biomx.modalities.common.tensor_dataset import RowTensorDataset
 from biomx.modalities.tabular.table import ParsedTable, label_columns, load_parsed
 
@@ -113,21 +113,30 @@ def read_inputs(preprocessing: dict[str, Any], inputs: list[str | Path], skip_er
     """Tables with the run's feature columns (others are ignored; labels may be absent) -> the
     run's encoding applied, one name per row (the id column if present), skipped rows."""
     matrices, names, failures = [], [], []
-    types: dict[str, str] = preprocessing["types"]
     for item in inputs:
-        table = read_table(item)
-        for name in types:
-            table.column(name, "a feature column of the run")
-        bad: list[int] = []
-        values = {name: parse_column(table, name, kind, bad if skip_errors else None) for name, kind in types.items()}
-        keep = np.setdiff1d(np.arange(len(table)), np.asarray(bad, dtype=np.int64))
-        failures += [(table.where(i), "a value does not fit its column's type") for i in sorted(set(bad))]
-        id_column = preprocessing.get("id_column")
-        if id_column and id_column in table.columns:
-            row_names = text_cells(table.columns[id_column]).tolist()
-        else:
-            row_names = [table.where(i) for i in range(len(table))]
-        matrices.append(transform({k: v[keep] for k, v in values.items()}, preprocessing["encoding"]))
-        names += [row_names[i] for i in keep]
+        x, row_names, bad = encode_table(preprocessing, read_table(item), skip_errors)
+        matrices.append(x)
+        names += row_names
+        failures += bad
     x = np.concatenate(matrices) if matrices else np.zeros((0, len(preprocessing["encoded_names"])), np.float32)
     return torch.from_numpy(x), names, failures
+
+
+def encode_table(preprocessing: dict[str, Any], table: Table, skip_errors: bool = False
+                 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:  # fmt: skip
+    """One table (read from a file, or built from a DataFrame) -> (the run's encoding of its rows,
+    their names, the rows skipped with `skip_errors`)."""
+    types: dict[str, str] = preprocessing["types"]
+    for name in types:
+        table.column(name, "a feature column of the run")
+    bad: list[int] = []
+    values = {name: parse_column(table, name, kind, bad if skip_errors else None) for name, kind in types.items()}
+    keep = np.setdiff1d(np.arange(len(table)), np.asarray(bad, dtype=np.int64))
+    failures = [(table.where(i), "a value does not fit its column's type") for i in sorted(set(bad))]
+    id_column = preprocessing.get("id_column")
+    if id_column and id_column in table.columns:
+        row_names = text_cells(table.columns[id_column]).tolist()
+    else:
+        row_names = [table.where(i) for i in range(len(table))]
+    x = transform({k: v[keep] for k, v in values.items()}, preprocessing["encoding"])
+    return x, [row_names[i] for i in keep], failures
