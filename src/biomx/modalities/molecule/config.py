@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from biomx.config import DataConfig, Section, SplitConfig
 
@@ -24,6 +24,13 @@ class MoleculeSettings(Section):
     workers: Annotated[int, Field(ge=0)] = 0  # featurisation processes; 0 = automatic
     cluster_cutoff: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6  # split method cluster: Tanimoto distance
     max_atoms: Annotated[int, Field(gt=0)] = 1000  # larger molecules are invalid records (listed, skipped)
+    # Report test RMSE on activity-cliff compounds vs the rest (regression; needs 5+ test cliffs).
+    cliffs: Literal["auto", "off"] = "auto"
+
+    @field_validator("cliffs", mode="before")
+    @classmethod
+    def _bare_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
 
 class MoleculeSplit(SplitConfig):

@@ -202,7 +202,9 @@ def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Modul
 
 
 def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
-    """Report sections: the split's chemistry overlap, invalid molecules, and atom attributions."""
+    """Report sections: the split's chemistry overlap, invalid molecules, activity cliffs (regression)
+    and atom attributions."""
+    from biomx.modalities.molecule.cliffs import cliff_section
     from biomx.modalities.molecule.interpret import molecule_explanations
 
     extra = []
@@ -220,6 +222,9 @@ def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: Experimen
         extra.append({"title": "Invalid molecules", "text": f"{len(samples.skipped)} molecules could not be "
                       "read or standardised and were left out (also listed in skipped.csv).",
                       "table": {"header": ["where", "reason"], "rows": [list(s) for s in samples.skipped[:50]]}})  # fmt: skip
+    cliffs = cliff_section(task, test, cfg.data.molecule.cliffs)
+    if cliffs:
+        extra.append(cliffs)
     if n > 0 and len(test_data) and test_data.graphs is not None:
         batch, _ = test_data.__getitems__(list(range(len(test_data))))
         section = molecule_explanations(model.eval(), [smiles[i] for i in test_index],
