@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,14 +114,20 @@ def _read_parquet(path: Path) -> Table:
     _check_header(path, [str(c) for c in frame.columns])
     if len(frame) == 0:
         raise DataError(f"{path}: the table has no rows")
+    return table_from_frame(frame, path, first_row=1)
+
+
+def table_from_frame(frame: Any, path: Path, first_row: int) -> Table:
+    """A pandas DataFrame as a `Table`: numbers stay numbers (NaN for null), everything else
+    (strings, categoricals, booleans with nulls) is text ("" for null), as Parquet columns are."""
     columns = {}
     for c in frame.columns:
         values = frame[c]
         if values.dtype.kind in "biuf":
             columns[str(c)] = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:  # strings, categoricals, booleans with nulls: as text ("" for null)
+        else:
             columns[str(c)] = np.array(["" if v is None or v != v else str(v) for v in values], dtype=object)
-    return Table(path, columns, first_row=1)
+    return Table(path, columns, first_row=first_row)
 
 
 def _check_header(path: Path, names: list[str]) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from biomx.errors import DataError
-from biomx.modalities.common.table_readers import Table
+from biomx.modalities.common.table_readers import Table, table_from_frame
 from biomx.modalities.tabular.pipeline import encode_table
 
 _WHERE = Path("<table in memory>")  # what messages name: rows are counted from 0, as pandas does
@@ -41,11 +40,4 @@ def _table(objects: Any) -> Table:
                         f"dicts, or CSV/TSV/Parquet files; got a {type(objects).__name__}")  # fmt: skip
     if len(objects) == 0:
         raise DataError("the table in memory has no rows")
-    columns = {}
-    for name in objects.columns:
-        values = objects[name]
-        if values.dtype.kind in "biuf":
-            columns[str(name)] = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:  # strings, categoricals, booleans with nulls: as text ("" for null)
-            columns[str(name)] = np.array(["" if v is None or v != v else str(v) for v in values], dtype=object)
-    return Table(_WHERE, columns, first_row=0)
+    return table_from_frame(objects, _WHERE, first_row=0)
