@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -84,3 +85,16 @@ def test_every_public_name_resolves_lazily() -> None:
     with pytest.raises(AttributeError, match="not_a_biomx_name"):
         biomx.not_a_biomx_name  # noqa: B018
     assert biomx.Trainer is importlib.import_module("biomx.engine.trainer").Trainer
+
+
+
+def test_output_piped_into_a_closed_reader_is_not_an_error(monkeypatch, capsys):
+    """`biomx models | head -1`: the reader left early, so writing raises BrokenPipeError (an
+    OSError, but not one the user must fix): exit 0, no error line, no traceback."""
+    from biomx.cli import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a real pipe whose reader is gone: the next write fails with EPIPE
+    monkeypatch.setattr(sys, "stdout", os.fdopen(write_end, "w", buffering=1))
+    assert main(["models"]) == 0
+    assert "error:" not in capsys.readouterr().err

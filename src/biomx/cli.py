@@ -318,18 +318,18 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             print(f"error: {line}", file=sys.stderr)
         return getattr(err, "exit_code", 1)
-    except OSError as err:  # permission denied, read-only, disk full on a path the user chose
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python would fail again flushing stdout)
+        return 0
+    except OSError as err:  # (after BrokenPipeError, an OSError too) permission, read-only, disk full
         line = os_error_line(err)
-        if line is None or isinstance(err, BrokenPipeError):
+        if line is None:
             raise
         print(f"error: {line[:400]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like: not an error
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (Python would fail again flushing stdout)
-        return 0
     finally:
         # Only a command that imported the distributed helpers can have joined a process group;
         # importing them here would load torch after every light command.
