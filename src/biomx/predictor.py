@@ -207,8 +207,8 @@ class Predictor:
         request = PredictRequest(self._models, self.info, view, inputs, files_dir=Path("masks"),  # type: ignore[arg-type]
                                  run_dir=self.run_dir)  # fmt: skip
         written = self.task.predict(request)
-        if view.masks or not files:
-            if len(view.masks) != len(inputs):
+        if view.masks or not files:  # a folder of scans gives one mask per scan, not per input
+            if not files and len(view.masks) != len(inputs):
                 raise BiomxError(f"this run's task ({self._task_name()}) returns no mask per input")
             return view.masks, None
         numeric = {name: values for name, values in written.items() if name != "path" and _numbers(values)}
