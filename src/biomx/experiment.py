@@ -29,7 +29,7 @@ from biomx.engine.trainer import Trainer
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import summary_line, write_run_report
 from biomx.modalities import get_modality
-from biomx.models.registry import build_model, check_model_args, check_model_fits, suggest
+from biomx.models.registry import accepted_inputs, build_model, check_model_args, check_model_fits, suggest
 from biomx.protocols import Modality, Task, TaskType, TestRun
 from biomx.report.config_view import run_config
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
@@ -97,6 +97,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     warn_if_leaking(data.groups, splits)
     _warn_if_duplicated(modality, data, splits)
     datasets, preprocessing, input_args = task_type.build_datasets(cfg, modality, data, targets, splits)
+    input_args = accepted_inputs(cfg.model.name, input_args)
     info = {
         "biomx_version": __version__,
         "name": cfg.name,
@@ -237,7 +238,7 @@ def _trainer(p: Prepared, run_dir: Path | None, member: int = 0, callbacks: list
         model, task.loss, p.datasets["train"],
         val_data=p.datasets["val"] if len(p.datasets["val"]) else None,
         settings=settings, run_dir=run_dir, metrics_fn=metrics_fn, collate_fn=collate_batch,
-        model_config=p.info, tensorboard=cfg.output.tensorboard, callbacks=callbacks or [],
+        model_config=p.info, tensorboard=cfg.output.tensorboard, callbacks=callbacks or [], task=task,
     )  # fmt: skip
 
 

@@ -293,3 +293,29 @@ class LabellingTask(Protocol):
     def predict_labels(self, predictions: np.ndarray) -> np.ndarray:
         """Label indices (or 0/1 per label) from task-space predictions."""
         ...
+
+
+@runtime_checkable
+class SolverTask(Protocol):
+    """A task a solver can fit directly (a kernel machine, a forest, a booster): it states its
+    targets as a plain regression or classification problem. A solver's raw outputs are then the
+    values themselves, or class log-probabilities (with one output: the log-odds of the second
+    class), which is what the task's `loss` and `predictions` read."""
+
+    def solver_targets(self, targets: torch.Tensor) -> tuple[str, np.ndarray]:
+        """("values", (N, K) float64 in raw-output space, NaN = missing) or ("classes", (N,) int64)."""
+        ...
+
+
+@runtime_checkable
+class FittedModel(Protocol):
+    """A model fitted by a solver in one call, not by gradient steps. Its fitted state lives in
+    buffers, so checkpoints (safetensors), ensembles, evaluation and predict treat it as any
+    network; the Trainer calls `fit` instead of running epochs."""
+
+    def fit(self, x: Any, targets: torch.Tensor, task: SolverTask, *, val: tuple[Any, torch.Tensor] | None,
+            seed: int) -> dict[str, Any]:  # fmt: skip
+        """Fit to a whole split's batch `x` (as the dataset collates it) and its targets; `val`
+        is the validation split (None when there is none). Returns facts worth logging (e.g. the
+        chosen C, the number of trees)."""
+        ...

@@ -35,6 +35,7 @@ from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import select_device, set_deterministic
 from biomx.engine.samplers import ResumableSampler, ShardSampler
 from biomx.errors import BiomxError
+from biomx.protocols import FittedModel
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
@@ -82,6 +83,8 @@ class Trainer:
         step_hook: called as `step_hook(trainer)` after every optimizer step.
         callbacks: `Callback`s (see `biomx.engine.callbacks`), run on rank 0 after the built-in
             ones (metrics.jsonl and TensorBoard, when there is a run_dir).
+        task: handed to a model fitted by a solver (`protocols.FittedModel`), which fits the whole
+            training split in one call (one "epoch") instead of running gradient steps.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Trainer:
         tensorboard: bool = True,
         step_hook: Callable[[Trainer], None] | None = None,
         callbacks: Sequence[Callback] = (),
+        task: Any = None,
     ):
         self.settings = settings or TrainConfig()
         s = self.settings
@@ -120,6 +124,8 @@ class Trainer:
         self.callbacks: list[Callback] = [*files, *callbacks]
         self._stop_reason: str | None = None
         self.last_loss = float("nan")  # this rank's loss of the latest batch
+        self.task = task
+        self.solver = isinstance(model, FittedModel)  # no parameters: no optimizer steps, no DDP
 
         self.model = model.to(self.device)
         if s.channels_last:
@@ -130,7 +136,7 @@ class Trainer:
         )
         self.train_loader = self._loader(train_data, self.sampler, drop_last=True)
         self.batches_per_epoch = len(self.sampler) // self.local_batch
-        if self.batches_per_epoch == 0:
+        if self.batches_per_epoch == 0 and not self.solver:
             raise BiomxError(
                 f"train: the training split has {len(train_data)} samples, fewer than "
                 f"train.batch_size={s.batch_size}; lower the batch size"
@@ -145,10 +151,10 @@ class Trainer:
 
         # The network as run: optionally compiled, wrapped for DDP. Checkpoints use _unwrap().
         net = self.model
-        if self.world > 1:
+        if self.world > 1 and not self.solver:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(net, device_ids=ids)
-        if s.compile:
+        if s.compile and not self.solver:
             net = torch.compile(net)
         self.net = net
 
@@ -318,6 +324,10 @@ class Trainer:
         try:
             self._emit("on_train_start")  # inside: a failing start still lets the others clean up
             with self._signals():
+                if self.solver:
+                    if self.state["epoch"] == 0:
+                        self._fit_solver()
+                    return self.history
                 while self.state["epoch"] < s.epochs and not self.state["stopped_early"]:
                     self._train_epoch()
         except BaseException as err:
@@ -365,6 +375,27 @@ class Trainer:
                     self._stop()
         train_time = time.perf_counter() - started
         self._end_epoch(samples_now * self.world / max(train_time, 1e-9), train_time)
+
+    def _whole(self, data: Dataset) -> tuple[Any, torch.Tensor]:
+        """A whole split as one batch, as the DataLoader collates it."""
+        loader = self._loader(data, ShardSampler(len(data), 0, 1), drop_last=False, batch_size=max(len(data), 1))
+        return self._to_device(next(iter(loader)))
+
+    def _fit_solver(self) -> None:
+        """A FittedModel: its solver fits the whole training split in one call (every rank fits the
+        same model); then one epoch row (train loss, validation metrics) and the checkpoints."""
+        started = time.perf_counter()
+        x, y = self._whole(self.train_data)
+        val = self._whole(self.val_data) if self.val_data is not None and len(self.val_data) else None
+        facts = _unwrap(self.net).fit(x, y, self.task, val=val, seed=self.settings.seed)
+        train_time = time.perf_counter() - started
+        self.net.eval()
+        with torch.no_grad():
+            self.state.update(loss_sum=float(self.loss_fn(self.net(x), y)) * len(y), samples=len(y), step=1,
+                              solver=facts)  # fmt: skip
+        if dist.is_main() and facts:
+            console.print("fitted: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
+        self._end_epoch(len(y) / max(train_time, 1e-9), train_time)
 
     def _optimizer_step(self) -> None:
         s = self.settings

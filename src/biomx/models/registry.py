@@ -190,6 +190,13 @@ def check_model_args(name: str, args: dict[str, Any]) -> None:
     check_bounds(name, builder, args)
 
 
+def accepted_inputs(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The data-derived inputs (from a modality's `build_datasets`) that model `name`'s builder
+    takes: a modality states every input size it knows, each model reads what it needs."""
+    params = inspect.signature(get_entry(name).builder).parameters
+    return {key: value for key, value in inputs.items() if key in params}
+
+
 def build_model(name: str, **args: Any) -> nn.Module:
     """Build a zoo model by name.
 

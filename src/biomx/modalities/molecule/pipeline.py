@@ -36,8 +36,9 @@ from biomx.modalities.molecule.splits import cluster_split, scaffold_overlap, sc
 from biomx.modalities.molecule.standardize import standardize
 from biomx.protocols import Task, TestView
 
-# Models that read only the molecule-level vectors (no graph is batched for them).
-VECTOR_MODELS = {"fingerprint_mlp"}
+# Models that read only the molecule-level vectors (no graph is batched for them); the last
+# three are fitted by a solver (see models/solvers.py).
+VECTOR_MODELS = {"fingerprint_mlp", "svm", "random_forest", "lightgbm"}
 DESCRIPTOR_CLIP = 10.0  # standardised descriptors are clipped: a few have extreme tails
 
 
@@ -188,7 +189,9 @@ def build_datasets(
     graphs = None if vector_only else graphs_from_arrays(features)
     datasets = {name: MoleculeDataset(graphs, vectors, targets, idx) for name, idx in splits.items()}
     feature_dim = 0 if vectors is None else int(vectors.shape[1])
-    input_args = {"feature_dim": feature_dim}
+    # How many leading columns are the Morgan fingerprint (a Tanimoto/MinMax kernel reads only
+    # those); the experiment passes a model only the inputs its builder takes.
+    input_args = {"feature_dim": feature_dim, "fingerprint_dim": m.morgan_size if pre["settings"]["morgan"] else 0}
     if not vector_only:
         input_args.update(atom_dim=ATOM_DIM, bond_dim=BOND_DIM)
     return datasets, pre, input_args

@@ -113,6 +113,13 @@ class ClassificationTask(RowTaskHooks):
         masked = torch.where(observed, per_entry, torch.zeros_like(per_entry))
         return masked.sum() / observed.sum().clamp(min=1)  # 0, with a graph, if none observed
 
+    def solver_targets(self, targets: torch.Tensor) -> tuple[str, np.ndarray]:
+        """Binary and multiclass as class indices for a solver (SolverTask); multilabel has none."""
+        if self.kind == "multilabel":
+            raise ConfigError("model.name: this model fits one class per sample; multilabel tasks need a "
+                              "network (e.g. fingerprint_mlp or dmpnn)")
+        return "classes", targets.reshape(-1).long().numpy()
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Binary: (N,) P(positive); multiclass: (N, K) softmax; multilabel: (N, K) sigmoid."""
         if self.kind == "binary":

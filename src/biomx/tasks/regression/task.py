@@ -109,6 +109,13 @@ class RegressionTask(RowTaskHooks):
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in np.maximum(std, _MIN_STD)]
 
+    def solver_targets(self, targets: torch.Tensor) -> tuple[str, np.ndarray]:
+        """The targets as a solver fits them (SolverTask): standardised like `loss`, (N, K), NaN missing."""
+        y = targets.reshape(len(targets), len(self.targets)).double().numpy()
+        if self.mean is not None:
+            y = (y - np.asarray(self.mean)) / np.asarray(self.std)
+        return "values", y
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean training loss over the observed (non-NaN) targets.
 
