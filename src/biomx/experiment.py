@@ -29,7 +29,13 @@ from biomx.engine.trainer import Trainer
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import summary_line, write_run_report
 from biomx.modalities import get_modality
-from biomx.models.registry import accepted_inputs, build_model, check_model_args, check_model_fits, suggest
+from biomx.models.registry import (
+    accepted_inputs,
+    build_model,
+    check_model_args,
+    check_model_fits,
+    suggest,
+)
 from biomx.protocols import Modality, Task, TaskType, TestRun
 from biomx.report.config_view import run_config
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json

@@ -149,14 +149,7 @@ class Trainer:
         self.autocast_dtype = amp
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16")
 
-        # The network as run: optionally compiled, wrapped for DDP. Checkpoints use _unwrap().
-        net = self.model
-        if self.world > 1 and not self.solver:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DistributedDataParallel(net, device_ids=ids)
-        if s.compile and not self.solver:
-            net = torch.compile(net)
-        self.net = net
+        self.net = self._network()
 
         self.state: dict[str, Any] = {
             "epoch": 0,  # epochs completed
@@ -170,6 +163,17 @@ class Trainer:
             "stopped_early": False,
         }
         self.history: list[dict[str, Any]] = []
+
+    def _network(self) -> nn.Module:
+        """The network as run: optionally compiled, wrapped for DDP (not a solver's model, which
+        has no gradients to reduce). Checkpoints use _unwrap()."""
+        net = self.model
+        if self.world > 1 and not self.solver:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        if self.settings.compile and not self.solver:
+            net = torch.compile(net)
+        return net
 
     # ------------------------------------------------------------------ data
 
