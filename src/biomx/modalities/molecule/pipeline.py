@@ -206,7 +206,9 @@ def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Modul
 
 def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: ExperimentConfig) -> list[dict]:
     """Report sections: the split's chemistry overlap, invalid molecules, activity cliffs (regression)
-    and atom attributions."""
+    and atom attributions (graph models: integrated gradients; vector models with a Morgan
+    fingerprint: bit occlusion mapped to atoms)."""
+    from biomx.modalities.molecule.bit_attributions import vector_explanations
     from biomx.modalities.molecule.cliffs import cliff_section
     from biomx.modalities.molecule.interpret import molecule_explanations
 
@@ -228,11 +230,15 @@ def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: Experimen
     cliffs = cliff_section(task, test, cfg.data.molecule.cliffs)
     if cliffs:
         extra.append(cliffs)
-    if n > 0 and len(test_data) and test_data.graphs is not None:
+    if n > 0 and len(test_data):
         batch, _ = test_data.__getitems__(list(range(len(test_data))))
-        section = molecule_explanations(model.eval(), [smiles[i] for i in test_index],
-                                        batch.to(next(model.parameters()).device), test.predictions,
-                                        test.targets, task, n)  # fmt: skip
+        test_smiles = [smiles[i] for i in test_index]
+        if test_data.graphs is not None:  # a graph model
+            section = molecule_explanations(model.eval(), test_smiles, batch.to(next(model.parameters()).device),
+                                            test.predictions, test.targets, task, n)  # fmt: skip
+        else:  # a vector model: fingerprint bits mapped to atoms (None without a fingerprint)
+            section = vector_explanations(model, test_smiles, batch, test.predictions, test.targets, task, n,
+                                          feature_settings(cfg.data.molecule)["morgan"])  # fmt: skip
         if section:
             extra.append(section)
     return extra
