@@ -155,3 +155,22 @@ def test_fingerprint_mlp_run_reports_atom_attributions(tmp_path):
         assert max(int(bit) for bit in entry["bit_scores"]) < 128
     report = (run / "report.html").read_text()
     assert "Atom attributions" in report and "Fingerprint occlusion" in report
+
+
+def test_multiclass_section_occludes_the_predicted_class_logit():
+    morgan = {"radius": 1, "size": 128, "counts": False}
+    features = torch.from_numpy(morgan_fingerprints(SMILES, radius=1, size=128))
+    model = LinearOnFeatures(128, out_dim=3, seed=1)
+    with torch.no_grad():
+        probs = torch.softmax(model(Data(features=features)), dim=1).numpy()
+    truth = np.array([0, 1, 2, 0, 1, 2, 0, 1], dtype=np.float64)
+    task = build_task("multiclass", ["a", "b", "c"])
+    section = bit_explanations(model, SMILES, features, probs, truth, task, 4, morgan)
+    weights = model.linear.weight.detach().double().numpy()
+    assert "the predicted class's logit" in section["text"]
+    for smiles, entry in section["json"].items():
+        row = SMILES.index(smiles)
+        column = int(probs[row].argmax())
+        assert entry["explained"] == "abc"[column]
+        for bit, score in entry["bit_scores"].items():
+            assert score == pytest.approx(weights[column, int(bit)], rel=1e-4, abs=1e-5)
