@@ -42,11 +42,14 @@ CHEMPROP_AGGREGATION_NORM = 100.0  # chemprop's `norm` aggregation: sum over ato
 LISTING_ATOM_DIM = 133
 LISTING_BOND_DIM = 14
 LISTING_FEATURE_DIM = 2048
-VECTOR_MODELS = {"fingerprint_mlp"}  # models that read only `features`
+VECTOR_MODELS = {"fingerprint_mlp", "svm", "random_forest", "lightgbm"}  # models that read only `features`
+KERNEL_MODELS = {"svm"}  # vector models that also read where the fingerprint columns end
 
 
 def listing_inputs(name: str) -> dict[str, int]:
     """Input sizes for building model `name` in `biomx models` (parameter counts only)."""
+    if name in KERNEL_MODELS:
+        return {"feature_dim": LISTING_FEATURE_DIM, "fingerprint_dim": LISTING_FEATURE_DIM}
     if name in VECTOR_MODELS:
         return {"feature_dim": LISTING_FEATURE_DIM}
     return {"atom_dim": LISTING_ATOM_DIM, "bond_dim": LISTING_BOND_DIM}
