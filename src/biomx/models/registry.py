@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from biomx.errors import ConfigError
-from biomx.models import history, image2d, molecule, segmentation, sequence, tabular
+from biomx.models import history, image2d, molecule, segmentation, sequence, solvers, tabular, trees
 from biomx.models.bounds import check_bounds
 
 
@@ -129,6 +129,9 @@ def _register_zoo() -> None:
         ("gin", molecule.gin, "GIN with bond features (Xu 2019; GINE, Hu 2020)"),
         ("attentive_fp", molecule.attentive_fp, "AttentiveFP graph attention (Xiong 2020)"),
         ("fingerprint_mlp", molecule.fingerprint_mlp, "MLP on Morgan fingerprints / RDKit descriptors (no graph)"),
+        ("svm", solvers.svm, "SVM on a MinMax / Tanimoto fingerprint kernel, C by cross-validation (fitted)"),
+        ("random_forest", trees.random_forest, "random forest on fingerprints / descriptors (fitted, scikit-learn)"),
+        ("lightgbm", trees.lightgbm, "gradient-boosted trees on fingerprints / descriptors (fitted, LightGBM)"),
     ]:
         register(name, builder, description=description, modalities=("molecule",), tasks=PREDICTS,
                  listing_inputs=_molecule_inputs(name))  # fmt: skip
