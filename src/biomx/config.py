@@ -107,9 +107,12 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = "small_cnn"  # see `biomx models`
+    name: str = "small_cnn"  # see `biomx models`; `auto`: try several (`candidates`), stack or pick
     args: dict[str, Any] = {}
     ensemble: Annotated[int, Field(gt=0, le=100)] = 1  # deep ensemble: members trained with seeds train.seed + k
+    candidates: list[str] = []  # name auto: the families tried (default: each solver-fitted one)
+    select: Literal["stack", "best"] = "stack"  # name auto: blend the families, or keep the best one
+    folds: Annotated[int, Field(ge=2, le=20)] = 5  # name auto: inner cross-validation on the training split
 
 
 class TaskConfig(Section):
@@ -479,11 +482,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         path: the YAML file.
         overrides: `key.path=value` strings, applied before validation.
 
-    Returns:
-        The validated `ExperimentConfig`.
-
-    Raises:
-        ConfigError: missing file, bad YAML, unknown key or invalid value (all listed).
+    Returns the validated `ExperimentConfig`; raises ConfigError for a missing file, bad YAML,
+    an unknown key or an invalid value (all listed).
 
     Example:
         >>> cfg = load_config("examples/pneumonia_demo.yaml", ["train.epochs=1"])

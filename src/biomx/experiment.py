@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from biomx import selection
 from biomx.config import DataConfig, ExperimentConfig, dump_config, load_config
 from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples
@@ -60,8 +61,10 @@ class Prepared:
 def check_config(cfg: ExperimentConfig) -> tuple[Modality, TaskType]:
     """Cross-section checks that need the registries (run before any data is read)."""
     modality, task_type = get_modality(cfg.data.modality), get_task(cfg.task.kind)
-    check_model_fits(cfg.model.name, cfg.data.modality, cfg.task.kind)  # before its arguments: a wrong model first
-    check_model_args(cfg.model.name, cfg.model.args)
+    selection.check_config(cfg)
+    if cfg.model.name != selection.AUTO:
+        check_model_fits(cfg.model.name, cfg.data.modality, cfg.task.kind)  # before its arguments: a wrong model first
+        check_model_args(cfg.model.name, cfg.model.args)
     for key in ("in_channels", "out_dim"):
         if key in cfg.model.args:
             raise ConfigError(f"model.args.{key}: set automatically from the data and task; remove it")
@@ -103,12 +106,16 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     warn_if_leaking(data.groups, splits)
     _warn_if_duplicated(modality, data, splits)
     datasets, preprocessing, input_args = task_type.build_datasets(cfg, modality, data, targets, splits)
-    input_args = accepted_inputs(cfg.model.name, input_args)
+    if cfg.model.name == selection.AUTO:  # the families tried, as the stack they become
+        model = {"name": selection.STACK, "args": selection.stack_args(cfg, input_args, task.out_dim, accepted_inputs)}
+    else:
+        model = {"name": cfg.model.name, "args": {**cfg.model.args, **accepted_inputs(cfg.model.name, input_args),
+                                                  "out_dim": task.out_dim}}  # fmt: skip
     info = {
         "biomx_version": __version__,
         "name": cfg.name,
         "modality": cfg.data.modality,
-        "model": {"name": cfg.model.name, "args": {**cfg.model.args, **input_args, "out_dim": task.out_dim}},
+        "model": model,
         "task": task.info(),
         "preprocessing": preprocessing,
         "uncertainty": {"ensemble": cfg.model.ensemble, "mc_dropout": cfg.eval.mc_dropout},
@@ -187,10 +194,14 @@ def check_model_runs(p: Prepared) -> None:
         ConfigError: the model cannot be built, cannot run on this data's input, or its output
             does not have the task's out_dim columns.
     """
-    name, args = p.cfg.model.name, p.info["model"]["args"]
     data = p.datasets["train"]
     if not len(data):
         return
+    for name, args in selection.member_specs(p.info):
+        _check_model_runs(name, args, data)
+
+
+def _check_model_runs(name: str, args: dict[str, Any], data: Dataset) -> None:
     getitems = getattr(data, "__getitems__", None)
     x, shape = None, "no input"
     try:
@@ -231,17 +242,22 @@ def _check_same_model(run_dir: Path, p: Prepared) -> None:
 
 
 def _trainer(p: Prepared, run_dir: Path | None, member: int = 0, callbacks: list[Callback] | None = None) -> Trainer:
-    cfg, task = p.cfg, p.task
     # Ensemble members differ only in their seed: initial weights, batch order, dropout.
+    seed_everything(p.cfg.train.seed + member)  # identical initial weights on every rank and every resume
+    model = build_model(p.info["model"]["name"], **p.info["model"]["args"])
+    return _make_trainer(p, model, p.datasets["train"], run_dir, member, callbacks)
+
+
+def _make_trainer(p: Prepared, model: torch.nn.Module, train_data: Dataset, run_dir: Path | None, member: int = 0,
+                  callbacks: list[Callback] | None = None) -> Trainer:  # fmt: skip
+    cfg, task = p.cfg, p.task
     settings = cfg.train.model_copy(update={"seed": cfg.train.seed + member})
-    seed_everything(settings.seed)  # identical initial weights on every rank and every resume
-    model = build_model(cfg.model.name, **p.info["model"]["args"])
 
     def metrics_fn(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return task.quick_metrics(task.predictions(outputs).numpy(), targets.numpy())
 
     return Trainer(
-        model, task.loss, p.datasets["train"],
+        model, task.loss, train_data,
         val_data=p.datasets["val"] if len(p.datasets["val"]) else None,
         settings=settings, run_dir=run_dir, metrics_fn=metrics_fn, collate_fn=collate_batch,
         model_config=p.info, tensorboard=cfg.output.tensorboard, callbacks=callbacks or [], task=task,
@@ -286,9 +302,12 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
     for k, member_dir in enumerate(members):
         if len(members) > 1 and dist.is_main():
             console.print(f"ensemble member {k + 1}/{len(members)} (seed {cfg.train.seed + k})")
-        trainer = _trainer(p, member_dir, member=k, callbacks=callbacks)
         # On resume, finished members return at once and the interrupted one continues.
         resuming = resume is not None and (member_dir / "checkpoints" / "last.safetensors").is_file()
+        if p.info["model"]["name"] == selection.STACK:
+            trainer = _auto_member(p, member_dir, k, callbacks, resuming)
+            continue
+        trainer = _trainer(p, member_dir, member=k, callbacks=callbacks)
         try:
             trainer.fit(resume=resuming)
         except RuntimeError as err:
@@ -300,6 +319,19 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
     for callback in callbacks:
         callback.on_run_end(run_dir, evaluation)
     return run_dir
+
+
+def _auto_member(p: Prepared, member_dir: Path, member: int, callbacks: list[Callback], resuming: bool) -> Trainer:
+    """model.name: auto: select and fit the stack (a finished one is read from its checkpoint)."""
+    if resuming:
+        trainer = _trainer(p, member_dir, member, callbacks)
+        trainer.load(member_dir / "checkpoints" / "last.safetensors")
+        return trainer
+
+    def make(model: torch.nn.Module, data: Dataset, run_dir: Path | None) -> Trainer:
+        return _make_trainer(p, model, data, run_dir, member, callbacks if run_dir == member_dir else [])
+
+    return selection.fit_auto(p.cfg, p.task, p.info, p.datasets["train"], member_dir, p.cfg.train.seed + member, make)
 
 
 def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
@@ -318,8 +350,9 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
         evaluation, sections = p.task.evaluate_test(run)
         if evaluation is not None:
             console.print(summary_line(evaluation))
+    chosen = selection.report_section(run_dir, member_dirs(run_dir, p.cfg.model.ensemble))
     if dist.is_main():
-        _write_report(p, trainer, run_dir, evaluation, sections, scored)
+        _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections], scored)
     dist.barrier()
     return evaluation
 

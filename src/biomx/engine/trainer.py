@@ -49,6 +49,11 @@ class TrainingInterrupted(BiomxError):
         self.exit_code = exit_code
 
 
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of this metric (e.g. val_rmse, val_loss) is better."""
+    return any(word in metric for word in ("loss", "error", "rmse", "mae", "ece", "brier"))
+
+
 def enable_dropout(model: nn.Module) -> int:
     """Switch only the dropout layers of an eval-mode model to train mode (MC dropout).
 
@@ -387,19 +392,22 @@ class Trainer:
 
     def _fit_solver(self) -> None:
         """A FittedModel: its solver fits the whole training split in one call (every rank fits the
-        same model); then one epoch row (train loss, validation metrics) and the checkpoints."""
+        same model)."""
         started = time.perf_counter()
         x, y = self._whole(self.train_data)
         val = self._whole(self.val_data) if self.val_data is not None and len(self.val_data) else None
         facts = _unwrap(self.net).fit(x, y, self.task, val=val, seed=self.settings.seed)
-        train_time = time.perf_counter() - started
-        self.net.eval()
-        with torch.no_grad():
-            self.state.update(loss_sum=float(self.loss_fn(self.net(x), y)) * len(y), samples=len(y), step=1,
-                              solver=facts)  # fmt: skip
+        self.record_fitted(facts, time.perf_counter() - started)
+
+    def record_fitted(self, facts: dict[str, Any], seconds: float) -> None:
+        """For a model fitted outside the epoch loop (by a solver, or a stack assembled by model
+        selection): one epoch row (training loss, validation metrics) and the checkpoints."""
+        outputs, targets = self.predict(self.train_data)
+        self.state.update(loss_sum=float(self.loss_fn(outputs, targets)) * len(targets), samples=len(targets),
+                          step=1, solver=facts)  # fmt: skip
         if dist.is_main() and facts:
             console.print("fitted: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
-        self._end_epoch(len(y) / max(train_time, 1e-9), train_time)
+        self._end_epoch(len(targets) / max(seconds, 1e-9), seconds)
 
     def _optimizer_step(self) -> None:
         s = self.settings
@@ -447,8 +455,8 @@ class Trainer:
         value = row[monitor]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return
-        lower_is_better = any(word in monitor for word in ("loss", "error", "rmse", "mae", "ece", "brier"))
-        improved = st["best"] is None or (value < st["best"] if lower_is_better else value > st["best"])
+        lower = lower_is_better(monitor)
+        improved = st["best"] is None or (value < st["best"] if lower else value > st["best"])
         if improved:
             st.update(best=value, best_epoch=row["epoch"], bad_epochs=0)
             self._save_best()

@@ -24,6 +24,9 @@ from torch import nn
 from biomx.errors import ConfigError
 from biomx.models import history, image2d, molecule, segmentation, sequence, solvers, tabular, trees
 from biomx.models.bounds import check_bounds
+from biomx.models.stack import Stack
+
+STACK = "stack"  # run.json's model name for a stack of zoo models
 
 
 def builder_defaults(in_channels: int) -> dict[str, int]:
@@ -216,6 +219,8 @@ def build_model(name: str, **args: Any) -> nn.Module:
     Example:
         >>> model = build_model("resnet18", in_channels=1, out_dim=1)
     """
+    if name == STACK:  # what model.name: auto assembles (biomx.selection), not a family a config names
+        return Stack([build_model(m["name"], **m["args"]) for m in args["members"]], int(args["out_dim"]))
     check_model_args(name, args)
     try:
         return get_entry(name).builder(**args)
