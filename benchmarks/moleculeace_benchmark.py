@@ -283,6 +283,8 @@ def run_biomx(name: str, data: dict, seed: int, model: str) -> dict:
     if abs(result["rmse_biomx"] - result["rmse"]) > 1e-4:
         print(f"  note: biomx's test_metrics rmse {result['rmse_biomx']:.4f} != recomputed {result['rmse']:.4f}")
     result["n_test_skipped"] = int((split == "test").sum()) - len(test)  # molecules biomx could not read
+    for heavy in ("checkpoints", "members"):  # weights: not needed once scored
+        shutil.rmtree(run / heavy, ignore_errors=True)
     return {**result, "train_s": seconds, "n_train": int((split == "train").sum()),
             "n_val": int((split == "val").sum())}  # fmt: skip
 
