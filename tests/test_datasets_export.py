@@ -85,3 +85,53 @@ def test_dicom_headers_carry_no_label_and_no_invented_patient(tmp_path):
     assert len(headers) == 1
     records = records_from_csv(tmp_path / "manifest.csv")  # the file door reads the export back
     assert records.labels == [r["label"] for r in rows] and len(records) == 20
+
+
+def test_the_moleculeace_set_exports_with_pki_cliffs_and_its_own_split(tmp_path):
+    """chembl2147_ki (MoleculeACE, embedded): every molecule, pKi = 9 - log10(Ki/nM), the
+    published cliff flags, MoleculeACE's test set and a 10% val carved from its train."""
+    from biomx.modalities.molecule.starter_data import DATASETS as MOLECULE_DATASETS
+    from biomx.modalities.molecule.starter_data import export_dataset as export_molecule_dataset
+
+    assert "chembl2147_ki" in MOLECULE_DATASETS
+    path = tmp_path / "chembl2147_ki.csv"
+    assert export_molecule_dataset("chembl2147_ki", tmp_path) == f"wrote {path}"
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["id", "smiles", "pKi", "Ki_nM", "cliff_mol", "split"]
+        rows = list(reader)
+    assert len(rows) == 1456 and len({r["id"] for r in rows}) == 1456 and len({r["smiles"] for r in rows}) == 1456
+    splits = [r["split"] for r in rows]
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (1046, 116, 294)
+    assert sum(r["cliff_mol"] == "1" for r in rows) == 572 and {r["cliff_mol"] for r in rows} == {"0", "1"}
+    pki = np.array([float(r["pKi"]) for r in rows])
+    np.testing.assert_allclose(pki, 9 - np.log10([float(r["Ki_nM"]) for r in rows]), atol=1e-3)
+    assert 4.0 <= pki.min() and pki.max() <= 11.0
+    with pytest.raises(ConfigError, match="already exists"):
+        export_molecule_dataset("chembl2147_ki", tmp_path)
+    with pytest.raises(ConfigError, match="--format 'sdf': molecule datasets are written as csv"):
+        export_molecule_dataset("chembl2147_ki", tmp_path / "sdf", format="sdf")
+    export_molecule_dataset("chembl2147_ki", tmp_path, limit=10, overwrite=True)
+    with open(path, newline="") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == [r["id"] for r in rows[:10]]
+
+
+def test_the_moleculeace_copy_matches_the_published_set(tmp_path):
+    """Against MoleculeACE's own CSV (when the package is installed): the same molecules, values,
+    cliff flags and test set, in its order; val only takes training molecules."""
+    import importlib.util
+
+    pd = pytest.importorskip("pandas")
+    spec = importlib.util.find_spec("MoleculeACE")  # the data file only (importing it needs more packages)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("MoleculeACE is not installed")
+    benchmark = Path(spec.submodule_search_locations[0]) / "Data" / "benchmark_data" / "CHEMBL2147_Ki.csv"
+    from biomx.modalities.molecule.starter_data import export_molecules
+
+    ours = pd.read_csv(export_molecules("chembl2147_ki", tmp_path))
+    theirs = pd.read_csv(benchmark)
+    assert ours["smiles"].tolist() == theirs["smiles"].tolist()
+    np.testing.assert_allclose(ours["pKi"], 9 + theirs["y"], atol=1e-4)
+    assert ours["cliff_mol"].tolist() == theirs["cliff_mol"].tolist()
+    assert ((ours["split"] == "test") == (theirs["split"] == "test")).all()
+    assert (theirs["split"][ours["split"] == "val"] == "train").all()
