@@ -96,7 +96,7 @@ def test_datasets_lists_each_modality_and_exports_by_name(tmp_path, capsys):
     headers = [line[:-1] for line in lines if not line.startswith(" ")]
     assert headers == ["image", "volume", "sequence", "molecule", "tabular", "history"]
     listed = [line.split(":")[0].strip() for line in lines if line.startswith("  ")]
-    assert listed == ["pneumoniamnist", "nuclei2d", "lesions3d", "amp_vs_tm", "solubility", "freesolv",
+    assert listed == ["pneumoniamnist", "nuclei2d", "lesions3d", "amp_vs_tm", "solubility", "freesolv", "chembl2147_ki",
                       "breast_cancer", "gbsg2", "whas500", "aids"]  # fmt: skip
     assert main(["datasets", "--export", str(tmp_path / "png"), "--limit", "3"]) == 0
     manifest = tmp_path / "png" / "manifest.csv"
@@ -104,7 +104,7 @@ def test_datasets_lists_each_modality_and_exports_by_name(tmp_path, capsys):
     assert len(manifest.read_text().splitlines()) == 4
     assert _fails(capsys, ["datasets", "--name", "lesion3d", "--export", str(tmp_path / "x")]) == (
         "error: datasets --name: unknown dataset 'lesion3d'; did you mean 'lesions3d'?; available: "
-        "pneumoniamnist, nuclei2d, lesions3d, amp_vs_tm, solubility, freesolv, breast_cancer, gbsg2, whas500, aids")
+        "pneumoniamnist, nuclei2d, lesions3d, amp_vs_tm, solubility, freesolv, chembl2147_ki, breast_cancer, gbsg2, whas500, aids")
     assert _fails(capsys, ["datasets", "--export", str(tmp_path / "y"), "--format", "jpg"]) == (
         "error: --format: expected png or dcm, got 'jpg'")
     assert not (tmp_path / "x").exists()

@@ -233,7 +233,9 @@ def explain(model: nn.Module, task: Task, test: TestView, n: int, cfg: Experimen
     if n > 0 and len(test_data):
         batch, _ = test_data.__getitems__(list(range(len(test_data))))
         test_smiles = [smiles[i] for i in test_index]
-        if test_data.graphs is not None:  # a graph model
+        # Gradients through the atoms need a network that reads the graph; a model with no
+        # trainable parameters (solvers, a stack of them) is explained by its fingerprint bits.
+        if test_data.graphs is not None and any(p.requires_grad for p in model.parameters()):
             section = molecule_explanations(model.eval(), test_smiles, batch.to(next(model.parameters()).device),
                                             test.predictions, test.targets, task, n)  # fmt: skip
         else:  # a vector model: fingerprint bits mapped to atoms (None without a fingerprint)
