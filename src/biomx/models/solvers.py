@@ -53,11 +53,11 @@ def solver_problem(task: Any, targets: Tensor, out_dim: int) -> tuple[str, np.nd
 def probabilities_to_outputs(p: Tensor, out_dim: int) -> Tensor:
     """(N, n_classes) probabilities -> class log-probabilities, or the log-odds of class 1 when
     out_dim is 1; clipped to [1e-6, 1 - 1e-6] (and renormalised across classes)."""
-    p = p.clamp(PROB_CLIP, 1 - PROB_CLIP)
+    p = p.double().clamp(PROB_CLIP, 1 - PROB_CLIP)  # float64: 1 - 1e-6 is not a float32
     if out_dim == 1:
         p1 = p[:, 1]
-        return torch.log(p1 / (1 - p1))[:, None]
-    return torch.log(p / p.sum(dim=1, keepdim=True))
+        return torch.log(p1 / (1 - p1))[:, None].float()
+    return torch.log(p / p.sum(dim=1, keepdim=True)).float()
 
 
 class SolverModule(nn.Module):
