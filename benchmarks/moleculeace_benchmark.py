@@ -347,7 +347,8 @@ def table(path: Path) -> str:
             cell = f"{mean:.3f} ± {sd:.3f}" if len(runs) > 1 else f"{mean:.3f}"
             cell += f" ({statistics.mean(cliff):.3f})" if cliff else ""
             cells.append(cell + (f" [{len(runs)}]" if m != "svm_ecfp" else ""))
-        lines.append(f"| {d} | {entry['n_train']} / {entry['n_test']} ({entry['n_test_cliff']}) | " + " | ".join(cells) + " |")
+        n_train = entry["n_train"] + entry.get("n_val", 0)  # the whole train split
+        lines.append(f"| {d} | {n_train} / {entry['n_test']} ({entry['n_test_cliff']}) | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Cells: test RMSE, mean ± sd over seeds (cliff-compound RMSE in brackets), [seeds done].")
     lines.append("")
