@@ -39,7 +39,14 @@ from biomx.config import ExperimentConfig
 from biomx.engine.logging import console
 from biomx.engine.trainer import Trainer, lower_is_better
 from biomx.errors import ConfigError
-from biomx.models.registry import STACK, build_model, check_model_fits, get_entry, models_for
+from biomx.models.registry import (
+    STACK,
+    build_model,
+    check_model_args,
+    check_model_fits,
+    get_entry,
+    models_for,
+)
 from biomx.protocols import FittedModel, Task
 from biomx.runs import read_json, write_json
 
@@ -70,9 +77,11 @@ def check_config(cfg: ExperimentConfig) -> None:
         if m.candidates:
             raise ConfigError("model.candidates: only read with model.name: auto; remove it or set name: auto")
         return
-    if m.args:
-        raise ConfigError("model.args: not read with model.name: auto (each candidate keeps its defaults)")
     names = candidates(cfg)
+    for key, args in m.args.items():  # with auto, model.args holds arguments per family
+        if key not in names or not isinstance(args, dict):
+            raise ConfigError(f"model.args.{key}: with model.name: auto, model.args maps a candidate "
+                              f"({', '.join(names)}) to its arguments, e.g. {{{names[0]}: {{...}}}}")  # fmt: skip
     if not names:
         raise ConfigError(f"model.name: auto has no candidate for {cfg.data.modality} {cfg.task.kind}; "
                           "list them in model.candidates")  # fmt: skip
@@ -85,12 +94,17 @@ def check_config(cfg: ExperimentConfig) -> None:
             check_model_fits(name, cfg.data.modality, cfg.task.kind)
         except ConfigError as err:
             raise ConfigError(str(err).replace("model.name:", "model.candidates:", 1)) from None
+        try:
+            check_model_args(name, m.args.get(name, {}))
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("model.args.", f"model.args.{name}.", 1)) from None
 
 
 def stack_args(cfg: ExperimentConfig, input_args: dict[str, Any], out_dim: int,
                accepted: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """run.json's model arguments of an auto run: every candidate with the inputs its builder takes."""
-    members = [{"name": name, "args": {**accepted(name, input_args), "out_dim": out_dim}} for name in candidates(cfg)]
+    members = [{"name": name, "args": {**cfg.model.args.get(name, {}), **accepted(name, input_args), "out_dim": out_dim}}
+               for name in candidates(cfg)]  # fmt: skip
     return {"members": members, "out_dim": out_dim}
 
 
