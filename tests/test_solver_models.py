@@ -116,6 +116,18 @@ def test_forest_equals_scikit_learn(freesolv, classes):
         assert np.allclose(out.exp().numpy(), p / p.sum(1, keepdims=True), atol=1e-5)
 
 
+def test_multi_output_forest_equals_scikit_learn_when_no_target_is_missing(freesolv):
+    from sklearn.ensemble import RandomForestRegressor
+
+    x, x_test = freesolv["x"], freesolv["x_test"]
+    y = torch.stack([freesolv["y"], freesolv["y"] ** 2], dim=1)
+    model = _build("random_forest", 2, trees=20, max_depth=8)
+    assert model.fit(x, y, Values(), val=None, seed=3) == {"trees": 20, "max_depth": 8}
+    reference = RandomForestRegressor(n_estimators=20, max_features=0.33, max_depth=8, random_state=3)
+    expected = reference.fit(x.numpy(), y.numpy()).predict(x_test.numpy())
+    assert np.allclose(model(x_test).numpy(), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("objective", ["regression", "binary", "multiclass"])
 def test_booster_equals_lightgbm_raw_scores(freesolv, objective):
     x, x_test = freesolv["x"].numpy(), freesolv["x_test"]

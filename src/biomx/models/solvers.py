@@ -220,16 +220,16 @@ class KernelSVM(SolverModule):
         """Fit on the whole training split (`val` is not needed: C is chosen by cross-validation)."""
         if self.fingerprint_dim <= 0:
             raise ValueError("svm needs Morgan fingerprints: set data.molecule.features: [morgan]")
-        fingerprints = features_of(x)[:, : self.fingerprint_dim].detach().float().cpu()
+        fingerprints = features_of(x)[:, : self.fingerprint_dim].detach().float()  # the kernel on x's device
         kind, y, n_classes = solver_problem(task, targets, self.out_dim)
-        kernel = self._kernel(fingerprints, fingerprints).double().numpy()
+        kernel = self._kernel(fingerprints, fingerprints).double().cpu().numpy()
         heads = self._fit_values(kernel, y, seed) if kind == "values" else self._fit_classes(kernel, y, n_classes, seed)
         used = sorted(set().union(*(set(h["rows"].tolist()) for h in heads)))
         position = {row: i for i, row in enumerate(used)}
         coef = np.zeros((len(used), len(heads)))
         for k, head in enumerate(heads):
             coef[[position[r] for r in head["rows"]], k] = head["dual"]
-        self._set(support=fingerprints[used], coef=coef, intercept=[h["intercept"] for h in heads],
+        self._set(support=fingerprints[torch.as_tensor(used, dtype=torch.long, device=fingerprints.device)], coef=coef, intercept=[h["intercept"] for h in heads],
                   platt=np.array([[h.get("a", 1.0) for h in heads], [h.get("b", 0.0) for h in heads]]))  # fmt: skip
         self._mark_fitted(VALUES if kind == "values" else PROBABILITIES)
         chosen = sorted({h["C"] for h in heads})
