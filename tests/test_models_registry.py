@@ -13,7 +13,7 @@ from biomx.models.registry import check_model_fits, get_entry, list_models, mode
 PIXEL_CLASSIFIERS = ["densenet121", "resnet18", "resnet34", "resnet50", "small_cnn"]
 SEGMENTERS = ["segresnet", "swin_unetr", "unet"]
 SEQUENCE_MODELS = ["basset", "danq", "deepsea", "protein_cnn", "protein_lstm", "sequence_transformer"]
-MOLECULE_MODELS = ["attentive_fp", "dmpnn", "fingerprint_mlp", "gin"]
+MOLECULE_MODELS = ["attentive_fp", "dmpnn", "fingerprint_mlp", "gin", "lightgbm", "random_forest", "svm"]
 TABULAR_MODELS = ["ft_transformer", "tabular_mlp"]
 HISTORY_MODELS = ["history_gru", "history_transformer"]
 
