@@ -321,7 +321,8 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 def table(path: Path) -> str:
     results = read_results(path)["results"]
     models = [m for m in ("svm_ecfp", "chemprop") if any(m in r for r in results.values())]
-    models += sorted({m for r in results.values() for m in r if m.startswith("biomx:")})
+    ours = {m for r in results.values() for m in r if m.startswith("biomx:")}
+    models += sorted(ours, key=lambda m: (BIOMX_MODELS.index(m[6:]) if m[6:] in BIOMX_MODELS else 99, m))
     datasets = [d for d in dataset_names() if d in results]
 
     def means(model: str, key: str) -> dict[str, float]:
@@ -357,6 +358,10 @@ def table(path: Path) -> str:
         if all_:
             lines.append(f"- {m}: mean RMSE over {len(all_)} datasets {statistics.mean(all_.values()):.3f}, "
                          f"cliffs {statistics.mean(cliff.values()):.3f}")  # fmt: skip
+    common = [d for d in datasets if all(d in means(m, "rmse") for m in models)]
+    if common and len(models) > 1:
+        lines.append(f"- on the {len(common)} datasets every model has: "
+                     + ", ".join(f"{m} {statistics.mean(means(m, 'rmse')[d] for d in common):.3f}" for m in models))
     for m in models:
         if not m.startswith("biomx:"):
             continue
