@@ -156,8 +156,8 @@ class RandomForest(TreeEnsemble):
 def random_forest(
     feature_dim: Features = 0,
     out_dim: OutDim = 1,
-    trees: Annotated[int, Between(1, 10_000)] = 500,
-    max_features: Rate = 0.33,
+    trees: Annotated[int, Between(1, 10_000)] = 300,
+    max_features: Rate = 0.1,
     min_samples_leaf: Annotated[int, Between(1, 10_000)] = 1,
     max_depth: Annotated[int, Between(0, 1_000)] = 0,
 ) -> nn.Module:
