@@ -98,7 +98,7 @@ def test_forest_equals_scikit_learn(freesolv, classes):
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
     x, x_test = freesolv["x"], freesolv["x_test"]
-    args = {"n_estimators": 30, "max_features": 0.33, "min_samples_leaf": 1, "random_state": 0}
+    args = {"n_estimators": 30, "max_features": 0.1, "min_samples_leaf": 1, "random_state": 0}
     regression = _build("random_forest", 1, trees=30)
     regression.fit(x, freesolv["y"], Values(), val=None, seed=0)
     expected = RandomForestRegressor(**args).fit(x.numpy(), freesolv["y"].numpy()).predict(x_test.numpy())
@@ -123,7 +123,7 @@ def test_multi_output_forest_equals_scikit_learn_when_no_target_is_missing(frees
     y = torch.stack([freesolv["y"], freesolv["y"] ** 2], dim=1)
     model = _build("random_forest", 2, trees=20, max_depth=8)
     assert model.fit(x, y, Values(), val=None, seed=3) == {"trees": 20, "max_depth": 8}
-    reference = RandomForestRegressor(n_estimators=20, max_features=0.33, max_depth=8, random_state=3)
+    reference = RandomForestRegressor(n_estimators=20, max_features=0.1, max_depth=8, random_state=3)
     expected = reference.fit(x.numpy(), y.numpy()).predict(x_test.numpy())
     assert np.allclose(model(x_test).numpy(), expected, atol=1e-5)
 
