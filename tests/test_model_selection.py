@@ -55,6 +55,7 @@ def test_auto_stacks_families_reports_predicts_and_resumes(chembl, tmp_path):
     assert all(len(row["fold_scores"]) == 3 and row["weight"] >= 0 for row in families.values())
     kept = [name for name, row in families.items() if row["weight"] > 0]
     assert kept and sorted(p.name for p in (run / "candidates").iterdir()) == sorted(kept)
+    assert not list((run / "candidates").glob("*/checkpoints"))  # the stack's checkpoint holds them
     # The blend of out-of-fold outputs is at least as good as the best family's mean fold score
     # would suggest (its weights were fitted on them); pooled RMSE vs mean RMSE differ a little.
     assert record["stacked_out_of_fold"] <= min(row["mean"] for row in families.values()) * 1.05
@@ -80,7 +81,7 @@ def test_auto_stacks_families_reports_predicts_and_resumes(chembl, tmp_path):
 
 
 def test_auto_best_keeps_one_family(chembl, tmp_path):
-    model = f"{{name: auto, select: best, folds: 2, candidates: [svm, random_forest], args: {{random_forest: {{trees: 30}}}}}}"
+    model = "{name: auto, select: best, folds: 2, candidates: [svm, random_forest], args: {random_forest: {trees: 30}}}"
     run = train(load_config(_config(tmp_path, chembl, model, name="best")))
     record = json.loads((run / "selection.json").read_text())
     weights = {row["name"]: row["weight"] for row in record["families"]}

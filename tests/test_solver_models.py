@@ -146,10 +146,12 @@ def test_booster_equals_lightgbm_raw_scores(freesolv, objective):
 
 def test_traversal_reaches_the_right_leaves():
     # one tree: x0 <= 0.5 ? leaf 1 : (x1 <= 2 ? leaf 3 : leaf 4)
-    left, right = torch.tensor([[1, 1, 3, 3, 4]]), torch.tensor([[2, 1, 4, 3, 4]])
-    feature, threshold = torch.tensor([[0, 0, 1, 0, 0]]), torch.tensor([[0.5, 0, 2.0, 0, 0]])
+    # and a second tree after it in the flat arrays: a single leaf (node 5)
+    left, right = torch.tensor([1, 1, 3, 3, 4, 5]), torch.tensor([2, 1, 4, 3, 4, 5])
+    feature, threshold = torch.tensor([0, 0, 1, 0, 0, 0]), torch.tensor([0.5, 0, 2.0, 0, 0, 0])
     x = torch.tensor([[0.5, 9.0], [1.0, 2.0], [1.0, 3.0]])
-    assert traverse(x, left, right, feature, threshold, depth=2)[:, 0].tolist() == [1, 3, 4]
+    leaves = traverse(x, torch.tensor([0, 5]), left, right, feature, threshold, depth=2)
+    assert leaves.tolist() == [[1, 5], [3, 5], [4, 5]]
 
 
 @pytest.mark.parametrize("name", ["svm", "random_forest", "lightgbm"])

@@ -240,12 +240,17 @@ def fit_auto(cfg: ExperimentConfig, task: Task, info: dict[str, Any], train: Dat
 
 
 def _best_weights(trainer: Trainer, run_dir: Path) -> nn.Module:
-    """A refitted family's model with its best checkpoint's weights (a network's best epoch)."""
+    """A refitted family's model with its best checkpoint's weights (a network's best epoch). The
+    checkpoints are then removed: the stack's own checkpoint holds these weights (a forest's
+    would otherwise be stored four times); the family's metrics.jsonl stays."""
+    import shutil
+
     from biomx.engine.checkpoint import load_checkpoint
 
     best = run_dir / "checkpoints" / "best.safetensors"
     if best.is_file():
         trainer.model.load_state_dict(load_checkpoint(best)[0])
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return trainer.model
 
 

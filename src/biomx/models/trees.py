@@ -1,9 +1,10 @@
 """Tree ensembles fitted by a solver (`protocols.FittedModel`): a random forest (scikit-learn)
 and a gradient-boosted booster (LightGBM), both predicted in pure torch.
 
-Each fitted tree becomes a row of padded node arrays (trees, max_nodes): left and right child,
-split feature, threshold, and the leaf values (trees, max_nodes, scores); a leaf points to
-itself. `traverse` moves every (row, tree) pair down one level per step, `depth` steps in all
+All fitted trees are stored back to back in flat node arrays (no padding, so a checkpoint holds
+only real nodes): left and right child (as indices into the flat arrays), split feature,
+threshold, and the leaf values (nodes, scores); `roots` holds each tree's first node and a leaf
+points to itself. `traverse` moves every (row, tree) pair down one level per step, `depth` steps in all
 (x <= threshold goes left), and the scores are the sum over trees of the leaves reached (a
 forest's leaf values are divided by its number of trees, so the sum is the mean). Thresholds are
 stored as the largest float32 not above the solver's float64 threshold, so float32 inputs split
@@ -34,16 +35,15 @@ EARLY_STOPPING_ROUNDS = 50
 HOLDOUT = 0.1  # of the training rows, for early stopping when there is no validation split
 
 
-def traverse(x: Tensor, left: Tensor, right: Tensor, feature: Tensor, threshold: Tensor, depth: int) -> Tensor:
-    """(N, T) the leaf each row of `x` (N, F) reaches in each of T trees given as padded node
-    arrays (T, max_nodes); `depth` steps (a leaf points to itself)."""
-    size = left.shape[1]
-    start = (torch.arange(left.shape[0], device=x.device) * size)[None, :]  # flat index of each root
-    at = start.expand(x.shape[0], -1)
+def traverse(x: Tensor, roots: Tensor, left: Tensor, right: Tensor, feature: Tensor, threshold: Tensor,
+             depth: int) -> Tensor:  # fmt: skip
+    """(N, T) the flat index of the leaf each row of `x` (N, F) reaches in each of the T trees
+    starting at `roots` (T,) in the flat node arrays; `depth` steps (a leaf points to itself)."""
+    at = roots[None, :].expand(x.shape[0], -1)
     for _ in range(depth):  # `at`: the flat index of each (row, tree)'s node
-        goes_left = x.gather(1, feature.reshape(-1)[at]) <= threshold.reshape(-1)[at]
-        at = start + torch.where(goes_left, left.reshape(-1)[at], right.reshape(-1)[at])
-    return at - start
+        goes_left = x.gather(1, feature[at].long()) <= threshold[at]
+        at = torch.where(goes_left, left[at], right[at]).long()
+    return at
 
 
 def float32_floor(threshold: np.ndarray) -> np.ndarray:
@@ -63,34 +63,31 @@ class TreeEnsemble(SolverModule):
         if feature_dim <= 0:
             raise ValueError("this model needs feature_dim > 0: set data.molecule.features, e.g. [morgan]")
         self.feature_dim = feature_dim
-        for name, dtype in (("left", torch.int64), ("right", torch.int64), ("feature", torch.int64)):
-            self.register_buffer(name, torch.zeros(0, 1, dtype=dtype))
-        self.register_buffer("threshold", torch.zeros(0, 1))
-        self.register_buffer("value", torch.zeros(0, 1, out_dim))
+        self.register_buffer("roots", torch.zeros(0, dtype=torch.int64))
+        for name in ("left", "right", "feature"):  # int32: half the checkpoint of int64
+            self.register_buffer(name, torch.zeros(0, dtype=torch.int32))
+        self.register_buffer("threshold", torch.zeros(0))
+        self.register_buffer("value", torch.zeros(0, out_dim))
         self.register_buffer("depth", torch.tensor(0, dtype=torch.int64))
 
     def scores(self, x: Tensor) -> Tensor:
         x = x.float()
-        node = traverse(x, self.left, self.right, self.feature, self.threshold, int(self.depth))
-        flat = node + (torch.arange(node.shape[1], device=x.device) * self.value.shape[1])[None, :]
-        return self.value.reshape(-1, self.value.shape[2])[flat.reshape(-1)].reshape(*node.shape, -1).sum(dim=1)
+        leaf = traverse(x, self.roots, self.left, self.right, self.feature, self.threshold, int(self.depth))
+        return self.value[leaf].sum(dim=1)
 
     def _store(self, trees: list[dict[str, np.ndarray]], mode: int) -> None:
-        """Pad the trees (dicts of left, right, feature, threshold, value (nodes, scores), depth)
-        into the buffers."""
-        size = max(len(t["left"]) for t in trees)
-        n = len(trees)
-        scores = trees[0]["value"].shape[1]
-        left, right = np.zeros((n, size), np.int64), np.zeros((n, size), np.int64)
-        feature, threshold = np.zeros((n, size), np.int64), np.zeros((n, size), np.float32)
-        value = np.zeros((n, size, scores), np.float32)
-        for i, t in enumerate(trees):
-            m = len(t["left"])
-            left[i], right[i] = np.arange(size), np.arange(size)  # padding: leaves pointing to themselves
-            left[i, :m], right[i, :m], feature[i, :m] = t["left"], t["right"], t["feature"]
-            threshold[i, :m], value[i, :m] = float32_floor(t["threshold"]), t["value"]
-        self._set(left=left, right=right, feature=feature, threshold=threshold, value=value,
-                  depth=max(int(t["depth"]) for t in trees))  # fmt: skip
+        """Store the trees (dicts of left, right, feature, threshold, value (nodes, scores), depth;
+        child indices within the tree) back to back in the flat buffers."""
+        sizes = np.array([len(t["left"]) for t in trees])
+        roots = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        if sizes.sum() >= 2**31:
+            raise ValueError(f"{sizes.sum()} tree nodes: too many to store; use fewer trees or a larger min_samples_leaf")
+        self._set(roots=roots,
+                  left=np.concatenate([t["left"] + r for t, r in zip(trees, roots, strict=True)]),
+                  right=np.concatenate([t["right"] + r for t, r in zip(trees, roots, strict=True)]),
+                  feature=np.concatenate([t["feature"] for t in trees]),
+                  threshold=np.concatenate([float32_floor(np.asarray(t["threshold"], np.float64)) for t in trees]),
+                  value=np.concatenate([t["value"] for t in trees]), depth=max(int(t["depth"]) for t in trees))  # fmt: skip
         self._mark_fitted(mode)
 
 
@@ -122,7 +119,7 @@ class RandomForest(TreeEnsemble):
         if not 0.0 < max_features <= 1.0:
             raise ValueError(f"max_features is a fraction of the features in (0, 1]; got {max_features}")
         self.trees, self.max_features, self.min_samples_leaf, self.max_depth = trees, max_features, min_samples_leaf, max_depth
-        self.value = torch.zeros(0, 1, max(out_dim, 2))  # classes: one score per class
+        self.value = torch.zeros(0, max(out_dim, 2))  # classes: one score per class
 
     def _forest(self, classes: bool, seed: int) -> Any:
         from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
@@ -245,7 +242,7 @@ class LightGBM(TreeEnsemble):
                 val_k = None if val is None else (val_x[~np.isnan(val_y[:, k])], val_y[~np.isnan(val_y[:, k]), k])
                 boosters.append(self._train(lgb, (features[rows], y[rows, k]), val_k, params, seed))
         self.load_boosters(boosters, classes=kind == "classes")
-        return {"rounds": int(self.value.shape[0]) // heads // len(boosters)}
+        return {"rounds": int(self.roots.shape[0]) // heads // len(boosters)}
 
     def load_boosters(self, boosters: list[Any], classes: bool) -> None:
         """Take the trees of fitted boosters (up to each one's best iteration): one booster per
