@@ -227,13 +227,16 @@ def run_chemprop(name: str, data: dict, seed: int) -> dict:
 # ---------------------------------------------------------------------------------- biomx
 
 
-def biomx_config(model: str) -> tuple[dict, list[str]]:
-    """(model section, data.molecule.features and options) of one biomx model on these sets."""
+def biomx_config(model: str) -> tuple[dict, dict, bool]:
+    """(model section, data.molecule settings, whether it needs a validation split) of one biomx
+    model on these sets. The networks early-stop on the val carve, as chemprop does; the
+    solver-fitted models and auto (their inner cross-validation) fit the whole MoleculeACE
+    training split, as MoleculeACE's SVM does."""
     if model == "fingerprint_mlp":
-        return {"name": model}, {"features": ["morgan", "descriptors"]}
+        return {"name": model}, {"features": ["morgan", "descriptors"]}, True
     if model == "dmpnn":
-        return {"name": model}, {"features": []}
-    return {"name": model}, {"features": ["morgan"], "morgan_counts": True}  # solver-fitted and auto
+        return {"name": model}, {"features": []}, True
+    return {"name": model}, {"features": ["morgan"], "morgan_counts": True}, False
 
 
 def run_biomx(name: str, data: dict, seed: int, model: str) -> dict:
@@ -243,17 +246,17 @@ def run_biomx(name: str, data: dict, seed: int, model: str) -> dict:
 
     work = WORK / name / f"biomx-{model}-{seed}"
     shutil.rmtree(work, ignore_errors=True)
-    split = val_carve(data["split"], seed)
+    model_section, molecule, needs_val = biomx_config(model)
+    split = val_carve(data["split"], seed) if needs_val else data["split"]
     ids = [f"m{i}" for i in range(len(split))]
     path = write_csv(work / "data.csv", ["id", "smiles", "y", "split"],
                      ((ids[i], data["smiles"][i], data["y"][i], split[i]) for i in range(len(split))))  # fmt: skip
-    model_section, molecule = biomx_config(model)
     config = {
         "name": f"{name}-{model}",
         "data": {"modality": "molecule", "source": "csv", "path": str(path), "label_column": "y",
                  "molecule": {"smiles_column": "smiles", "id_column": "id", "cliffs": "off",
                               "cache_dir": str(WORK / "cache"), **molecule},
-                 "split": {"method": "predefined", "column": "split"}},
+                 "split": {"method": "predefined", "column": "split", "val": 0.1 if needs_val else 0.0}},
         "model": model_section,
         "task": {"kind": "regression"},
         "train": {"epochs": EPOCHS, "batch_size": 50, "seed": seed, "device": "cpu", "progress": False,
