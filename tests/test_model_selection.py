@@ -116,3 +116,11 @@ def test_auto_config_mistakes_are_one_line(chembl, tmp_path, model, message):
         train(load_config(_config(tmp_path, chembl, model, name="bad")))
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_solver_ensemble_bags_so_its_spread_is_an_uncertainty(chembl, tmp_path):
+    run = train(load_config(_config(tmp_path, chembl, "{name: svm, ensemble: 3}", name="bag")))
+    rows = list(csv.DictReader(open(run / "predictions_test.csv")))
+    std = np.array([float(r["pred_pKi_std"]) for r in rows])
+    assert (std > 0).all()  # identical members (same rows, a deterministic solver) would give 0
+    assert "Uncertainty" in (run / "report.html").read_text()

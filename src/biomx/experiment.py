@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from biomx import selection
 from biomx.config import DataConfig, ExperimentConfig, dump_config, load_config
@@ -37,7 +37,7 @@ from biomx.models.registry import (
     check_model_fits,
     suggest,
 )
-from biomx.protocols import Modality, Task, TaskType, TestRun
+from biomx.protocols import FittedModel, Modality, Task, TaskType, TestRun
 from biomx.report.config_view import run_config
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
 from biomx.tasks import get_task
@@ -245,7 +245,14 @@ def _trainer(p: Prepared, run_dir: Path | None, member: int = 0, callbacks: list
     # Ensemble members differ only in their seed: initial weights, batch order, dropout.
     seed_everything(p.cfg.train.seed + member)  # identical initial weights on every rank and every resume
     model = build_model(p.info["model"]["name"], **p.info["model"]["args"])
-    return _make_trainer(p, model, p.datasets["train"], run_dir, member, callbacks)
+    train = p.datasets["train"]
+    if p.cfg.model.ensemble > 1 and isinstance(model, FittedModel) and len(train):
+        # A solver fits the same model from the same rows whatever the seed: each member of an
+        # ensemble fits a bootstrap sample of the training split instead (bagging), so the
+        # members' spread is an uncertainty.
+        rows = np.random.default_rng(p.cfg.train.seed + member).integers(0, len(train), len(train))
+        train = Subset(train, np.sort(rows).tolist())
+    return _make_trainer(p, model, train, run_dir, member, callbacks)
 
 
 def _make_trainer(p: Prepared, model: torch.nn.Module, train_data: Dataset, run_dir: Path | None, member: int = 0,
