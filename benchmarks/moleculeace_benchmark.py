@@ -13,9 +13,10 @@ test molecules and on the test activity-cliff compounds (`cliff_mol == 1`).
 - `biomx:<model>`: biomx configs through the Python API (`load_config` + `biomx.experiment.train`),
   per seed (`train.seed`), `data.split.method: predefined`.
 
-chemprop and biomx hold out the same validation rows: for seed s, a random 10% of the train split
-(numpy `default_rng(s)`), given to chemprop as a splits column and to biomx as `val` rows of the
-predefined split. SVM-ECFP fits on all training rows, as MoleculeACE does.
+The networks (chemprop, biomx fingerprint_mlp and dmpnn) hold out the same validation rows: for
+seed s, a random 10% of the train split (numpy `default_rng(s)`), given to chemprop as a splits
+column and to biomx as `val` rows of the predefined split. SVM-ECFP, the solver-fitted biomx
+models and auto fit all training rows, as MoleculeACE does.
 
     bash benchmarks/chemprop_env.sh                                   # once: the chemprop venv
     .venv/bin/python benchmarks/moleculeace_benchmark.py              # all 30 sets, every model, seeds 0 1 2
