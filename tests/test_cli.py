@@ -174,7 +174,7 @@ def test_models_lists_what_serves_a_modality(capsys):
     assert main(["models", "--modality", "molecule"]) == 0
     header, *rows = capsys.readouterr().out.strip().splitlines()
     assert header.split()[:4] == ["name", "modalities:", "tasks", "parameters"]
-    assert [row.split()[0] for row in rows] == ["attentive_fp", "dmpnn", "fingerprint_mlp", "gin"]
+    assert [row.split()[0] for row in rows] == ["attentive_fp", "dmpnn", "fingerprint_mlp", "gin", "lightgbm", "random_forest", "svm"]
     assert all(row.split()[1:4] == ["molecule:", "classification,", "regression"] for row in rows)
     assert rows[1].split()[4] == "355,202"  # dmpnn at chemprop's sizes
     assert main(["models", "--task", "segmentation", "--in-channels", "2"]) == 0
