@@ -31,7 +31,7 @@ def chembl(tmp_path_factory) -> Path:
     return export_molecules("chembl2147_ki", tmp_path_factory.mktemp("chembl"), limit=240)
 
 
-def _config(tmp_path: Path, data: Path, model: str, name: str = "auto") -> Path:
+def _config(tmp_path: Path, data: Path, model: str, name: str = "auto", tensorboard: bool = False) -> Path:
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(
         f"name: {name}\n"
@@ -42,7 +42,7 @@ def _config(tmp_path: Path, data: Path, model: str, name: str = "auto") -> Path:
         "task: {kind: regression}\n"
         "train: {progress: false, monitor: val_rmse}\n"
         "eval: {bootstrap: 50, explain: 2}\n"
-        f"output: {{dir: {tmp_path / 'runs'}, name: {name}, tensorboard: false}}\n"
+        f"output: {{dir: {tmp_path / 'runs'}, name: {name}, tensorboard: {str(tensorboard).lower()}}}\n"
     )
     return cfg
 
@@ -82,7 +82,8 @@ def test_auto_stacks_families_reports_predicts_and_resumes(chembl, tmp_path):
 
 def test_auto_best_keeps_one_family(chembl, tmp_path):
     model = "{name: auto, select: best, folds: 2, candidates: [svm, random_forest], args: {random_forest: {trees: 30}}}"
-    run = train(load_config(_config(tmp_path, chembl, model, name="best")))
+    run = train(load_config(_config(tmp_path, chembl, model, name="best", tensorboard=True)))
+    assert list((run / "tensorboard").iterdir())  # the stack's row reaches the callbacks too
     record = json.loads((run / "selection.json").read_text())
     weights = {row["name"]: row["weight"] for row in record["families"]}
     assert sorted(weights.values()) == [0.0, 1.0]

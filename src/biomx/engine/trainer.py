@@ -1,10 +1,10 @@
 """The Trainer: trains any `torch.nn.Module` on any map-style dataset.
 
-It knows nothing about images or molecules. It takes a model, a loss function
-`loss_fn(outputs, targets)`, datasets yielding `(inputs, targets)` batches, and a
-`TrainConfig`. It owns the loop, precision, torch.compile, DDP, checkpoints (every epoch,
-atomic, resumable mid-epoch), best-model tracking, early stopping and the logs; anything else
-hooks in through callbacks (`biomx.engine.callbacks`).
+It knows nothing about images or molecules. It takes a model, a loss function `loss_fn(outputs,
+targets)`, datasets yielding `(inputs, targets)` batches, and a `TrainConfig`. It owns the loop,
+precision, torch.compile, DDP, checkpoints (every epoch, atomic, resumable mid-epoch), best-model
+tracking, early stopping and the logs (callbacks hook in: `biomx.engine.callbacks`). A model fitted
+by a solver (`protocols.FittedModel`) is fitted in one call instead of epochs.
 
     trainer = Trainer(model, loss_fn, train_ds, val_data=val_ds, settings=TrainConfig(epochs=3),
                       run_dir="runs/try1", metrics_fn=my_metrics)
@@ -286,8 +286,6 @@ class Trainer:
             for callback in self.callbacks:
                 getattr(callback, hook)(self, *args)
 
-    # ------------------------------------------------------------------ stopping
-
     def request_stop(self, reason: str = "stop requested") -> None:
         """Stop after the current optimizer step, saving a resumable checkpoint."""
         self._stop_reason = reason
@@ -318,33 +316,32 @@ class Trainer:
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train for `settings.epochs` epochs (or continue from the last checkpoint).
 
-        Returns:
-            The per-epoch history (also in `run_dir/metrics.jsonl`).
-
-        Raises:
-            TrainingInterrupted: after Ctrl-C/SIGTERM or `request_stop`, once saved.
+        Returns the per-epoch history (also in `run_dir/metrics.jsonl`); raises TrainingInterrupted
+        after Ctrl-C/SIGTERM or `request_stop`, once saved.
         """
         s = self.settings
         if resume:
             self.load(self.checkpoint_dir / "last.safetensors")
         else:
             torch.manual_seed(s.seed + self.rank)
+        with self._callbacks_around(), self._signals():
+            if self.solver and self.state["epoch"] == 0:  # fitted in one call; never epochs
+                self._fit_solver()
+            while not self.solver and self.state["epoch"] < s.epochs and not self.state["stopped_early"]:
+                self._train_epoch()
+        return self.history
+
+    @contextlib.contextmanager
+    def _callbacks_around(self):
         error: BaseException | None = None
         try:
             self._emit("on_train_start")  # inside: a failing start still lets the others clean up
-            with self._signals():
-                if self.solver:
-                    if self.state["epoch"] == 0:
-                        self._fit_solver()
-                    return self.history
-                while self.state["epoch"] < s.epochs and not self.state["stopped_early"]:
-                    self._train_epoch()
+            yield
         except BaseException as err:
             error = err
             raise
         finally:
             self._emit("on_train_end", error)
-        return self.history
 
     def _train_epoch(self) -> None:
         s, st = self.settings, self.state
@@ -391,17 +388,20 @@ class Trainer:
         return self._to_device(next(iter(loader)))
 
     def _fit_solver(self) -> None:
-        """A FittedModel: its solver fits the whole training split in one call (every rank fits the
-        same model)."""
+        """A FittedModel: its solver fits the whole training split in one call (on every rank)."""
         started = time.perf_counter()
         x, y = self._whole(self.train_data)
         val = self._whole(self.val_data) if self.val_data is not None and len(self.val_data) else None
         facts = _unwrap(self.net).fit(x, y, self.task, val=val, seed=self.settings.seed)
-        self.record_fitted(facts, time.perf_counter() - started)
+        self._record_fitted(facts, time.perf_counter() - started)
 
     def record_fitted(self, facts: dict[str, Any], seconds: float) -> None:
-        """For a model fitted outside the epoch loop (by a solver, or a stack assembled by model
-        selection): one epoch row (training loss, validation metrics) and the checkpoints."""
+        """For a model fitted outside `fit` (a stack assembled by model selection): one epoch row
+        (training loss, validation metrics) and the checkpoints, between the callbacks' start and end."""
+        with self._callbacks_around():
+            self._record_fitted(facts, seconds)
+
+    def _record_fitted(self, facts: dict[str, Any], seconds: float) -> None:
         outputs, targets = self.predict(self.train_data)
         self.state.update(loss_sum=float(self.loss_fn(outputs, targets)) * len(targets), samples=len(targets),
                           step=1, solver=facts)  # fmt: skip
