@@ -19,6 +19,7 @@ datamol = pytest.importorskip("datamol")
 
 from safetensors.torch import save_file  # noqa: E402
 
+from biomx.errors import ConfigError  # noqa: E402
 from biomx.models.registry import build_model  # noqa: E402
 from biomx.models.solvers import minmax_kernel  # noqa: E402
 from biomx.models.trees import traverse  # noqa: E402
@@ -89,8 +90,8 @@ def test_svm_chooses_c_by_cross_validation_and_refuses_no_fingerprints(freesolv)
     model = _build("svm", 1)
     facts = model.fit(freesolv["x"], freesolv["y"], Values(), val=None, seed=0)
     assert facts["C"] in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-    with pytest.raises(ValueError, match=r"svm needs Morgan fingerprints: set data.molecule.features: \[morgan\]"):
-        build_model("svm", feature_dim=BITS, out_dim=1).fit(freesolv["x"], freesolv["y"], Values(), val=None, seed=0)
+    with pytest.raises(ConfigError, match=r"svm needs Morgan fingerprints: set data.molecule.features: \[morgan\]"):
+        build_model("svm", feature_dim=BITS, out_dim=1)  # refused when built, before any run file
 
 
 @pytest.mark.parametrize("classes", ["binary", "three"])

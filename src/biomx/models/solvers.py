@@ -197,6 +197,8 @@ class KernelSVM(SolverModule):
         super().__init__(out_dim)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+        if fingerprint_dim <= 0:  # at build time: one line before any run file is written
+            raise ValueError("svm needs Morgan fingerprints: set data.molecule.features: [morgan]")
         self.feature_dim, self.fingerprint_dim, self.c, self.epsilon = feature_dim, fingerprint_dim, c, epsilon
         self.register_buffer("binary", torch.tensor(kernel == "tanimoto"))
         self.register_buffer("support", torch.zeros(0, fingerprint_dim))
