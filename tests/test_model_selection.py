@@ -125,3 +125,22 @@ def test_a_solver_ensemble_bags_so_its_spread_is_an_uncertainty(chembl, tmp_path
     std = np.array([float(r["pred_pKi_std"]) for r in rows])
     assert (std > 0).all()  # identical members (same rows, a deterministic solver) would give 0
     assert "Uncertainty" in (run / "report.html").read_text()
+
+
+def test_an_interrupted_selection_resumes_by_starting_again(chembl, tmp_path, monkeypatch):
+    import biomx.selection as selection
+    from biomx.engine.trainer import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted("interrupted (SIGINT) at epoch 1; continue with: Trainer.fit(resume=True)", 130)
+
+    model = "{name: auto, select: best, folds: 2, candidates: [svm]}"
+    real = selection._out_of_fold
+    monkeypatch.setattr(selection, "_out_of_fold", interrupted)
+    with pytest.raises(TrainingInterrupted) as err:
+        train(load_config(_config(tmp_path, chembl, model, name="stop")))
+    run = tmp_path / "runs" / "stop"
+    assert f"biomx train --resume {run}" in str(err.value) and err.value.exit_code == 130
+    monkeypatch.setattr(selection, "_out_of_fold", real)
+    resume_run(run)
+    assert (run / "test_metrics.json").is_file() and (run / "selection.json").is_file()

@@ -26,7 +26,7 @@ from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
 from biomx.engine.logging import console
 from biomx.engine.mlflow_logger import check_tracking, tracking_callbacks
 from biomx.engine.runtime import seed_everything, select_device
-from biomx.engine.trainer import Trainer
+from biomx.engine.trainer import Trainer, TrainingInterrupted
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import summary_line, write_run_report
 from biomx.modalities import get_modality
@@ -312,7 +312,11 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
         # On resume, finished members return at once and the interrupted one continues.
         resuming = resume is not None and (member_dir / "checkpoints" / "last.safetensors").is_file()
         if p.info["model"]["name"] == selection.STACK:
-            trainer = _auto_member(p, member_dir, k, callbacks, resuming)
+            try:
+                trainer = _auto_member(p, member_dir, k, callbacks, resuming)
+            except TrainingInterrupted as err:  # a family's own trainer has no run folder to name
+                raise TrainingInterrupted(f"interrupted during model selection; continue with: biomx train --resume "
+                                          f"{run_dir} (the selection starts again)", err.exit_code) from None  # fmt: skip
             continue
         trainer = _trainer(p, member_dir, member=k, callbacks=callbacks)
         try:
@@ -412,7 +416,8 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
     """Continue an interrupted run from its last checkpoint (same config, same split)."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", overrides)
-    if not any((d / "checkpoints" / "last.safetensors").is_file() for d in member_dirs(run_dir, cfg.model.ensemble)):
+    started = any((d / "checkpoints" / "last.safetensors").is_file() for d in member_dirs(run_dir, cfg.model.ensemble))
+    if not started and cfg.model.name != selection.AUTO:  # an interrupted selection starts again
         raise BiomxError(f"{run_dir}: no checkpoints/last.safetensors to resume from")
     return train(cfg, resume=run_dir)
 
