@@ -144,3 +144,20 @@ def test_an_interrupted_selection_resumes_by_starting_again(chembl, tmp_path, mo
     monkeypatch.setattr(selection, "_out_of_fold", real)
     resume_run(run)
     assert (run / "test_metrics.json").is_file() and (run / "selection.json").is_file()
+
+
+def test_auto_stacks_classifiers_on_their_logits(chembl, tmp_path):
+    rows = list(csv.DictReader(open(chembl)))
+    path = tmp_path / "active.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "smiles", "active", "split"])
+        writer.writerows([r["id"], r["smiles"], "yes" if float(r["pKi"]) >= 7.5 else "no", r["split"]] for r in rows)
+    cfg = _config(tmp_path, path, f"{{name: auto, folds: 2, args: {SMALL}}}", name="cls")
+    cfg.write_text(cfg.read_text().replace("label_column: pKi", "label_column: active")
+                   .replace("{kind: regression}", "{kind: classification, classes: ['no', 'yes']}")
+                   .replace("monitor: val_rmse", "monitor: val_auroc"))  # fmt: skip
+    run = train(load_config(cfg))
+    record = json.loads((run / "selection.json").read_text())
+    assert record["monitor"] == "val_auroc" and all(0.5 < row["mean"] <= 1.0 for row in record["families"])
+    assert json.loads((run / "test_metrics.json").read_text())["metrics"]["auroc"]["value"] > 0.7

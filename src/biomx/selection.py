@@ -130,7 +130,8 @@ def _score(task: Task, monitor: str, outputs: torch.Tensor, targets: torch.Tenso
     name = monitor.removeprefix("val_").removeprefix("train_")
     if name == "loss":
         return float(task.loss(outputs, targets))
-    return float(task.quick_metrics(task.predictions(outputs).numpy(), targets.numpy())[name])
+    # quick_metrics never raises; a metric it cannot compute on a fold (absent or NaN) ranks last
+    return float(task.quick_metrics(task.predictions(outputs).numpy(), targets.numpy()).get(name, math.nan))
 
 
 def _build(name: str, args: dict[str, Any], seed: int) -> nn.Module:
@@ -212,7 +213,8 @@ def fit_auto(cfg: ExperimentConfig, task: Task, info: dict[str, Any], train: Dat
         console.print(f"auto: {name} inner {len(folds)}-fold {monitor} {rows[-1]['mean']:.4f} "
                       f"(sd {rows[-1]['sd']:.4f}), {seconds:.1f} s per fit")  # fmt: skip
     lower = lower_is_better(monitor)
-    best = min(range(len(rows)), key=lambda j: rows[j]["mean"] if lower else -rows[j]["mean"])
+    ranked = [rows[j]["mean"] if lower else -rows[j]["mean"] for j in range(len(rows))]
+    best = min(range(len(rows)), key=lambda j: math.inf if math.isnan(ranked[j]) else ranked[j])
     if cfg.model.select == "stack" and len(specs) > 1:
         weights, bias = stack_weights(task, outputs, targets)
     else:
