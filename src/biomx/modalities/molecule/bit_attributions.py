@@ -27,7 +27,6 @@ same bit; they then share its contribution, which is the usual price of a small 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from biomx.explain import eval_mode, output_column
-from biomx.modalities.molecule.interpret import MAX_DRAWN_ATOMS, draw_atom_attributions
+from biomx.modalities.molecule.interpret import attribution_section
 from biomx.modalities.molecule.standardize import mol_from_smiles
 from biomx.protocols import Task
 
@@ -150,7 +149,7 @@ def bit_attributions(
 # ---------------------------------------------------------------------------------- report
 
 
-def _section_text(task: Task, morgan: dict[str, Any], descriptors: bool, undrawn: int, total: int) -> str:
+def _section_text(task: Task, morgan: dict[str, Any], descriptors: bool) -> str:
     output, shown = task.attribution_text()
     kind = "counts" if morgan.get("counts") else "bits"
     text = (f"Fingerprint occlusion: each Morgan bit that is on (radius {morgan['radius']}, "
@@ -162,25 +161,16 @@ def _section_text(task: Task, morgan: dict[str, Any], descriptors: bool, undrawn
             f"molecule's largest score. Shown: {shown}.")  # fmt: skip
     if descriptors:
         text += " Descriptor contributions are not drawn: descriptors belong to no atom."
-    if undrawn:
-        text += (f" {undrawn} of the {total} molecules have more than {MAX_DRAWN_ATOMS} atoms and are "
-                 "not drawn (drawing time grows faster than the atom count); their atom scores are "
-                 "in the JSON.")  # fmt: skip
     return text
 
 
-def _entry(task: Task, column: int, pred: np.ndarray, label: np.ndarray, group: str,
-           found: tuple[dict[int, float], np.ndarray, float]) -> tuple[str, dict]:  # fmt: skip
-    """(caption, JSON entry) of one explained molecule."""
-    bit_scores, atoms, output = found
-    caption, value, truth, explained = task.describe(column, pred, label)
+def _scores(model: nn.Module, smiles: str, features: Tensor, morgan: dict[str, Any],
+            column: int) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """One molecule's atom scores and its further JSON fields (the output, the bits by size)."""
+    bit_scores, atoms, output = bit_attributions(model, smiles, features, morgan, column)
     ranked = sorted(bit_scores.items(), key=lambda item: -abs(item[1]))
-    return caption, {
-        "prediction": value if math.isfinite(value) else None, "target": truth, "group": group,
-        "explained": str(explained), "output": float(f"{output:.6g}"),
-        "atom_scores": [float(f"{s:.6g}") for s in atoms],
-        "bit_scores": {str(bit): float(f"{score:.6g}") for bit, score in ranked},
-    }  # fmt: skip
+    return atoms, {"output": float(f"{output:.6g}"),
+                   "bit_scores": {str(bit): float(f"{score:.6g}") for bit, score in ranked}}  # fmt: skip
 
 
 def bit_explanations(
@@ -223,17 +213,10 @@ def bit_explanations(
         raise ValueError(f"bit_explanations: {len(smiles)} SMILES, {features.shape[0]} vectors, "
                          f"{len(preds)} predictions, {len(labels)} targets")  # fmt: skip
     picks = task.pick_explained(preds, labels, n)
-    figures, entries, undrawn = [], {}, 0
-    for row, group, column in picks:
-        found = bit_attributions(model, smiles[row], features[row], morgan, column)
-        caption, entries[smiles[row]] = _entry(task, column, preds[row], labels[row], group, found)
-        if len(found[1]) > MAX_DRAWN_ATOMS:
-            undrawn += 1
-        else:
-            figures.append(draw_atom_attributions(smiles[row], found[1], caption))
     descriptors = int(features.shape[1]) > int(morgan["size"])
-    return {"title": "Atom attributions", "text": _section_text(task, morgan, descriptors, undrawn, len(picks)),
-            "figures": figures, "json": entries}  # fmt: skip
+    return attribution_section(task, smiles, preds, labels, picks,
+                               lambda row, column: _scores(model, smiles[row], features[row], morgan, column),
+                               _section_text(task, morgan, descriptors))  # fmt: skip
 
 
 def vector_explanations(model: nn.Module, smiles: list[str], batch: Data, predictions: np.ndarray,

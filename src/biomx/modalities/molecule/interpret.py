@@ -22,6 +22,8 @@ attribute to: `atom_attributions` returns None and `molecule_explanations` no se
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -238,9 +240,26 @@ def molecule_explanations(
     columns = sorted({column for _, _, column in picks})
     sub = _subset(batch, rows)
     scores = {column: atom_attributions(model, sub, column, steps) for column in columns}
+    output, shown = task.attribution_text()
+    text = (f"Integrated gradients ({steps} steps, all-zero atom features as the baseline) of "
+            f"{output} with respect to each atom's features, summed per atom; a molecule's "
+            "scores add up to its output minus the baseline's. Red atoms raise the prediction, "
+            "blue atoms lower it; colours are scaled to each molecule's largest score. "
+            f"Shown: {shown}.")
+    return attribution_section(task, smiles, preds, labels, picks,
+                               lambda row, column: (scores[column][rows.index(row)], {}), text)  # fmt: skip
+
+
+def attribution_section(task: Task, smiles: list[str], preds: np.ndarray, labels: np.ndarray,
+                        picks: list[tuple[int, str, int]],
+                        attributions: Callable[[int, int], tuple[np.ndarray, dict[str, Any]]], text: str) -> dict:  # fmt: skip
+    """The "Atom attributions" section every method shares: for each picked (row, group, column),
+    `attributions(row, column)` gives the atom scores and any further JSON fields; the task words
+    the caption. A molecule over `MAX_DRAWN_ATOMS` atoms is in the JSON only, and `text` (how the
+    scores were made) says how many."""
     figures, entries, undrawn = [], {}, 0
     for row, group, column in picks:
-        atom_scores = scores[column][rows.index(row)]
+        atom_scores, extra = attributions(row, column)
         caption, value, truth, explained = task.describe(column, preds[row], labels[row])
         if len(atom_scores) > MAX_DRAWN_ATOMS:
             undrawn += 1
@@ -248,15 +267,8 @@ def molecule_explanations(
             figures.append(draw_atom_attributions(smiles[row], atom_scores, caption))
         entries[smiles[row]] = {
             "prediction": value if math.isfinite(value) else None, "target": truth, "group": group,
-            "explained": str(explained),
-            "atom_scores": [float(f"{s:.6g}") for s in atom_scores],
+            "explained": str(explained), "atom_scores": [float(f"{s:.6g}") for s in atom_scores], **extra,
         }  # fmt: skip
-    output, shown = task.attribution_text()
-    text = (f"Integrated gradients ({steps} steps, all-zero atom features as the baseline) of "
-            f"{output} with respect to each atom's features, summed per atom; a molecule's "
-            "scores add up to its output minus the baseline's. Red atoms raise the prediction, "
-            "blue atoms lower it; colours are scaled to each molecule's largest score. "
-            f"Shown: {shown}.")
     if undrawn:
         text += (f" {undrawn} of the {len(picks)} molecules have more than {MAX_DRAWN_ATOMS} atoms and "
                  "are not drawn (drawing time grows faster than the atom count); their atom scores "
