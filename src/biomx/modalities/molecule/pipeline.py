@@ -34,11 +34,9 @@ from biomx.modalities.molecule.graphs import (
 from biomx.modalities.molecule.readers import MoleculeRecords, read_molecule_table, read_sdf
 from biomx.modalities.molecule.splits import cluster_split, scaffold_overlap, scaffold_split
 from biomx.modalities.molecule.standardize import standardize
+from biomx.models.molecule import VECTOR_MODELS  # models that read only the molecule-level vectors
 from biomx.protocols import Task, TestView
 
-# Models that read only the molecule-level vectors (no graph is batched for them); the last
-# three are fitted by a solver (see models/solvers.py).
-VECTOR_MODELS = {"fingerprint_mlp", "svm", "random_forest", "lightgbm"}
 DESCRIPTOR_CLIP = 10.0  # standardised descriptors are clipped: a few have extreme tails
 
 
