@@ -361,7 +361,7 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
         evaluation, sections = p.task.evaluate_test(run)
         if evaluation is not None:
             console.print(summary_line(evaluation))
-    chosen = selection.report_section(run_dir, member_dirs(run_dir, p.cfg.model.ensemble))
+    chosen = selection.report_section(member_dirs(run_dir, p.cfg.model.ensemble)[0])
     if dist.is_main():
         _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections], scored)
     dist.barrier()

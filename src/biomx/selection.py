@@ -259,9 +259,10 @@ def _best_weights(trainer: Trainer, run_dir: Path) -> nn.Module:
 # ---------------------------------------------------------------------------------- report
 
 
-def report_section(run_dir: Path, members: list[Path]) -> dict[str, Any] | None:
-    """"Model selection": each family's inner-CV score, weight and fit time (first member's run)."""
-    path = members[0] / SELECTION_FILE if members else run_dir / SELECTION_FILE
+def report_section(member_dir: Path) -> dict[str, Any] | None:
+    """"Model selection": each family's inner-CV score, weight and fit time, as the run's (first)
+    member `member_dir` chose; None for a run that did not select."""
+    path = member_dir / SELECTION_FILE
     if not path.is_file():
         return None
     record = read_json(path)
