@@ -44,3 +44,7 @@ def os_error_line(err: OSError) -> str | None:
         return None
     advice = OS_ADVICE.get(err.errno, err.strerror or type(err).__name__)
     return f"{err.filename}: {advice}"
+
+
+class ExportRefused(BiomxError):
+    """A run (its model, modality or task) that cannot be exported, with the one-line reason."""

@@ -319,3 +319,63 @@ class FittedModel(Protocol):
         is the validation split (None when there is none). Returns facts worth logging (e.g. the
         chosen C, the number of trees)."""
         ...
+
+
+# ------------------------------------------------------------------ export and serving
+# `biomx export`, `biomx predict --engine onnx` and `biomx serve` run a run's model as one graph:
+#   raw input -> modality's `prepare` (tensor ops) -> every member through `inference_model` ->
+#   task.predictions -> mean (and std across ensemble members).
+# A modality that can feed such a graph offers `ExportableModality`; one that cannot (a graph
+# network's batches are not a tensor) either lacks it or refuses in `export_plan` with one line.
+
+
+@dataclass
+class GraphInput:
+    """The one tensor an exported graph takes, as its sidecar states it."""
+
+    name: str  # e.g. "image", "tokens", "features", "fingerprint"
+    dtype: str  # "float32" or "int64"
+    shape: list[int | str]  # a str names a dynamic axis ("batch", "height", "length")
+    description: str  # what a caller must put in it (scaling, channel order, vocabulary)
+
+
+@dataclass
+class ExportPlan:
+    """How a run's raw inputs become model-ready inside an exported graph."""
+
+    prepare: nn.Module  # raw input -> model-ready input; tensor ops only (traced into the graph)
+    input: GraphInput
+    outside: str  # what happens before the graph (decoding, featurisation), one sentence
+    inside: list[str]  # the steps inside the graph, e.g. ["resize to 64x64 (bilinear)", "normalise ..."]
+    example: dict[str, Any] = field(default_factory=dict)  # JSON-able facts for clients (vocabulary, feature names)
+
+
+@runtime_checkable
+class ExportableModality(Protocol):
+    """A modality whose inputs can be fed to an exported graph as one raw tensor."""
+
+    def export_plan(self, preprocessing: dict[str, Any]) -> ExportPlan:
+        """The graph's input and preprocessing for a run; `biomx.errors.ExportRefused` (one line
+        saying why) when this run's inputs cannot go into a graph."""
+        ...
+
+    def read_raw(self, preprocessing: dict[str, Any], inputs: list[str | Path],
+                 skip_errors: bool = False) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:  # fmt: skip
+        """Like `read_inputs`, but stops where the graph starts: `plan.prepare(raw)` equals what
+        `read_inputs` gives for the same files (to float rounding)."""
+        ...
+
+    def raw_rows(self, preprocessing: dict[str, Any], samples: Samples, index: np.ndarray) -> torch.Tensor:
+        """Raw graph inputs of the given rows of a run's samples (the export check feeds the test
+        split); `plan.prepare(raw_rows(...))` equals the split dataset's model-ready batch."""
+        ...
+
+
+@runtime_checkable
+class ExplainsInputs(Protocol):
+    """A modality that can explain single new inputs with an image (the server's upload route)."""
+
+    def explain_inputs(self, model: nn.Module, task: Task, preprocessing: dict[str, Any], raw: torch.Tensor,
+                       model_name: str) -> list[np.ndarray]:  # fmt: skip
+        """One RGB uint8 (H, W, 3) overlay per raw input (e.g. Grad-CAM of the predicted class)."""
+        ...
