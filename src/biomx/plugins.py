@@ -31,6 +31,13 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "sksurv": ("scikit-survival", "tabular"),
     "SurvSet": ("SurvSet", "tabular"),
     "mlflow": ("MLflow", "tracking"),
+    "onnx": ("ONNX", "deploy"),
+    "onnxruntime": ("ONNX Runtime", "deploy"),
+    "onnxscript": ("onnxscript", "deploy"),
+    "fastapi": ("FastAPI", "deploy"),
+    "uvicorn": ("uvicorn", "deploy"),
+    "multipart": ("python-multipart", "deploy"),
+    "highdicom": ("highdicom", "deploy"),
 }
 
 
