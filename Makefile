@@ -5,7 +5,13 @@ BIN := $(VENV)/bin
 # The CPU build of torch; GPU users install their own torch (>=2.4) before `pip install -e .`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean browser node
+# System packages the tests drive (Debian's; nothing is downloaded from elsewhere): a headless
+# Chromium for the served web page, Node.js for the clients in clients/node. Installed only when
+# missing; apt needs root, so sudo is used only when not root and sudo exists.
+SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null; then echo sudo; fi)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+NODE_CLIENT := clients/node
 
 $(BIN)/biomx: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +25,20 @@ setup: $(BIN)/biomx
 demo: setup
 	$(BIN)/biomx demo
 
-test: setup
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium chromium-driver >/dev/null; }
+
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null; }
+
+# npm ci again when the lock file is newer than the last install (.npmrc: no install scripts).
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package-lock.json | node
+	npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund --silent
+	touch $@
+
+test: setup browser $(NODE_CLIENT)/node_modules/.installed
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests benchmarks
 
@@ -30,4 +49,4 @@ bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(NODE_CLIENT)/node_modules
