@@ -11,7 +11,14 @@ from biomx.modalities.common.scan_config import ScanConfig
 from biomx.modalities.image import pipeline
 from biomx.modalities.image.arrays import read_objects, scan_from_array
 from biomx.modalities.image.config import ImageData
-from biomx.modalities.image.pipeline import build_datasets, explain, inference_model, read_inputs
+from biomx.modalities.image.export import explain_inputs, export_plan, raw_rows
+from biomx.modalities.image.pipeline import (
+    build_datasets,
+    explain,
+    inference_model,
+    read_inputs,
+    read_raw,
+)
 from biomx.modalities.image.scans import (
     collect_scans,
     mask_suffix,
@@ -48,4 +55,4 @@ def scan_settings(cfg: ExperimentConfig) -> tuple[ScanConfig, str]:
     return cfg.data.image.scan, "data.image.scan"
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset", "export_plan", "read_raw", "raw_rows", "explain_inputs"]

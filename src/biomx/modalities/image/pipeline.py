@@ -237,10 +237,11 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def read_inputs(
+def read_raw(
     preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
-    """Image files/folders -> a model-ready float batch, names, and skipped files."""
+    """Image files/folders -> float32 images in [0, 1] at the run's size (what an exported graph
+    takes: not yet normalised), names, and skipped files."""
     files = collect_inputs(inputs)
     images, kept, failures = decode_images(
         files, size=tuple(preprocessing["image_size"]), channels=preprocessing["channels"],
@@ -249,8 +250,20 @@ def read_inputs(
         nan_policy=preprocessing.get("nan_policy", "raise"),  # runs made before the policy: raise
         max_pixels=preprocessing.get("max_pixels", DEFAULT_MAX_PIXELS),  # runs made before the limit: the default
     )  # fmt: skip
-    x = images.float()
-    if preprocessing["mean"] is not None:
-        mean = torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1)
-        x = (x - mean) / torch.tensor(preprocessing["std"]).view(1, -1, 1, 1)
-    return x, [str(files[i]) for i in kept], failures
+    return images.float(), [str(files[i]) for i in kept], failures
+
+
+def normalise(preprocessing: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """The run's per-channel normalisation (training statistics), when it has one."""
+    if preprocessing["mean"] is None:
+        return x
+    mean = torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1)
+    return (x - mean) / torch.tensor(preprocessing["std"]).view(1, -1, 1, 1)
+
+
+def read_inputs(
+    preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
+) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """Image files/folders -> a model-ready float batch, names, and skipped files."""
+    x, names, failures = read_raw(preprocessing, inputs, skip_errors)
+    return normalise(preprocessing, x), names, failures
