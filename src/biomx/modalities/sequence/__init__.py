@@ -12,6 +12,7 @@ from biomx.modalities.sequence import pipeline
 from biomx.modalities.sequence.arrays import read_objects
 from biomx.modalities.sequence.commands import add_commands
 from biomx.modalities.sequence.config import SequenceData
+from biomx.modalities.sequence.export import export_plan, raw_rows, read_raw
 from biomx.modalities.sequence.pipeline import (
     build_datasets,
     explain,
@@ -39,4 +40,4 @@ def sample_digests(samples: Samples) -> list[str] | None:
     return row_digests(tokens) if tokens is not None and len(tokens) == len(samples.ids) else None
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "add_commands", "datasets", "export_dataset"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]

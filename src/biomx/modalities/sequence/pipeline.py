@@ -213,6 +213,15 @@ def read_inputs(
     preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
     """FASTA or CSV/TSV (column `sequence`) files -> one-hot batch, record ids, skipped records."""
+    tokens, ids, failures = read_tokens(preprocessing, inputs, skip_errors)
+    return one_hot(tokens, preprocessing["alphabet"]), ids, failures
+
+
+def read_tokens(
+    preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
+) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """FASTA or CSV/TSV files -> uint8 tokens (N, L) at the run's length (what `read_inputs`
+    one-hot encodes, and an exported graph takes), record ids, skipped records."""
     alphabet, length = preprocessing["alphabet"], preprocessing["length"]
     ids, sequences, sources = [], [], []
     for item in map(Path, inputs):
@@ -239,4 +248,4 @@ def read_inputs(
                 failures.append((ids[i], str(err)))
         ids, sequences, sources = [ids[i] for i in keep], [sequences[i] for i in keep], [sources[i] for i in keep]
     tokens, _ = encode(sequences, alphabet, length=length, ids=ids, sources=sources)
-    return one_hot(tokens, alphabet), ids, failures
+    return tokens, ids, failures

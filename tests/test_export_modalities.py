@@ -1,0 +1,97 @@
+"""The export plans of the sequence, tabular, history, volume and molecule modalities: the raw
+tensor a client outside Python sends, and `prepare`, the tensor ops that turn it into exactly
+what the run's datasets (and `read_inputs`) give the model, traceable with a dynamic batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from biomx.config import validate
+from biomx.experiment import Prepared, prepare
+from biomx.modalities import get_modality
+from biomx.protocols import ExportableModality, ExportPlan
+from data_paths import DNA
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _prepared(modality: str, data: dict[str, Any], tmp_path: Path, **changes: Any) -> Prepared:
+    raw = {"name": "x", "data": {"modality": modality, **data},
+           "model": {"name": "mlp"}, "task": {"type": "binary"},
+           "train": {"epochs": 1, "device": "cpu", "progress": False},
+           "output": {"dir": str(tmp_path / "runs"), "tensorboard": False}}  # fmt: skip
+    for key, value in changes.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return prepare(validate(raw))
+
+
+def _batch(p: Prepared, split: str) -> torch.Tensor:
+    x, _ = p.datasets[split].__getitems__(list(range(len(p.splits[split]))))
+    return getattr(x, "features", x)  # a molecule batch carries its vectors as .features
+
+
+def _check_plan(p: Prepared, split: str = "test") -> tuple[ExportPlan, torch.Tensor]:
+    """(a) prepare(raw_rows) is the split's batch, (c) prepare exports with a dynamic batch."""
+    modality = get_modality(p.info["modality"])
+    assert isinstance(modality, ExportableModality)
+    pre = p.info["preprocessing"]
+    plan = modality.export_plan(pre)
+    raw = modality.raw_rows(pre, p.data, p.splits[split])
+    assert str(raw.dtype).removeprefix("torch.") == plan.input.dtype
+    assert list(raw.shape[1:]) == plan.input.shape[1:] and plan.input.shape[0] == "batch"
+    expected = _batch(p, split)
+    got = plan.prepare(raw)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    exported = torch.export.export(
+        plan.prepare, (raw,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    torch.testing.assert_close(exported.module()(raw[:3]), expected[:3], atol=1e-5, rtol=1e-5)
+    assert plan.outside and plan.inside and plan.input.description
+    return plan, raw
+
+
+# ------------------------------------------------------------------------------------ sequence
+
+
+@pytest.fixture(scope="module")
+def fasta(tmp_path_factory) -> Path:
+    """40 real Oct4 and 40 real Mafk windows; a few shortened, soft-masked or with ambiguity codes."""
+    root = tmp_path_factory.mktemp("seq")
+    for name, src in (("oct4.fa", DNA / "sample.fa"), ("mafk.fa", DNA / "sample2.fa")):
+        lines = src.read_text().splitlines()[:80]
+        seqs = lines[1::2]
+        seqs[0] = seqs[0][:150]  # padded
+        seqs[1] = seqs[1][:20].lower() + "NNRY" + seqs[1][24:]
+        (root / name).write_text(
+            "".join(f"{h}\n{s}\n" for h, s in zip(lines[::2], seqs, strict=True))
+        )
+    return root
+
+
+def test_sequence_plan_one_hot_inside(fasta: Path, tmp_path: Path) -> None:
+    data = {"source": "fasta", "path": str(fasta), "sequence": {"files": {"Oct4": "oct4.fa", "Mafk": "mafk.fa"},
+            "length": 180, "rc_augment": True, "shift": 3}, "split": {"method": "random", "val": 0.2, "test": 0.5}}  # fmt: skip
+    p = _prepared("sequence", data, tmp_path, model={"name": "deepsea", "args": {"width": 8}},
+                  task={"classes": ["Mafk", "Oct4"]})  # fmt: skip
+    plan, raw = _check_plan(p)
+    assert (
+        plan.input.dtype == "int64"
+        and plan.example["vocabulary"]["N"] == 4
+        and plan.example["pad"] == 255
+    )
+    assert raw.max() == 255  # the shortened record is padded (and centre-cropped ones are 180 long)
+    # An id outside the table is read as padding, not an error.
+    assert plan.prepare(torch.full((1, 180), 999))[0].abs().sum() == 0
+    # (b) read_raw then prepare is read_inputs.
+    sequence = get_modality("sequence")
+    pre = p.info["preprocessing"]
+    files = [fasta / "oct4.fa", fasta / "mafk.fa"]
+    raw_files, names, failures = sequence.read_raw(pre, files)
+    x, names_in, _ = sequence.read_inputs(pre, files)
+    assert names == names_in and not failures and raw_files.dtype == torch.int64
+    torch.testing.assert_close(plan.prepare(raw_files), x, atol=1e-6, rtol=0)
