@@ -7,6 +7,7 @@ normal, and placed in world coordinates (DICOM's LPS converted to RAS).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from biomx.modalities.volume.decoding import DECODE_ERRORS, LPS_TO_RAS, OpenedVo
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 _GAP_FACTOR = 1.5  # a slice gap this many times the median one means missing slices
+
+
+@dataclass
+class OpenedSeries(OpenedVolume):
+    """An opened DICOM series, with its slice files in volume order (the third voxel index):
+    what a DICOM SEG of a mask on this volume must reference, frame by frame."""
+
+    files: tuple[str, ...] = ()
 
 
 def dicom_files_in(folder: Path) -> list[Path]:
@@ -40,7 +49,7 @@ def dicom_files_in(folder: Path) -> list[Path]:
     return files
 
 
-def open_dicom_series(where: Path, files: list[Path]) -> OpenedVolume:
+def open_dicom_series(where: Path, files: list[Path]) -> OpenedSeries:
     """The headers of one series; its pixels -> (data (cols, rows, slices), voxel -> RAS
     affine) are decoded only when asked for.
 
@@ -70,7 +79,8 @@ def open_dicom_series(where: Path, files: list[Path]) -> OpenedVolume:
         data = np.stack([_dicom_pixels(path, ds).T for path, ds in slices], axis=-1)
         return data, LPS_TO_RAS @ affine
 
-    return OpenedVolume((int(slices[0][1].Columns), int(slices[0][1].Rows), n), read)
+    return OpenedSeries((int(slices[0][1].Columns), int(slices[0][1].Rows), n), read,
+                        tuple(str(path) for path, _ in slices))
 
 
 def _dicom_headers(where: Path, files: list[Path]) -> list[tuple[Path, Any]]:

@@ -62,6 +62,8 @@ class Volume:
         source: the file or DICOM series folder it came from (for messages).
         original_affine: the file's own voxel -> RAS mm affine, before reorientation.
         original_shape: the file's voxel shape before reorientation, (x, y, z[, c]).
+        slice_files: a DICOM series' slice files in file voxel order (z), for a DICOM SEG of a
+            mask on it; empty for other formats.
     """
 
     array: np.ndarray
@@ -70,6 +72,7 @@ class Volume:
     source: str
     original_affine: np.ndarray
     original_shape: tuple[int, ...]
+    slice_files: tuple[str, ...] = ()
 
 
 # ---- 1. Reading -------------------------------------------------------------------------------
@@ -112,7 +115,9 @@ def read_volume(path: str | Path, *, mask: bool = False, nan_policy: str = "rais
     except DECODE_ERRORS as e:  # our own DataErrors (naming a slice) pass through
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]  # one line, bounded
         raise DataError(f"{path}: cannot read volume: {reason}") from e
-    return _make_volume(data, affine, str(path), mask, nan_policy)
+    volume = _make_volume(data, affine, str(path), mask, nan_policy)
+    volume.slice_files = getattr(opened, "files", ())  # DICOM series only
+    return volume
 
 
 def _open_file(path: Path) -> OpenedVolume:
@@ -289,8 +294,7 @@ def write_nifti(array: Any, reference: Volume, path: str | Path) -> Path:
                          f"{reference.source} of shape {reference.array.shape}")
     if data.ndim == 4:
         data = np.moveaxis(data, 0, 3)  # NIfTI: channels last
-    back = ornt_transform(_RAS, io_orientation(reference.original_affine))
-    data = np.ascontiguousarray(apply_orientation(data, back))
+    data = to_file_order(data, reference.original_affine)
     data = data.astype(_output_dtype(data, reference.source), copy=False)
     img = nib.Nifti1Image(data, reference.original_affine)
     img.set_qform(reference.original_affine, code=1)
@@ -300,6 +304,13 @@ def write_nifti(array: Any, reference: Volume, path: str | Path) -> Path:
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
     atomic_write_bytes(path, payload)
     return path
+
+
+def to_file_order(array: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
+    """A canonical (RAS+) array (x, y, z[, c]) back in the voxel order of the file whose own
+    affine is `original_affine` (for a DICOM series: (columns, rows, slices))."""
+    back = ornt_transform(_RAS, io_orientation(original_affine))
+    return np.ascontiguousarray(apply_orientation(np.asarray(array), back))
 
 
 def _output_dtype(data: np.ndarray, source: str) -> Any:

@@ -1,5 +1,6 @@
 """3D scans with masks (source msd, for segmentation): volumes in canonical RAS with their
-geometry kept, masks written back as NIfTI in each scan's own orientation and grid."""
+geometry kept, masks written back as NIfTI in each scan's own orientation and grid (and, for a
+DICOM series, also as a DICOM SEG referencing its slices)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from biomx.errors import DataError
 from biomx.modalities.common.msd import is_2d_file, read_msd
 from biomx.modalities.common.scans import unique_stem
 from biomx.modalities.volume.config import DEFAULT_MAX_VOXELS
+from biomx.modalities.volume.dicom_seg import seg_path, write_dicom_seg
 from biomx.modalities.volume.files import (
     VOLUME_SUFFIXES,
     Volume,
     check_same_geometry,
     collect_volume_inputs,
     read_volume,
+    to_file_order,
     write_nifti,
 )
 
@@ -60,20 +63,31 @@ def read_pair(image_path: Path, label_path: Path, nan_policy: str, tolerance_mm:
 
 
 def scan_reference(scan: Scan) -> dict[str, Any]:
-    """What `write_mask` needs of the source volume (small JSON: no voxels)."""
+    """What `write_mask` needs of the source volume (small JSON: no voxels). A DICOM series adds
+    its slice files in volume order (paths only: no header value, so no patient identifier)."""
     volume: Volume = scan.reference
-    return {"affine": volume.affine.tolist(), "spacing": list(volume.spacing), "source": volume.source,
-            "original_affine": volume.original_affine.tolist(), "original_shape": list(volume.original_shape),
-            "shape": list(volume.array.shape[-3:])}  # fmt: skip
+    reference = {"affine": volume.affine.tolist(), "spacing": list(volume.spacing), "source": volume.source,
+                 "original_affine": volume.original_affine.tolist(), "original_shape": list(volume.original_shape),
+                 "shape": list(volume.array.shape[-3:])}  # fmt: skip
+    if volume.slice_files:
+        reference["dicom_files"] = list(volume.slice_files)
+    return reference
 
 
-def write_mask(mask: np.ndarray, reference: dict[str, Any], path: Path) -> Path:
-    """A label map as NIfTI in the source volume's own orientation and grid."""
+def write_mask(mask: np.ndarray, reference: dict[str, Any], path: Path, *, classes: list[str] | None = None,
+               model: str = "unknown") -> Path:  # fmt: skip
+    """A label map as NIfTI in the source volume's own orientation and grid; for a DICOM series
+    also as a DICOM SEG beside it (`<name>.seg.dcm`; skipped, with one warning, without
+    highdicom). `classes` (background first) name the SEG's segments, `model` its algorithm."""
     path.parent.mkdir(parents=True, exist_ok=True)
     volume = Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(reference["shape"])), np.array(reference["affine"]),
                     tuple(reference["spacing"]), reference["source"], np.array(reference["original_affine"]),
                     tuple(reference["original_shape"]))  # fmt: skip
-    return write_nifti(mask, volume, path)
+    written = write_nifti(mask, volume, path)
+    if reference.get("dicom_files"):
+        labels = to_file_order(mask, volume.original_affine)
+        write_dicom_seg(labels, reference["dicom_files"], seg_path(path), classes=classes, model=model)
+    return written
 
 
 def scan_stem(path: Path, used: set[str]) -> str:
