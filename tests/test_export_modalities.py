@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +96,44 @@ def test_sequence_plan_one_hot_inside(fasta: Path, tmp_path: Path) -> None:
     x, names_in, _ = sequence.read_inputs(pre, files)
     assert names == names_in and not failures and raw_files.dtype == torch.int64
     torch.testing.assert_close(plan.prepare(raw_files), x, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ tabular
+
+
+@pytest.fixture(scope="module")
+def clinical(tmp_path_factory) -> Path:
+    """60 patients: numbers with gaps, a boolean, text categories (one level only in new rows)."""
+    rng = np.random.default_rng(0)
+    rows = ["id,age,crp,smoker,sex,site,stage,outcome"]
+    for i in range(60):
+        age = "" if i % 7 == 3 else f"{rng.normal(60, 12):.1f}"
+        crp = "" if i % 5 == 1 else f"{rng.lognormal(1.5, 1.0):.3f}"
+        smoker = ["yes", "no", ""][i % 3]
+        site = ["oslo", "lyon", "", "pisa"][i % 4]
+        rows.append(f"p{i},{age},{crp},{smoker},{'FM'[i % 2]},{site},{1 + i % 4},{['dead', 'alive'][i % 2]}")
+    path = tmp_path_factory.mktemp("tab") / "clinical.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_tabular_plan_encodes_inside(clinical: Path, tmp_path: Path) -> None:
+    data = {"source": "csv", "path": str(clinical), "label_column": "outcome",
+            "tabular": {"id_column": "id", "cache": False, "columns": {"stage": "categorical"}},
+            "split": {"method": "random", "val": 0.2, "test": 0.3}}  # fmt: skip
+    p = _prepared("tabular", data, tmp_path, model={"name": "tabular_mlp", "args": {"width": 8, "depth": 1}})
+    plan, raw = _check_plan(p)
+    names = [f["name"] for f in plan.example["features"]]
+    assert names == ["age", "crp", "smoker", "sex", "site", "stage"] and torch.isnan(raw).any()
+    levels = plan.example["features"][names.index("site")]["levels"]
+    assert "" not in levels and set(levels) <= {"oslo", "lyon", "pisa"}
+    # (b) new rows: an unseen site and stage, a missing value, read from a file.
+    new = tmp_path / "new.csv"
+    new.write_text("id,age,crp,smoker,sex,site,stage\nq1,51.5,,yes,F,rome,9\nq2,,2.5,,M,oslo,2\n")
+    tabular = get_modality("tabular")
+    pre = p.info["preprocessing"]
+    raw_new, names_new, _ = tabular.read_raw(pre, [new])
+    x, names_in, _ = tabular.read_inputs(pre, [new])
+    assert names_new == names_in == ["q1", "q2"] and raw_new[0, names.index("site")] == -1
+    torch.testing.assert_close(plan.prepare(raw_new), x, atol=1e-6, rtol=1e-6)
+    assert plan.prepare(raw_new)[0, -2] == 0  # the unknown site's code

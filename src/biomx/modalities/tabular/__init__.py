@@ -9,6 +9,7 @@ from biomx.modalities.common.defaults import add_commands, check_config, split
 from biomx.modalities.tabular.arrays import read_objects
 from biomx.modalities.tabular.config import TabularData
 from biomx.modalities.tabular.explain import explain
+from biomx.modalities.tabular.export import export_plan, raw_rows, read_raw
 from biomx.modalities.tabular.pipeline import (
     build_datasets,
     inference_model,
@@ -26,5 +27,6 @@ split_methods = config.split_methods
 input_help = "CSV/TSV/Parquet tables with the run's feature columns (one prediction per row)"
 
 __all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split",
-           "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "add_commands",
+           "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw",
+           "raw_rows", "add_commands",
            "datasets", "export_dataset"]  # fmt: skip

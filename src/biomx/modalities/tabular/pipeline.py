@@ -3,6 +3,7 @@ training split -> one float matrix per split; and the same encoding for `biomx p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +113,23 @@ def read_inputs(preprocessing: dict[str, Any], inputs: list[str | Path], skip_er
                 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:  # fmt: skip
     """Tables with the run's feature columns (others are ignored; labels may be absent) -> the
     run's encoding applied, one name per row (the id column if present), skipped rows."""
+    return read_tables(preprocessing, inputs, skip_errors, transform, len(preprocessing["encoded_names"]))
+
+
+Encoder = Callable[[dict[str, np.ndarray], dict[str, Any]], np.ndarray]
+
+
+def read_tables(preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool, encoder: Encoder,
+                width: int) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:  # fmt: skip
+    """Tables -> `encoder(parsed columns, the run's encoding)` of all their rows (`width` columns),
+    names and skipped rows: `transform` for the model's matrix, the export's raw matrix for a graph."""
     matrices, names, failures = [], [], []
     for item in inputs:
-        x, row_names, bad = encode_table(preprocessing, read_table(item), skip_errors)
-        matrices.append(x)
+        values, row_names, bad = parse_table(preprocessing, read_table(item), skip_errors)
+        matrices.append(encoder(values, preprocessing["encoding"]))
         names += row_names
         failures += bad
-    x = np.concatenate(matrices) if matrices else np.zeros((0, len(preprocessing["encoded_names"])), np.float32)
+    x = np.concatenate(matrices) if matrices else np.zeros((0, width), np.float32)
     return torch.from_numpy(x), names, failures
 
 
@@ -126,6 +137,14 @@ def encode_table(preprocessing: dict[str, Any], table: Table, skip_errors: bool 
                  ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:  # fmt: skip
     """One table (read from a file, or built from a DataFrame) -> (the run's encoding of its rows,
     their names, the rows skipped with `skip_errors`)."""
+    values, names, failures = parse_table(preprocessing, table, skip_errors)
+    return transform(values, preprocessing["encoding"]), names, failures
+
+
+def parse_table(preprocessing: dict[str, Any], table: Table, skip_errors: bool = False
+                ) -> tuple[dict[str, np.ndarray], list[str], list[tuple[str, str]]]:  # fmt: skip
+    """One table -> (its feature columns parsed to the run's types, kept rows only; the kept rows'
+    names; the rows skipped with `skip_errors`)."""
     types: dict[str, str] = preprocessing["types"]
     for name in types:
         table.column(name, "a feature column of the run")
@@ -138,5 +157,4 @@ def encode_table(preprocessing: dict[str, Any], table: Table, skip_errors: bool 
         row_names = text_cells(table.columns[id_column]).tolist()
     else:
         row_names = [table.where(i) for i in range(len(table))]
-    x = transform({k: v[keep] for k, v in values.items()}, preprocessing["encoding"])
-    return x, [row_names[i] for i in keep], failures
+    return {k: v[keep] for k, v in values.items()}, [row_names[i] for i in keep], failures
