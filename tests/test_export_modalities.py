@@ -25,9 +25,7 @@ def _prepared(modality: str, data: dict[str, Any], tmp_path: Path, **changes: An
            "model": {"name": "mlp"}, "task": {"type": "binary"},
            "train": {"epochs": 1, "device": "cpu", "progress": False},
            "output": {"dir": str(tmp_path / "runs"), "tensorboard": False}}  # fmt: skip
-    for key, value in changes.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    return prepare(validate(raw))
+    return prepare(validate(raw | changes))
 
 
 def _batch(p: Prepared, split: str) -> torch.Tensor:
@@ -137,3 +135,42 @@ def test_tabular_plan_encodes_inside(clinical: Path, tmp_path: Path) -> None:
     assert names_new == names_in == ["q1", "q2"] and raw_new[0, names.index("site")] == -1
     torch.testing.assert_close(plan.prepare(raw_new), x, atol=1e-6, rtol=1e-6)
     assert plan.prepare(raw_new)[0, -2] == 0  # the unknown site's code
+
+
+# ------------------------------------------------------------------------------------ history
+
+
+@pytest.fixture(scope="module")
+def histories(tmp_path_factory) -> tuple[Path, Path]:
+    """30 patients with 2-6 visits at irregular times (a lab value sometimes missing), and their
+    baseline table (age, sex, survival time and event)."""
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("hist")
+    history, baseline = ["id,time,crp,alb"], ["id,age,sex,time,event"]
+    for p in range(30):
+        times = np.sort(rng.choice(np.arange(12), size=rng.integers(2, 7), replace=False))
+        for t in (times - times[0]).tolist():
+            alb = "" if rng.random() < 0.2 else f"{rng.normal(p % 3, 1):.4f}"
+            history.append(f"p{p},{t},{rng.normal(5, 2):.4f},{alb}")
+        baseline.append(f"p{p},{40 + p},{'mf'[p % 2]},{3 + (p * 7) % 15},{p % 2}")
+    (root / "h.csv").write_text("\n".join(history) + "\n")
+    (root / "b.csv").write_text("\n".join(baseline) + "\n")
+    return root / "h.csv", root / "b.csv"
+
+
+def test_history_plan_takes_the_encoded_row(histories: tuple[Path, Path], tmp_path: Path) -> None:
+    history, baseline = histories
+    data = {"source": "csv", "path": str(history), "label_column": ["time", "event"],
+            "history": {"baseline": str(baseline), "max_visits": 4},
+            "split": {"method": "random", "val": 0.2, "test": 0.3, "seed": 0}}  # fmt: skip
+    p = _prepared("history", data, tmp_path, model={"name": "history_gru", "args": {"width": 8}},
+                  task={"kind": "survival"})  # fmt: skip
+    plan, raw = _check_plan(p)
+    assert plan.example["max_visits"] == 4 and len(plan.example["per_visit"]) == 2 * 2 + 3
+    assert raw.shape[1] == len(plan.example["static"]) + 4 * 7
+    hist = get_modality("history")
+    pre = p.info["preprocessing"]
+    raw_files, names, _ = hist.read_raw(pre, [history])
+    x, names_in, _ = hist.read_inputs(pre, [history])
+    assert names == names_in and len(names) == 30
+    torch.testing.assert_close(plan.prepare(raw_files), x, atol=0, rtol=0)
