@@ -151,3 +151,22 @@ def test_predict_on_a_dicom_series_writes_nifti_and_a_matching_seg(tmp_path, mon
     pixels = seg.get_pixels_by_source_instance(uids, combine_segments=True)
     # NIfTI of a DICOM series: (columns, rows, slices) in slice order; the SEG: (slices, rows, columns)
     np.testing.assert_array_equal(pixels, np.asarray(nifti.dataobj).transpose(2, 1, 0))
+
+
+def test_deidentified_series_gets_a_seg_and_one_without_a_frame_of_reference_a_warning(tmp_path, capsys):
+    for name, dropped in (("deid", ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID")),
+                          ("nofor", ("FrameOfReferenceUID",))):  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in CT5N.iterdir():
+            ds = pydicom.dcmread(f)
+            for key in dropped:
+                del ds[key]
+            ds.save_as(folder / f.name)
+        write_mask(_known_mask((16, 16, 5)), scan_reference(read_scan(folder)), tmp_path / "out" / f"{name}.nii.gz",
+                   classes=CLASSES)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["deid.nii.gz", "deid.seg.dcm", "nofor.nii.gz"]
+    assert hd.seg.segread(tmp_path / "out" / "deid.seg.dcm").PatientName == ""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {tmp_path / 'nofor'}: no DICOM SEG written (its slices lack FrameOfReferenceUID); "
+                   "NIfTI mask only"]

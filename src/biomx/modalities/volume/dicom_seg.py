@@ -29,6 +29,13 @@ from biomx.version import __version__
 
 SEG_SUFFIX = ".seg.dcm"
 _SERIES_NUMBER = 9001  # a series of its own in the study; viewers sort it after the scans
+# Without these a SEG cannot say which study, series, slices and space it belongs to.
+_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID",
+             "Modality")
+# Type 2 in a SEG (present, may be empty), copied from the source; de-identified series often
+# drop them, so a missing one is copied as empty rather than refusing the series.
+_MAY_BE_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
 
 def seg_path(mask_path: Path) -> Path:
@@ -65,11 +72,13 @@ def write_dicom_seg(labels: np.ndarray, slice_files: list[str], path: Path, *, c
         model: the model's name, recorded in the algorithm identification.
 
     Returns:
-        `path`, or None when highdicom is not installed (one warning line, once).
+        `path`; None when highdicom is not installed (one warning line, once) or the series
+        cannot be referenced by a SEG (one warning line naming the folder and the missing
+        attribute, never a header value): the NIfTI mask is the output that always exists.
 
     Raises:
         DataError: a source slice that cannot be read any more, a mask that does not fit the
-            series, or a series highdicom refuses (named by its folder, never by its headers).
+            series.
     """
     hd = highdicom_or_warn()
     if hd is None:
@@ -84,18 +93,29 @@ def write_dicom_seg(labels: np.ndarray, slice_files: list[str], path: Path, *, c
     names = list(classes[1:]) if classes else [f"class {k}" for k in range(1, max(int(frames.max()), 1) + 1)]
     if int(frames.max()) > len(names):
         raise DataError(f"{where}: mask label {int(frames.max())} but only {len(names)} foreground classes")
+    missing = [key for key in _REQUIRED if not all(key in ds for ds in sources)]
+    if missing:
+        return _skip(where, f"its slices lack {', '.join(missing)}")
+    for ds in sources:
+        for key in _MAY_BE_EMPTY:
+            if key not in ds:
+                setattr(ds, key, "")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # highdicom's warnings quote header values
             seg = _segmentation(hd, sources, frames.astype(np.uint8 if len(names) < 256 else np.uint16), names, model)
             buffer = io.BytesIO()
             seg.save_as(buffer, enforce_file_format=True)
-    except (ValueError, TypeError, AttributeError, KeyError) as err:
-        raise DataError(f"{where}: cannot write a DICOM SEG of this series ({type(err).__name__}; "
-                        "the NIfTI mask was written)") from None
+    except (ValueError, TypeError, AttributeError, KeyError) as err:  # the message may quote headers
+        return _skip(where, f"highdicom refused it: {type(err).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def _skip(where: Path, reason: str) -> None:
+    print(f"warning: {where}: no DICOM SEG written ({reason}); NIfTI mask only", file=sys.stderr)
+    return None
 
 
 def _read_header(path: Path) -> Any:
@@ -129,5 +149,5 @@ def _segmentation(hd: Any, sources: list[Any], frames: np.ndarray, names: list[s
         segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=_SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="biomx", manufacturer_model_name=model[:64],
         software_versions=__version__, device_serial_number="none", series_description="biomx segmentation",
-        omit_empty_frames=False,  # every source slice keeps its frame: an empty mask is still a SEG
+        omit_empty_frames=bool(frames.any()),  # an all-empty mask still gets its frames: a valid SEG
     )
