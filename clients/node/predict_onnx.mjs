@@ -6,7 +6,7 @@
 // inputs.json holds the raw graph input as a nested array (see the sidecar RUN/export/model.json:
 // "input" gives its name, dtype, shape and what goes in it; an image run takes float32
 // [batch, channels, height, width] pixels scaled to [0, 1]). Prints JSON: one key per graph output
-// ("predictions", and "std" for an ensemble) as nested arrays, plus "classes" from the sidecar.
+// ("predictions", and "std" for an ensemble) as nested arrays, plus the task's "classes" from the sidecar.
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import ort from "onnxruntime-node";
@@ -36,7 +36,8 @@ async function main([modelPath, inputsPath]) {
   const outputs = await session.run({ [name]: new ort.Tensor(dtype, data, shape) });
   const result = {};
   for (const key of session.outputNames) result[key] = reshape(outputs[key].data, outputs[key].dims);
-  if (sidecar.classes) result.classes = sidecar.classes;
+  const classes = sidecar.task?.classes;
+  if (classes?.length) result.classes = classes;
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 
