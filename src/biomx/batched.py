@@ -76,11 +76,26 @@ def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
     pre = info["preprocessing"]
     passes_per_model = (info.get("uncertainty", {}).get("mc_dropout", 0) if request.mc_dropout is None
                         else request.mc_dropout)  # fmt: skip
-    x, names, failures = modality.read_inputs(pre, request.inputs, request.skip_errors)
-    request.failures.extend(failures)
+    if request.engine is not None:
+        preds, std, names = engine_predictions(request, passes_per_model)
+    else:
+        x, names, failures = modality.read_inputs(pre, request.inputs, request.skip_errors)
+        request.failures.extend(failures)
+        preds, std = mean_and_std(model_passes(task, request, x, names, passes_per_model))
+    columns: dict[str, list] = {"path": names}
+    for name, values in task.prediction_columns(preds).items():
+        columns[name] = [f"{v:.6f}" if isinstance(v, float) else v for v in values.tolist()]
+    if std is not None:
+        columns.update(std_columns(task, std))
+    return columns
+
+
+def model_passes(task: RowTask, request: PredictRequest, x: Any, names: list[str], passes_per_model: int
+                 ) -> list[np.ndarray]:  # fmt: skip
+    """Task-space predictions of every member and dropout pass (PyTorch)."""
     passes = []
     for model in request.models:
-        model = modality.inference_model(model, pre).eval()
+        model = request.modality.inference_model(model, request.info["preprocessing"]).eval()
         for k in range(max(passes_per_model, 1)):
             if passes_per_model > 0:
                 torch.manual_seed(k)  # reproducible dropout masks
@@ -92,13 +107,30 @@ def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
                 preds.append(task.predictions(out))
                 start += request.batch_size
             passes.append(torch.cat(preds).numpy() if preds else np.zeros((0, task.out_dim)).squeeze(-1))
-    preds, std = mean_and_std(passes)
-    columns: dict[str, list] = {"path": names}
-    for name, values in task.prediction_columns(preds).items():
-        columns[name] = [f"{v:.6f}" if isinstance(v, float) else v for v in values.tolist()]
-    if std is not None:
-        columns.update(std_columns(task, std))
-    return columns
+    return passes
+
+
+def engine_predictions(request: PredictRequest, passes_per_model: int
+                       ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:  # fmt: skip
+    """(mean predictions, std across members or None, names) from an export engine
+    (`biomx.export.engines`), which runs the exported graph on the modality's raw inputs."""
+    engine = request.engine
+    if passes_per_model > 0:
+        raise BiomxError(f"--mc-dropout: the {engine.name} engine runs the exported graph, which has no "
+                         "dropout; use --engine torch for Monte Carlo dropout, or --mc-dropout 0")  # fmt: skip
+    raw, names, failures = request.modality.read_raw(request.info["preprocessing"], request.inputs,
+                                                     request.skip_errors)  # fmt: skip
+    request.failures.extend(failures)
+    preds, stds = [], []
+    for start in range(0, len(raw), request.batch_size):
+        mean, std = engine.run(raw[start:start + request.batch_size])
+        _check_finite(torch.from_numpy(np.asarray(mean)), names, start)
+        preds.append(mean)
+        stds.append(std)
+    if not preds:
+        mean, std = engine.run(raw[:0])
+        return mean, std, names
+    return np.concatenate(preds), None if stds[0] is None else np.concatenate(stds), names
 
 
 def _check_finite(outputs: Any, names: list[str], start: int) -> None:

@@ -19,6 +19,7 @@ from biomx.argtypes import non_negative_int, positive_int
 from biomx.errors import BiomxError, ConfigError, os_error_line
 from biomx.version import __version__
 
+ENGINES = ("torch", "onnx", "int8")  # biomx.export.engines.ENGINES (not imported: --help stays light)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "pneumonia_demo.yaml"
 EPILOG = ("Each data modality may add commands of its own: `biomx commands` lists every command "
           "(it loads the modalities, so it takes a few seconds).")  # fmt: skip
@@ -103,7 +104,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from biomx.predict import predict_files
 
     columns = predict_files(args.run, args.inputs, args.output, skip_errors=args.skip_errors,
-                            mc_dropout=args.mc_dropout, masks_dir=args.masks)
+                            mc_dropout=args.mc_dropout, masks_dir=args.masks, engine=args.engine)
     failures = columns.pop("_failures")
     if args.output is None:
         writer = csv.writer(sys.stdout)
@@ -113,6 +114,30 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print(f"wrote {len(columns['path'])} predictions to {args.output}", file=sys.stderr)
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from biomx.export.run_export import export_run
+
+    export_run(args.run, args.out, formats=args.formats, checkpoint=args.checkpoint)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from biomx.plugins import import_extra
+
+    server = import_extra("biomx.serve.server", "biomx serve")  # FastAPI and uvicorn: the deploy extra
+    server.serve(args.runs, host=args.host, port=args.port, engine=args.engine, max_batch=args.max_batch,
+                 max_wait_ms=args.max_wait_ms, timeout_s=args.timeout, max_request_mb=args.max_request_mb)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:80]!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text[:80]}")
+    return value
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -231,7 +256,39 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
                    help="Monte Carlo dropout passes per model (default: as the run was evaluated)")
     p.add_argument("--masks", metavar="DIR", help="segmentation runs: folder for the predicted masks "
                    "(default: <output>_masks beside -o, else ./masks)")  # fmt: skip
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="torch (default), or the run's ONNX export in ONNX Runtime: onnx (fp32) or int8 "
+                        "(after `biomx export RUN`)")  # fmt: skip
     p.set_defaults(func=_cmd_predict)
+
+
+def _add_deploy_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that export a run and serve it."""
+    p = sub.add_parser("export", help="export a run as ONNX, torch.export and int8 ONNX, each checked "
+                       "against PyTorch on its test split (see docs/deployment.md)")  # fmt: skip
+    p.add_argument("run", help="run directory (written by `biomx train`)")
+    p.add_argument("--out", metavar="DIR", help="folder to write (default: RUN/export)")
+    p.add_argument("--formats", nargs="+", choices=("onnx", "torch", "int8"), default=["onnx", "torch", "int8"],
+                   help="what to write: model.onnx, model.pt2, model.int8.onnx (default: all three)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="the checkpoint of every member to export (default: %(default)s)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("serve", help="serve runs over HTTP (KServe v2 REST, an upload route, a web page)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="torch, onnx or int8 (the ONNX engines need `biomx export RUN`; default: %(default)s)")
+    p.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
+                   help="most requests' rows batched into one model call (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=non_negative_int, default=5, metavar="MS",
+                   help="how long a request waits for others to batch with (default: %(default)s)")
+    p.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
+                   help="seconds before a request is answered 503 (default: %(default)s)")
+    p.add_argument("--max-request-mb", type=_positive_float, default=50.0, metavar="MB",
+                   help="largest request body accepted (default: %(default)s)")
+    p.set_defaults(func=_cmd_serve)
 
 
 def _add_listing_commands(sub: argparse._SubParsersAction) -> None:
@@ -277,6 +334,7 @@ def _build(plugin_commands: bool) -> tuple[argparse.ArgumentParser, argparse._Su
                         help="print the version and exit")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_commands(sub)
+    _add_deploy_commands(sub)
     _add_listing_commands(sub)
     skipped = []
     if plugin_commands:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from biomx.engine.checkpoint import check_target
+from biomx.export.engines import open_engine
 from biomx.modalities import get_modality
 from biomx.protocols import PredictRequest
 from biomx.runs import load_run_models, write_csv
@@ -22,7 +23,7 @@ from biomx.tasks import task_from_info
 def predict_files(
     run_dir: str | Path, inputs: list[str | Path], output: str | Path | None = None,
     *, skip_errors: bool = False, batch_size: int = 256, mc_dropout: int | None = None,
-    masks_dir: str | Path | None = None,
+    masks_dir: str | Path | None = None, engine: str = "torch",
 ) -> dict[str, list]:
     """Predict with a run's best model (or ensemble) on new inputs.
 
@@ -35,6 +36,8 @@ def predict_files(
         mc_dropout: Monte Carlo dropout passes per model (None: as the run was evaluated).
         masks_dir: where a task that writes a file per input puts them (segmentation masks;
             default: `<output stem>_masks/` beside `output`, else `masks/`).
+        engine: "torch" (the run's models), or "onnx" / "int8": the run's export
+            (`biomx export`) in ONNX Runtime, fed the modality's raw inputs.
 
     Returns:
         Columns: "path" (file or record id), then the task's columns ("prob_<class>" per class
@@ -46,13 +49,19 @@ def predict_files(
     """
     if output is not None:
         check_target(Path(output))  # refuse a symlink, folder, FIFO... before the work, not after
-    models, info = load_run_models(run_dir)
+    runner = None
+    if engine == "torch":
+        models, info = load_run_models(run_dir)
+    else:  # the exported graph: its members are what the engine was exported from
+        runner = open_engine(run_dir, engine)
+        models, info = list(runner.loaded.graph.members), runner.loaded.info
     # Runs written before run.json named its modality kept it in the preprocessing record.
     modality = get_modality(info.get("modality") or info["preprocessing"]["modality"])
     task = task_from_info(info["task"])
     request = PredictRequest(models, info, modality, list(inputs), output=Path(output) if output else None,
                              skip_errors=skip_errors, batch_size=batch_size, mc_dropout=mc_dropout,
-                             files_dir=Path(masks_dir) if masks_dir else None, run_dir=Path(run_dir))  # fmt: skip
+                             files_dir=Path(masks_dir) if masks_dir else None, run_dir=Path(run_dir),
+                             engine=runner)  # fmt: skip
     columns = task.predict(request)
     if output is not None:
         write_csv(Path(output), columns)

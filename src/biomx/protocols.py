@@ -76,6 +76,7 @@ class PredictRequest:
     files_dir: Path | None = None  # where per-input files go (e.g. masks); None: the task's default
     failures: list[tuple[str, str]] = field(default_factory=list)
     run_dir: Path | None = None  # the run being called, for files a task keeps beside run.json
+    engine: Any = None  # an export engine (`biomx.export.engines`): run it on `read_raw` inputs, not `models`
 
 
 @runtime_checkable

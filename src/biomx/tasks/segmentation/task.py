@@ -98,6 +98,10 @@ class SegmentationTask:
         """Masks on each scan's own grid, one row per scan with its class volumes."""
         from biomx.tasks.segmentation.inference import predict_masks
 
+        if request.engine is not None:  # scans are predicted window by window, not as one graph input
+            raise ConfigError(f"--engine {request.engine.name}: segmentation predicts each scan through "
+                              "sliding windows, which the exported graph does not hold; use --engine torch")
+
         return predict_masks(self, request)
 
     def postprocess(self, mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

@@ -1,0 +1,93 @@
+"""Writing a `RunGraph` as ONNX (torch.onnx's dynamo exporter) and as a torch.export program.
+
+Both keep the batch axis dynamic, and every axis the plan's `GraphInput.shape` names (e.g.
+"height", "width", "length"). A failure inside torch or ONNX (an unsupported op) becomes one
+`ExportRefused` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from biomx.errors import ExportRefused
+from biomx.export.graph import LoadedGraph
+from biomx.plugins import import_extra
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' progress lines, warnings and log records (they go to stdout/stderr)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "root")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
+def dynamic_shapes(loaded: LoadedGraph) -> tuple[dict[int, torch.export.Dim]]:
+    """{axis: Dim} for the graph input's named axes (one Dim per name: equal names stay equal)."""
+    dims: dict[str, torch.export.Dim] = {}
+    axes = {}
+    for axis, size in enumerate(loaded.plan.input.shape):
+        if isinstance(size, str):
+            name = re.sub(r"\W", "_", size) or f"axis{axis}"
+            axes[axis] = dims.setdefault(name, torch.export.Dim(name, min=1))
+    return (axes,)
+
+
+def output_names(loaded: LoadedGraph) -> list[str]:
+    return ["predictions", "std"] if loaded.graph.ensemble else ["predictions"]
+
+
+def model_name(loaded: LoadedGraph) -> str:
+    return str(loaded.info.get("model", {}).get("name", loaded.run_dir.name))
+
+
+def write_onnx(loaded: LoadedGraph, example: torch.Tensor, path: Path) -> None:
+    """`loaded.graph` as ONNX at `path` (dynamic axes as the plan names them)."""
+    for package in ("onnx", "onnxscript"):  # the dynamo exporter needs both: the deploy extra
+        import_extra(package, "biomx export")
+    try:
+        with quiet(), torch.no_grad():
+            program = torch.onnx.export(loaded.graph, (example,), None, dynamo=True,
+                                        input_names=[loaded.plan.input.name], output_names=output_names(loaded),
+                                        dynamic_shapes=dynamic_shapes(loaded), verbose=False)  # fmt: skip
+            program.save(str(path))
+    except Exception as err:  # torch/onnx raise many kinds; the user needs the first line
+        path.unlink(missing_ok=True)
+        raise ExportRefused(f"{model_name(loaded)}: cannot be exported to ONNX ({first_line(err)})") from None
+
+
+def write_pt2(loaded: LoadedGraph, example: torch.Tensor, path: Path) -> None:
+    """`loaded.graph` as a torch.export program (`torch.export.load` reads it without pickle)."""
+    try:
+        with quiet(), torch.no_grad():
+            program = torch.export.export(loaded.graph, (example,), dynamic_shapes=dynamic_shapes(loaded))
+            torch.export.save(program, str(path))
+    except Exception as err:
+        path.unlink(missing_ok=True)
+        raise ExportRefused(f"{model_name(loaded)}: cannot be exported with torch.export ({first_line(err)})") from None
+
+
+def load_pt2(path: Path) -> torch.nn.Module:
+    with quiet():
+        return torch.export.load(str(path)).module()
