@@ -24,7 +24,7 @@ log = logging.getLogger("biomx.serve")
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body: over the limit of {limit // 2**20} MB (serve --max-request-mb)")
+        super().__init__(413, f"request body: over the limit of {limit / 2**20:g} MB (serve --max-request-mb)")
 
 
 class Guard:

@@ -12,11 +12,11 @@
 //   #submit       the Predict button (disabled while a request runs)
 //   #error        the one-line error of the last request (hidden when none)
 //   #result       the answer (hidden until the first answer); data-state="done" once filled
-//   #label        the first input's label (or its first prediction column)
-//   #uncertainty  the first input's uncertainty (an ensemble's std), or "–"
+//   #label        the first input's label (or its first prediction column); empty until an answer
+//   #uncertainty  the first input's uncertainty (an ensemble's std), or "–" for a single model
 //   #rows         a table: one row per input, one column per prediction column
 //   #explanation  <img> of the first input's explanation (inside #explanation-box, hidden when none)
-//   #card         the model card section; #card-body holds it (data-model = the model shown)
+//   #card         the model card of the chosen model (empty until it has loaded; data-model = its name)
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -65,12 +65,11 @@ async function modelChanged() {
 }
 
 async function loadCard(name) {
-  const body = $("card-body");
+  const body = $("card");
   try {
     const card = await getJSON(`/models/${encodeURIComponent(name)}/card`);
     body.replaceChildren(cardList(card));
     body.dataset.model = name;
-    body.classList.remove("help");
   } catch (err) {
     body.textContent = `no model card: ${err.message}`;
   }
