@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from biomx.config import validate
+from biomx.errors import ExportRefused
 from biomx.experiment import Prepared, prepare
 from biomx.modalities import get_modality
 from biomx.protocols import ExportableModality, ExportPlan
-from data_paths import DNA
+from data_paths import DNA, MEDMNIST
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +42,8 @@ def _check_plan(p: Prepared, split: str = "test") -> tuple[ExportPlan, torch.Ten
     plan = modality.export_plan(pre)
     raw = modality.raw_rows(pre, p.data, p.splits[split])
     assert str(raw.dtype).removeprefix("torch.") == plan.input.dtype
-    assert list(raw.shape[1:]) == plan.input.shape[1:] and plan.input.shape[0] == "batch"
+    assert plan.input.shape[0] == "batch" and len(plan.input.shape) == raw.ndim
+    assert all(isinstance(n, str) or n == size for n, size in zip(plan.input.shape[1:], raw.shape[1:], strict=True))
     expected = _batch(p, split)
     got = plan.prepare(raw)
     assert got.dtype == expected.dtype and got.shape == expected.shape
@@ -174,3 +176,55 @@ def test_history_plan_takes_the_encoded_row(histories: tuple[Path, Path], tmp_pa
     x, names_in, _ = hist.read_inputs(pre, [history])
     assert names == names_in and len(names) == 30
     torch.testing.assert_close(plan.prepare(raw_files), x, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ volume
+
+
+@pytest.fixture(scope="module")
+def adrenal(tmp_path_factory) -> Path:
+    """30 training and 10 validation AdrenalMNIST3D volumes (28^3 uint8)."""
+    with np.load(MEDMNIST / "adrenalmnist3d.npz") as a:
+        arrays = {f"{s}_{k}": a[f"{s}_{k}"][:n] for s, n in (("train", 30), ("val", 10)) for k in ("images", "labels")}
+    path = tmp_path_factory.mktemp("adrenal") / "adrenal.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def test_volume_plan_normalises_inside(adrenal: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    data = {"source": "npz", "path": str(adrenal), "split": {"method": "predefined", "holdout": "val"},
+            "volume": {"augment": {"flip": 0.5}}}  # fmt: skip
+    p = _prepared("volume", data, tmp_path, model={"name": "small_cnn", "args": {"width": 4, "depth": 2}})
+    plan, raw = _check_plan(p)
+    assert 0 <= raw.min() and raw.max() <= 1 and plan.example["mean"] is not None
+    # The graph also takes other sizes (resized inside): depth, height and width are dynamic.
+    dims = {2: torch.export.Dim("d", min=8, max=256), 3: torch.export.Dim("h", min=8, max=256),
+            4: torch.export.Dim("w", min=8, max=256)}  # fmt: skip
+    exported = torch.export.export(plan.prepare, (raw[:2, :, :, :20],), dynamic_shapes=({0: torch.export.Dim("batch"), **dims},))
+    assert exported.module()(raw[:2, :, :20, :24, :16]).shape == (2, 1, 28, 28, 28)
+    # (b) a scan file (min-max scaled, resized from 32x30x26) and an npz, read then prepared.
+    volume = get_modality("volume")
+    pre = p.info["preprocessing"]
+    scan = np.random.default_rng(0).normal(100, 30, (32, 30, 26)).astype(np.float32)
+    nib.save(nib.Nifti1Image(scan, np.eye(4)), tmp_path / "scan.nii.gz")
+    files = [tmp_path / "scan.nii.gz", adrenal]
+    raw_files, names, _ = volume.read_raw(pre, files)
+    x, names_in, _ = volume.read_inputs(pre, files)
+    assert names == names_in and raw_files.shape == (41, 1, 28, 28, 28)
+    torch.testing.assert_close(plan.prepare(raw_files), x, atol=1e-6, rtol=1e-6)
+
+
+def test_volume_segmentation_plan_takes_windows_and_refuses_whole_scans() -> None:
+    pre = {"modality": "volume", "spatial_dims": 3, "spacing": [1.5, 1.5, 2.0], "intensity": "ct",
+           "ct_window": [-100, 240], "nonzero": False, "crop_foreground": True, "patch_size": [32, 32, 16],
+           "nan_policy": "raise", "channels": 1, "limits": {}, "overlap": 0.5, "sw_batch_size": 4}  # fmt: skip
+    volume = get_modality("volume")
+    plan = volume.export_plan(pre)
+    assert "sliding windows outside the graph" in plan.outside and plan.example["patch_size"] == [32, 32, 16]
+    window = torch.rand(2, 1, 32, 32, 16)
+    assert torch.equal(plan.prepare(window), window)
+    with pytest.raises(ExportRefused, match="sliding windows") as err:
+        volume.read_raw(pre, ["scan.nii.gz"])
+    assert "\n" not in str(err.value)

@@ -255,6 +255,18 @@ def read_inputs(
     same structure with the same axis order. .npz inputs: every `<split>_images` array, used in
     the stored units like the training npz (uint8 / 255).
     """
+    x, names, failures = read_volumes(preprocessing, inputs, skip_errors)
+    if preprocessing["mean"] is not None:
+        x = (x - torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1, 1)) / torch.tensor(
+            preprocessing["std"]).view(1, -1, 1, 1, 1)  # fmt: skip
+    return x, names, failures
+
+
+def read_volumes(
+    preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
+) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """Volume files/folders/npz -> float32 (N, C, D, H, W) at the training shape in training
+    intensities, before the normalisation (what an exported graph takes), names, skipped inputs."""
     volumes, names, failures = [], [], []
     for path in collect_inputs(inputs):
         try:
@@ -266,7 +278,4 @@ def read_inputs(
                 raise
             failures.append((str(path), str(e).removeprefix(f"{path}: ")))
     x = torch.stack(volumes) if volumes else torch.zeros(0, preprocessing["channels"], *preprocessing["shape"])
-    if preprocessing["mean"] is not None:
-        x = (x - torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1, 1)) / torch.tensor(
-            preprocessing["std"]).view(1, -1, 1, 1, 1)  # fmt: skip
     return x, names, failures
