@@ -227,7 +227,7 @@ class _KeptMasks:
     def __getattr__(self, name: str) -> Any:  # every other member: the modality's own
         return getattr(self._modality, name)
 
-    def write_mask(self, mask: np.ndarray, reference: Any, path: Path) -> Path:
+    def write_mask(self, mask: np.ndarray, reference: Any, path: Path, **names: Any) -> Path:
         self.masks.append(np.asarray(mask))
         return path
 

@@ -249,7 +249,11 @@ class SpatialModality(Modality, Protocol):
         """A JSON-able record of the scan's geometry, all `write_mask` needs."""
         ...
 
-    def write_mask(self, mask: np.ndarray, reference: Any, path: Path) -> Path: ...
+    def write_mask(self, mask: np.ndarray, reference: Any, path: Path, *, classes: list[str] | None = None,
+                   model: str = "unknown") -> Path:
+        """Write `mask` on the reference grid in the modality's format; `classes` (background first)
+        and the `model` name label it where the format has room (e.g. segment names)."""
+        ...
 
     def collect_scans(self, inputs: list[str | Path]) -> list[Path]: ...
 
@@ -378,5 +382,5 @@ class ExplainsInputs(Protocol):
 
     def explain_inputs(self, model: nn.Module, task: Task, preprocessing: dict[str, Any], raw: torch.Tensor,
                        model_name: str) -> list[np.ndarray]:  # fmt: skip
-        """One RGB uint8 (H, W, 3) overlay per raw input (e.g. Grad-CAM of the predicted class)."""
+        """One RGB uint8 (H, W, 3) overlay per raw input (e.g. a saliency map of the predicted class)."""
         ...

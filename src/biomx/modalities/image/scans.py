@@ -54,8 +54,9 @@ def scan_reference(scan: Scan) -> Any:
     return None
 
 
-def write_mask(mask: np.ndarray, reference: Any, path: Path) -> Path:
-    """A label map as a zlib-compressed TIFF, atomically."""
+def write_mask(mask: np.ndarray, reference: Any, path: Path, *, classes: list[str] | None = None,
+               model: str = "unknown") -> Path:  # fmt: skip
+    """A label map as a zlib-compressed TIFF, atomically (a TIFF has no place for `classes` or `model`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, mask.astype(np.uint8), compression="zlib")

@@ -75,7 +75,8 @@ def evaluate_cases(task: SegmentationTask, run: TestRun) -> tuple[dict[str, Any]
         results.append(case_metrics(restored, truth.array, truth.spacing, task.classes,
                                     cfg.task.surface_tolerance_mm, case.id))  # fmt: skip
         path = run_dir / "test_masks" / f"{case.id}{modality.mask_suffix}"
-        masks.append(str(modality.write_mask(restored, case.reference, path)))  # geometry from the cache entry
+        masks.append(str(modality.write_mask(restored, case.reference, path, classes=task.classes,  # geometry: the cache entry
+                                              model=cfg.model.name)))
         views.append(overlay_slice(arrays["image"], arrays["label"], pred))
     evaluation = task.evaluate(results, n_bootstrap=cfg.eval.bootstrap, ci=cfg.eval.ci, seed=cfg.train.seed)
     evaluation["min_component_size"] = task.min_component_size  # how the scored masks were cleaned
@@ -122,7 +123,8 @@ def predict_masks(task: SegmentationTask, request: PredictRequest) -> dict[str, 
                              "is broken (a diverged run: lower train.optimizer.lr and train again)")  # fmt: skip
         mask = task.postprocess(restore(probs.argmax(0).astype(np.uint8), geometry), scan.spacing)
         name = modality.scan_stem(path, used)  # unique: two inputs with one name keep both masks
-        written = modality.write_mask(mask, modality.scan_reference(scan), Path(masks_dir) / f"{name}{modality.mask_suffix}")
+        written = modality.write_mask(mask, modality.scan_reference(scan), Path(masks_dir) / f"{name}{modality.mask_suffix}",
+                                      classes=classes, model=info.get("model", {}).get("name", "unknown"))
         voxel = float(np.prod(scan.spacing)) / 1000.0 if dims == 3 else 1.0
         columns["path"].append(str(path))
         columns["mask"].append(str(written))
