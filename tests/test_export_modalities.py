@@ -228,3 +228,55 @@ def test_volume_segmentation_plan_takes_windows_and_refuses_whole_scans() -> Non
     with pytest.raises(ExportRefused, match="sliding windows") as err:
         volume.read_raw(pre, ["scan.nii.gz"])
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ molecule
+
+
+@pytest.fixture(scope="module")
+def ligands(tmp_path_factory) -> Path:
+    """The first 60 ChEMBL2147 ligands (SMILES, pKi), as `biomx datasets` exports them."""
+    pytest.importorskip("rdkit")
+    from biomx.modalities.molecule.starter_data import export_molecules
+
+    return export_molecules("chembl2147_ki", tmp_path_factory.mktemp("mol"), limit=60)
+
+
+def _molecule_run(ligands: Path, tmp_path: Path, model: str, features: list[str]) -> Prepared:
+    data = {"source": "csv", "path": str(ligands), "label_column": "pKi",
+            "molecule": {"id_column": "id", "features": features, "morgan_size": 256, "morgan_counts": True, "cache": False},
+            "split": {"method": "random", "val": 0.2, "test": 0.3}}  # fmt: skip
+    return _prepared("molecule", data, tmp_path, model={"name": model}, task={"kind": "regression"})
+
+
+@pytest.mark.parametrize("model", ["fingerprint_mlp", "svm"])
+def test_molecule_plan_scales_descriptors_inside(ligands: Path, tmp_path: Path, model: str) -> None:
+    features = ["morgan", "descriptors"] if model == "fingerprint_mlp" else ["morgan"]
+    p = _molecule_run(ligands, tmp_path, model, features)
+    plan, raw = _check_plan(p)
+    settings = plan.example["featuriser"]
+    assert settings["morgan"]["size"] == 256 and settings["morgan"]["counts"] and raw[:, :256].max() > 1
+    if "descriptors" in features:
+        names = settings["descriptors"]["names"]
+        assert raw.shape[1] == 256 + len(names) and "MolWt" in names
+        raw = raw.clone()
+        raw[0, 256] = float("nan")  # a descriptor RDKit did not give: the training mean, i.e. 0
+        assert plan.prepare(raw)[0, 256] == 0
+    molecule = get_modality("molecule")
+    pre = p.info["preprocessing"]
+    queries = tmp_path / "q.csv"
+    queries.write_text("smiles,id\nCCO,ethanol\nc1ccccc1O,phenol\nC1CC(,broken\nCC(=O)[O-].[Na+],acetate\n")
+    raw_files, names, failures = molecule.read_raw(pre, [queries], skip_errors=True)
+    data, names_in, _ = molecule.read_inputs(pre, [queries], skip_errors=True)
+    assert names == names_in == ["ethanol", "phenol", "acetate"] and len(failures) == 1
+    expected, _ = data.__getitems__([0, 1, 2])
+    torch.testing.assert_close(plan.prepare(raw_files), expected.features, atol=1e-6, rtol=1e-6)
+
+
+def test_molecule_graph_networks_are_refused_in_one_line(ligands: Path, tmp_path: Path) -> None:
+    p = _molecule_run(ligands, tmp_path, "dmpnn", [])
+    molecule = get_modality("molecule")
+    for call in (lambda pre: molecule.export_plan(pre), lambda pre: molecule.raw_rows(pre, p.data, p.splits["test"])):
+        with pytest.raises(ExportRefused, match="graph networks cannot be exported") as err:
+            call(p.info["preprocessing"])
+        assert "\n" not in str(err.value) and "fingerprint_mlp" in str(err.value)

@@ -307,6 +307,19 @@ def read_inputs(
 ) -> tuple[MoleculeDataset, list[str], list[tuple[str, str]]]:
     """CSV/TSV (SMILES column as in training, else `smiles`), SDF, .smi files or "-" (SMILES on
     standard input) -> a dataset of featurised molecules, their names, and skipped molecules."""
+    features, names, invalid = read_features(preprocessing, inputs, skip_errors)
+    graphs = graphs_from_arrays(features) if preprocessing["graph"] else None
+    vectors = _vectors(features, preprocessing)
+    n = len(names)
+    data = MoleculeDataset(graphs, vectors, torch.zeros(n), np.arange(n))
+    return data, names, invalid
+
+
+def read_features(
+    preprocessing: dict[str, Any], inputs: list[str | Path], skip_errors: bool = False
+) -> tuple[dict[str, np.ndarray], list[str], list[tuple[str, str]]]:
+    """The molecules of `inputs` (as `read_inputs` reads them), standardised and featurised with
+    the run's settings: (features, names of the valid molecules, skipped molecules)."""
     smiles, ids, where = [], [], []
     for item in inputs:
         if str(item) == "-":
@@ -337,8 +350,4 @@ def read_inputs(
     if invalid and not skip_errors:
         raise DataError(f"{invalid[0][0]}: {invalid[0][1]} (use --skip-errors to leave invalid molecules out)")
     features = featurize(canonical, preprocessing["settings"], cache=None, source_digest="")
-    graphs = graphs_from_arrays(features) if preprocessing["graph"] else None
-    vectors = _vectors(features, preprocessing)
-    n = len(canonical)
-    data = MoleculeDataset(graphs, vectors, torch.zeros(n), np.arange(n))
-    return data, [ids[i] for i in kept], list(invalid)
+    return features, [ids[i] for i in kept], list(invalid)
