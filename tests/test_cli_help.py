@@ -46,6 +46,7 @@ def test_help_lists_the_core_commands_and_says_where_the_others_are(capsys) -> N
         build_parser().parse_args(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for name in ("demo", "train", "validate", "evaluate", "predict", "models", "datasets", "commands"):
+    for name in ("demo", "train", "validate", "evaluate", "predict", "export", "serve", "models", "datasets",
+                 "commands"):
         assert f"    {name} " in out, name
     assert "`biomx commands` lists every command" in " ".join(out.split())
