@@ -60,7 +60,7 @@ def _wait_ready(client) -> None:
 
 @pytest.fixture(scope="module")
 def client(run):
-    with TestClient(create_app([str(run)], max_batch=8)) as c:
+    with TestClient(create_app([str(run)], max_batch=8, threads=1)) as c:
         _wait_ready(c)
         yield c
 
@@ -174,7 +174,7 @@ def test_bad_inputs_are_one_line_4xx(client, run, pngs):
 
 def test_limits_timeouts_metrics_and_quiet_logs(run, pngs, caplog):
     raw = _raw(run, pngs[:1])
-    with TestClient(create_app([str(run)], max_request_mb=0.05, timeout_s=1e-9)) as c:
+    with TestClient(create_app([str(run)], max_request_mb=0.05, timeout_s=1e-9, threads=1)) as c:
         _wait_ready(c)
         big = json.dumps(_v2(np.zeros((8, 1, 28, 28), np.float32) + 0.123456789)).encode()  # > 50 KiB
         assert "limit" in _one_line_error(c.post("/v2/models/xray/infer", content=big), 413)
@@ -182,7 +182,7 @@ def test_limits_timeouts_metrics_and_quiet_logs(run, pngs, caplog):
         _one_line_error(c.post("/v2/models/xray/infer", content=chunks), 413)
         late = c.post("/v2/models/xray/infer", json=_v2(raw))
         assert "timeout" in _one_line_error(late, 503) and late.headers["retry-after"] == "1"
-    with TestClient(create_app([str(run)])) as c:
+    with TestClient(create_app([str(run)], threads=1)) as c:
         _wait_ready(c)
         with caplog.at_level(logging.INFO, logger="biomx.serve"):
             files = [("files", ("patient-jane-doe.png", pngs[0].read_bytes(), "image/png"))]
@@ -218,7 +218,7 @@ def test_real_server_batches_concurrent_clients(run, png_folder, tmp_path):
     expected = load(run).predict_proba(files)[:, 1]
     port = _free_port()
     code = (f"from biomx.serve.server import serve; serve([{str(run)!r}], port={port}, max_batch=16, "
-            "max_wait_ms=100)")  # a wide window: the clients' requests meet in it
+            "max_wait_ms=100, threads=1)")  # a wide window: the clients' requests meet in it
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

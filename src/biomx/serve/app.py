@@ -85,15 +85,18 @@ class Served:
 
 
 def create_app(runs: list[str], *, engine: str = "torch", max_batch: int = 32, max_wait_ms: float = 5,
-               timeout_s: float = 30, max_request_mb: float = 50) -> FastAPI:  # fmt: skip
+               timeout_s: float = 30, max_request_mb: float = 50, threads: int | None = None) -> FastAPI:  # fmt: skip
     """The app serving `runs` (run folders; each model is named after its folder). Engines load in
-    the background when the app starts; `GET /v2/health/ready` says when all have.
+    the background when the app starts; `GET /v2/health/ready` says when all have. `threads`: the
+    PyTorch intra-op threads of each model's engine thread (None: PyTorch's default, one per
+    core; 1 is far faster for small models on a machine whose cores are busy with other work).
 
     Raises:
         BiomxError: a folder that is not a run, two runs with one folder name.
     """
     metrics = Metrics()
-    models = ModelSet(runs, engine=engine, max_batch=max_batch, max_wait_ms=max_wait_ms, metrics=metrics)
+    models = ModelSet(runs, engine=engine, max_batch=max_batch, max_wait_ms=max_wait_ms, metrics=metrics,
+                      threads=threads)  # fmt: skip
     ctx = Served(models, metrics, max_rows=max_batch * 8, timeout_s=timeout_s)
 
     @asynccontextmanager

@@ -40,14 +40,17 @@ class MicroBatcher:
     """Joins the rows of concurrent `submit` calls into engine calls of at most `max_batch` rows.
 
     `run` maps (N, ...) rows to (predictions (N, ...), std (N, ...) or None); `on_batch(n)` and
-    `on_depth(n)` report each engine call's rows and the rows waiting (metrics)."""
+    `on_depth(n)` report each engine call's rows and the rows waiting (metrics); `initializer` runs
+    once in the engine's thread (e.g. to set its number of intra-op threads)."""
 
     def __init__(self, run: Callable[[np.ndarray], Result], *, max_batch: int, max_wait_ms: float,
                  max_queue_rows: int, on_batch: Callable[[int], None] = lambda n: None,
-                 on_depth: Callable[[int], None] = lambda n: None) -> None:  # fmt: skip
+                 on_depth: Callable[[int], None] = lambda n: None,
+                 initializer: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.run, self.max_batch, self.max_wait = run, max(1, int(max_batch)), max(0.0, max_wait_ms) / 1000
         self.max_queue_rows, self.on_batch, self.on_depth = max_queue_rows, on_batch, on_depth
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="biomx-engine")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="biomx-engine",
+                                           initializer=initializer)  # fmt: skip
         self._queue: deque[_Job] = deque()
         self._waiting = 0  # rows in the queue
         self._wake: asyncio.Event | None = None

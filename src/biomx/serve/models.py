@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from biomx.errors import BiomxError
 from biomx.export.engines import Engine, open_engine
@@ -29,7 +32,8 @@ CARD_KEYS = ("intended_use", "limitations", "description")  # free text a run ma
 class ServedModel:
     """One run behind the server."""
 
-    def __init__(self, run_dir: Path, *, engine: str, max_batch: int, max_wait_ms: float, metrics: Metrics) -> None:
+    def __init__(self, run_dir: Path, *, engine: str, max_batch: int, max_wait_ms: float, metrics: Metrics,
+                 threads: int | None = None) -> None:  # fmt: skip
         self.run_dir, self.name, self.engine_name = run_dir, run_dir.name, engine
         self.info: dict[str, Any] = read_json(run_dir / "run.json")
         self.engine: Engine | None = None
@@ -37,7 +41,8 @@ class ServedModel:
         self.batcher = MicroBatcher(self._run, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                     max_queue_rows=max_batch * 64,
                                     on_batch=metrics.batch_size.labels(self.name).observe,
-                                    on_depth=metrics.queue_depth.labels(self.name).set)  # fmt: skip
+                                    on_depth=metrics.queue_depth.labels(self.name).set,
+                                    initializer=None if threads is None else partial(torch.set_num_threads, threads))  # fmt: skip
 
     @property
     def ready(self) -> bool:
@@ -137,7 +142,7 @@ class ModelSet:
     """Every served model by name; loads them in the background."""
 
     def __init__(self, runs: list[str | Path], *, engine: str, max_batch: int, max_wait_ms: float,
-                 metrics: Metrics) -> None:  # fmt: skip
+                 metrics: Metrics, threads: int | None = None) -> None:  # fmt: skip
         self.models: dict[str, ServedModel] = {}
         for run in runs:
             run_dir = Path(run).resolve()  # "." and "runs/x/" are named after the folder too
@@ -147,7 +152,7 @@ class ModelSet:
                 raise BiomxError(f"{run_dir}: two runs are named {run_dir.name!r}; the model name is the "
                                  "run folder's name, so serve runs with distinct folder names")  # fmt: skip
             self.models[run_dir.name] = ServedModel(run_dir, engine=engine, max_batch=max_batch,
-                                                    max_wait_ms=max_wait_ms, metrics=metrics)  # fmt: skip
+                                                    max_wait_ms=max_wait_ms, metrics=metrics, threads=threads)  # fmt: skip
         self._thread: threading.Thread | None = None
 
     @property
