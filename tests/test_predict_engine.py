@@ -75,3 +75,12 @@ def test_engine_refusals_are_one_line(ensemble, tmp_path, png_folder, capsys) ->
         (tmp_path / "kept.onnx").rename(ensemble / "export" / "model.int8.onnx")
     err = capsys.readouterr().err
     assert err == f"error: {ensemble / 'export' / 'model.int8.onnx'}: not exported yet; run biomx export {ensemble}\n"
+
+
+def test_a_task_without_rows_is_refused_before_any_export(tmp_path, png_folder) -> None:
+    run = tmp_path / "seg"
+    run.mkdir()
+    (run / "run.json").write_text('{"task": {"name": "segmentation", "kind": "segmentation", '
+                                  '"classes": ["background", "nucleus"], "loss": "dice_ce"}}')  # fmt: skip
+    with pytest.raises(BiomxError, match="--engine onnx: a segmentation run predicts with its PyTorch models only"):
+        predict_files(run, [png_folder], engine="onnx")

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from biomx.engine.checkpoint import check_target
+from biomx.errors import BiomxError
 from biomx.export.engines import open_engine
 from biomx.modalities import get_modality
-from biomx.protocols import PredictRequest
-from biomx.runs import load_run_models, write_csv
+from biomx.protocols import PredictRequest, RowTask
+from biomx.runs import load_run_models, read_json, write_csv
 from biomx.tasks import task_from_info
 
 
@@ -53,6 +54,7 @@ def predict_files(
     if engine == "torch":
         models, info = load_run_models(run_dir)
     else:  # the exported graph: its members are what the engine was exported from
+        check_engine_task(Path(run_dir), engine)
         runner = open_engine(run_dir, engine)
         models, info = list(runner.loaded.graph.members), runner.loaded.info
     # Runs written before run.json named its modality kept it in the preprocessing record.
@@ -67,3 +69,15 @@ def predict_files(
         write_csv(Path(output), columns)
     columns["_failures"] = request.failures
     return columns
+
+
+def check_engine_task(run_dir: Path, engine: str) -> None:
+    """Refuse an export engine for a task without one prediction row per input (masks predicted
+    window by window, survival curves), before asking for an export that cannot be made."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return  # opening the engine says what is missing
+    task = task_from_info(read_json(path)["task"])
+    if not isinstance(task, RowTask):
+        raise BiomxError(f"--engine {engine}: a {task.kind} run predicts with its PyTorch models only (it "
+                         "cannot be exported); use --engine torch")  # fmt: skip

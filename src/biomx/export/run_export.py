@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from biomx.engine.checkpoint import check_target
-from biomx.errors import BiomxError
+from biomx.errors import BiomxError, ExportRefused
 from biomx.export import check, trace
 from biomx.export.engines import FILES, SIDECAR, OnnxEngine, TorchEngine
 from biomx.export.graph import LoadedGraph, load_graph
 from biomx.export.quantize import write_int8
 from biomx.export.sidecar import file_entry, sidecar
+from biomx.protocols import RowTask
 from biomx.runs import write_json
 
 FORMATS = ("onnx", "torch", "int8")
@@ -109,6 +110,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, formats: tupl
                          else "--formats: name at least one of onnx, torch, int8")  # fmt: skip
     run_dir = Path(run_dir)
     loaded = load_graph(run_dir, checkpoint)
+    if not isinstance(loaded.task, RowTask):  # e.g. masks predicted window by window over a whole scan
+        raise ExportRefused(f"{run_dir}: a {loaded.task.kind} run cannot be exported (its predictions are not "
+                            "one row per input; the check and the engines need that)")  # fmt: skip
     out = Path(out) if out is not None else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     for fmt in (*formats, "sidecar"):
