@@ -29,9 +29,10 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium chromium-driver >/dev/null; }
 
+# npm separately: where nodejs comes from NodeSource it bundles npm, and Debian's npm conflicts with it.
 node:
-	@command -v node >/dev/null && command -v npm >/dev/null || \
-		{ $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null; }
+	@command -v node >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs >/dev/null; }
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) npm >/dev/null; }
 
 # npm ci again when the lock file is newer than the last install (.npmrc: no install scripts).
 $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package-lock.json | node
