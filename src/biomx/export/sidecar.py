@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ from biomx.version import __version__
 
 MC_DROPOUT_NOTE = ("Monte Carlo dropout is not in the graph: it runs every model once, with dropout "
                    "off; `biomx predict --mc-dropout` with the torch engine still samples it")  # fmt: skip
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None: JSON has no NaN, and JavaScript's JSON.parse refuses it."""
+    if isinstance(obj, dict):
+        return {key: finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(value) for value in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def file_entry(path: Path) -> dict[str, Any]:
@@ -60,7 +72,7 @@ def test_metrics(run_dir: Path) -> dict[str, Any]:
 def sidecar(loaded: LoadedGraph, checkpoint: str, predictions: np.ndarray, checks: dict[str, Any],
             latency: dict[str, float], files: dict[str, dict[str, Any]], split: str) -> dict[str, Any]:  # fmt: skip
     info, plan, task = loaded.info, loaded.plan, loaded.task
-    return {
+    return finite({
         "biomx_version": __version__,
         "run": info.get("name", loaded.run_dir.name),
         "checkpoint": checkpoint,
@@ -79,4 +91,4 @@ def sidecar(loaded: LoadedGraph, checkpoint: str, predictions: np.ndarray, check
         "checks": checks,
         "latency_ms_batch64": latency,
         "files": files,
-    }
+    })
