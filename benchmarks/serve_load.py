@@ -8,8 +8,8 @@ KServe v2 JSON inferences of one image (most) and PNG uploads through the upload
 an explanation). Checks: no 5xx at all, every valid request answered 200 with its own image's
 prediction (equal to `biomx.load(run).predict_proba`), every malformed one a 4xx. Reports p50/p99
 latency, throughput, the engine's rows per call (micro-batching, from /metrics), and the server's
-resident memory (VmRSS from /proc) sampled through the run: the first quarter's mean against the
-last quarter's (flat = no leak).
+resident memory (VmRSS from /proc) sampled through the run (after 200 warm-up requests): the first
+quarter's mean against the last quarter's (flat = no leak).
 
     .venv/bin/python benchmarks/serve_load.py                      # trains a tiny run (~15 s)
     .venv/bin/python benchmarks/serve_load.py --run runs/xray --requests 5000 --clients 32
@@ -56,15 +56,17 @@ def tiny_run(work: Path) -> Path:
 
 
 def inputs_of(run: Path, n: int) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """n of the run's own image files, their raw graph inputs and the Python predictor's answers."""
+    """n of the run's own image files (a run trained on a folder of PNGs), their raw graph inputs
+    and the PyTorch graph's predictions for them (tests/test_serve.py checks those against
+    `biomx.load(run)`)."""
+    from biomx.export.engines import open_engine
     from biomx.modalities import get_modality
-    from biomx.predictor import load
 
     info = json.loads((run / "run.json").read_text())
     source = Path(json.loads((run / "data.json").read_text())["path"])
     files = sorted(source.rglob("*.png"))[:n]
     raw, _, _ = get_modality(info["modality"]).read_raw(info["preprocessing"], files, False)
-    return files, raw.numpy(), load(run).predict_proba(files)
+    return files, raw.numpy(), open_engine(run, "torch").run(raw)[0]
 
 
 def v2_body(row: np.ndarray, **change) -> dict:
@@ -88,8 +90,10 @@ def plan(n: int, malformed: float, n_images: int, seed: int) -> list[tuple[str, 
 
 
 def send(client: httpx.Client, url: str, kind: str, row: np.ndarray, png: bytes) -> httpx.Response:
-    infer = f"{url}/v2/models/xray/infer"
-    upload = f"{url}/models/xray/predict"
+    """`url` is the model's: http://host:port/.../<name> without the route's tail."""
+    base, name = url.rsplit("/", 1)
+    infer = f"{base}/v2/models/{name}/infer"
+    upload = f"{base}/models/{name}/predict"
     if kind == "v2":
         return client.post(infer, json=v2_body(row))
     if kind == "upload":
@@ -106,10 +110,10 @@ def send(client: httpx.Client, url: str, kind: str, row: np.ndarray, png: bytes)
 def answer_ok(kind: str, response: httpx.Response, expected: np.ndarray) -> bool:
     """A valid request's answer is its own image's prediction."""
     if kind == "v2":
-        got = response.json()["outputs"][0]["data"][0]
-        return abs(got - expected[1]) < 1e-4
-    result = response.json()["results"][0]
-    return abs(result["prob_pneumonia"] - expected[1]) < 1e-4 and bool(result.get("explanation_png"))
+        got = np.asarray(response.json()["outputs"][0]["data"])
+        return got.shape == np.ravel(expected).shape and np.allclose(got, np.ravel(expected), atol=1e-4)
+    (result,) = response.json()["results"]
+    return result.get("name") == "image.png" and bool(result.get("explanation_png"))
 
 
 def rss_sampler(pid: int, samples: list[tuple[float, float]], stop: threading.Event) -> None:
@@ -165,7 +169,9 @@ def run_load(url: str, jobs: list[tuple[str, int]], raw: np.ndarray, pngs: list[
         return list(pool.map(one, jobs))
 
 
-def summarise(results: list[dict], wall: float, rss: list[tuple[float, float]], metrics_text: str) -> dict:
+def summarise(results: list[dict], wall: float, rss: list[tuple[float, float]], before: str, after: str,
+              name: str) -> dict:  # fmt: skip
+    """The JSON summary; engine calls and rows count the measured requests only (after - before)."""
     statuses: dict[str, int] = {}
     for r in results:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
@@ -174,7 +180,8 @@ def summarise(results: list[dict], wall: float, rss: list[tuple[float, float]], 
     lat = np.array([r["seconds"] for r in valid]) * 1000
     quarter = max(1, len(rss) // 4)
     first, last = np.mean([m for _, m in rss[:quarter]]), np.mean([m for _, m in rss[-quarter:]])
-    calls, rows = metric(metrics_text, 'biomx_batch_size_count{model="xray"}'), metric(metrics_text, 'biomx_batch_size_sum{model="xray"}')
+    count, total = f'biomx_batch_size_count{{model="{name}"}}', f'biomx_batch_size_sum{{model="{name}"}}'
+    calls, rows = metric(after, count) - metric(before, count), metric(after, total) - metric(before, total)
     return {
         "requests": len(results), "valid": len(valid), "malformed": len(bad), "status_counts": statuses,
         "server_errors_5xx": sum(r["status"] >= 500 for r in results),
@@ -201,6 +208,7 @@ def main() -> None:
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per model; 0: PyTorch's default")
+    parser.add_argument("--warmup", type=int, default=200, help="requests before the measured ones (not counted)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = parser.parse_args()
@@ -214,11 +222,14 @@ def main() -> None:
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     sampler = threading.Thread(target=rss_sampler, args=(proc.pid, samples, stop), daemon=True)
-    try:
+    try:  # warm up (allocator pools, first uploads and explanations), then measure
+        model_url = f"{url}/{run.name}"
+        run_load(model_url, plan(args.warmup, args.malformed, len(files), args.seed + 1), raw, pngs, expected, args.clients)
+        before = httpx.get(f"{url}/metrics").text
         sampler.start()
         jobs = plan(args.requests, args.malformed, len(files), args.seed)
         start = time.perf_counter()
-        results = run_load(url, jobs, raw, pngs, expected, args.clients)
+        results = run_load(model_url, jobs, raw, pngs, expected, args.clients)
         wall = time.perf_counter() - start
         stop.set()
         sampler.join()
@@ -228,7 +239,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=20)
     summary = {"engine": args.engine, "clients": args.clients, "max_batch": args.max_batch, "threads": threads,
-               **summarise(results, wall, samples, metrics_text)}  # fmt: skip
+               "warmup_requests": args.warmup,
+               **summarise(results, wall, samples, before, metrics_text, run.name)}  # fmt: skip
     text = json.dumps(summary, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
