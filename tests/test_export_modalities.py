@@ -222,7 +222,7 @@ def test_volume_segmentation_plan_takes_windows_and_refuses_whole_scans() -> Non
            "nan_policy": "raise", "channels": 1, "limits": {}, "overlap": 0.5, "sw_batch_size": 4}  # fmt: skip
     volume = get_modality("volume")
     plan = volume.export_plan(pre)
-    assert "sliding windows outside the graph" in plan.outside and plan.example["patch_size"] == [32, 32, 16]
+    assert "sliding windows outside the graph" in plan.outside and plan.input.shape == ["batch", 1, 32, 32, 16]
     window = torch.rand(2, 1, 32, 32, 16)
     assert torch.equal(plan.prepare(window), window)
     with pytest.raises(ExportRefused, match="sliding windows") as err:

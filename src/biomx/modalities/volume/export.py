@@ -6,7 +6,7 @@ floats for a run trained on float npz volumes). Inside the graph they are resize
 shape (trilinear, align_corners=False: the identity at that shape, so volumes resized outside as
 biomx resizes them - area-averaged when an axis shrinks - pass unchanged) and normalised with the
 training statistics. Segmentation runs predict whole scans through sliding windows, outside the
-graph: their graph takes one window (a preprocessed patch) and does nothing more to it.
+graph: their graph takes windows of the patch size (preprocessed scan) and does nothing more to them.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _segmentation_plan(preprocessing: dict[str, Any]) -> ExportPlan:
         preprocessing["intensity"], "left in scanner units")  # fmt: skip
     return ExportPlan(
         prepare=nn.Identity(),
-        input=GraphInput(name="volume", dtype="float32", shape=["batch", c, "depth", "height", "width"],
-                         description=f"windows of a preprocessed scan, {c} channel(s), best {patch[0]}x{patch[1]}x"
-                                     f"{patch[2]} (task patch size): the scan resampled to spacing "
+        input=GraphInput(name="volume", dtype="float32", shape=["batch", c, *patch],
+                         description=f"windows of {patch[0]}x{patch[1]}x{patch[2]} voxels (the task's patch size), "
+                                     f"{c} channel(s), of a preprocessed scan: resampled to spacing "
                                      f"{preprocessing['spacing']}, {scaling}"),
         outside="whole scans go through sliding windows outside the graph: reading (RAS orientation), "
                 "resampling, foreground crop, intensity scaling, the windows and their Gaussian-weighted stitching",
