@@ -60,8 +60,11 @@ def explanations(loaded: Any, raw: Any) -> list[str | None]:
     try:
         images = modality.explain_inputs(loaded.graph.members[0], loaded.task, loaded.info["preprocessing"],
                                          raw[:MAX_EXPLAINED], model_name)  # fmt: skip
-    except BiomxError as e:  # this model has nothing to explain with (e.g. no CAM layer): say so, predict anyway
+    except BiomxError as e:  # this model has nothing to explain with (e.g. no CAM layer): predict anyway
         log.info("explanation skipped: %s", type(e).__name__)
+        return []
+    except Exception as e:  # a bug in an explainer must not cost the client its prediction
+        log.warning("explanation failed: %s (a bug; the prediction is answered without it)", type(e).__name__)
         return []
     return [png_base64(image) for image in images]
 
