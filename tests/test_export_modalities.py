@@ -4,6 +4,7 @@ what the run's datasets (and `read_inputs`) give the model, traceable with a dyn
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ def _check_plan(p: Prepared, split: str = "test") -> tuple[ExportPlan, torch.Ten
     )
     torch.testing.assert_close(exported.module()(raw[:3]), expected[:3], atol=1e-5, rtol=1e-5)
     assert plan.outside and plan.inside and plan.input.description
+    json.dumps(plan.example)  # the sidecar carries it
     return plan, raw
 
 
