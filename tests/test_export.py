@@ -198,6 +198,34 @@ def test_a_failed_check_writes_nothing(exported, tmp_path, swap_image) -> None:
     assert list(out.iterdir()) == []  # no temp file, no model, no sidecar
 
 
+class FixesTheBatch(nn.Module):
+    """A prepare step that reads the batch size as a Python number: torch.export refuses it."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.inner(raw).reshape(len(raw), *raw.shape[1:])
+
+
+def test_an_untraceable_graph_is_refused_in_one_line(exported, tmp_path, swap_image, capsys) -> None:
+    run, _ = exported
+    base = get_modality("image")
+
+    def plan(preprocessing) -> ExportPlan:
+        found = base.export_plan(preprocessing)
+        found.prepare = FixesTheBatch(found.prepare)
+        return found
+
+    swap_image(export_plan=plan)
+    assert main(["export", str(run), "--out", str(tmp_path / "out"), "--formats", "torch"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: small_cnn: cannot be exported to ONNX or torch.export (the code fixes the batch "
+                          "axis to ") and err.count("\n") == 1  # fmt: skip
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_unknown_runs_and_formats_say_one_line(tmp_path) -> None:
     with pytest.raises(BiomxError, match="run directory not found"):
         export_run(tmp_path / "nope")

@@ -40,7 +40,13 @@ def quiet() -> Iterator[None]:
 
 def first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:200]
+    # torch.export's constraint errors put the useful line (which axis the code fixed) below a header
+    for line in lines:
+        fixed = re.search(r"marked (\w+) as dynamic but your code specialized it to be a constant \((\d+)\)", line)
+        if fixed:
+            return (f"the code fixes the {fixed[1]} axis to {fixed[2]}, which the graph keeps dynamic: e.g. "
+                    "len(x) or a shape used as a Python number in a model's or the task's forward")  # fmt: skip
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def dynamic_shapes(loaded: LoadedGraph) -> tuple[dict[int, torch.export.Dim]]:
@@ -62,30 +68,41 @@ def model_name(loaded: LoadedGraph) -> str:
     return str(loaded.info.get("model", {}).get("name", loaded.run_dir.name))
 
 
-def write_onnx(loaded: LoadedGraph, example: torch.Tensor, path: Path) -> None:
-    """`loaded.graph` as ONNX at `path` (dynamic axes as the plan names them)."""
-    for package in ("onnx", "onnxscript"):  # the dynamo exporter needs both: the deploy extra
+def export_program(loaded: LoadedGraph, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`loaded.graph` traced by torch.export, every named axis dynamic. Both files are written from
+    it: torch.onnx's own capture would fall back to a draft export that silently fixes an axis the
+    code specialises (e.g. `len(x)` in a task's `predictions`), where torch.export refuses."""
+    try:
+        with quiet(), torch.no_grad():
+            return torch.export.export(loaded.graph, (example,), dynamic_shapes=dynamic_shapes(loaded))
+    except Exception as err:  # torch raises many kinds; the user needs the first line
+        raise ExportRefused(f"{model_name(loaded)}: cannot be exported to ONNX or torch.export "
+                            f"({first_line(err)})") from None  # fmt: skip
+
+
+def write_onnx(loaded: LoadedGraph, program: torch.export.ExportedProgram, example: torch.Tensor, path: Path) -> None:
+    """The traced graph as ONNX at `path` (dynamic axes named as the plan names them)."""
+    for package in ("onnx", "onnxscript"):  # the ONNX exporter needs both: the deploy extra
         import_extra(package, "biomx export")
     try:
         with quiet(), torch.no_grad():
-            program = torch.onnx.export(loaded.graph, (example,), None, dynamo=True,
-                                        input_names=[loaded.plan.input.name], output_names=output_names(loaded),
-                                        dynamic_shapes=dynamic_shapes(loaded), verbose=False)  # fmt: skip
-            program.save(str(path))
-    except Exception as err:  # torch/onnx raise many kinds; the user needs the first line
+            onnx_program = torch.onnx.export(program, (example,), None, dynamo=True,
+                                             input_names=[loaded.plan.input.name], output_names=output_names(loaded),
+                                             dynamic_shapes=dynamic_shapes(loaded), verbose=False)  # fmt: skip
+            onnx_program.save(str(path))
+    except Exception as err:  # an op without an ONNX translation, among others
         path.unlink(missing_ok=True)
         raise ExportRefused(f"{model_name(loaded)}: cannot be exported to ONNX ({first_line(err)})") from None
 
 
-def write_pt2(loaded: LoadedGraph, example: torch.Tensor, path: Path) -> None:
-    """`loaded.graph` as a torch.export program (`torch.export.load` reads it without pickle)."""
+def write_pt2(loaded: LoadedGraph, program: torch.export.ExportedProgram, path: Path) -> None:
+    """The traced graph as a torch.export program (`torch.export.load` reads it without pickle)."""
     try:
-        with quiet(), torch.no_grad():
-            program = torch.export.export(loaded.graph, (example,), dynamic_shapes=dynamic_shapes(loaded))
+        with quiet():
             torch.export.save(program, str(path))
     except Exception as err:
         path.unlink(missing_ok=True)
-        raise ExportRefused(f"{model_name(loaded)}: cannot be exported with torch.export ({first_line(err)})") from None
+        raise ExportRefused(f"{model_name(loaded)}: cannot be saved with torch.export ({first_line(err)})") from None
 
 
 def load_pt2(path: Path) -> torch.nn.Module:
