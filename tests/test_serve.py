@@ -8,6 +8,7 @@ one real server process: concurrent clients are micro-batched and each gets its 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -30,6 +31,7 @@ from biomx.cli import main
 from biomx.modalities import get_modality
 from biomx.predictor import load
 from biomx.serve.app import create_app
+from biomx.serve.batcher import MicroBatcher, QueueFull
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -248,3 +250,29 @@ def test_real_server_batches_concurrent_clients(run, png_folder, tmp_path):
         log.close()
     calls, rows = _metric(text, 'biomx_batch_size_count{model="xray"}'), _metric(text, 'biomx_batch_size_sum{model="xray"}')
     assert rows == len(files) and calls < rows, f"{rows} rows in {calls} engine calls: nothing was batched"
+
+
+def test_batcher_joins_only_rows_of_one_shape_and_answers_each_its_own():
+    calls: list[tuple[int, ...]] = []
+
+    def engine(rows: np.ndarray):  # row sums: any mix-up of rows between requests shows
+        calls.append(rows.shape)
+        return rows.reshape(len(rows), -1).sum(1), None
+
+    async def scenario():
+        batcher = MicroBatcher(engine, max_batch=4, max_wait_ms=50, max_queue_rows=16)
+        shapes = [(1, 2, 2), (2, 2, 2), (1, 3, 3), (3, 2, 2), (6, 2, 2)]  # the last is over max_batch: split
+        inputs = [np.random.default_rng(i).random(s).astype(np.float32) for i, s in enumerate(shapes)]
+        answers = await asyncio.gather(*(batcher.submit(x) for x in inputs))
+        with pytest.raises(QueueFull):  # more rows waiting than the queue holds: the app answers 503
+            await asyncio.gather(*(batcher.submit(np.zeros((5, 2, 2), np.float32)) for _ in range(4)))
+        batcher.close()
+        return inputs, answers
+
+    inputs, answers = asyncio.run(scenario())
+    for x, (got, std) in zip(inputs, answers, strict=True):
+        np.testing.assert_allclose(got, x.reshape(len(x), -1).sum(1), rtol=1e-6)
+        assert std is None
+    # The first two requests share a call; the 3x3 one goes alone; the next 3 rows cannot take the
+    # 6-row request beside them (over max_batch), which is split into calls of at most 4 rows.
+    assert calls[:5] == [(3, 2, 2), (1, 3, 3), (3, 2, 2), (4, 2, 2), (2, 2, 2)]
