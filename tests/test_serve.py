@@ -276,3 +276,31 @@ def test_batcher_joins_only_rows_of_one_shape_and_answers_each_its_own():
     # The first two requests share a call; the 3x3 one goes alone; the next 3 rows cannot take the
     # 6-row request beside them (over max_batch), which is split into calls of at most 4 rows.
     assert calls[:5] == [(3, 2, 2), (1, 3, 3), (3, 2, 2), (4, 2, 2), (2, 2, 2)]
+
+
+def test_pasted_sequences_equal_the_python_predictor(tmp_path_factory):
+    """Pasted text goes through the run's own reader too (here a sequence run and FASTA text)."""
+    dna = Path(__file__).parent / "data" / "dna_tf_binding"
+    root = tmp_path_factory.mktemp("seq")
+    for src, dst in (("sample.fa", "oct4.fa"), ("sample2.fa", "mafk.fa")):
+        (root / dst).write_text("\n".join((dna / src).read_text().splitlines()[:120]) + "\n")
+    cfg = root / "seq.yaml"
+    cfg.write_text(
+        f"name: seq\ndata: {{modality: sequence, source: fasta, path: {root}, "
+        "sequence: {files: {Oct4: oct4.fa, Mafk: mafk.fa}}}\nmodel: {name: deepsea, args: {width: 8}}\n"
+        "task: {classes: [Mafk, Oct4]}\ntrain: {epochs: 1, batch_size: 32, progress: false}\n"
+        f"eval: {{bootstrap: 0, explain: 0}}\noutput: {{dir: {root / 'runs'}, name: seq, tensorboard: false}}\n"
+    )
+    assert main(["train", str(cfg)]) == 0
+    run = root / "runs" / "seq"
+    text = "\n".join((root / "oct4.fa").read_text().splitlines()[:8]) + "\n"  # four records
+    (root / "four.fa").write_text(text)
+    with TestClient(create_app([str(run)], threads=1)) as c:
+        _wait_ready(c)
+        assert c.get("/v2/models/seq").json()["inputs"][0]["name"] != "image"
+        results = c.post("/models/seq/predict", data={"text": text, "suffix": ".fa"}).json()["results"]
+    model = load(run)
+    assert [r["name"] for r in results] == [line[1:] for line in text.splitlines()[::2]]
+    np.testing.assert_allclose([[r[f"prob_{k}"] for k in model.classes_] for r in results],
+                               model.predict_proba(root / "four.fa"), atol=1e-5)  # fmt: skip
+    assert [r["label"] for r in results] == list(model.predict(root / "four.fa"))
