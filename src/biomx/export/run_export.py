@@ -62,17 +62,20 @@ class Export:
         self.example = rows[:8]  # two rows at least: a batch of one would fix the batch axis
         self.program = trace.export_program(loaded, self.example)
 
-    def checked(self, fmt: str, runner: Any, latency_name: str | None) -> None:
+    def checked(self, fmt: str, runner: Any, latency_name: str | None, **facts: Any) -> check.Outputs:
+        """Run `runner` on the check rows, record the comparison (and `facts`), refuse a failure."""
         try:
             got = runner.run(self.data.raw)
         except Exception as err:  # e.g. an axis the file fixed that the test rows do not fit
             raise ExportRefused(f"{self.model}: the {fmt} export fails to run on the test rows "
                                 f"({trace.first_line(err)})") from None  # fmt: skip
-        result = check.compare(self.loaded, self.reference, got)
-        self.checks[fmt] = result
+        result = self.checks[fmt] = {**facts, **check.compare(self.loaded, self.reference, got)}
         check.enforce(fmt, result, self.model)
+        if fmt == "int8":
+            del result["tolerance"]  # int8 is held to its labels, not to a difference
         if latency_name:
             self.latency[latency_name] = check.latency_ms(runner.run, self.data.raw)
+        return got
 
     def onnx(self) -> None:
         path = self.temps["onnx"] = temp_path(self.out, "onnx")
@@ -86,16 +89,24 @@ class Export:
 
     def int8(self) -> None:
         path = self.temps["int8"] = temp_path(self.out, "int8")
-        calibration = self.data.calibration.numpy().astype(np.float32 if self.loaded.plan.input.dtype == "float32"
-                                                           else np.int64)  # fmt: skip
-        method = write_int8(self.temps["onnx"], path, self.loaded.plan.input.name, calibration, self.model)
-        engine = OnnxEngine(self.loaded, path, "int8")
-        got = engine.run(self.data.raw)
-        self.checks["int8"] = {"method": method}
-        self.checked("int8", engine, "onnx runtime int8")
-        result = {key: value for key, value in self.checks["int8"].items() if key != "tolerance"}  # none for int8
-        self.checks["int8"] = {"method": method, **result,
-                               "test_metrics": check.metric_change(self.loaded, self.data, self.reference[0], got[0])}
+        dtype = np.float32 if self.loaded.plan.input.dtype == "float32" else np.int64
+        method = write_int8(self.temps["onnx"], path, self.loaded.plan.input.name,
+                            self.data.calibration.numpy().astype(dtype), self.model)  # fmt: skip
+        got = self.checked("int8", OnnxEngine(self.loaded, path, "int8"), "onnx runtime int8", method=method)
+        self.checks["int8"]["test_metrics"] = check.metric_change(self.loaded, self.data, self.reference[0], got[0])
+
+    def write(self, formats: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+        """Write and check every format, then rename them all into place; their file entries."""
+        if "onnx" in formats or "int8" in formats:
+            self.onnx()
+        if "torch" in formats:
+            self.pt2()
+        if "int8" in formats:
+            self.int8()
+        files = {fmt: {**file_entry(self.temps[fmt]), "file": TARGETS[fmt]} for fmt in formats}
+        for fmt in formats:
+            os.replace(self.temps.pop(fmt), self.out / TARGETS[fmt])
+        return files
 
     def discard(self) -> None:
         for path in self.temps.values():
@@ -120,26 +131,23 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, formats: tupl
         raise ExportRefused(f"{run_dir}: a {loaded.task.kind} run cannot be exported (its predictions are not "
                             "one row per input; the check and the engines need that)")  # fmt: skip
     out = Path(out) if out is not None else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    for fmt in (*formats, "sidecar"):
-        check_target(out / TARGETS.get(fmt, SIDECAR))  # a folder or symlink there: refused before the work
-    job = Export(loaded, check.check_data(loaded), out)
+    made, job = not out.exists(), None
     try:
-        if "onnx" in formats or "int8" in formats:
-            job.onnx()
-        if "torch" in formats:
-            job.pt2()
-        if "int8" in formats:
-            job.int8()
-        files = {fmt: {**file_entry(job.temps[fmt]), "file": TARGETS[fmt]} for fmt in formats}
-        for fmt in formats:
-            os.replace(job.temps.pop(fmt), out / TARGETS[fmt])
-    finally:
-        job.discard()  # a failed check, or the fp32 file made only to quantise
+        for fmt in (*formats, "sidecar"):
+            check_target(out / TARGETS.get(fmt, SIDECAR))  # a folder or symlink there: refused before the work
+        job = Export(loaded, check.check_data(loaded), out)
+        files = job.write(formats)
+    except BaseException:
+        if job is not None:
+            job.discard()  # the temp files of a failed check
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed export leaves no trace, not even its folder
+        raise
+    job.discard()  # the fp32 file made only to quantise
     info = sidecar(loaded, checkpoint, job.reference[0], {f: job.checks[f] for f in formats}, job.latency, files,
                    job.data.split)  # fmt: skip
     write_json(out / SIDECAR, info)
-    for fmt in set(FORMATS) - set(formats):  # an earlier export's file would not match this sidecar
+    for fmt in [f for f in FORMATS if f not in formats]:  # an earlier export's file would not match this sidecar
         stale = out / TARGETS[fmt]
         if stale.is_file():
             stale.unlink()
