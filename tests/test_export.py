@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -239,3 +240,14 @@ def test_the_export_command_prints_a_summary(exported, tmp_path, capsys) -> None
     out = capsys.readouterr().out
     assert "model.onnx" in out and "max diff" in out and "labels 100.0% same" in out and "ms per batch of 64" in out
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["model.json", "model.onnx"]
+
+
+def test_formats_left_out_of_a_new_export_are_removed(exported, tmp_path) -> None:
+    run, _ = exported
+    out = tmp_path / "again"
+    shutil.copytree(run / "export", out)
+    said: list[str] = []
+    info = export_run(run, out, formats=["onnx"], echo=said.append)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"] and list(info["files"]) == ["onnx"]
+    assert said[:2] == [f"removed {out / 'model.pt2'} (from an earlier export; not in --formats)",
+                        f"removed {out / 'model.int8.onnx'} (from an earlier export; not in --formats)"]
