@@ -73,10 +73,13 @@ def _empty(loaded: LoadedGraph, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray
 class OnnxEngine:
     """An exported ONNX file (fp32 or int8) in ONNX Runtime on the CPU."""
 
-    def __init__(self, loaded: LoadedGraph, path: Path, name: str) -> None:
+    def __init__(self, loaded: LoadedGraph, path: Path, name: str, threads: int | None = None) -> None:
         ort = import_extra("onnxruntime", f"biomx predict --engine {name}")
         self.loaded, self.name, self.path = loaded, name, path
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads is not None:  # None: ONNX Runtime's default (one intra-op thread per core)
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.dtype = np.int64 if loaded.plan.input.dtype == "int64" else np.float32
 
@@ -100,9 +103,11 @@ def export_file(run_dir: Path, engine: str) -> Path:
     return path
 
 
-def open_engine(run_dir: str | Path, engine: str = "torch") -> Engine:
+def open_engine(run_dir: str | Path, engine: str = "torch", *, threads: int | None = None) -> Engine:
     """An engine for a run: "torch" (eager), "onnx" (RUN/export/model.onnx) or "int8"
     (RUN/export/model.int8.onnx), each with the run's `LoadedGraph` (modality, task, plan).
+    `threads`: ONNX Runtime's intra-op threads (None: its default); the torch engine uses
+    PyTorch's setting (`torch.set_num_threads`) of the thread that calls it.
 
     Raises:
         BiomxError: an unknown engine, no run, an ONNX engine for a run not exported yet.
@@ -116,4 +121,4 @@ def open_engine(run_dir: str | Path, engine: str = "torch") -> Engine:
     sidecar_path = run_dir / "export" / SIDECAR
     sidecar = read_json(sidecar_path) if sidecar_path.is_file() else {}
     loaded = load_graph(run_dir, sidecar.get("checkpoint", "best"))  # an unknown run says so first
-    return OnnxEngine(loaded, export_file(run_dir, engine), engine)
+    return OnnxEngine(loaded, export_file(run_dir, engine), engine, threads)
