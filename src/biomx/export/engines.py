@@ -57,7 +57,7 @@ class TorchEngine:
     def run(self, raw: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = torch.as_tensor(raw)
         if not len(x):
-            return _empty(self.loaded, x)
+            return _empty(self.loaded)
         parts = []
         for chunk in x.split(CHUNK):
             out = self.loaded.graph(chunk)
@@ -65,7 +65,7 @@ class TorchEngine:
         return _join(parts)
 
 
-def _empty(loaded: LoadedGraph, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+def _empty(loaded: LoadedGraph) -> tuple[np.ndarray, np.ndarray | None]:
     out = np.zeros((0, *([] if loaded.task.out_dim == 1 else [loaded.task.out_dim])), dtype=np.float32)
     return out, (out.copy() if loaded.graph.ensemble else None)
 
@@ -87,7 +87,7 @@ class OnnxEngine:
         x = raw.numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if not len(x):
-            return _empty(self.loaded, torch.as_tensor(x))
+            return _empty(self.loaded)
         parts = []
         for start in range(0, len(x), CHUNK):
             out = self.session.run(None, {self.input_name: x[start:start + CHUNK]})
