@@ -163,38 +163,47 @@ def export_facts(info: dict) -> dict:
     return facts
 
 
+def speeds(run_dir: Path, raw: torch.Tensor, threads: int, args: argparse.Namespace) -> dict:
+    """The engines' throughput and latency at one thread count."""
+    torch.set_num_threads(threads)
+    print(f"  {threads} thread(s):", flush=True)
+    measured = measure(open_engines(run_dir, threads), raw, args.rounds, args.latency_calls)
+    medians = {e: statistics.median(m["samples_per_s"]) for e, m in measured.items()}
+    return {
+        "samples_per_s": {e: m["samples_per_s"] for e, m in measured.items()},
+        "median_samples_per_s": medians,
+        "ratio_onnx_torch": medians["onnx"] / medians["torch"],
+        "ratio_int8_torch": medians["int8"] / medians["torch"],
+        "latency_ms_batch1": {e: statistics.median(m["latency_ms"]) for e, m in measured.items()},
+        "target_met": medians["onnx"] / medians["torch"] >= 1.5,
+    }
+
+
 def bench_run(name: str, run_dir: Path, args: argparse.Namespace, trained_s: float | None) -> dict:
     print(f"{name}: exporting {run_dir}", flush=True)
+    torch.set_num_threads(args.threads[0])
     start = time.perf_counter()
     info = export_run(run_dir, echo=lambda line: print("  " + line))
     export_s = time.perf_counter() - start
     raw, n_test = test_inputs(run_dir, args.rows)
     print(f"{name}: {n_test} test rows repeated to {len(raw)}, input {tuple(raw.shape[1:])} "
           f"{str(raw.dtype).removeprefix('torch.')}, batches of {engines.CHUNK}", flush=True)
-    measured = measure(open_engines(run_dir, args.threads), raw, args.rounds, args.latency_calls)
-    medians = {e: statistics.median(m["samples_per_s"]) for e, m in measured.items()}
-    latency = {e: statistics.median(m["latency_ms"]) for e, m in measured.items()}
     return {
         "run": str(run_dir), "model": info.get("model"), "modality": info.get("modality"),
         "members": info.get("members"), "train_s": trained_s, "export_s": export_s,
         "test_rows": n_test, "rows": len(raw), "input_shape": list(raw.shape[1:]),
         "export": export_facts(info),
-        "samples_per_s": {e: m["samples_per_s"] for e, m in measured.items()},
-        "median_samples_per_s": medians,
-        "ratio_onnx_torch": medians["onnx"] / medians["torch"],
-        "ratio_int8_torch": medians["int8"] / medians["torch"],
-        "latency_ms_batch1": latency,
-        "target_met": medians["onnx"] / medians["torch"] >= 1.5,
+        "threads": {str(n): speeds(run_dir, raw, n, args) for n in args.threads},
     }
 
 
 def table(results: dict[str, dict]) -> list[str]:
-    lines = ["| model | torch eager (samples/s) | ONNX fp32 | int8 | ONNX/eager | int8/eager | "
+    lines = ["| model | threads | torch eager (samples/s) | ONNX fp32 | int8 | ONNX/eager | int8/eager | "
              "target ONNX >= 1.5x | batch-1 latency ms (eager / ONNX / int8) |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
-    for name, r in results.items():
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for (name, run), (threads, r) in ((item, t) for item in results.items() for t in item[1]["threads"].items()):
         m, lat = r["median_samples_per_s"], r["latency_ms_batch1"]
-        lines.append(f"| {name} ({r['model']}) | {m['torch']:.0f} | {m['onnx']:.0f} | {m['int8']:.0f} | "
+        lines.append(f"| {name} ({run['model']}) | {threads} | {m['torch']:.0f} | {m['onnx']:.0f} | {m['int8']:.0f} | "
                      f"{r['ratio_onnx_torch']:.2f}x | {r['ratio_int8_torch']:.2f}x | "
                      f"{'met' if r['target_met'] else 'NOT met'} | "
                      f"{lat['torch']:.2f} / {lat['onnx']:.2f} / {lat['int8']:.2f} |")
@@ -212,17 +221,18 @@ def table(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def machine(threads: int) -> dict:
+def machine(threads: list[int], load_start: tuple[float, ...]) -> dict:
     import onnxruntime
 
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": threads,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(), "load_average": list(os.getloadavg())}
+            "python": platform.python_version(), "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2],
+                        help="torch and ONNX Runtime threads; several: each measured in turn (default 2)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per engine (default 5)")
     parser.add_argument("--rows", type=int, default=1024, help="rows per timed pass, at least (default 1024)")
     parser.add_argument("--latency-calls", type=int, default=20, help="batch-1 calls per round (default 20)")
@@ -232,15 +242,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", choices=("image", "sequence", "tabular"), default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.rounds < 1 or args.rows < 1 or args.epochs < 1:
+    if min(args.threads) < 1 or args.rounds < 1 or args.rows < 1 or args.epochs < 1:
         parser.error("needs --threads, --rounds, --rows, --epochs >= 1")
-    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()  # 1, 5, 15 min: other processes competing for the cores
     runs_dir = (args.runs_dir or Path(tempfile.mkdtemp(prefix="biomx-export-speed-"))).resolve()
     data_dir = runs_dir / "data"
     if not (data_dir / "breast_cancer.csv").is_file():
         subprocess.run([str(Path(sys.executable).with_name("biomx")), "datasets", "--name", "breast_cancer",
                         "--export", str(data_dir)], check=True)
-    print(f"runs in {runs_dir}; {args.threads} threads, torch {torch.__version__}", flush=True)
+    print(f"runs in {runs_dir}; threads {args.threads}, torch {torch.__version__}", flush=True)
     results = {}
     for name, (config, overrides) in run_specs(data_dir).items():
         if args.only and name not in args.only:
@@ -251,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     for line in table(results):
         print(line)
     result = {"benchmark": "export_speed", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": machine(args.threads),
+              "machine": machine(args.threads, load_start),
               "config": {"rounds": args.rounds, "rows": args.rows, "batch_size": engines.CHUNK,
                          "warmup_passes": WARMUP, "latency_calls_per_round": args.latency_calls,
                          "epochs": args.epochs, "ort_graph_optimization": "ORT_ENABLE_ALL"},
