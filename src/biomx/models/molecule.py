@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biomx.models.bounds import Between, Blocks, OutDim, Rate, Units
+from biomx.models.solvers import features_of
 
 # Atom, bond and molecule-level feature sizes (set from the featuriser; 0 = none)
 Features = Annotated[int, Between(0, 1_000_000)]
@@ -406,8 +407,8 @@ class FingerprintMLP(nn.Module):
         modules.append(nn.Linear(width, out_dim))
         self.net = nn.Sequential(*modules)
 
-    def forward(self, batch: Data) -> Tensor:
-        return self.net(batch.features)
+    def forward(self, batch: Data | Tensor) -> Tensor:
+        return self.net(features_of(batch))  # a tensor: the vectors alone (an exported graph's input)
 
 
 def fingerprint_mlp(

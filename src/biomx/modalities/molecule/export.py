@@ -24,7 +24,7 @@ from biomx.modalities.molecule.pipeline import DESCRIPTOR_CLIP, read_features
 from biomx.protocols import ExportPlan, GraphInput
 
 REFUSED = ("graph networks cannot be exported: their input is a molecular graph batch, not a tensor; "
-           "train a fingerprint model (e.g. fingerprint_mlp or svm) to export")  # fmt: skip
+           "train a fingerprint model (e.g. fingerprint_mlp) to export")  # fmt: skip
 
 
 def _sizes(preprocessing: dict[str, Any]) -> tuple[int, int]:

@@ -158,7 +158,7 @@ class RegressionTask(RowTaskHooks):
 
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         """Outputs back in the original units: outputs * std + mean; (N,) for one target."""
-        out = outputs.reshape(len(outputs), len(self.targets))
+        out = outputs.reshape(-1, len(self.targets))  # -1: an exported graph keeps its batch axis dynamic
         if self.mean is not None:
             out = out * out.new_tensor(self.std) + out.new_tensor(self.mean)
         return out[:, 0] if len(self.targets) == 1 else out
