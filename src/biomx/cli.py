@@ -127,7 +127,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     server = import_extra("biomx.serve.server", "biomx serve")  # FastAPI and uvicorn: the deploy extra
     server.serve(args.runs, host=args.host, port=args.port, engine=args.engine, max_batch=args.max_batch,
-                 max_wait_ms=args.max_wait_ms, timeout_s=args.timeout, max_request_mb=args.max_request_mb)
+                 max_wait_ms=args.max_wait_ms, timeout_s=args.timeout, max_request_mb=args.max_request_mb,
+                 threads=args.threads)
 
 
 def _positive_float(text: str) -> float:
@@ -288,6 +289,9 @@ def _add_deploy_commands(sub: argparse._SubParsersAction) -> None:
                    help="seconds before a request is answered 503 (default: %(default)s)")
     p.add_argument("--max-request-mb", type=_positive_float, default=50.0, metavar="MB",
                    help="largest request body accepted (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="intra-op threads of each model's engine (default: PyTorch's / ONNX Runtime's; "
+                        "1 is fastest for small models on busy or shared cores)")  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
 

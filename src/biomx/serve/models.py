@@ -36,6 +36,7 @@ class ServedModel:
                  threads: int | None = None) -> None:  # fmt: skip
         self.run_dir, self.name, self.engine_name = run_dir, run_dir.name, engine
         self.info: dict[str, Any] = read_json(run_dir / "run.json")
+        self.threads = threads
         self.engine: Engine | None = None
         self.error: str | None = None  # why it could not be loaded
         self.batcher = MicroBatcher(self._run, max_batch=max_batch, max_wait_ms=max_wait_ms,
@@ -50,7 +51,7 @@ class ServedModel:
 
     def load(self) -> None:
         try:
-            self.engine = open_engine(self.run_dir, self.engine_name)
+            self.engine = open_engine(self.run_dir, self.engine_name, threads=self.threads)  # ONNX Runtime's threads
         except BiomxError as e:
             self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.error("model %s cannot be served: %s", self.name, self.error)

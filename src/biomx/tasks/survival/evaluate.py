@@ -103,6 +103,9 @@ def load_baseline(task: SurvivalTask, run_dir: Path | None) -> None:
 @torch.no_grad()
 def predict(task: SurvivalTask, request: PredictRequest) -> dict[str, list]:
     """Columns "path", "risk" and "survival_at_<h>" per horizon (ensemble and dropout means)."""
+    if request.engine is not None:  # the Cox baseline hazard and horizons live beside the run, not in a graph
+        raise BiomxError(f"--engine {request.engine.name}: a survival run predicts with its PyTorch models "
+                         "only; use --engine torch")  # fmt: skip
     load_baseline(task, request.run_dir)
     pre = request.info["preprocessing"]
     mc = request.info.get("uncertainty", {}).get("mc_dropout", 0) if request.mc_dropout is None else request.mc_dropout
