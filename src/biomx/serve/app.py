@@ -88,7 +88,7 @@ def create_app(runs: list[str], *, engine: str = "torch", max_batch: int = 32, m
                timeout_s: float = 30, max_request_mb: float = 50, threads: int | None = None) -> FastAPI:  # fmt: skip
     """The app serving `runs` (run folders; each model is named after its folder). Engines load in
     the background when the app starts; `GET /v2/health/ready` says when all have. `threads`: the
-    PyTorch intra-op threads of each model's engine thread (None: PyTorch's default, one per
+    PyTorch and ONNX Runtime intra-op threads of each model's engine (None: their defaults, one per
     core; 1 is far faster for small models on a machine whose cores are busy with other work).
 
     Raises:

@@ -11,8 +11,8 @@ def serve(runs: list[str], *, host: str = "127.0.0.1", port: int = 8000, engine:
           max_wait_ms: float = 5, timeout_s: float = 30, max_request_mb: float = 50,
           threads: int | None = None) -> None:  # fmt: skip
     """Serve `runs` on http://host:port until interrupted. The engines open before the server
-    listens, so a run that cannot be served stops it at once with one line. `threads`: PyTorch
-    intra-op threads per model (None: PyTorch's default; see `create_app`).
+    listens, so a run that cannot be served stops it at once with one line. `threads`: PyTorch's
+    and ONNX Runtime's intra-op threads per model (None: their defaults; see `create_app`).
 
     Raises:
         BiomxError: a folder that is not a run, an engine that cannot open (e.g. not exported yet).
