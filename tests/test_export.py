@@ -251,3 +251,29 @@ def test_formats_left_out_of_a_new_export_are_removed(exported, tmp_path) -> Non
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"] and list(info["files"]) == ["onnx"]
     assert said[:2] == [f"removed {out / 'model.pt2'} (from an earlier export; not in --formats)",
                         f"removed {out / 'model.int8.onnx'} (from an earlier export; not in --formats)"]
+
+
+def test_a_fingerprint_regression_run_exports_with_a_dynamic_batch(tmp_path) -> None:
+    """Regression (values de-standardised inside the graph) on real FreeSolv molecules, Morgan
+    counts and RDKit descriptors in: ONNX Runtime on any batch size equals `biomx predict`."""
+    pytest.importorskip("rdkit")
+    from biomx.modalities.molecule.starter_data import export_molecules
+    from biomx.predict import predict_files
+
+    data = export_molecules("freesolv", tmp_path)
+    cfg = tmp_path / "fs.yaml"
+    cfg.write_text(f"name: fs\ndata: {{modality: molecule, source: csv, path: {data}, label_column: expt, "
+                   "molecule: {id_column: id, features: [morgan, descriptors], morgan_counts: true}}\n"
+                   "model: {name: fingerprint_mlp, args: {hidden_sizes: [32]}}\ntask: {kind: regression}\n"
+                   "train: {epochs: 1, batch_size: 64, progress: false}\neval: {bootstrap: 0, explain: 0}\n"
+                   f"output: {{dir: {tmp_path / 'runs'}, name: fs, tensorboard: false}}\n")  # fmt: skip
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "runs" / "fs"
+    export_run(run, formats=["onnx"], echo=lambda line: None)
+    queries = tmp_path / "q.csv"
+    queries.write_text("smiles,name\nCCO,ethanol\nc1ccccc1O,phenol\nOCC(O)CO,glycerol\n")
+    torch_cols = predict_files(run, [queries])
+    onnx_cols = predict_files(run, [queries], engine="onnx")
+    assert onnx_cols["path"] == torch_cols["path"] and len(onnx_cols["path"]) == 3
+    key = next(k for k in torch_cols if k.startswith("pred_"))
+    np.testing.assert_allclose(np.array(onnx_cols[key], float), np.array(torch_cols[key], float), atol=1e-3)
