@@ -22,10 +22,13 @@ of 256 (`engines.CHUNK`) itself and returns numpy arrays, so the timing covers w
 All engines get the same thread count: torch.set_num_threads(N) and, for ONNX Runtime, a
 session made here with intra_op_num_threads=N and inter_op_num_threads=1 (the engine's own session
 uses ONNX Runtime's default, one thread per physical core), graph optimisation ORT_ENABLE_ALL.
+Beside them, "onnx-nospin" and "int8-nospin" run the same files in sessions with
+session.intra_op.allow_spinning=0 (idle pool threads sleep rather than spin), which matters on a
+machine shared with other processes.
 
 Each engine is warmed up (2 passes), then --rounds timed rounds alternate the engines (the order
 rotating every round) so machine noise hits every engine alike. Reported: samples/s medians, the
-ratios onnx/torch and int8/torch (the issue's target: ONNX Runtime >= 1.5x torch eager), and
+ratios onnx/torch and int8/torch (and the no-spin ones; the issue's target: ONNX Runtime >= 1.5x torch eager), and
 single-sample latency (batch 1, median ms over --latency-calls calls per round, all rounds).
 
     .venv/bin/python benchmarks/export_speed.py [--threads 2] [--rounds 5] [--epochs 2]
@@ -57,6 +60,10 @@ from biomx.export.run_export import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("torch", "onnx", "int8")
+# The same ONNX files in sessions whose idle pool threads sleep instead of spinning
+# (session.intra_op.allow_spinning=0): on a machine shared with other processes a spinning pool
+# thread steals the core the working one needs. Measured beside the engines to show the effect.
+NO_SPIN = {"onnx-nospin": "onnx", "int8-nospin": "int8"}
 WARMUP = 2
 COMMON = ["eval.bootstrap=0", "eval.explain=0", "train.progress=false", "train.seed=0"]
 
@@ -102,7 +109,7 @@ def test_inputs(run_dir: Path, rows: int) -> tuple[torch.Tensor, int]:
     return raw.repeat(reps, *[1] * (raw.dim() - 1)).contiguous(), len(raw)
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int, spin: bool = True):
     """An ONNX Runtime session with the benchmark's thread count (the engine's own has none)."""
     import onnxruntime as ort
 
@@ -110,6 +117,8 @@ def ort_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -119,6 +128,10 @@ def open_engines(run_dir: Path, threads: int) -> dict[str, engines.Engine]:
         engine = engines.open_engine(run_dir, name)
         if name != "torch":
             engine.session = ort_session(engines.export_file(run_dir, name), threads)
+        found[name] = engine
+    for name, file in NO_SPIN.items():
+        engine = engines.open_engine(run_dir, file)
+        engine.session = ort_session(engines.export_file(run_dir, file), threads, spin=False)
         found[name] = engine
     return found
 
@@ -174,6 +187,8 @@ def speeds(run_dir: Path, raw: torch.Tensor, threads: int, args: argparse.Namesp
         "median_samples_per_s": medians,
         "ratio_onnx_torch": medians["onnx"] / medians["torch"],
         "ratio_int8_torch": medians["int8"] / medians["torch"],
+        "ratio_onnx_nospin_torch": medians["onnx-nospin"] / medians["torch"],
+        "ratio_int8_nospin_torch": medians["int8-nospin"] / medians["torch"],
         "latency_ms_batch1": {e: statistics.median(m["latency_ms"]) for e, m in measured.items()},
         "target_met": medians["onnx"] / medians["torch"] >= 1.5,
     }
@@ -199,14 +214,17 @@ def bench_run(name: str, run_dir: Path, args: argparse.Namespace, trained_s: flo
 
 def table(results: dict[str, dict]) -> list[str]:
     lines = ["| model | threads | torch eager (samples/s) | ONNX fp32 | int8 | ONNX/eager | int8/eager | "
-             "target ONNX >= 1.5x | batch-1 latency ms (eager / ONNX / int8) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "target ONNX >= 1.5x | batch-1 latency ms (eager / ONNX / int8) | ONNX, int8 without spinning "
+             "(samples/s, x eager) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for (name, run), (threads, r) in ((item, t) for item in results.items() for t in item[1]["threads"].items()):
         m, lat = r["median_samples_per_s"], r["latency_ms_batch1"]
         lines.append(f"| {name} ({run['model']}) | {threads} | {m['torch']:.0f} | {m['onnx']:.0f} | {m['int8']:.0f} | "
                      f"{r['ratio_onnx_torch']:.2f}x | {r['ratio_int8_torch']:.2f}x | "
                      f"{'met' if r['target_met'] else 'NOT met'} | "
-                     f"{lat['torch']:.2f} / {lat['onnx']:.2f} / {lat['int8']:.2f} |")
+                     f"{lat['torch']:.2f} / {lat['onnx']:.2f} / {lat['int8']:.2f} | "
+                     f"{m['onnx-nospin']:.0f} ({r['ratio_onnx_nospin_torch']:.2f}x), "
+                     f"{m['int8-nospin']:.0f} ({r['ratio_int8_nospin_torch']:.2f}x) |")
     lines += ["", "| model | max abs diff ONNX / pt2 / int8 | int8 label agreement | int8 test metric change | "
               "size KiB ONNX / pt2 / int8 |", "|---|---|---:|---|---|"]
     for name, r in results.items():
