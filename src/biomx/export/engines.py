@@ -79,6 +79,10 @@ class OnnxEngine:
         options = ort.SessionOptions()
         if threads is not None:  # None: ONNX Runtime's default (one intra-op thread per core)
             options.intra_op_num_threads = threads
+        # Idle threads sleep instead of spinning: on shared or busy cores (a server's other work,
+        # other jobs) spinning threads steal the cores the computation needs; measured +72% samples/s
+        # for the sequence CNN at 2 threads on a loaded machine (benchmarks/export_speed.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.dtype = np.int64 if loaded.plan.input.dtype == "int64" else np.float32

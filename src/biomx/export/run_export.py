@@ -167,12 +167,12 @@ def summary(info: dict[str, Any], out: Path) -> list[str]:
         ms = info["latency_ms_batch64"].get(latency_of[fmt])
         lines.append(f"{fmt:5}  {out / TARGETS[fmt]}  {size:.0f} KiB  max diff {result['max_abs_diff']:.2g}"
                      + (f"  labels {agreement:.1%} same" if agreement is not None else "")
-                     + (f"  {ms:.1f} ms per batch of 64" if ms is not None and fmt != "torch" else ""))  # fmt: skip
+                     + (f"  {ms:.3g} ms per batch of 64" if ms is not None and fmt != "torch" else ""))  # fmt: skip
         for name, change in (result.get("test_metrics") or {}).items():
             if isinstance(change, dict):
                 fp32, int8, diff = (change[key] for key in ("fp32", "int8", "change"))  # None: not a number
                 lines.append(f"       test {name}: fp32 {fp32 if fp32 is None else f'{fp32:.4f}'}, int8 "
                              f"{int8 if int8 is None else f'{int8:.4f}'} ({diff if diff is None else f'{diff:+.4f}'})")
-    lines.append(f"torch eager: {info['latency_ms_batch64']['torch eager']:.1f} ms per batch of 64; "
+    lines.append(f"torch eager: {info['latency_ms_batch64']['torch eager']:.3g} ms per batch of 64; "
                  f"sidecar {out / SIDECAR}")  # fmt: skip
     return lines
