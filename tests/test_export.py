@@ -23,26 +23,16 @@ from biomx.export.graph import load_graph
 from biomx.export.run_export import export_run
 from biomx.modalities import MODALITIES, get_modality
 from biomx.protocols import ExportPlan
+from servers import train_image_run
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def train_tiny(root: Path, name: str, data: Path, extra: str = "") -> Path:
-    cfg = root / f"{name}.yaml"
-    cfg.write_text(f"name: {name}\ndata: {{source: folder, path: {data}, image: {{size: [28, 28]}}}}\n"
-                   f"model: {{name: small_cnn, args: {{width: 8, depth: 2}}{extra}}}\n"
-                   "train: {epochs: 1, batch_size: 32, progress: false}\n"
-                   f"eval: {{bootstrap: 0, explain: 0}}\noutput: {{dir: {root / 'runs'}, name: {name}, "
-                   "tensorboard: false}\n")  # fmt: skip
-    assert main(["train", str(cfg)]) == 0
-    return root / "runs" / name
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, png_folder) -> tuple[Path, dict]:
     """A tiny run, exported in all three formats (to RUN/export)."""
-    run = train_tiny(tmp_path_factory.mktemp("export"), "tiny", png_folder)
+    run = train_image_run(tmp_path_factory.mktemp("export"), png_folder, "tiny")
     return run, export_run(run, echo=lambda line: None)
 
 
@@ -126,7 +116,7 @@ def test_explain_inputs_gives_one_rgb_overlay_per_image(exported) -> None:
 
 
 def test_an_ensemble_exports_its_std(tmp_path, png_folder) -> None:
-    run = train_tiny(tmp_path, "ens", png_folder, ", ensemble: 2")
+    run = train_image_run(tmp_path, png_folder, "ens", ensemble=2)
     info = export_run(run, tmp_path / "out", formats=["onnx"], echo=lambda line: None)
     assert [o["name"] for o in info["outputs"]] == ["predictions", "std"] and info["members"] == 2
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "model.onnx"]

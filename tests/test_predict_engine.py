@@ -12,26 +12,16 @@ from biomx.cli import main
 from biomx.errors import BiomxError
 from biomx.export.run_export import export_run
 from biomx.predict import predict_files
+from servers import train_image_run
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def train_tiny(root: Path, name: str, data: Path, extra: str = "") -> Path:
-    cfg = root / f"{name}.yaml"
-    cfg.write_text(f"name: {name}\ndata: {{source: folder, path: {data}, image: {{size: [28, 28]}}}}\n"
-                   f"model: {{name: small_cnn, args: {{width: 8, depth: 2}}{extra}}}\n"
-                   "train: {epochs: 1, batch_size: 32, progress: false}\n"
-                   f"eval: {{bootstrap: 0, explain: 0}}\noutput: {{dir: {root / 'runs'}, name: {name}, "
-                   "tensorboard: false}\n")  # fmt: skip
-    assert main(["train", str(cfg)]) == 0
-    return root / "runs" / name
-
-
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory, png_folder) -> Path:
     """A two-member ensemble run, exported as ONNX and int8."""
-    run = train_tiny(tmp_path_factory.mktemp("engine"), "ens", png_folder, ", ensemble: 2")
+    run = train_image_run(tmp_path_factory.mktemp("engine"), png_folder, "ens", ensemble=2)
     export_run(run, formats=["onnx", "int8"], echo=lambda line: None)
     return run
 
