@@ -25,12 +25,16 @@ from biomx.plugins import import_extra
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence the exporters' progress lines, warnings and log records (they go to stdout/stderr)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "root")]
+    names = ("torch", "torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx",
+             "torch.fx.experimental.symbolic_shapes", "onnxscript", "root")  # some set their own level
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # stderr too: torch.export prints the whole traced graph there when it fails
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -46,6 +50,9 @@ def first_line(err: BaseException) -> str:
         if fixed:
             return (f"the code fixes the {fixed[1]} axis to {fixed[2]}, which the graph keeps dynamic: e.g. "
                     "len(x) or a shape used as a Python number in a model's or the task's forward")  # fmt: skip
+        if "data-dependent" in line:  # e.g. the solvers read a fitted flag or a weight with .item()
+            return ("its forward branches on tensor values (e.g. a fitted model's flags or weights read "
+                    "as Python numbers), which a traced graph cannot hold")  # fmt: skip
     return (lines[0] if lines else type(err).__name__)[:300]
 
 
