@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
-from biomx.modalities.common.defaults import add_commands, check_config, sample_digests, split
+from biomx.modalities.common.defaults import check_config, sample_digests, split
 from biomx.modalities.common.scan_config import ScanConfig
 from biomx.modalities.image import pipeline
 from biomx.modalities.image.arrays import read_objects, scan_from_array
+from biomx.modalities.image.commands import add_commands
 from biomx.modalities.image.config import ImageData
 from biomx.modalities.image.export import explain_inputs, export_plan, raw_rows
 from biomx.modalities.image.pipeline import (

@@ -1,0 +1,1 @@
+"""DICOM de-identification (`biomx deid`) and the identifier audit of a run (`biomx audit`)."""

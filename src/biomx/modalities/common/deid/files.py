@@ -1,0 +1,176 @@
+"""`biomx deid IN OUT`: every DICOM file under IN de-identified into OUT, an audit CSV of what
+changed per file (keywords, never values) and, only when asked, a mapping file (the secret, the
+pseudonyms, date offsets and UID pairs: it re-identifies, so it is written owner-only).
+
+Output files keep their path relative to IN (so a folder-per-class layout and a manifest still
+match), or with `rename` take pseudonymous names (<patient pseudonym>/<series>/<instance>.dcm)
+for inputs whose folder or file names carry identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from biomx.engine.checkpoint import atomic_write_bytes
+from biomx.errors import BiomxError, DataError
+from biomx.modalities.common.deid.dataset import Changes, Deidentifier
+from biomx.modalities.common.deid.scan import patient_values
+from biomx.runs import write_csv
+
+_COLUMNS = ("n", "output", "status", "removed", "emptied", "replaced", "remapped", "shifted")
+
+
+@dataclass
+class DeidResult:
+    written: int
+    refused: int
+    skipped: int
+    audit: Path
+
+
+def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mapping: Path | None = None,
+                      shift_days: int = 365, keep: tuple[str, ...] = (), rename: bool = False,
+                      skip_errors: bool = False, echo=print) -> DeidResult:  # fmt: skip
+    """De-identify every file under `src` (a folder, or one file) into `out`.
+
+    Files are taken in sorted relative-path order; `n` in the audit is that position. A file
+    with BurnedInAnnotation YES is refused (not written, listed as refused): text in the pixels
+    is beyond what a header profile removes.
+    """
+    src, out = Path(src), Path(out)
+    files = _inputs(src)
+    if out.resolve() == src.resolve():
+        raise BiomxError(f"{out}: the output must differ from the input {src}")
+    if shift_days < 1:
+        raise BiomxError(f"--date-shift-days: must be at least 1; got {shift_days}")
+    deid = Deidentifier(secret=_secret(mapping), shift_days=shift_days, keep=frozenset(keep))
+    _load_mapping(mapping, deid)
+    rows: dict[str, list] = {c: [] for c in _COLUMNS}
+    counts = {"written": 0, "refused": 0, "skipped": 0}
+    for n, path in enumerate(files, 1):
+        rel = path.relative_to(src) if src.is_dir() else Path(path.name)
+        status, output, changes = _one(path, rel, out, deid, rename, skip_errors, echo, n)
+        counts[status.split(":")[0]] += 1
+        _row(rows, n, output, status, changes)
+    audit = Path(audit) if audit else out / "deid_audit.csv"
+    write_csv(audit, rows)
+    if mapping is not None:
+        _write_mapping(mapping, deid, files, src)
+    return DeidResult(counts["written"], counts["refused"], counts["skipped"], audit)
+
+
+def _inputs(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise BiomxError(f"{src}: no such file or folder; give a DICOM file or a folder of them")
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise BiomxError(f"{src}: no files in this folder; give a folder of DICOM files")
+    return files
+
+
+def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, skip_errors: bool,
+         echo, n: int) -> tuple[str, str, Changes | None]:  # fmt: skip
+    try:
+        ds = pydicom.dcmread(path, force=False)
+        if "SOPInstanceUID" not in ds:
+            raise InvalidDicomError("no SOPInstanceUID")
+    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        line = f"{path}: not a readable DICOM file ({type(err).__name__})"
+        if not skip_errors:
+            raise DataError(f"{line}; remove it or pass --skip-errors") from None
+        echo(f"skipped file {n}: {line}")
+        return "skipped: not DICOM", "", None
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        echo(f"refused file {n} ({path}): BurnedInAnnotation is YES (text in the pixels)")
+        return "refused: BurnedInAnnotation YES", "", None
+    identifiers = patient_values(ds)
+    changes = deid.apply(ds)
+    if not rename:
+        rel, renamed = _without(rel, identifiers, str(ds.PatientID))
+        if renamed:
+            changes.replaced.add("file path")
+    target = out / (_pseudonymous_name(ds) if rename else rel)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    atomic_write_bytes(target, buffer.getvalue())
+    return "written", str(target.relative_to(out)), changes
+
+
+def _without(rel: Path, identifiers: dict[str, str], pseudonym: str) -> tuple[Path, bool]:
+    """`rel` with the patient's own name, name parts and IDs replaced by the pseudonym (exports
+    often name folders or files after the patient: PACS exports, Doe_John/IM0001.dcm)."""
+    if not identifiers:
+        return rel, False
+    alternatives = "|".join(re.escape(v) for v in sorted(identifiers, key=len, reverse=True))
+    pattern = re.compile(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE)
+    parts = [pattern.sub(pseudonym, part) for part in rel.parts]
+    return Path(*parts), parts != list(rel.parts)
+
+
+def _pseudonymous_name(ds: pydicom.Dataset) -> Path:
+    def short(uid: str) -> str:
+        return hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+    return Path(str(ds.PatientID), short(str(ds.get("SeriesInstanceUID", ""))), short(str(ds.SOPInstanceUID)) + ".dcm")
+
+
+def _row(rows: dict[str, list], n: int, output: str, status: str, changes: Changes | None) -> None:
+    rows["n"].append(n)
+    rows["output"].append(output)
+    rows["status"].append(status)
+    for name in _COLUMNS[3:]:
+        rows[name].append(";".join(sorted(getattr(changes, name))) if changes else "")
+
+
+def _secret(mapping: Path | None) -> bytes:
+    """The mapping file's secret when one exists (a later batch of the same patients gets the same
+    pseudonyms, offsets and UIDs); else a fresh one, kept in memory only."""
+    if mapping is not None and Path(mapping).is_file():
+        try:
+            return bytes.fromhex(json.loads(Path(mapping).read_text())["secret"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise BiomxError(f"{mapping}: not a biomx deid mapping file ({type(err).__name__}); "
+                             "give a new path or the file an earlier `biomx deid --mapping` wrote") from None  # fmt: skip
+    return secrets.token_bytes(32)
+
+
+def _load_mapping(mapping: Path | None, deid: Deidentifier) -> None:
+    if mapping is None or not Path(mapping).is_file():
+        return
+    data = json.loads(Path(mapping).read_text())
+    deid.shift_days = int(data.get("date_shift_days", deid.shift_days))
+    deid.patients.update(data.get("patients", {}))
+    deid.uids.update(data.get("uids", {}))
+
+
+def _write_mapping(mapping: Path, deid: Deidentifier, files: list[Path], src: Path) -> None:
+    """Owner-only (0600) from the first byte: the temp file is made 0600 before it is filled."""
+    data = {"secret": deid.secret.hex(), "date_shift_days": deid.shift_days, "patients": deid.patients,
+            "uids": deid.uids, "inputs": {str(n): str(p) for n, p in enumerate(files, 1)}}  # fmt: skip
+    text = json.dumps(data, indent=1, sort_keys=True)
+    mapping = Path(mapping)
+    mapping.parent.mkdir(parents=True, exist_ok=True)
+    tmp = mapping.with_name(f".{mapping.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)  # the umask may have taken bits off, never added: this is exact
+        os.replace(tmp, mapping)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
