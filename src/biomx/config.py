@@ -25,6 +25,7 @@ from pydantic import (
 
 from biomx.errors import ConfigError
 from biomx.plugins import suggest
+from biomx.privacy.config import PrivacyConfig
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -160,6 +161,7 @@ class TrainConfig(Section):
     progress: bool = True  # a bar on a terminal; else (nohup, SLURM, CI) a line when either limit is reached:
     log_every_s: PositiveFloat = 30.0  # seconds between plain progress lines
     log_every_steps: PositiveInt | None = None  # batches between plain progress lines (None: by time only)
+    privacy: PrivacyConfig | None = None  # DP-SGD with a privacy ledger (docs/privacy.md)
 
 
 class EvalConfig(Section):

@@ -37,6 +37,8 @@ from biomx.models.registry import (
     check_model_fits,
     suggest,
 )
+from biomx.privacy.dp import check_run as check_private_run
+from biomx.privacy.report import privacy_sections
 from biomx.protocols import FittedModel, Modality, Task, TaskType, TestRun
 from biomx.report.config_view import run_config
 from biomx.runs import environment, member_dirs, new_run_dir, read_json, write_csv, write_json
@@ -290,6 +292,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
         _check_same_model(Path(resume), p)
     check_model_runs(p)  # before any run file is written: a bad model.args leaves nothing behind
     check_tracking(cfg)  # so does output.mlflow without MLflow installed
+    check_private_run(cfg, p.info["model"], dist.world_size())  # and a DP run DP-SGD cannot train
     if resume is not None:
         run_dir = Path(resume)
         _check_same_split(run_dir, p)
@@ -363,7 +366,8 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
             console.print(summary_line(evaluation))
     chosen = selection.report_section(member_dirs(run_dir, p.cfg.model.ensemble)[0])
     if dist.is_main():
-        _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections], scored)
+        _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections,
+                                                       *privacy_sections(run_dir)], scored)  # fmt: skip
     dist.barrier()
     return evaluation
 

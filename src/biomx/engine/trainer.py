@@ -30,11 +30,13 @@ from biomx.config import TrainConfig
 from biomx.engine import distributed as dist
 from biomx.engine.callbacks import Callback, MetricsFile, TensorBoardLogger
 from biomx.engine.checkpoint import load_checkpoint, save_checkpoint
+from biomx.engine.dropout import enable_dropout
 from biomx.engine.logging import EpochProgress, console, format_epoch
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import select_device, set_deterministic
 from biomx.engine.samplers import ResumableSampler, ShardSampler
 from biomx.errors import BiomxError
+from biomx.privacy.dp import make_private
 from biomx.protocols import FittedModel
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,17 +54,6 @@ class TrainingInterrupted(BiomxError):
 def lower_is_better(metric: str) -> bool:
     """Whether a smaller value of this metric (e.g. val_rmse, val_loss) is better."""
     return any(word in metric for word in ("loss", "error", "rmse", "mae", "ece", "brier"))
-
-
-def enable_dropout(model: nn.Module) -> int:
-    """Switch only the dropout layers of an eval-mode model to train mode (MC dropout).
-
-    Returns the number of dropout layers found (0: MC dropout would give identical passes).
-    """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    for layer in layers:
-        layer.train()
-    return len(layers)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -155,6 +146,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16")
 
         self.net = self._network()
+        self.privacy = make_private(self) if s.privacy is not None else None  # DP-SGD: biomx.privacy.dp
 
         self.state: dict[str, Any] = {
             "epoch": 0,  # epochs completed

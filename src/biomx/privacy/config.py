@@ -1,0 +1,38 @@
+"""The `train.privacy:` section: train with DP-SGD to a target (epsilon, delta).
+
+A plain pydantic model with the same rules as every `biomx.config` section (unknown keys
+forbidden, no inf/nan); it does not import `biomx.config`, which imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from biomx.plugins import suggest
+
+
+class PrivacyConfig(BaseModel):
+    """Differentially private training (docs/privacy.md): Poisson sampling, per-sample gradient
+    clipping to `max_grad_norm`, Gaussian noise calibrated so that the whole training spends at
+    most `epsilon` (at `delta`) under `accountant`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    epsilon: Annotated[float, Field(gt=0.0, le=100.0)]  # the target budget of the whole training
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5  # keep below 1 / training samples
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0  # per-sample gradient clipping bound
+    accountant: Literal["rdp", "prv"] = "rdp"  # calibrates the noise; the ledger shows both
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        # Checked here, not by extra="forbid" alone: the config's error line for an unknown key
+        # looks up the enclosing section, which an optional section (`PrivacyConfig | None`) hides.
+        if isinstance(value, dict):
+            allowed = list(cls.model_fields)
+            for key in value:
+                if key not in allowed:
+                    raise ValueError(f"unknown key {key!r}{suggest(str(key), allowed)} (allowed: {', '.join(allowed)})")
+        return value

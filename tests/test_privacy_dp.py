@@ -1,0 +1,128 @@
+"""DP-SGD (train.privacy) on real chest X-rays: the run trains, the ledger spends at most the
+target, a resumed run continues the accountant, and what DP-SGD cannot train is refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from biomx.cli import main
+from biomx.config import TrainConfig, load_config
+from biomx.engine.trainer import Trainer, TrainingInterrupted
+from biomx.errors import ConfigError
+from biomx.models.registry import build_model
+from biomx.privacy.ledger import within_budget
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(root: Path, png_folder: Path, name: str, model_args: str = "{width: 4, depth: 2, norm: group}",
+            privacy: str = "{epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0}", train: str = "") -> Path:  # fmt: skip
+    cfg = root / f"{name}.yaml"
+    cfg.write_text(
+        f"name: {name}\n"
+        f"data: {{source: folder, path: {png_folder}, image: {{size: [28, 28]}}}}\n"
+        f"model: {{name: small_cnn, args: {model_args}}}\n"
+        f"train: {{epochs: 2, batch_size: 16, progress: false, privacy: {privacy}{train}}}\n"
+        "eval: {bootstrap: 0, explain: 0}\n"
+        f"output: {{dir: {root / 'runs'}, name: {name}, tensorboard: false}}\n"
+    )
+    return cfg
+
+
+def test_a_dp_run_writes_a_ledger_within_its_budget(tmp_path, png_folder):
+    cfg = _config(tmp_path, png_folder, "dp")
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "runs" / "dp"
+    ledger = json.loads((run / "privacy.json").read_text())
+    rows = ledger["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0]["steps"] < rows[1]["steps"] == ledger["steps"] == ledger["planned_steps"]
+    assert 0 < rows[0]["epsilon_rdp"] < rows[1]["epsilon_rdp"] and 0 < rows[0]["epsilon_prv"] < rows[1]["epsilon_prv"]
+    assert ledger["accountant"] == "rdp" and within_budget(ledger) and ledger["epsilon"] == rows[1]["epsilon_rdp"]
+    assert rows[1]["epsilon_prv"] <= rows[1]["epsilon_rdp"] * 1.05  # PRV is the tighter bound
+    assert ledger["noise_multiplier"] > 0 and ledger["history"] == [[ledger["noise_multiplier"],
+                                                                     ledger["sample_rate"], ledger["steps"]]]
+    assert "Differential privacy" in (run / "report.html").read_text()
+    assert (run / "test_metrics.json").is_file()
+
+
+def _one_line_error(capsys, cfg: Path) -> str:
+    assert main(["train", str(cfg)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_batchnorm_is_refused_in_one_line_naming_the_layer(tmp_path, png_folder, capsys):
+    cfg = _config(tmp_path, png_folder, "bn", model_args="{width: 4, depth: 2, norm: batch}")
+    err = _one_line_error(capsys, cfg)
+    assert "small_cnn has BatchNorm (layer '1')" in err and "norm: group" in err, err
+    assert not (tmp_path / "runs" / "bn").exists()  # refused before any run file
+
+
+def test_what_dp_sgd_cannot_do_is_refused_in_one_line(tmp_path, png_folder, capsys):
+    err = _one_line_error(capsys, _config(tmp_path, png_folder, "acc", train=", accumulate: 2"))
+    assert err.startswith("error: train.accumulate: not supported with train.privacy"), err
+    cfg = _config(tmp_path, png_folder, "ens")
+    cfg.write_text(cfg.read_text().replace("norm: group}", "norm: group}, ensemble: 2"))
+    err = _one_line_error(capsys, cfg)
+    assert err.startswith("error: model.ensemble: not supported with train.privacy"), err
+
+
+def test_a_privacy_typo_says_one_line(tmp_path, png_folder):
+    cfg = _config(tmp_path, png_folder, "typo", privacy="{epsilonn: 8}")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    line = str(err.value)
+    assert line.startswith("train.privacy: unknown key 'epsilonn'; did you mean 'epsilon'?"), line
+    assert len(line.splitlines()) == 1
+
+
+class _Batches(torch.utils.data.Dataset):
+    """X-rays as the modalities' datasets serve them: whole batches through __getitems__."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.x, self.y = images.float() / 255, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitems__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+
+def _trainer(data, run_dir: Path, stop_at: int | None = None) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model("small_cnn", in_channels=1, out_dim=2, width=4, depth=2, norm="group")
+    settings = TrainConfig(epochs=2, batch_size=32, progress=False, privacy={"epsilon": 4, "accountant": "prv"})
+
+    def stop(trainer: Trainer) -> None:
+        if trainer.state["step"] == stop_at:
+            trainer.request_stop("test")
+
+    return Trainer(model, torch.nn.functional.cross_entropy, data, settings=settings, run_dir=run_dir,
+                   collate_fn=lambda batch: batch, tensorboard=False, step_hook=stop)  # fmt: skip
+
+
+def test_a_resumed_dp_run_continues_the_accountant(tmp_path, xrays):
+    data = _Batches(xrays[0][:320], xrays[1][:320])
+    whole = _trainer(data, tmp_path / "whole")
+    whole.fit()
+    steps_per_epoch = whole.privacy.steps_per_epoch
+    cut = _trainer(data, tmp_path / "cut", stop_at=steps_per_epoch + 3)  # mid-way through epoch 2
+    with pytest.raises(TrainingInterrupted):
+        cut.fit()
+    resumed = _trainer(data, tmp_path / "cut")
+    resumed.fit(resume=True)
+    a = json.loads((tmp_path / "whole" / "privacy.json").read_text())
+    b = json.loads((tmp_path / "cut" / "privacy.json").read_text())
+    assert b["steps"] == a["steps"] == 2 * steps_per_epoch  # steps accumulate across the resume
+    assert b["epochs"] == a["epochs"] and b["noise_multiplier"] == a["noise_multiplier"]
+    assert within_budget(b) and b["epsilon"] == b["epsilon_prv"]
+    # The same Poisson batches and the same noise: the resumed model is the uninterrupted one.
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
