@@ -17,6 +17,7 @@ from pathlib import Path
 
 from biomx.argtypes import non_negative_int, positive_int
 from biomx.errors import BiomxError, ConfigError, os_error_line
+from biomx.federated.cli import add_commands as add_federate_commands
 from biomx.version import __version__
 
 ENGINES = ("torch", "onnx", "int8")  # biomx.export.engines.ENGINES (not imported: --help stays light)
@@ -340,6 +341,7 @@ def _build(plugin_commands: bool) -> tuple[argparse.ArgumentParser, argparse._Su
     _add_run_commands(sub)
     _add_deploy_commands(sub)
     _add_listing_commands(sub)
+    add_federate_commands(sub)
     skipped = []
     if plugin_commands:
         from biomx.modalities import get_modality, modality_names

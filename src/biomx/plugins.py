@@ -38,6 +38,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "uvicorn": ("uvicorn", "deploy"),
     "multipart": ("python-multipart", "deploy"),
     "highdicom": ("highdicom", "deploy"),
+    "flwr": ("Flower", "federated"),
 }
 
 

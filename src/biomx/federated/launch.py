@@ -1,0 +1,85 @@
+"""`biomx federate run`: the server and one process per site on this machine, over gRPC on
+localhost, as a deployment would run them on separate machines."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flwr as fl
+
+from biomx.errors import BiomxError
+from biomx.experiment import prepare
+from biomx.federated.client import SiteClient
+from biomx.federated.config import FederatedConfig, site_config
+from biomx.federated.sites import site_rows
+
+CONNECT_WAIT_S = 300.0  # how long a site keeps trying to reach a server that is not up yet
+
+
+def run_client(fed: FederatedConfig, cfg: Any, site: int, overrides: list[str] | None = None) -> None:
+    """Site `site` (1-based, as the command line counts) until the server ends the federation."""
+    if not 1 <= site <= fed.n_sites:
+        raise BiomxError(f"--site: the federation has sites 1 to {fed.n_sites}; got {site}")
+    p = prepare(site_config(fed, cfg, site - 1, overrides))
+    client = SiteClient(p, fed, site - 1, site_rows(fed, p.splits, p.data.labels, site - 1))
+    fl.client.start_client(server_address=f"{fed.address}:{fed.port}", client=client.to_client(), insecure=True,
+                           max_wait_time=CONNECT_WAIT_S)  # fmt: skip
+
+
+def _listening(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((address, port)) == 0
+
+
+def _command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "biomx", "federate", *args]
+
+
+def launch(config: str | Path, fed: FederatedConfig, overrides: list[str], resume: str | None = None,
+           logs: Path | None = None, timeout_s: float | None = None) -> int:  # fmt: skip
+    """Start the server, wait for its port, start every site, wait for all; the server's exit code
+    (a site that fails is dropped by the server, which goes on with the others)."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    resumed = ["--resume", resume] if resume else []
+    procs: list[subprocess.Popen] = []
+    files = []
+
+    def start(args: list[str], name: str) -> subprocess.Popen:
+        out = None
+        if logs is not None:
+            logs.mkdir(parents=True, exist_ok=True)
+            out = (logs / f"{name}.log").open("w")
+            files.append(out)
+        proc = subprocess.Popen(_command(args), stdout=out, stderr=subprocess.STDOUT if out else None)
+        procs.append(proc)
+        return proc
+
+    try:
+        server = start(["server", str(config), *sets, *resumed], "server")
+        deadline = time.monotonic() + CONNECT_WAIT_S
+        while not _listening(fed.address, fed.port):
+            if server.poll() is not None:
+                return server.returncode  # it said why (a config or data error, a port in use)
+            if time.monotonic() > deadline:
+                raise BiomxError(f"federation: the server did not listen on {fed.address}:{fed.port} "
+                                 f"within {CONNECT_WAIT_S:.0f} s")  # fmt: skip
+            time.sleep(0.3)
+        for k in range(1, fed.n_sites + 1):
+            start(["client", str(config), "--site", str(k), *sets], f"site{k}")
+        return server.wait(timeout=timeout_s)
+    finally:
+        for proc in procs:  # sites left waiting for a server that ended
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        for f in files:
+            f.close()

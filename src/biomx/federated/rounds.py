@@ -1,0 +1,119 @@
+"""The federation's run folder: a normal biomx run (config.yaml, run.json, split.csv, data.json,
+metrics.jsonl with one row per round, checkpoints/best.safetensors = the final global model,
+then test_metrics.json and report.html from `biomx evaluate`), plus `federation/`: the
+federation file's settings and one safetensors checkpoint per round, from which a stopped
+federation resumes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biomx.config import dump_config
+from biomx.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from biomx.errors import BiomxError
+from biomx.experiment import Prepared
+from biomx.federated.config import FederatedConfig
+from biomx.federated.weights import build_global_model, to_state
+from biomx.runs import new_run_dir, write_csv, write_json
+
+ROUND_FILE = re.compile(r"round_(\d+)\.safetensors")
+
+
+def run_folder(p: Prepared) -> Path:
+    out = p.cfg.output
+    return Path(out.dir) / out.name if out.name else new_run_dir(out.dir, p.cfg.name)
+
+
+def _split_names(p: Prepared) -> list[str]:
+    split_of = np.empty(len(p.targets), dtype=object)
+    for name, idx in p.splits.items():
+        split_of[idx] = name
+    return split_of.tolist()
+
+
+def write_run_files(run_dir: Path, p: Prepared, fed: FederatedConfig) -> None:
+    """What `biomx train` writes before training (the same files, so evaluate/predict/export read
+    the run as any other), and the federation's settings."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(p.cfg))
+    write_json(run_dir / "run.json", p.info)
+    labels = ["|".join(x) if isinstance(x, list) else x for x in p.data.labels]
+    columns = {"id": p.data.ids, "label": labels, "split": _split_names(p)}
+    if p.data.hashes:
+        columns["sha256"] = p.data.hashes
+    write_csv(run_dir / "split.csv", columns)
+    write_json(run_dir / "data.json", {
+        "source": p.cfg.data.source, "path": p.cfg.data.path, "source_sha256": p.data.source_sha256,
+        "n": len(p.targets), "split_sizes": {k: len(v) for k, v in p.splits.items()},
+        "classes": p.task.classes, "skipped": len(p.data.skipped),
+    })  # fmt: skip
+    write_json(run_dir / "federation" / "federation.json", fed.model_dump(mode="json"))
+
+
+class Rounds:
+    """Records each round of a federation in its run folder and resumes from the last one."""
+
+    def __init__(self, run_dir: Path, p: Prepared, fed: FederatedConfig):
+        self.run_dir, self.p, self.fed = run_dir, p, fed
+        self.keys = list(build_global_model(p, 0).state_dict())
+        self.history: list[dict[str, Any]] = []
+        self.done = 0  # rounds completed (before this process, on resume)
+
+    @property
+    def folder(self) -> Path:
+        return self.run_dir / "federation"
+
+    def last_round(self) -> Path | None:
+        found = sorted((int(m.group(1)), f) for f in self.folder.glob("round_*.safetensors")
+                       if (m := ROUND_FILE.fullmatch(f.name)))  # fmt: skip
+        return found[-1][1] if found else None
+
+    def resume(self) -> list[np.ndarray] | None:
+        """The last round's global weights (None: nothing to resume); sets `done` and `history`."""
+        path = self.last_round()
+        if path is None:
+            return None
+        weights, extra = load_checkpoint(path)
+        self.done, self.history = int(extra["round"]), list(extra.get("history") or [])
+        return [weights[k].numpy() for k in self.keys]
+
+    def record_fit(self, rnd: int, weights: list[np.ndarray], clients: int, failures: int,
+                   metrics: dict[str, Any]) -> None:  # fmt: skip
+        """Round `rnd` (1-based, counted over resumes) aggregated: its checkpoint and metrics row."""
+        row = {"epoch": rnd, "step": rnd, "train_loss": metrics.get("train_loss"), "clients": clients,
+               "failures": failures}  # fmt: skip
+        self.history = [r for r in self.history if r["epoch"] < rnd] + [row]
+        state = to_state(self.keys, weights)
+        extra = {"round": rnd, "history": self.history, "model_config": self.p.info}
+        save_checkpoint(self.folder / f"round_{rnd:03d}.safetensors", state, extra)
+        self._write_metrics()
+
+    def record_evaluate(self, rnd: int, loss: float | None, metrics: dict[str, Any]) -> None:
+        for row in self.history:
+            if row["epoch"] == rnd:
+                row["val_loss"] = loss
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        lines = [json.dumps(row, default=float) for row in self.history]
+        atomic_write_text(self.run_dir / "metrics.jsonl", "\n".join(lines) + "\n")
+
+    def finish(self, weights: list[np.ndarray] | None = None) -> Path:
+        """The final global model as the run's best.safetensors (the last round's by default)."""
+        if weights is None:
+            weights = self.resume()
+            if weights is None:
+                raise BiomxError(f"{self.run_dir}: no round finished; nothing to write")
+        state = to_state(self.keys, weights)
+        path = self.run_dir / "checkpoints" / "best.safetensors"
+        rounds = max((r["epoch"] for r in self.history), default=self.done)
+        save_checkpoint(path, state, {"model_config": self.p.info, "epoch": rounds, "monitor": "federated round",
+                                      "best": None})  # fmt: skip
+        return path
+

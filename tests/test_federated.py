@@ -1,0 +1,135 @@
+"""`biomx federate`: real server and site processes over gRPC on localhost, and the in-process
+simulation (the same client and strategy classes), on the embedded chest X-rays."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from biomx.cli import main
+from biomx.engine.checkpoint import load_checkpoint
+from biomx.experiment import prepare
+from biomx.federated.client import SiteClient
+from biomx.federated.config import load_federation
+from biomx.federated.sites import partition, site_rows
+from biomx.federated.weights import build_global_model, get_weights
+from servers import free_port
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_federation(root: Path, png_folder: Path, name: str, **settings: object) -> Path:
+    """A tiny experiment (small_cnn, 28x28, 160 X-rays) and a federation file of 3 sites."""
+    (root / f"{name}_exp.yaml").write_text(
+        f"name: {name}\n"
+        f"data: {{source: folder, path: {png_folder}, image: {{size: [28, 28]}}}}\n"
+        "model: {name: small_cnn, args: {width: 8, depth: 2}}\n"
+        "train: {epochs: 1, batch_size: 16, progress: false}\n"
+        "eval: {bootstrap: 0, explain: 0}\n"
+        f"output: {{dir: {root / 'runs'}, name: {name}, tensorboard: false}}\n"
+    )
+    fed = {"experiment": f"{name}_exp.yaml", "sites": 3, "rounds": 2, "port": free_port(), **settings}
+    path = root / f"{name}.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in fed.items()))
+    return path
+
+
+def test_three_site_processes_over_grpc_make_a_run_that_predicts(tmp_path, png_folder, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # four processes on two busy cores
+    fed = write_federation(tmp_path, png_folder, "grpc")
+    assert main(["federate", "run", str(fed), "--logs", str(tmp_path / "logs")]) == 0
+    run = tmp_path / "runs" / "grpc"
+    rows = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    assert len(rows) == 2 and '"clients": 3' in rows[-1] and '"failures": 0' in rows[-1]
+    assert sorted(p.name for p in (run / "federation").glob("round_*")) == ["round_001.safetensors",
+                                                                           "round_002.safetensors"]  # fmt: skip
+    for k in (1, 2, 3):
+        assert "Disconnect and shut down" in (tmp_path / "logs" / f"site{k}.log").read_text()
+    assert (run / "test_metrics.json").is_file() and (run / "report.html").is_file()
+    # The global model is a normal biomx run: predict reads it.
+    out = tmp_path / "pred.csv"
+    images = sorted((png_folder).rglob("*.png"))[:5]
+    assert main(["predict", str(run), *map(str, images), "-o", str(out)]) == 0
+    with out.open() as f:
+        assert len(list(csv.DictReader(f))) == 5
+
+
+def test_fedavg_is_the_sample_weighted_mean_of_the_site_updates(tmp_path, png_folder):
+    path = write_federation(tmp_path, png_folder, "mean", rounds=1)
+    assert main(["federate", "simulate", str(path)]) == 0
+    fed, cfg = load_federation(path)
+    p = prepare(cfg)
+    start = get_weights(build_global_model(p, fed.seed))
+    updates, sizes = [], []
+    for k in range(3):
+        client = SiteClient(p, fed, k, site_rows(fed, p.splits, p.data.labels, k))
+        new, n, _ = client.fit([w.copy() for w in start], {"server_round": 1})
+        updates.append(new)
+        sizes.append(n)
+    assert len(set(sizes)) > 1  # unequal sites: a plain mean would differ
+    weights, extra = load_checkpoint(tmp_path / "runs" / "mean" / "federation" / "round_001.safetensors")
+    assert extra["round"] == 1
+    keys = list(build_global_model(p, 0).state_dict())
+    for i, key in enumerate(keys):
+        if not np.issubdtype(start[i].dtype, np.floating):
+            continue  # counters (num_batches_tracked)
+        expected = sum(n * u[i].astype(np.float64) for n, u in zip(sizes, updates, strict=True)) / sum(sizes)
+        np.testing.assert_allclose(weights[key].numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=key)
+        assert not np.allclose(expected, start[i])  # the sites did train
+
+
+def test_a_resumed_federation_equals_an_uninterrupted_one(tmp_path, png_folder):
+    whole = write_federation(tmp_path, png_folder, "whole")
+    assert main(["federate", "simulate", str(whole)]) == 0
+    part = write_federation(tmp_path, png_folder, "part", rounds=1)
+    assert main(["federate", "simulate", str(part)]) == 0
+    part.write_text(part.read_text().replace("rounds: 1", "rounds: 2"))
+    run = tmp_path / "runs" / "part"
+    assert main(["federate", "simulate", str(part), "--resume", str(run)]) == 0
+    a, _ = load_checkpoint(tmp_path / "runs" / "whole" / "checkpoints" / "best.safetensors")
+    b, extra = load_checkpoint(run / "checkpoints" / "best.safetensors")
+    assert extra["epoch"] == 2
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_fedprox_keeps_a_site_nearer_the_global_model(tmp_path, png_folder):
+    path = write_federation(tmp_path, png_folder, "prox", strategy="fedprox", proximal_mu=1.0)
+    fed, cfg = load_federation(path, ["train.optimizer.lr=0.01"])
+    p = prepare(cfg)
+    start = get_weights(build_global_model(p, fed.seed))
+    client = SiteClient(p, fed, 2, site_rows(fed, p.splits, p.data.labels, 2))
+
+    def drift(mu: float) -> float:
+        new, _, _ = client.fit([w.copy() for w in start], {"server_round": 1, "proximal_mu": mu})
+        return sum(float(((a - b) ** 2).sum()) for a, b in zip(new, start, strict=True) if a.dtype.kind == "f")
+
+    assert drift(50.0) < 0.8 * drift(0.0)
+
+
+def test_label_skew_cuts_disjoint_sites_with_different_label_mixes():
+    labels = ["normal"] * 300 + ["pneumonia"] * 700
+    rows = np.arange(1000)
+    sites = partition(rows, labels, 3, "label_skew", 0.8)
+    assert sorted(np.concatenate(sites).tolist()) == rows.tolist()
+    normal = [float(np.mean(np.array(labels)[s] == "normal")) for s in sites]
+    assert normal[0] > 0.6 > 0.2 > normal[2]  # site 1 mostly normal, site 3 mostly pneumonia
+    even = partition(rows, labels, 3, "label_skew", 0.0)
+    assert [round(float(np.mean(np.array(labels)[s] == "normal")), 2) for s in even] == [0.3, 0.3, 0.3]
+    assert [len(s) for s in partition(rows, labels, 3, "contiguous", 0.8)] == [334, 333, 333]
+
+
+def test_a_federation_file_typo_is_one_line(tmp_path, png_folder, capsys):
+    path = write_federation(tmp_path, png_folder, "typo")
+    path.write_text(path.read_text().replace("rounds:", "round:"))
+    assert main(["federate", "simulate", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "round: unknown key; did you mean 'rounds'?" in err[0], err
+    path.write_text(path.read_text().replace("round:", "rounds:").replace("sites: 3", "sites: 1"))
+    assert main(["federate", "simulate", str(path)]) == 1
+    assert "at least 2 sites" in capsys.readouterr().err
