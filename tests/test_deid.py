@@ -237,3 +237,29 @@ def test_audit_finds_listed_identifiers_and_name_parts(tmp_path, dicom_run, caps
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and re.fullmatch(r"notes\.yaml:1: PatientName of input \d+", out[0])
     assert out[1] == "notes.yaml:2: identifier 1 of ids.txt"
+
+
+def test_a_blank_rule_clears_burned_in_text_of_its_make_only(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    _ct(BurnedInAnnotation="YES").save_as(src / "ct.dcm")
+    mr = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))  # compressed (RLE): decoded to blank
+    mr.BurnedInAnnotation = "YES"
+    mr.save_as(src / "mr.dcm")
+    assert main(["deid", str(src), str(tmp_path / "out"), "--blank", "CT/ge medical:0,0,128,10",
+                 "--blank", "MR/SIEMENS:0,0,4,4"]) == 0  # fmt: skip
+    assert "1 refused" in capsys.readouterr().out  # the MR is a TOSHIBA: no rule of its make
+    ds = pydicom.dcmread(tmp_path / "out" / "ct.dcm")
+    before = _ct().pixel_array
+    assert ds.BurnedInAnnotation == "NO" and (ds.pixel_array[:10] == before.min()).all()
+    assert np.array_equal(ds.pixel_array[10:], before[10:])
+    rows = list(csv.DictReader(open(tmp_path / "out" / "deid_audit.csv")))
+    assert [r["blanked"] for r in rows] == ["0,0,128,10", ""] and rows[1]["status"].startswith("refused")
+    assert main(["deid", str(src), str(tmp_path / "out2"), "--blank", "MR:0,0,4,4"]) == 0
+    mr_out = pydicom.dcmread(tmp_path / "out2" / "mr.dcm")
+    assert not mr_out.file_meta.TransferSyntaxUID.is_compressed and (mr_out.pixel_array[:4, :4] == mr.pixel_array.min()).all()
+    assert np.array_equal(mr_out.pixel_array[4:], mr.pixel_array[4:])
+    capsys.readouterr()
+    assert main(["deid", str(src), str(tmp_path / "out3"), "--blank", "CT:0,0,0,10"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --blank: 'CT:0,0,0,10' is not MODALITY[/MANUFACTURER]:X,Y,WIDTH,HEIGHT")

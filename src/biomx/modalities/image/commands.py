@@ -15,7 +15,7 @@ def _cmd_deid(args: argparse.Namespace) -> None:
 
     result = deidentify_folder(Path(args.input), Path(args.output), audit=args.audit, mapping=args.mapping,
                                shift_days=args.date_shift_days, keep=tuple(args.keep), rename=args.rename,
-                               skip_errors=args.skip_errors)  # fmt: skip
+                               skip_errors=args.skip_errors, blank=tuple(args.blank))  # fmt: skip
     print(f"de-identified {result.written} files into {args.output} ({result.refused} refused, "
           f"{result.skipped} skipped); audit: {result.audit}"
           + (f"; mapping (keep it private): {args.mapping}" if args.mapping else ""))
@@ -44,6 +44,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="attributes to keep as they are (e.g. PatientAge PatientSex)")
     p.add_argument("--rename", action="store_true",
                    help="name outputs <patient pseudonym>/<series>/<instance>.dcm, not as the inputs")
+    p.add_argument("--blank", action="append", default=[], metavar="MODALITY[/MAKER]:X,Y,W,H",
+                   help="blank this pixel rectangle (burned-in text) in the images of that modality "
+                   "(and manufacturer); such files are written even with BurnedInAnnotation YES")
     p.add_argument("--skip-errors", action="store_true", help="skip files that are not DICOM")
     p.set_defaults(func=_cmd_deid)
 

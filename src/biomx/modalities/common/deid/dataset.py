@@ -43,6 +43,8 @@ class Changes:
     replaced: set[str] = field(default_factory=set)
     remapped: set[str] = field(default_factory=set)
     shifted: set[str] = field(default_factory=set)
+    blanked: set[str] = field(default_factory=set)  # pixel regions "x,y,w,h" (pixels.py)
+    pseudonym: str = ""
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Deidentifier:
         """De-identify `ds` in place (its file meta rebuilt) and say what changed."""
         key = str(ds.get("PatientID", "") or ds.get("PatientName", "") or "")
         pseudonym, days = self.patient(key)
-        changes = Changes()
+        changes = Changes(pseudonym=pseudonym)
         self._clean(ds, pseudonym, days, changes)
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = METHOD

@@ -24,10 +24,11 @@ from pydicom.errors import InvalidDicomError
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.errors import BiomxError, DataError
 from biomx.modalities.common.deid.dataset import Changes, Deidentifier
+from biomx.modalities.common.deid.pixels import BlankRule, blank_regions
 from biomx.modalities.common.deid.scan import patient_values
 from biomx.runs import write_csv
 
-_COLUMNS = ("n", "output", "status", "removed", "emptied", "replaced", "remapped", "shifted")
+_COLUMNS = ("n", "output", "status", "removed", "emptied", "replaced", "remapped", "shifted", "blanked")
 
 
 @dataclass
@@ -40,15 +41,17 @@ class DeidResult:
 
 def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mapping: Path | None = None,
                       shift_days: int = 365, keep: tuple[str, ...] = (), rename: bool = False,
-                      skip_errors: bool = False, echo=print) -> DeidResult:  # fmt: skip
+                      skip_errors: bool = False, blank: tuple[str, ...] = (), echo=print) -> DeidResult:  # fmt: skip
     """De-identify every file under `src` (a folder, or one file) into `out`.
 
     Files are taken in sorted relative-path order; `n` in the audit is that position. A file
     with BurnedInAnnotation YES is refused (not written, listed as refused): text in the pixels
-    is beyond what a header profile removes.
+    is beyond what a header profile removes, unless a `blank` rule
+    (MODALITY[/MANUFACTURER]:X,Y,W,H, `pixels.py`) matched it and blanked that region.
     """
     src, out = Path(src), Path(out)
     files = _inputs(src)
+    rules = tuple(BlankRule.parse(text) for text in blank)
     if out.resolve() == src.resolve():
         raise BiomxError(f"{out}: the output must differ from the input {src}")
     if shift_days < 1:
@@ -59,7 +62,7 @@ def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mappin
     counts = {"written": 0, "refused": 0, "skipped": 0}
     for n, path in enumerate(files, 1):
         rel = path.relative_to(src) if src.is_dir() else Path(path.name)
-        status, output, changes = _one(path, rel, out, deid, rename, skip_errors, echo, n)
+        status, output, changes = _one(path, rel, out, deid, rename, skip_errors, echo, n, rules)
         counts[status.split(":")[0]] += 1
         _row(rows, n, output, status, changes)
     audit = Path(audit) if audit else out / "deid_audit.csv"
@@ -81,7 +84,7 @@ def _inputs(src: Path) -> list[Path]:
 
 
 def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, skip_errors: bool,
-         echo, n: int) -> tuple[str, str, Changes | None]:  # fmt: skip
+         echo, n: int, blank: tuple[BlankRule, ...]) -> tuple[str, str, Changes | None]:  # fmt: skip
     try:
         ds = pydicom.dcmread(path, force=False)
         if "SOPInstanceUID" not in ds:
@@ -92,18 +95,32 @@ def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, ski
             raise DataError(f"{line}; remove it or pass --skip-errors") from None
         echo(f"skipped file {n}: {line}")
         return "skipped: not DICOM", "", None
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-        echo(f"refused file {n} ({path}): BurnedInAnnotation is YES (text in the pixels)")
-        return "refused: BurnedInAnnotation YES", "", None
     identifiers = patient_values(ds)
-    changes = deid.apply(ds)
-    if not rename:
-        rel, renamed = _without(rel, identifiers, str(ds.PatientID))
+    try:
+        blanked = blank_regions(ds, blank)
+        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+            if not blanked:
+                echo(f"refused file {n} ({path}): BurnedInAnnotation is YES (text in the pixels)")
+                return "refused: BurnedInAnnotation YES", "", None
+            ds.BurnedInAnnotation = "NO"  # the site's rule for this make says where the text is
+        changes = deid.apply(ds)
+        changes.blanked.update(blanked)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, OverflowError, RuntimeError) as err:
+        # The error's text may quote a value: only its type is shown.
+        line = f"{path}: cannot be de-identified ({type(err).__name__} in pydicom)"
+        if not skip_errors:
+            raise DataError(f"{line}; remove it or pass --skip-errors") from None
+        echo(f"skipped file {n}: {line}")
+        return "skipped: not writable", "", None
+    if rename:
+        rel = _pseudonymous_name(ds, changes.pseudonym)
+    else:
+        rel, renamed = _without(rel, identifiers, changes.pseudonym)
         if renamed:
             changes.replaced.add("file path")
-    target = out / (_pseudonymous_name(ds) if rename else rel)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    target = out / rel
     atomic_write_bytes(target, buffer.getvalue())
     return "written", str(target.relative_to(out)), changes
 
@@ -119,11 +136,11 @@ def _without(rel: Path, identifiers: dict[str, str], pseudonym: str) -> tuple[Pa
     return Path(*parts), parts != list(rel.parts)
 
 
-def _pseudonymous_name(ds: pydicom.Dataset) -> Path:
+def _pseudonymous_name(ds: pydicom.Dataset, pseudonym: str) -> Path:
     def short(uid: str) -> str:
         return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
-    return Path(str(ds.PatientID), short(str(ds.get("SeriesInstanceUID", ""))), short(str(ds.SOPInstanceUID)) + ".dcm")
+    return Path(pseudonym, short(str(ds.get("SeriesInstanceUID", ""))), short(str(ds.SOPInstanceUID)) + ".dcm")
 
 
 def _row(rows: dict[str, list], n: int, output: str, status: str, changes: Changes | None) -> None:
