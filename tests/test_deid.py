@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from biomx.cli import main
+from biomx.errors import BiomxError
 from biomx.modalities.common.deid.files import deidentify_folder
 from biomx.modalities.common.deid.profile import BASIC_PROFILE
 from biomx.modalities.volume.dicom_series import open_dicom_series
@@ -169,6 +170,8 @@ def test_keep_retains_named_attributes(tmp_path):
     deidentify_folder(src, tmp_path / "out", keep=("PatientAge", "PatientSex"), echo=lambda line: None)
     ds = pydicom.dcmread(next((tmp_path / "out").glob("*.dcm")))
     assert ds.PatientAge == "000Y" and ds.PatientSex == "O" and ds.PatientName != NAME
+    with pytest.raises(BiomxError, match=r"^--keep: 'PatientAg' is not a DICOM attribute keyword \(did you mean PatientAge\?\)"):
+        deidentify_folder(src, tmp_path / "out2", keep=("PatientAg",), echo=lambda line: None)
 
 
 def test_a_file_that_is_not_dicom_is_one_line_or_skipped(tmp_path, capsys):

@@ -9,6 +9,7 @@ for inputs whose folder or file names carry identifiers.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import keyword_dict
 from pydicom.errors import InvalidDicomError
 
 from biomx.engine.checkpoint import atomic_write_bytes
@@ -56,6 +58,7 @@ def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mappin
         raise BiomxError(f"{out}: the output must differ from the input {src}")
     if shift_days < 1:
         raise BiomxError(f"--date-shift-days: must be at least 1; got {shift_days}")
+    _check_keywords(keep)
     deid = Deidentifier(secret=_secret(mapping), shift_days=shift_days, keep=frozenset(keep))
     _load_mapping(mapping, deid)
     rows: dict[str, list] = {c: [] for c in _COLUMNS}
@@ -70,6 +73,15 @@ def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mappin
     if mapping is not None:
         _write_mapping(mapping, deid, files, src)
     return DeidResult(counts["written"], counts["refused"], counts["skipped"], audit)
+
+
+def _check_keywords(keep: tuple[str, ...]) -> None:
+    for keyword in keep:
+        if keyword not in keyword_dict:
+            close = difflib.get_close_matches(keyword, list(keyword_dict), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise BiomxError(f"--keep: {keyword!r} is not a DICOM attribute keyword{hint}; "
+                             "use keywords as pydicom spells them, e.g. PatientAge")  # fmt: skip
 
 
 def _inputs(src: Path) -> list[Path]:
@@ -179,7 +191,7 @@ def _write_mapping(mapping: Path, deid: Deidentifier, files: list[Path], src: Pa
     text = json.dumps(data, indent=1, sort_keys=True)
     mapping = Path(mapping)
     mapping.parent.mkdir(parents=True, exist_ok=True)
-    tmp = mapping.with_name(f".{mapping.name}.{os.getpid()}.tmp")
+    tmp = mapping.with_name(f".{mapping.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
