@@ -39,6 +39,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "multipart": ("python-multipart", "deploy"),
     "highdicom": ("highdicom", "deploy"),
     "flwr": ("Flower", "federated"),
+    "opacus": ("Opacus", "privacy"),
 }
 
 
