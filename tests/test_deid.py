@@ -192,27 +192,37 @@ def test_profile_table_names_real_attributes_with_known_actions():
     assert BASIC_PROFILE["PatientName"] == "D" and BASIC_PROFILE["StudyInstanceUID"] == "U"
 
 
-@pytest.fixture(scope="module")
-def dicom_run(tmp_path_factory, dicom_folder) -> Path:
-    """A tiny 1-epoch run on 40 chest X-ray DICOM files, each given a patient name and ID."""
-    root = tmp_path_factory.mktemp("audit")
-    data = root / "data"
+def _identified_xrays(data: Path, dicom_folder: Path, n: int = 40) -> None:
+    """`n` real chest X-ray DICOM files (half per class), each given a patient name and ID."""
     files = sorted(dicom_folder.rglob("*.dcm"))
-    picked = [p for p in files if p.parent.name == "normal"][:20] + [p for p in files if p.parent.name != "normal"][:20]
+    normal = [p for p in files if p.parent.name == "normal"][: n // 2]
+    picked = normal + [p for p in files if p.parent.name != "normal"][: n - len(normal)]
     for i, path in enumerate(picked):
         ds = pydicom.dcmread(path)
         ds.PatientName, ds.PatientID = f"Doe^Jane{i}", f"PAT{i:05d}"
         (data / path.parent.name).mkdir(parents=True, exist_ok=True)
         ds.save_as(data / path.parent.name / path.name)
-    cfg = root / "exp.yaml"
+
+
+def _train(root: Path, data: Path, name: str) -> Path:
+    """A tiny 1-epoch small_cnn on a DICOM folder (seconds on a CPU)."""
+    cfg = root / f"{name}.yaml"
     cfg.write_text(
-        f"name: audit\ndata: {{source: folder, path: {data}, image: {{size: [28, 28]}}}}\n"
+        f"name: {name}\ndata: {{source: folder, path: {data}, image: {{size: [28, 28]}}}}\n"
         "model: {name: small_cnn, args: {width: 8, depth: 2}}\n"
         "train: {epochs: 1, batch_size: 16, progress: false}\neval: {bootstrap: 0, explain: 0}\n"
-        f"output: {{dir: {root / 'runs'}, name: audit, tensorboard: false}}\n"
+        f"output: {{dir: {root / 'runs'}, name: {name}, tensorboard: false}}\n"
     )
     assert main(["train", str(cfg)]) == 0
-    return root / "runs" / "audit"
+    return root / "runs" / name
+
+
+@pytest.fixture(scope="module")
+def dicom_run(tmp_path_factory, dicom_folder) -> Path:
+    """A tiny run on 40 chest X-ray DICOM files that carry patient names and IDs."""
+    root = tmp_path_factory.mktemp("audit")
+    _identified_xrays(root / "data", dicom_folder)
+    return _train(root, root / "data", "audit")
 
 
 def test_audit_passes_a_clean_run_and_finds_a_planted_patient_id(tmp_path, dicom_run, capsys):
@@ -266,3 +276,21 @@ def test_a_blank_rule_clears_burned_in_text_of_its_make_only(tmp_path, capsys):
     assert main(["deid", str(src), str(tmp_path / "out3"), "--blank", "CT:0,0,0,10"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --blank: 'CT:0,0,0,10' is not MODALITY[/MANUFACTURER]:X,Y,WIDTH,HEIGHT")
+
+
+def test_deidentified_xrays_train_and_the_run_audits_clean(tmp_path, dicom_folder, capsys):
+    """The workflow: identified scans -> biomx deid -> train -> biomx audit (original IDs listed)."""
+    _identified_xrays(tmp_path / "data", dicom_folder)
+    assert main(["deid", str(tmp_path / "data"), str(tmp_path / "deid"), "--audit", str(tmp_path / "audit.csv")]) == 0
+    before = sorted((tmp_path / "data").rglob("*.dcm"))
+    after = sorted((tmp_path / "deid").rglob("*.dcm"))
+    assert [p.relative_to(tmp_path / "data") for p in before] == [p.relative_to(tmp_path / "deid") for p in after]
+    for a, b in zip(before, after, strict=True):
+        assert np.array_equal(pydicom.dcmread(a).pixel_array, pydicom.dcmread(b).pixel_array)
+        assert b"PAT000" not in b.read_bytes() and b"Jane" not in b.read_bytes()
+    run = _train(tmp_path, tmp_path / "deid", "deid")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"PAT{i:05d}\nJane{i}\n" for i in range(40)))
+    capsys.readouterr()
+    assert main(["audit", str(run), "--identifiers", str(ids)]) == 0
+    assert "no patient identifiers found" in capsys.readouterr().out
