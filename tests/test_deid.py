@@ -183,6 +183,10 @@ def test_a_file_that_is_not_dicom_is_one_line_or_skipped(tmp_path, capsys):
     assert len(err) == 1 and "notes.txt: not a readable DICOM file" in err[0] and "--skip-errors" in err[0]
     assert main(["deid", str(src), str(tmp_path / "out"), "--skip-errors"]) == 0
     assert "0 refused, 1 skipped" in capsys.readouterr().out
+    assert main(["deid", str(src), str(src / "out")]) == 1
+    assert "must be outside the input" in capsys.readouterr().err
+    assert main(["deid", str(src), str(tmp_path / "out"), "--mapping", str(tmp_path / "out" / "map.json")]) == 1
+    assert "must not sit inside" in capsys.readouterr().err and not (tmp_path / "out" / "map.json").exists()
 
 
 def test_profile_table_names_real_attributes_with_known_actions():

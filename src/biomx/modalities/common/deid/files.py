@@ -54,8 +54,11 @@ def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mappin
     src, out = Path(src), Path(out)
     files = _inputs(src)
     rules = tuple(BlankRule.parse(text) for text in blank)
-    if out.resolve() == src.resolve():
-        raise BiomxError(f"{out}: the output must differ from the input {src}")
+    if out.resolve() == src.resolve() or (src.is_dir() and src.resolve() in out.resolve().parents):
+        raise BiomxError(f"{out}: the output folder must be outside the input {src}; choose another folder")
+    if mapping is not None and out.resolve() in Path(mapping).resolve().parents:
+        raise BiomxError(f"--mapping {mapping}: it re-identifies the output, so it must not sit inside "
+                         f"{out} (which is meant to be shared); put it elsewhere")  # fmt: skip
     if shift_days < 1:
         raise BiomxError(f"--date-shift-days: must be at least 1; got {shift_days}")
     _check_keywords(keep)
