@@ -77,7 +77,12 @@ SeriesDescription ServiceEpisodeDescription ServiceEpisodeID SmokingStatus
 SourceApplicationEntityTitle SpecialNeeds StationName StudyComments StudyDescription StudyIDIssuer
 TextComments TextString TimezoneOffsetFromUTC TopicAuthor TopicKeywords TopicSubject TopicTitle
 VerifyingOrganization VisitComments ReferencedPerformedProcedureStepSequence ReferencedStudySequence
-PatientSpeciesDescription PatientBreedDescription ResponsiblePersonRole
+PatientSpeciesDescription PatientBreedDescription ConsultingPhysicianName
+ConsultingPhysicianIdentificationSequence DeviceDescription DeviceLabel LongDeviceDescription
+UniqueDeviceIdentifier UDISequence SourceSerialNumber SecondaryCaptureDeviceID
+ManufacturerDeviceIdentifier ReasonForVisit ReasonForVisitCodeSequence RouteOfAdmissions
+StorageMediaFileSetID ReferencedRequestSequence RequestingPhysicianIdentificationSequence
+EncryptedAttributesSequence
 """
 
 _EMPTIED = """
@@ -97,7 +102,7 @@ ReferencedGeneralPurposeScheduledProcedureStepTransactionUID ReferencedSOPInstan
 ReferencedSOPInstanceUIDInFile RelatedFrameOfReferenceUID RequestedSOPInstanceUID
 SeriesInstanceUID SOPInstanceUID StorageMediaFileSetUID StudyInstanceUID
 SynchronizationFrameOfReferenceUID TemplateExtensionCreatorUID TemplateExtensionOrganizationUID
-TransactionUID UID
+TransactionUID UID AssertionUID
 """
 
 # Annex E cleans these sequences (X/Z/U*): kept, their items de-identified like the dataset,
