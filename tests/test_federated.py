@@ -4,6 +4,10 @@ simulation (the same client and strategy classes), on the embedded chest X-rays.
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +60,38 @@ def test_three_site_processes_over_grpc_make_a_run_that_predicts(tmp_path, png_f
     assert main(["predict", str(run), *map(str, images), "-o", str(out)]) == 0
     with out.open() as f:
         assert len(list(csv.DictReader(f))) == 5
+
+
+def test_a_site_that_dies_mid_round_is_dropped_and_the_federation_goes_on(tmp_path, png_folder, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # min_clients 2 of 3: a round goes on without one site; local_epochs long enough to die in.
+    fed = write_federation(tmp_path, png_folder, "faulty", min_clients=2, local_epochs=10)
+    command = [sys.executable, "-m", "biomx", "federate"]
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", "site1", "site2", "site3")}
+    server = subprocess.Popen([*command, "server", str(fed)], stdout=logs["server"], stderr=subprocess.STDOUT)
+    sites = [subprocess.Popen([*command, "client", str(fed), "--site", str(k)], stdout=logs[f"site{k}"],
+                              stderr=subprocess.STDOUT) for k in (1, 2, 3)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "Received: train message" not in (tmp_path / "site3.log").read_text():
+            assert time.monotonic() < deadline and sites[2].poll() is None, (tmp_path / "site3.log").read_text()
+            time.sleep(0.05)
+        sites[2].kill()  # mid-fit: no reply ever comes
+        assert server.wait(timeout=180) == 0, (tmp_path / "server.log").read_text()
+    finally:
+        for proc in [server, *sites]:
+            if proc.poll() is None:
+                proc.kill()
+        for f in logs.values():
+            f.close()
+    run = tmp_path / "runs" / "faulty"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # A round starts once 2 sites are in (3 if the third connected in time): site 3 dies in the
+    # first round it joins, which aggregates the sites that answered; no round is lost.
+    assert [r["epoch"] for r in rows] == [1, 2], rows
+    assert sorted(r["failures"] for r in rows) == [0, 1], rows
+    assert all(r["clients"] + r["failures"] >= 2 and r["clients"] >= 1 for r in rows), rows
+    assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "test_metrics.json").is_file()
 
 
 def test_fedavg_is_the_sample_weighted_mean_of_the_site_updates(tmp_path, png_folder):
@@ -133,3 +169,17 @@ def test_a_federation_file_typo_is_one_line(tmp_path, png_folder, capsys):
     path.write_text(path.read_text().replace("round:", "rounds:").replace("sites: 3", "sites: 1"))
     assert main(["federate", "simulate", str(path)]) == 1
     assert "at least 2 sites" in capsys.readouterr().err
+
+
+def test_compare_scores_federated_each_site_and_pooled_on_one_test_split(tmp_path, png_folder, capsys):
+    path = write_federation(tmp_path, png_folder, "cmp", rounds=1)
+    assert main(["federate", "compare", str(path)]) == 0
+    table = Path(capsys.readouterr().out.strip().splitlines()[-1].split(": ", 1)[1])
+    with table.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["federated", "site1", "site2", "site3", "pooled"]
+    sizes = [int(r["train_rows"]) for r in rows]
+    assert sizes[0] == sizes[4] == sum(sizes[1:4]) and len(set(sizes[1:4])) > 1
+    assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)
+    tests = {(table.parent / r["model"] / "split.csv").read_text() for r in rows}
+    assert len(tests) == 1  # the same split (and test split) for every model

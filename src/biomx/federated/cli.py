@@ -1,4 +1,4 @@
-"""`biomx federate server|client|run|simulate FEDERATION.yaml`: argparse only at import (the
+"""`biomx federate server|client|run|simulate|compare FEDERATION.yaml`: argparse only at import (the
 `biomx` parser is built without torch or Flower); each command imports what it runs."""
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     print(f"federated run: {simulate(fed, cfg, args.resume, args.set)}")
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from biomx.federated.compare import compare
+
+    fed, cfg = _load(args)
+    print(f"comparison: {compare(fed, cfg) / 'comparison.csv'}")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """`biomx federate ...` (docs/federated.md)."""
     p = sub.add_parser("federate", help="federated learning with Flower: a server and one client per site")
@@ -58,8 +65,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "client": "run one site's client: train on its own data when the server asks",
         "run": "run the server and every site as processes on this machine (gRPC on localhost)",
         "simulate": "run every site and the server in this process, deterministically (no gRPC)",
+        "compare": "simulate federated, each site alone and pooled training; one table on the shared test split",
     }
-    commands = {"server": _cmd_server, "client": _cmd_client, "run": _cmd_run, "simulate": _cmd_simulate}
+    commands = {"server": _cmd_server, "client": _cmd_client, "run": _cmd_run, "simulate": _cmd_simulate,
+                "compare": _cmd_compare}
     for name, func in commands.items():
         q = actions.add_parser(name, help=helps[name])
         q.add_argument("config", help="federation YAML (see docs/federated.md)")
@@ -67,7 +76,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="override a value of the experiment config, e.g. --set train.batch_size=32")  # fmt: skip
         if name == "client":
             q.add_argument("--site", type=positive_int, required=True, help="which site this is (1 to N)")
-        else:
+        elif name != "compare":
             q.add_argument("--resume", metavar="RUN", help="continue this federated run from its last round")
         if name == "run":
             q.add_argument("--logs", metavar="DIR", help="write each process's console to DIR/<name>.log")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.common import (
     Code,
     EvaluateRes,
@@ -20,6 +21,7 @@ from biomx.engine.logging import console
 from biomx.experiment import Prepared, prepare
 from biomx.federated.client import SiteClient
 from biomx.federated.config import FederatedConfig, site_config
+from biomx.federated.rounds import Rounds
 from biomx.federated.server import finish, make_strategy, open_rounds
 from biomx.federated.sites import site_rows
 
@@ -40,7 +42,11 @@ def simulate(fed: FederatedConfig, cfg: Any, resume: str | Path | None = None,
     """Run `fed.rounds` rounds in this process; returns the run folder."""
     p = prepare(cfg)
     rounds, weights = open_rounds(fed, p, resume)
-    clients = site_clients(fed, cfg, p, overrides)
+    return run_rounds(fed, rounds, weights, site_clients(fed, cfg, p, overrides))
+
+
+def run_rounds(fed: FederatedConfig, rounds: Rounds, weights: list[np.ndarray], clients: list[SiteClient]) -> Path:
+    """The rounds not done yet, each client in turn, then the global model scored (`finish`)."""
     strategy = make_strategy(fed, rounds, weights)
     parameters = ndarrays_to_parameters(weights)
     for server_round in range(1, fed.rounds - rounds.done + 1):
@@ -58,5 +64,5 @@ def simulate(fed: FederatedConfig, cfg: Any, resume: str | Path | None = None,
             if n:
                 evals.append((None, EvaluateRes(OK, loss, n, metrics)))
         strategy.aggregate_evaluate(server_round, evals, [])
-    console.print(f"simulated {fed.rounds} rounds of {fed.n_sites} sites")
+    console.print(f"simulated {fed.rounds} rounds of {len(clients)} site(s)")
     return finish(rounds)
