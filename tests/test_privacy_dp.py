@@ -60,7 +60,7 @@ def _one_line_error(capsys, cfg: Path) -> str:
 def test_batchnorm_is_refused_in_one_line_naming_the_layer(tmp_path, png_folder, capsys):
     cfg = _config(tmp_path, png_folder, "bn", model_args="{width: 4, depth: 2, norm: batch}")
     err = _one_line_error(capsys, cfg)
-    assert "small_cnn has BatchNorm (layer '1')" in err and "norm: group" in err, err
+    assert "small_cnn has BatchNorm (layer '1')" in err and err.endswith("set model.args.norm: group"), err
     assert not (tmp_path / "runs" / "bn").exists()  # refused before any run file
 
 
@@ -126,3 +126,15 @@ def test_a_resumed_dp_run_continues_the_accountant(tmp_path, xrays):
     # The same Poisson batches and the same noise: the resumed model is the uninterrupted one.
     for p, q in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_a_layer_without_per_sample_gradients_is_named():
+    """The zoo's DNA CNN-LSTM: Opacus has no per-sample gradient for a plain nn.LSTM."""
+    from biomx.privacy.dp import check_model
+
+    with pytest.raises(ConfigError) as err:
+        check_model(build_model("danq"), "danq")
+    line = str(err.value)
+    assert line.startswith("model.name: danq cannot be trained with DP-SGD") and "layer 'lstm'" in line, line
+    assert len(line.splitlines()) == 1
+    check_model(build_model("deepsea"), "deepsea")  # convolutions only: accepted

@@ -16,6 +16,7 @@ The noise multiplier is calibrated (opacus' get_noise_multiplier) so that `train
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from biomx.errors import ConfigError
-from biomx.models.registry import build_model
+from biomx.errors import BiomxError, ConfigError
+from biomx.models.registry import build_model, get_entry
 from biomx.plugins import import_extra
 from biomx.privacy.config import PrivacyConfig
 from biomx.privacy.ledger import PrivacyLedger, read_ledger
@@ -75,13 +76,24 @@ def check_model(model: nn.Module, name: str) -> None:
     gradients for a few other layers (plain LSTM, MultiheadAttention)."""
     for layer, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise ConfigError(f"model.name: {name} has BatchNorm (layer {layer!r}), which mixes samples and "
-                              "has no per-sample gradient; use GroupNorm (small_cnn: model.args.norm: group)")
+            fix = "set model.args.norm: group" if _takes(name, "norm") else "pick a model without BatchNorm"
+            raise ConfigError(f"model.name: {name} has BatchNorm (layer {layer!r}), which mixes the samples of a "
+                              f"batch: DP-SGD needs per-sample gradients; {fix}")  # fmt: skip
     validators = import_extra("opacus.validators", "train.privacy")
     errors = validators.ModuleValidator.validate(model, strict=False)
     if errors:
-        first = str(errors[0]).splitlines()[0]
-        raise ConfigError(f"model.name: {name} cannot be trained with DP-SGD: {first}")
+        first = str(errors[0]).splitlines()[0].split(". ")[0]  # opacus' first sentence names the layer type
+        where = next((f", layer {path!r}" for path, m in model.named_modules() if path
+                      and f"nn.{type(m).__name__} " in first), "")  # fmt: skip
+        raise ConfigError(f"model.name: {name} cannot be trained with DP-SGD ({first}{where}); pick another model")
+
+
+def _takes(name: str, argument: str) -> bool:
+    """Whether the zoo builder `name` takes `argument` (a model outside the zoo: no)."""
+    try:
+        return argument in inspect.signature(get_entry(name).builder).parameters
+    except BiomxError:
+        return False
 
 
 class PoissonBatches(Sampler[list[int]]):
