@@ -183,3 +183,10 @@ def test_compare_scores_federated_each_site_and_pooled_on_one_test_split(tmp_pat
     assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)
     tests = {(table.parent / r["model"] / "split.csv").read_text() for r in rows}
     assert len(tests) == 1  # the same split (and test split) for every model
+
+
+def test_a_federation_without_validation_rows_still_runs(tmp_path, png_folder):
+    path = write_federation(tmp_path, png_folder, "noval", rounds=1)
+    assert main(["federate", "simulate", str(path), "--set", "data.split.val=0"]) == 0
+    row = json.loads((tmp_path / "runs" / "noval" / "metrics.jsonl").read_text())
+    assert row["clients"] == 3 and "val_loss" not in row and row["train_loss"] > 0

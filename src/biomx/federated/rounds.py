@@ -7,6 +7,7 @@ federation resumes."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ def write_run_files(run_dir: Path, p: Prepared, fed: FederatedConfig) -> None:
     write_json(run_dir / "federation" / "federation.json", fed.model_dump(mode="json"))
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a metric a round could not compute is null."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 class Rounds:
     """Records each round of a federation in its run folder and resumes from the last one."""
 
@@ -101,7 +109,7 @@ class Rounds:
         self._write_metrics()
 
     def _write_metrics(self) -> None:
-        lines = [json.dumps(row, default=float) for row in self.history]
+        lines = [json.dumps({k: _finite(v) for k, v in row.items()}) for row in self.history]
         atomic_write_text(self.run_dir / "metrics.jsonl", "\n".join(lines) + "\n")
 
     def finish(self, weights: list[np.ndarray] | None = None) -> Path:

@@ -46,6 +46,9 @@ def make_strategy(fed: FederatedConfig, rounds: Rounds, initial: list[np.ndarray
             return parameters, metrics
 
         def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[Any, Metrics]:
+            results = [(proxy, res) for proxy, res in results if res.num_examples > 0]  # sites without val rows
+            if not results:
+                return None, {}
             loss, metrics = super().aggregate_evaluate(server_round, results, failures)
             rounds.record_evaluate(rounds.done + server_round, loss, metrics)
             return loss, metrics
