@@ -190,3 +190,15 @@ def test_a_federation_without_validation_rows_still_runs(tmp_path, png_folder):
     assert main(["federate", "simulate", str(path), "--set", "data.split.val=0"]) == 0
     row = json.loads((tmp_path / "runs" / "noval" / "metrics.jsonl").read_text())
     assert row["clients"] == 3 and "val_loss" not in row and row["train_loss"] > 0
+
+
+def test_run_stops_with_one_line_when_a_site_cannot_start(tmp_path, png_folder, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # Site 2's data folder does not exist: its client exits at once; the server would wait for it.
+    path = write_federation(tmp_path, png_folder, "broken")
+    text = path.read_text().replace("sites: 3", f"sites: [{{}}, {{overrides: ['data.path={tmp_path / 'nowhere'}']}}]")
+    path.write_text(text)
+    assert main(["federate", "run", str(path), "--logs", str(tmp_path / "logs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "site 2 exited with 1" in err[0] and "site2.log" in err[0], err
+    assert "nowhere" in (tmp_path / "logs" / "site2.log").read_text()

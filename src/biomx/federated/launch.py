@@ -41,6 +41,23 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "biomx", "federate", *args]
 
 
+def _wait(server: subprocess.Popen, sites: list[subprocess.Popen], needed: int, logs: Path | None,
+          timeout_s: float | None) -> int:  # fmt: skip
+    """The server's exit code; a BiomxError as soon as too many sites have failed for a round to
+    start (the server would wait for them for a day)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while server.poll() is None:
+        failed = [k + 1 for k, proc in enumerate(sites) if proc.poll() not in (None, 0)]
+        if len(sites) - len(failed) < needed:
+            where = f"; see {logs}/site{failed[0]}.log" if logs is not None else ""
+            raise BiomxError(f"federation: site {failed[0]} exited with {sites[failed[0] - 1].returncode}, and a round "
+                             f"needs {needed} sites{where}")  # fmt: skip
+        if deadline is not None and time.monotonic() > deadline:
+            raise BiomxError(f"federation: not finished within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return server.returncode
+
+
 def launch(config: str | Path, fed: FederatedConfig, overrides: list[str], resume: str | None = None,
            logs: Path | None = None, timeout_s: float | None = None) -> int:  # fmt: skip
     """Start the server, wait for its port, start every site, wait for all; the server's exit code
@@ -70,9 +87,8 @@ def launch(config: str | Path, fed: FederatedConfig, overrides: list[str], resum
                 raise BiomxError(f"federation: the server did not listen on {fed.address}:{fed.port} "
                                  f"within {CONNECT_WAIT_S:.0f} s")  # fmt: skip
             time.sleep(0.3)
-        for k in range(1, fed.n_sites + 1):
-            start(["client", str(config), "--site", str(k), *sets], f"site{k}")
-        return server.wait(timeout=timeout_s)
+        sites = [start(["client", str(config), "--site", str(k), *sets], f"site{k}") for k in range(1, fed.n_sites + 1)]
+        return _wait(server, sites, fed.needed, logs, timeout_s)
     finally:
         for proc in procs:  # sites left waiting for a server that ended
             if proc.poll() is None:
