@@ -181,8 +181,21 @@ def test_compare_scores_federated_each_site_and_pooled_on_one_test_split(tmp_pat
     sizes = [int(r["train_rows"]) for r in rows]
     assert sizes[0] == sizes[4] == sum(sizes[1:4]) and len(set(sizes[1:4])) > 1
     assert all(0.0 <= float(r["auroc"]) <= 1.0 for r in rows)
+    for r in rows:  # "normal 30 / pneumonia 90": the label mix of the rows each model trained on
+        assert sum(_counts(r).values()) == int(r["train_rows"])
+    assert set(_counts(rows[4])) == {"normal", "pneumonia"}
+    assert _share(rows[1], "normal") > _share(rows[4], "normal") > _share(rows[3], "normal")
     tests = {(table.parent / r["model"] / "split.csv").read_text() for r in rows}
     assert len(tests) == 1  # the same split (and test split) for every model
+
+
+def _counts(row: dict[str, str]) -> dict[str, int]:
+    return {name: int(n) for name, n in (part.rsplit(" ", 1) for part in row["labels"].split(" / "))}
+
+
+def _share(row: dict[str, str], label: str) -> float:
+    counts = _counts(row)
+    return counts.get(label, 0) / sum(counts.values())
 
 
 def test_a_federation_without_validation_rows_still_runs(tmp_path, png_folder):

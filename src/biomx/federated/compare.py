@@ -39,7 +39,9 @@ def _train(fed: FederatedConfig, p: Prepared, folder: Path, name: str, rows: lis
     clients = [SiteClient(q, fed, k, r) for k, r in enumerate(rows)]
     run_rounds(fed, Rounds(run_dir, q, fed), get_weights(build_global_model(q, fed.seed)), clients)
     evaluation = read_json(run_dir / "test_metrics.json")
-    return {"model": name, "train_rows": sum(len(r["train"]) for r in rows),
+    train = np.concatenate([r["train"] for r in rows])
+    values, counts = np.unique(np.array([str(x) for x in p.data.labels], dtype=object)[train], return_counts=True)
+    return {"model": name, "train_rows": len(train), "labels": " / ".join(f"{v} {c}" for v, c in zip(values, counts, strict=True)),
             **{m: evaluation["metrics"][m]["value"] for m in evaluation["headline"]}}  # fmt: skip
 
 
