@@ -298,3 +298,16 @@ def test_deidentified_xrays_train_and_the_run_audits_clean(tmp_path, dicom_folde
     capsys.readouterr()
     assert main(["audit", str(run), "--identifiers", str(ids)]) == 0
     assert "no patient identifiers found" in capsys.readouterr().out
+
+
+def test_a_raw_stream_without_file_meta_is_written_as_a_proper_file(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(get_testdata_file("ExplVR_BigEndNoMeta.dcm"), src / "raw.dcm")
+    original = pydicom.dcmread(src / "raw.dcm", force=True)
+    result = deidentify_folder(src, tmp_path / "out", echo=lambda line: None)
+    assert result.written == 1
+    ds = pydicom.dcmread(tmp_path / "out" / "raw.dcm")  # preamble and meta: no force needed
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian
+    assert ds.PatientIdentityRemoved == "YES" and ds.SOPInstanceUID != original.SOPInstanceUID
+    assert ds.Modality == original.Modality == "RTPLAN"  # (an RT plan: no pixels)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from biomx.modalities.common.deid.profile import (
     DICOM_ROOT,
@@ -89,7 +90,7 @@ class Deidentifier:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+        meta.TransferSyntaxUID = _transfer_syntax(ds)
         ds.file_meta = meta
         ds.preamble = b"\0" * 128  # the preamble is free bytes: anything may sit there
         return changes
@@ -136,6 +137,17 @@ class Deidentifier:
         if new != [str(v) for v in values]:
             elem.value = new if elem.VM > 1 else new[0]
             changes.remapped.add(elem.keyword)
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    """The file's transfer syntax; for a raw stream without file meta, the encoding it was read in."""
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax:
+        return syntax
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def _curve_or_overlay_text(group: int, element: int) -> bool:

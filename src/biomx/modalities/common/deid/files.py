@@ -101,7 +101,7 @@ def _inputs(src: Path) -> list[Path]:
 def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, skip_errors: bool,
          echo, n: int, blank: tuple[BlankRule, ...]) -> tuple[str, str, Changes | None]:  # fmt: skip
     try:
-        ds = pydicom.dcmread(path, force=False)
+        ds = pydicom.dcmread(path, force=True)  # files without the preamble (raw streams) too
         if "SOPInstanceUID" not in ds:
             raise InvalidDicomError("no SOPInstanceUID")
     except (InvalidDicomError, OSError, ValueError, EOFError) as err:
