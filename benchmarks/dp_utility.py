@@ -45,7 +45,7 @@ def run(name: str, overrides: list[str], runs_dir: Path) -> dict:
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     row = {"variant": name, "overrides": overrides, "test_auroc": metrics["metrics"]["auroc"]["value"],
-           "test_auroc_ci": [metrics["metrics"]["auroc"].get("ci_low"), metrics["metrics"]["auroc"].get("ci_high")],
+           "test_auroc_ci": [metrics["metrics"]["auroc"].get(k) for k in ("ci_low", "ci_high")],
            "train_s": sum(e["time_s"] for e in epochs), "wall_s": wall, "epochs": len(epochs)}  # fmt: skip
     ledger = run_dir / "privacy.json"
     if ledger.is_file():
