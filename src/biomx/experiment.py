@@ -133,7 +133,8 @@ def _split_names(p: Prepared) -> list[str]:
     return split_of.tolist()
 
 
-def _write_run_files(run_dir: Path, p: Prepared) -> None:
+def write_run_files(run_dir: Path, p: Prepared) -> None:
+    """What a run holds before training: config.yaml, run.json, split.csv, data.json, skipped.csv."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(p.cfg))
     write_json(run_dir / "run.json", p.info)
@@ -305,7 +306,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
         if (run_dir / "run.json").exists():
             raise BiomxError(f"{run_dir}: already holds a run; use --resume {run_dir} or another output.name")
         if dist.is_main():
-            _write_run_files(run_dir, p)
+            write_run_files(run_dir, p)
             console.print(f"run: {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in p.splits.items())})")
     members = member_dirs(run_dir, cfg.model.ensemble)
     callbacks = tracking_callbacks(cfg, run_dir)  # one MLflow run across all members

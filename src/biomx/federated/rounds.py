@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from biomx.config import dump_config
+from biomx import experiment
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from biomx.errors import BiomxError
 from biomx.experiment import Prepared
 from biomx.federated.config import FederatedConfig
 from biomx.federated.weights import build_global_model, to_state
-from biomx.runs import new_run_dir, write_csv, write_json
+from biomx.runs import new_run_dir, write_json
 
 ROUND_FILE = re.compile(r"round_(\d+)\.safetensors")
 
@@ -30,29 +30,10 @@ def run_folder(p: Prepared) -> Path:
     return Path(out.dir) / out.name if out.name else new_run_dir(out.dir, p.cfg.name)
 
 
-def _split_names(p: Prepared) -> list[str]:
-    split_of = np.empty(len(p.targets), dtype=object)
-    for name, idx in p.splits.items():
-        split_of[idx] = name
-    return split_of.tolist()
-
-
 def write_run_files(run_dir: Path, p: Prepared, fed: FederatedConfig) -> None:
     """What `biomx train` writes before training (the same files, so evaluate/predict/export read
     the run as any other), and the federation's settings."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(p.cfg))
-    write_json(run_dir / "run.json", p.info)
-    labels = ["|".join(x) if isinstance(x, list) else x for x in p.data.labels]
-    columns = {"id": p.data.ids, "label": labels, "split": _split_names(p)}
-    if p.data.hashes:
-        columns["sha256"] = p.data.hashes
-    write_csv(run_dir / "split.csv", columns)
-    write_json(run_dir / "data.json", {
-        "source": p.cfg.data.source, "path": p.cfg.data.path, "source_sha256": p.data.source_sha256,
-        "n": len(p.targets), "split_sizes": {k: len(v) for k, v in p.splits.items()},
-        "classes": p.task.classes, "skipped": len(p.data.skipped),
-    })  # fmt: skip
+    experiment.write_run_files(run_dir, p)
     write_json(run_dir / "federation" / "federation.json", fed.model_dump(mode="json"))
 
 
