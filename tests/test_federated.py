@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,12 @@ from biomx.federated.weights import build_global_model, get_weights
 from servers import free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def write_federation(root: Path, png_folder: Path, name: str, **settings: object) -> Path:
@@ -69,6 +76,11 @@ def test_a_site_that_dies_mid_round_is_dropped_and_the_federation_goes_on(tmp_pa
     command = [sys.executable, "-m", "biomx", "federate"]
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", "site1", "site2", "site3")}
     server = subprocess.Popen([*command, "server", str(fed)], stdout=logs["server"], stderr=subprocess.STDOUT)
+    port = load_federation(fed)[0].port
+    deadline = time.monotonic() + 120  # a site started before the server listens gives up at once
+    while not port_open(port):
+        assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
+        time.sleep(0.1)
     sites = [subprocess.Popen([*command, "client", str(fed), "--site", str(k)], stdout=logs[f"site{k}"],
                               stderr=subprocess.STDOUT) for k in (1, 2, 3)]  # fmt: skip
     try:
