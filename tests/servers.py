@@ -23,14 +23,14 @@ from biomx.export.run_export import export_run
 READY_TIMEOUT_S = 60.0
 
 
-def train_image_run(root: Path, png_folder: Path, name: str, ensemble: int = 1) -> Path:
-    """A tiny 1-epoch small_cnn on the 28x28 chest X-ray PNGs (seconds on a CPU)."""
+def train_image_run(root: Path, png_folder: Path, name: str, ensemble: int = 1, batch_size: int = 32) -> Path:
+    """A tiny 1-epoch small_cnn on the 28x28 chest X-rays in a folder (seconds on a CPU)."""
     cfg = root / f"{name}.yaml"
     cfg.write_text(
         f"name: {name}\n"
         f"data: {{source: folder, path: {png_folder}, image: {{size: [28, 28]}}}}\n"
         f"model: {{name: small_cnn, args: {{width: 8, depth: 2}}, ensemble: {ensemble}}}\n"
-        "train: {epochs: 1, batch_size: 32, progress: false}\n"
+        f"train: {{epochs: 1, batch_size: {batch_size}, progress: false}}\n"
         "eval: {bootstrap: 0, explain: 0}\n"
         f"output: {{dir: {root / 'runs'}, name: {name}, tensorboard: false}}\n"
     )

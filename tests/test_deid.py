@@ -22,6 +22,7 @@ from biomx.errors import BiomxError
 from biomx.modalities.common.deid.files import deidentify_folder
 from biomx.modalities.common.deid.profile import BASIC_PROFILE
 from biomx.modalities.volume.dicom_series import open_dicom_series
+from servers import train_image_run
 
 NAME, PID, BIRTH = "Doe^Jane", "PAT-998877", "19610203"
 PHYSICIAN, INSTITUTION, NURSE = "Welby^Marcus", "JFK IMAGING CENTER", "Ratched^Mildred"
@@ -208,25 +209,12 @@ def _identified_xrays(data: Path, dicom_folder: Path, n: int = 40) -> None:
         ds.save_as(data / path.parent.name / path.name)
 
 
-def _train(root: Path, data: Path, name: str) -> Path:
-    """A tiny 1-epoch small_cnn on a DICOM folder (seconds on a CPU)."""
-    cfg = root / f"{name}.yaml"
-    cfg.write_text(
-        f"name: {name}\ndata: {{source: folder, path: {data}, image: {{size: [28, 28]}}}}\n"
-        "model: {name: small_cnn, args: {width: 8, depth: 2}}\n"
-        "train: {epochs: 1, batch_size: 16, progress: false}\neval: {bootstrap: 0, explain: 0}\n"
-        f"output: {{dir: {root / 'runs'}, name: {name}, tensorboard: false}}\n"
-    )
-    assert main(["train", str(cfg)]) == 0
-    return root / "runs" / name
-
-
 @pytest.fixture(scope="module")
 def dicom_run(tmp_path_factory, dicom_folder) -> Path:
     """A tiny run on 40 chest X-ray DICOM files that carry patient names and IDs."""
     root = tmp_path_factory.mktemp("audit")
     _identified_xrays(root / "data", dicom_folder)
-    return _train(root, root / "data", "audit")
+    return train_image_run(root, root / "data", "audit", batch_size=16)
 
 
 def test_audit_passes_a_clean_run_and_finds_a_planted_patient_id(tmp_path, dicom_run, capsys):
@@ -292,7 +280,7 @@ def test_deidentified_xrays_train_and_the_run_audits_clean(tmp_path, dicom_folde
     for a, b in zip(before, after, strict=True):
         assert np.array_equal(pydicom.dcmread(a).pixel_array, pydicom.dcmread(b).pixel_array)
         assert b"PAT000" not in b.read_bytes() and b"Jane" not in b.read_bytes()
-    run = _train(tmp_path, tmp_path / "deid", "deid")
+    run = train_image_run(tmp_path, tmp_path / "deid", "deid", batch_size=16)
     ids = tmp_path / "ids.txt"
     ids.write_text("".join(f"PAT{i:05d}\nJane{i}\n" for i in range(40)))
     capsys.readouterr()
