@@ -24,6 +24,14 @@ class PrivacyConfig(BaseModel):
     delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5  # keep below 1 / training samples
     max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0  # per-sample gradient clipping bound
     accountant: Literal["rdp", "prv"] = "rdp"  # calibrates the noise; the ledger shows both
+    # Also train the same model without DP on the same split (RUN/without_privacy/): the report
+    # shows the utility cost beside the private model.
+    baseline: bool = True
+    # BatchNorm mixes the samples of a batch (no per-sample gradient): convert it to GroupNorm, or refuse.
+    batchnorm: Literal["convert", "refuse"] = "convert"
+    # The budget book: epsilon spent by every DP run on the same training data adds up there.
+    # None: the default location (docs/privacy.md); a path: a JSON file shared by those runs.
+    budget_file: str | None = None
 
     @model_validator(mode="before")
     @classmethod
