@@ -170,6 +170,10 @@ class EvalConfig(Section):
     explain: Annotated[int, Field(ge=0)] = 8  # test samples explained in the report
     mc_dropout: Annotated[int, Field(ge=0)] = 0  # Monte Carlo dropout passes at test/predict (0 = off)
     batch_size: PositiveInt = 256
+    # Columns (of the manifest / table / metadata) whose groups get their own metrics, CIs and
+    # disparity measures in the report (docs/trust.md); never written out raw.
+    subgroups: list[str] = []
+    min_group: PositiveInt = 30  # groups with fewer test samples are flagged as small (still shown)
 
     moved: ClassVar[dict[str, str]] = {"surface_tolerance_mm": "task.surface_tolerance_mm"}
 
@@ -185,6 +189,8 @@ class OutputConfig(Section):
     name: str | None = None  # default: <experiment name>-<timestamp>; a plain folder name inside dir
     tensorboard: bool = True
     mlflow: MlflowConfig = MlflowConfig()  # not `| None`: an unknown key inside gets the section's hint
+    intended_use: str | None = None  # the model card's "intended use" (a placeholder says when it is missing)
+    out_of_scope: str | None = None  # the model card's "out-of-scope uses"
 
     @field_validator("mlflow", mode="before")
     @classmethod
