@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from biomx.config import ExperimentConfig, format_validation_error, load_config, read_yaml
 from biomx.errors import ConfigError
@@ -31,6 +31,32 @@ class SiteConfig(Section):
     overrides: list[str] = Field(default_factory=list)
 
 
+class SecureAggregationConfig(Section):
+    """SecAgg+ (Flower's `SecAggPlusWorkflow` and `secaggplus_mod`): each site masks its update so
+    that the server learns only the sum (docs/federated.md, "Secure aggregation")."""
+
+    # Key shares per site: an integer > 2, or a float, that share of the round's sites (1.0: all).
+    num_shares: int | float = Field(1.0, gt=0)
+    # Shares that rebuild a key: an integer below num_shares, or a float, that share of num_shares.
+    reconstruction_threshold: int | float = Field(0.67, gt=0)
+    clipping_range: float = Field(8.0, gt=0)  # each weight x rows/max_weight is clipped to +-this before quantising
+    quantization_range: int = Field(2**22, ge=2, lt=2**32)  # integer levels over [-clipping_range, clipping_range]
+    max_weight: float = Field(1000.0, gt=0)  # a site's weight is its training rows / max_weight (keep it >= the largest)
+
+    @model_validator(mode="after")
+    def _shares(self) -> SecureAggregationConfig:
+        n, t = self.num_shares, self.reconstruction_threshold
+        if isinstance(n, float) and n > 1:
+            raise ValueError("num_shares: a share of the sites is at most 1.0; an integer is a count (> 2)")
+        if isinstance(n, int) and n == 2:
+            raise ValueError("num_shares: a count must be more than 2 (or a share of the sites such as 1.0)")
+        if isinstance(t, float) and t > 1:
+            raise ValueError("reconstruction_threshold: a share of num_shares is at most 1.0")
+        if isinstance(t, int) and isinstance(n, int) and n > 2 and t >= n:
+            raise ValueError(f"reconstruction_threshold: {t} must be less than num_shares ({n})")
+        return self
+
+
 class FederatedConfig(Section):
     experiment: str  # the biomx experiment config every site trains (relative to this file)
     sites: int | list[SiteConfig] = 3  # a count (cut by `partition`) or each site's own data
@@ -44,6 +70,15 @@ class FederatedConfig(Section):
     address: str = "127.0.0.1"
     port: int = Field(8089, ge=1, le=65535)
     seed: int = 0
+    secure_aggregation: SecureAggregationConfig | None = None  # `true` for the defaults
+
+    @field_validator("secure_aggregation", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> object:
+        """`secure_aggregation: true` (the defaults) or `false` (off), besides a mapping."""
+        if isinstance(value, bool):
+            return {} if value else None
+        return value
 
     @property
     def n_sites(self) -> int:
@@ -70,6 +105,10 @@ def load_federation(path: str | Path, overrides: list[str] | None = None) -> tup
         raise ConfigError(f"{path}: sites: a federation needs at least 2 sites; got {fed.sites}")
     if fed.needed > fed.n_sites:
         raise ConfigError(f"{path}: min_clients: {fed.min_clients} is more than the {fed.n_sites} sites")
+    secure = fed.secure_aggregation
+    if secure is not None and isinstance(secure.num_shares, int) and secure.num_shares > fed.n_sites:
+        raise ConfigError(f"{path}: secure_aggregation.num_shares: {secure.num_shares} is more than the "
+                          f"{fed.n_sites} sites")  # fmt: skip
     fed.experiment = str((path.parent / fed.experiment).resolve())
     return fed, load_config(fed.experiment, overrides)
 

@@ -41,8 +41,13 @@ def simulate(fed: FederatedConfig, cfg: Any, resume: str | Path | None = None,
              overrides: list[str] | None = None) -> Path:  # fmt: skip
     """Run `fed.rounds` rounds in this process; returns the run folder."""
     p = prepare(cfg)
+    clients = site_clients(fed, cfg, p, overrides)
+    if fed.secure_aggregation is not None:  # Flower's Message API: SecAgg+ (docs/federated.md)
+        from biomx.federated.local_grid import simulate_secure
+
+        return simulate_secure(fed, p, resume, clients)
     rounds, weights = open_rounds(fed, p, resume)
-    return run_rounds(fed, rounds, weights, site_clients(fed, cfg, p, overrides))
+    return run_rounds(fed, rounds, weights, clients)
 
 
 def run_rounds(fed: FederatedConfig, rounds: Rounds, weights: list[np.ndarray], clients: list[SiteClient]) -> Path:

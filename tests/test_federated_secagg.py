@@ -1,0 +1,88 @@
+"""Secure aggregation (`secure_aggregation:` in the federation file): Flower's SecAgg+ between the
+sites and the server, on the embedded chest X-rays. The server sees only the masked sum, so the
+global model must equal plain FedAvg of the same site updates up to SecAgg+'s quantisation."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from biomx.cli import main
+from biomx.engine.checkpoint import load_checkpoint
+from biomx.experiment import prepare
+from biomx.federated.client import SiteClient
+from biomx.federated.config import load_federation
+from biomx.federated.sites import site_rows
+from biomx.federated.weights import build_global_model, get_weights
+from test_federated import write_federation
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SECURE = "{num_shares: 3, reconstruction_threshold: 2, clipping_range: 8.0, quantization_range: 4194304}"
+
+
+def test_secure_aggregation_equals_fedavg_of_the_same_site_updates_to_quantisation(tmp_path, png_folder):
+    path = write_federation(tmp_path, png_folder, "secagg", secure_aggregation=SECURE)
+    assert main(["federate", "simulate", str(path)]) == 0
+    run = tmp_path / "runs" / "secagg"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["clients"] == 3 and r["failures"] == 0 for r in rows)
+    assert "val_loss" in rows[-1]
+
+    # Round 1 from the same initial weights: the sites' own updates, averaged by their row counts.
+    fed, cfg = load_federation(path)
+    p = prepare(cfg)
+    start = get_weights(build_global_model(p, fed.seed))
+    updates, sizes = [], []
+    for k in range(3):
+        new, n, _ = SiteClient(p, fed, k, site_rows(fed, p.splits, p.data.labels, k)).fit(
+            [w.copy() for w in start], {"server_round": 1})  # fmt: skip
+        updates.append(new)
+        sizes.append(n)
+    # Each site sends round(w * n/max_weight) on a grid of step 2 * clipping_range / quantization_range
+    # (stochastic rounding: at most one step off); the server divides the sum by sum(n)/max_weight.
+    s = fed.secure_aggregation
+    step = 2 * s.clipping_range / s.quantization_range
+    bound = len(sizes) * step / (sum(sizes) / s.max_weight)
+    weights, _ = load_checkpoint(run / "federation" / "round_001.safetensors")
+    worst = 0.0
+    for i, key in enumerate(build_global_model(p, 0).state_dict()):
+        got = weights[key].numpy()
+        assert got.dtype == start[i].dtype, key  # the model's own dtypes, not SecAgg+'s float64
+        if start[i].dtype.kind != "f":
+            continue
+        expected = sum(n * u[i].astype(np.float64) for n, u in zip(sizes, updates, strict=True)) / sum(sizes)
+        assert np.abs(expected).max() < s.clipping_range  # nothing clipped: only quantisation differs
+        # Each site's weight n/max_weight is itself rounded to 1/quantization_range, which moves the
+        # mean by at most that over sum(n)/max_weight times the sites' spread; float32 storage adds
+        # half an ulp.
+        spread = max(float(np.abs(u[i] - expected).max()) for u in updates)
+        tolerance = bound + spread * len(sizes) / s.quantization_range / (sum(sizes) / s.max_weight)
+        tolerance = tolerance + np.abs(expected) * 2**-24
+        error = np.abs(got - expected)
+        assert (error <= tolerance).all(), (key, float(error.max()), bound)
+        worst = max(worst, float(error.max()))
+    assert 0 < worst  # masked and quantised: not bit-identical to the plain mean
+    print(f"secagg: largest difference from FedAvg {worst:.2e} (bound {bound:.2e})")
+
+    # The global model is a normal biomx run: predict reads it.
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), *map(str, sorted(png_folder.rglob("*.png"))[:4]), "-o", str(out)]) == 0
+    with out.open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("{num_shares: 2}", "num_shares: a count must be more than 2"),
+    ("{num_shares: 3, reconstruction_threshold: 3}", "reconstruction_threshold: 3 must be less than num_shares"),
+    ("{num_shares: 5}", "secure_aggregation.num_shares: 5 is more than the 3 sites"),
+    ("{clipping: 4}", "secure_aggregation.clipping: unknown key"),
+])  # fmt: skip
+def test_a_secure_aggregation_mistake_is_one_line(tmp_path, png_folder, capsys, setting, message):
+    path = write_federation(tmp_path, png_folder, "bad", secure_aggregation=setting)
+    assert main(["federate", "simulate", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
