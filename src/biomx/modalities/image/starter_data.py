@@ -81,6 +81,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, description: str) -> None:
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.ConversionType = "CR", "WSD"  # workstation: converted, not acquired
     ds.PatientName, ds.PatientID, ds.PatientIdentityRemoved = "", "", "YES"
+    ds.BurnedInAnnotation = "NO"  # arrays from MedMNIST: no text in the pixels (biomx deid checks it)
     ds.ImageComments = description  # where the image comes from; never its label
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 from biomx.engine.checkpoint import atomic_write_bytes
 from biomx.errors import BiomxError, DataError
 from biomx.modalities.common.deid.dataset import Changes, Deidentifier
-from biomx.modalities.common.deid.pixels import BlankRule, blank_regions
+from biomx.modalities.common.deid.pixels import BlankRule, blank_regions, unmarked_text_risk
 from biomx.modalities.common.deid.scan import patient_values
 from biomx.runs import write_csv
 
@@ -39,21 +39,28 @@ class DeidResult:
     refused: int
     skipped: int
     audit: Path
+    flagged: int = 0  # written with accept_unmarked although they may carry burned-in text
 
 
 def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mapping: Path | None = None,
                       shift_days: int = 365, keep: tuple[str, ...] = (), rename: bool = False,
-                      skip_errors: bool = False, blank: tuple[str, ...] = (), echo=print) -> DeidResult:  # fmt: skip
+                      skip_errors: bool = False, blank: tuple[str | BlankRule, ...] = (),
+                      accept_unmarked: bool = False, identifiers: tuple[str, ...] = (), echo=print) -> DeidResult:  # fmt: skip
     """De-identify every file under `src` (a folder, or one file) into `out`.
 
     Files are taken in sorted relative-path order; `n` in the audit is that position. A file
     with BurnedInAnnotation YES is refused (not written, listed as refused): text in the pixels
     is beyond what a header profile removes, unless a `blank` rule
-    (MODALITY[/MANUFACTURER]:X,Y,W,H, `pixels.py`) matched it and blanked that region.
+    (MODALITY[/MANUFACTURER]:X,Y,W,H, `pixels.py`) matched it and blanked that region. So is an
+    image of a kind that often carries such text (US, XA, RF, secondary capture, ...:
+    `pixels.unmarked_text_risk`) without the attribute, unless a blank rule matched it or
+    `accept_unmarked` (then it is written and flagged in the audit). A file that still holds one
+    of `identifiers` after the profile is refused too.
     """
     src, out = Path(src), Path(out)
     files = _inputs(src)
-    rules = tuple(BlankRule.parse(text) for text in blank)
+    rules = tuple(rule if isinstance(rule, BlankRule) else BlankRule.parse(rule) for rule in blank)
+    needles = tuple(dict.fromkeys(v.strip().lower().encode() for v in identifiers if v.strip()))
     if out.resolve() == src.resolve() or (src.is_dir() and src.resolve() in out.resolve().parents):
         raise BiomxError(f"{out}: the output folder must be outside the input {src}; choose another folder")
     if mapping is not None and out.resolve() in Path(mapping).resolve().parents:
@@ -65,17 +72,19 @@ def deidentify_folder(src: Path, out: Path, *, audit: Path | None = None, mappin
     deid = Deidentifier(secret=_secret(mapping), shift_days=shift_days, keep=frozenset(keep))
     _load_mapping(mapping, deid)
     rows: dict[str, list] = {c: [] for c in _COLUMNS}
-    counts = {"written": 0, "refused": 0, "skipped": 0}
+    counts = {"written": 0, "refused": 0, "skipped": 0, "flagged": 0}
+    policy = _Policy(rules, accept_unmarked, needles, rename, skip_errors)
     for n, path in enumerate(files, 1):
         rel = path.relative_to(src) if src.is_dir() else Path(path.name)
-        status, output, changes = _one(path, rel, out, deid, rename, skip_errors, echo, n, rules)
+        status, output, changes = _one(path, rel, out, deid, policy, echo, n)
         counts[status.split(":")[0]] += 1
+        counts["flagged"] += status.startswith("written: flagged")
         _row(rows, n, output, status, changes)
     audit = Path(audit) if audit else out / "deid_audit.csv"
     write_csv(audit, rows)
     if mapping is not None:
         _write_mapping(mapping, deid, files, src)
-    return DeidResult(counts["written"], counts["refused"], counts["skipped"], audit)
+    return DeidResult(counts["written"], counts["refused"], counts["skipped"], audit, counts["flagged"])
 
 
 def _check_keywords(keep: tuple[str, ...]) -> None:
@@ -98,8 +107,18 @@ def _inputs(src: Path) -> list[Path]:
     return files
 
 
-def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, skip_errors: bool,
-         echo, n: int, blank: tuple[BlankRule, ...]) -> tuple[str, str, Changes | None]:  # fmt: skip
+@dataclass(frozen=True)
+class _Policy:
+    blank: tuple[BlankRule, ...]
+    accept_unmarked: bool
+    identifiers: tuple[bytes, ...]  # lowercased
+    rename: bool
+    skip_errors: bool
+
+
+def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, policy: _Policy, echo, n: int
+         ) -> tuple[str, str, Changes | None]:  # fmt: skip
+    skip_errors = policy.skip_errors
     try:
         ds = pydicom.dcmread(path, force=True)  # files without the preamble (raw streams) too
         if "SOPInstanceUID" not in ds:
@@ -112,12 +131,11 @@ def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, ski
         return "skipped: not DICOM", "", None
     identifiers = patient_values(ds)
     try:
-        blanked = blank_regions(ds, blank)
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            if not blanked:
-                echo(f"refused file {n} ({path}): BurnedInAnnotation is YES (text in the pixels)")
-                return "refused: BurnedInAnnotation YES", "", None
-            ds.BurnedInAnnotation = "NO"  # the site's rule for this make says where the text is
+        blanked = blank_regions(ds, policy.blank)
+        status = _burned_in(ds, blanked, policy.accept_unmarked)
+        if status.startswith("refused"):
+            echo(f"refused file {n} ({path}): {status.removeprefix('refused: ')}")
+            return status, "", None
         changes = deid.apply(ds)
         changes.blanked.update(blanked)
         buffer = io.BytesIO()
@@ -129,7 +147,11 @@ def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, ski
             raise DataError(f"{line}; remove it or pass --skip-errors") from None
         echo(f"skipped file {n}: {line}")
         return "skipped: not writable", "", None
-    if rename:
+    left = _listed_left(buffer.getvalue(), policy.identifiers)
+    if left:
+        echo(f"refused file {n} ({path}): identifier {left} of the list is still in it after the profile")
+        return f"refused: listed identifier {left} left", "", None
+    if policy.rename:
         rel = _pseudonymous_name(ds, changes.pseudonym)
     else:
         rel, renamed = _without(rel, identifiers, changes.pseudonym)
@@ -137,7 +159,30 @@ def _one(path: Path, rel: Path, out: Path, deid: Deidentifier, rename: bool, ski
             changes.replaced.add("file path")
     target = out / rel
     atomic_write_bytes(target, buffer.getvalue())
-    return "written", str(target.relative_to(out)), changes
+    return status, str(target.relative_to(out)), changes
+
+
+def _burned_in(ds: pydicom.Dataset, blanked: list[str], accept_unmarked: bool) -> str:
+    """The file's status as far as text in its pixels goes: "written", "written: flagged ..." or
+    "refused: ..."; a file a blank rule cleaned is marked BurnedInAnnotation NO."""
+    marked = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if blanked:
+        ds.BurnedInAnnotation = "NO"  # the site's rule for this make says where the text is
+        return "written"
+    if marked == "YES":
+        return "refused: BurnedInAnnotation YES"
+    risk = unmarked_text_risk(ds)
+    if not risk:
+        return "written"
+    if accept_unmarked:
+        return f"written: flagged, {risk} without BurnedInAnnotation (accepted unchecked)"
+    return f"refused: {risk} without BurnedInAnnotation (--accept-unmarked, or a blank rule)"
+
+
+def _listed_left(data: bytes, identifiers: tuple[bytes, ...]) -> int:
+    """The 1-based number of the first listed identifier still in `data` (0: none)."""
+    lowered = data.lower() if identifiers else b""
+    return next((n for n, value in enumerate(identifiers, 1) if value in lowered), 0)
 
 
 def _without(rel: Path, identifiers: dict[str, str], pseudonym: str) -> tuple[Path, bool]:

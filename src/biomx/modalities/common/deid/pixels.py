@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from biomx.errors import BiomxError
 
@@ -63,3 +64,27 @@ def blank_regions(ds: Dataset, rules: tuple[BlankRule, ...]) -> list[str]:
         photometric = "RGB"  # pydicom decodes YBR JPEG to RGB
     ds.set_pixel_data(pixels, photometric, int(ds.BitsStored), generate_instance_uid=False)
     return [str(rule) for rule in matching]
+
+
+# Images that commonly carry burned-in text (patient name, date, institution printed into the
+# pixels) and are often exported without a BurnedInAnnotation attribute to say so: ultrasound,
+# X-ray angiography and fluoroscopy, endoscopy, photographs and microscopy, and secondary captures
+# (screen saves, scanned documents; PS3.15 Annex E, the Clean Pixel Data option's notes).
+TEXT_PRONE_MODALITIES = frozenset({"US", "XA", "RF", "ES", "XC", "GM", "OT"})
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its .1-.4 multi-frame classes
+
+
+def unmarked_text_risk(ds: Dataset) -> str:
+    """Why an image without BurnedInAnnotation may still hold text in its pixels ("" if not):
+    "secondary capture", "US", "XA", ... The caller refuses it unless a blank rule or the user
+    (`accept_unmarked`) covers it."""
+    if "PixelData" not in ds or str(ds.get("BurnedInAnnotation", "") or "").strip():
+        return ""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class == _SECONDARY_CAPTURE or sop_class.startswith(_SECONDARY_CAPTURE + "."):
+        return "secondary capture"
+    image_type = ds.get("ImageType") or []
+    if "SCREEN SAVE" in [str(v).upper() for v in (image_type if isinstance(image_type, MultiValue | list) else [image_type])]:
+        return "screen save"
+    modality = str(ds.get("Modality", "")).upper()
+    return modality if modality in TEXT_PRONE_MODALITIES else ""

@@ -1,8 +1,11 @@
 """`biomx audit RUN`: look through every text file of a run for patient identifiers.
 
 The identifiers are read at audit time from the DICOM files the run's split.csv names (patient
-tags: name, name parts, IDs, birth date, accession number...) plus a user list; a finding is
-printed as `file:line: <tag> of <input N>` (N: the row in split.csv), never the value itself.
+tags: name, name parts, IDs, birth date, accession number...), from the input paths themselves
+(whatever in a path matches the patient-name pattern: a DICOM-style `Doe^Jane` by default, or the
+site's own, e.g. `[A-Z]+_[A-Z]+` for DOE_JANE folders; inputs of any format, DICOM or not) plus a
+user list; a finding is printed as `file:line: <what> of <input N>` (N: the row in split.csv),
+never the value itself.
 """
 
 from __future__ import annotations
@@ -23,19 +26,29 @@ PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs
                 "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
                 "AccessionNumber", "MedicalRecordLocator")  # fmt: skip
 _MIN_LENGTH = 3  # shorter values (a sex "M", an ID "1") would match everywhere
+NAME_PATTERN = r"[A-Za-z][A-Za-z'-]*\^[A-Za-z][A-Za-z'-]*"  # a DICOM person name: Family^Given
 _BINARY = (".safetensors", ".pt", ".onnx", ".png", ".jpg", ".jpeg", ".npz", ".npy", ".gz", ".zip")
 
 
-def audit_run(run: Path, identifiers: Path | None = None, echo: Callable[[str], None] = print) -> int:
+def audit_run(run: Path | str, identifiers: Path | str | None = None, echo: Callable[[str], None] = print,
+              name_pattern: str = NAME_PATTERN) -> int:  # fmt: skip
     """Print each finding and return how many there are (0: clean)."""
     run = Path(run)
     if not (run / "split.csv").is_file():
         raise BiomxError(f"{run}: no split.csv here; give a run folder (runs/<name>)")
-    needles = _dicom_identifiers(run)
+    try:
+        compiled = re.compile(name_pattern)
+    except re.error as err:
+        raise BiomxError(f"--name-pattern: {name_pattern!r} is not a regular expression ({err})") from None
+    ids = _input_ids(run)
+    needles = _dicom_identifiers(run, ids)
+    for value, what in _path_names(ids, compiled).items():
+        needles.setdefault(value, what)
     if identifiers is not None:
         needles.update(_listed(Path(identifiers)))
     if not needles:
-        echo(f"{run}: no identifiers to look for (no DICOM patient tags in its inputs, no list)")
+        echo(f"{run}: no identifiers to look for (no DICOM patient tags in its inputs, no input path "
+             "matching the name pattern, no list)")
         return 0
     # Whole tokens only: a 3-letter surname inside base64 (an image embedded in report.html) or
     # an ID inside a longer number is not a finding.
@@ -51,11 +64,24 @@ def audit_run(run: Path, identifiers: Path | None = None, echo: Callable[[str], 
     return found
 
 
-def _dicom_identifiers(run: Path) -> dict[str, str]:
+def _input_ids(run: Path) -> list[str]:
+    with open(run / "split.csv", newline="") as f:
+        return [row.get("id", "") or "" for row in csv.DictReader(f)]
+
+
+def _path_names(ids: list[str], pattern: re.Pattern) -> dict[str, str]:
+    """value -> 'name pattern in the path of input N' for what in an input path looks like a name."""
+    found: dict[str, str] = {}
+    for n, sample in enumerate(ids, 1):
+        for match in pattern.finditer(sample):
+            if len(match.group(0)) >= _MIN_LENGTH:
+                found.setdefault(match.group(0), f"name pattern in the path of input {n}")
+    return found
+
+
+def _dicom_identifiers(run: Path, ids: list[str]) -> dict[str, str]:
     """value -> '<tag> of input N' for the patient tags of every DICOM input the run names."""
     root = _data_root(run)
-    with open(run / "split.csv", newline="") as f:
-        ids = [row.get("id", "") for row in csv.DictReader(f)]
     found: dict[str, str] = {}
     for n, sample in enumerate(ids, 1):
         path = Path(sample) if Path(sample).is_absolute() or root is None else root / sample
