@@ -29,6 +29,7 @@ from biomx.engine.runtime import seed_everything, select_device
 from biomx.engine.trainer import Trainer, TrainingInterrupted
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import summary_line, write_run_report
+from biomx.fairness import check_subgroups
 from biomx.modalities import get_modality
 from biomx.models.registry import (
     accepted_inputs,
@@ -102,6 +103,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     data = task_type.load(cfg, modality)
     if len(data.labels) == 0:
         raise BiomxError(f"{cfg.data.path}: no readable samples")
+    check_subgroups(cfg, modality, data)  # eval.subgroups: a missing column is refused before training
     targets, labels = task_type.targets(cfg, data)
     splits = make_splits(cfg, modality, data, labels)
     task = task_type.build(cfg, data, targets, splits["train"])

@@ -326,6 +326,33 @@ class FittedModel(Protocol):
         ...
 
 
+@runtime_checkable
+class SubgroupModality(Protocol):
+    """A modality that offers per-sample columns to group the test split by (`eval.subgroups`):
+    manifest or table columns, header fields the user asked for. `biomx.fairness` bins numbers."""
+
+    def subgroup_table(self, cfg: ExperimentConfig, samples: Samples, requested: list[str]) -> dict[str, Any]:
+        """Column name -> one value per sample (text or numbers; "" or NaN = missing): every
+        column it can offer cheaply, plus those of `requested` that cost a read (e.g. headers)."""
+        ...
+
+
+@runtime_checkable
+class GroupedTask(Protocol):
+    """A task that measures what only it knows across subgroups of the test split (`biomx.fairness`
+    scores each group with the task's own `evaluate`; this adds disparities and group thresholds)."""
+
+    def group_disparity(self, predictions: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> dict[str, Any] | None:
+        """Disparity measures across `groups` (one label per sample); None where the task has none."""
+        ...
+
+    def group_thresholds(self, val: tuple[np.ndarray, np.ndarray, np.ndarray],
+                         test: tuple[np.ndarray, np.ndarray, np.ndarray], seed: int) -> dict[str, Any] | None:
+        """Per-group decision rules fitted on `val` (predictions, targets, groups) and the disparity
+        on `test` before and after; None where the task has none."""
+        ...
+
+
 # ------------------------------------------------------------------ export and serving
 # `biomx export`, `biomx predict --engine onnx` and `biomx serve` run a run's model as one graph:
 #   raw input -> modality's `prepare` (tensor ops) -> every member through `inference_model` ->

@@ -33,6 +33,7 @@ from biomx.modalities.image.scans import (
 )
 from biomx.modalities.image.starter_data import DATASETS as datasets
 from biomx.modalities.image.starter_data import export_dataset
+from biomx.modalities.image.subgroups import subgroup_table
 
 name = "image"
 config = ImageData
@@ -56,4 +57,4 @@ def scan_settings(cfg: ExperimentConfig) -> tuple[ScanConfig, str]:
     return cfg.data.image.scan, "data.image.scan"
 
 
-__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset", "export_plan", "read_raw", "raw_rows", "explain_inputs"]
+__all__ = ["name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset", "export_plan", "read_raw", "raw_rows", "explain_inputs", "subgroup_table"]

@@ -19,6 +19,7 @@ from biomx.modalities.tabular.pipeline import (
 )
 from biomx.modalities.tabular.starter_data import DATASETS as datasets
 from biomx.modalities.tabular.starter_data import export_dataset
+from biomx.modalities.tabular.subgroups import subgroup_table
 
 name = "tabular"
 config = TabularData
@@ -28,5 +29,5 @@ input_help = "CSV/TSV/Parquet tables with the run's feature columns (one predict
 
 __all__ = ["name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split",
            "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw",
-           "raw_rows", "add_commands",
+           "raw_rows", "add_commands", "subgroup_table",
            "datasets", "export_dataset"]  # fmt: skip

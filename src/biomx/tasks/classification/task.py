@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import biomx.tasks.classification.evaluation as evaluation
 import biomx.tasks.classification.explain as explain
+import biomx.tasks.classification.fairness as fairness
 from biomx.errors import ConfigError
 from biomx.tasks.classification.report import report_sections
 from biomx.tasks.classification.weights import check_weights
@@ -203,6 +204,13 @@ class ClassificationTask(RowTaskHooks):
         """Full test evaluation with bootstrap CIs (see `evaluation.evaluate`)."""
         return evaluation.evaluate(self, probs, targets, n_bootstrap=n_bootstrap, ci=ci,
                                    seed=seed, n_bins=n_bins)
+
+    # Subgroups (`protocols.GroupedTask`, see `fairness`): disparities and per-group thresholds.
+    def group_disparity(self, probs: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> dict | None:
+        return fairness.group_disparity(self, probs, targets, groups)
+
+    def group_thresholds(self, val: tuple, test: tuple, seed: int) -> dict | None:
+        return fairness.group_thresholds(self, val, test, seed)
 
 
 def build_task(kind: str, classes: list[str], class_weights: list[float] | None = None,
