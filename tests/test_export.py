@@ -55,7 +55,7 @@ def test_export_writes_three_checked_formats_and_the_sidecar(exported) -> None:
     assert info["input"] == {"name": "image", "dtype": "float32", "shape": ["batch", 1, "height", "width"],
                              "description": info["input"]["description"]}  # fmt: skip
     assert [o["name"] for o in info["outputs"]] == ["predictions"] and info["outputs"][0]["columns"] == ["pneumonia"]
-    assert info["task"] == {"kind": "binary", "classes": ["normal", "pneumonia"]}
+    assert info["task"] == {"kind": "binary", "classes": ["normal", "pneumonia"], "threshold": 0.5}  # the run's labels
     assert info["inside"][0].startswith("resize to 28x28") and "normalise" in info["inside"][1]
     assert info["example"]["image_size"] == [28, 28] and "dropout" in info["mc_dropout"]
     assert set(info["test_metrics"]) >= {"auroc", "accuracy"}

@@ -24,8 +24,9 @@ from biomx.runs import write_json
 from biomx.uncertainty import mean_and_std, uncertainty_evaluation, uncertainty_section
 
 
-def test_passes(task: RowTask, run: TestRun) -> tuple[list[np.ndarray], torch.Tensor]:
-    """Test predictions (task space) of every member's best checkpoint and dropout pass."""
+def test_passes(task: RowTask, run: TestRun, split: str = "test") -> tuple[list[np.ndarray], torch.Tensor]:
+    """Predictions (task space) of a split ("test"; "val" for what a task settles on the validation
+    split, e.g. a decision threshold) by every member's best checkpoint and dropout pass."""
     trainer, mc = run.trainer, run.cfg.eval.mc_dropout
     passes, targets = [], torch.zeros(0)
     for weights in run.member_weights:
@@ -34,7 +35,7 @@ def test_passes(task: RowTask, run: TestRun) -> tuple[list[np.ndarray], torch.Te
         trainer.net = run.modality.inference_model(trainer.model, run.preprocessing)  # e.g. strand averaging
         for k in range(max(mc, 1)):
             torch.manual_seed(run.cfg.train.seed + k)  # reproducible dropout masks
-            outputs, targets = trainer.predict(run.datasets["test"], batch_size=run.cfg.eval.batch_size,
+            outputs, targets = trainer.predict(run.datasets[split], batch_size=run.cfg.eval.batch_size,
                                                mc_dropout=mc > 0)  # fmt: skip
             passes.append(task.predictions(outputs).numpy())
     return passes, targets

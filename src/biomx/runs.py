@@ -157,9 +157,18 @@ def load_run_models(run_dir: str | Path, which: str = "best") -> tuple[list[nn.M
     members = run_dir / "members"
     if not members.is_dir():
         model, info = load_run_model(run_dir, which)
-        return [model], info
+        return [model], _settled_task(run_dir, info)
     dirs = sorted((d for d in members.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
     loaded = [load_run_model(d, which) for d in dirs if (d / "checkpoints").is_dir()]
     if not loaded:
         raise BiomxError(f"{run_dir}: no ensemble member has a checkpoint yet")
-    return [model for model, _ in loaded], loaded[0][1]
+    return [model for model, _ in loaded], _settled_task(run_dir, loaded[0][1])
+
+
+def _settled_task(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's run info with run.json's task entry, which the test evaluation may have settled
+    after the checkpoints were written (a decision threshold chosen on the validation split)."""
+    path = run_dir / "run.json"
+    task = read_json(path).get("task") if path.is_file() else None
+    same = isinstance(task, dict) and task.get("name") == (info.get("task") or {}).get("name")
+    return {**info, "task": task} if same else info

@@ -36,12 +36,15 @@ def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_
     weights = cfg.task.class_weights
     if weights == "balanced":  # from the training split only
         weights = class_weights_from_counts(encoded[train_index].numpy(), kind, len(classes))
+    op = cfg.task.operating_point
     return build_task(kind, classes, None if weights == "none" else weights, cfg.task.label_smoothing,
-                      cfg.task.threshold)  # fmt: skip
+                      cfg.task.threshold, {"rule": op.rule, "target": op.target})  # fmt: skip
 
 
 def from_info(info: dict[str, Any]) -> ClassificationTask:
-    return build_task(info["kind"], info["classes"], threshold=info["threshold"])
+    """The run's task; `threshold` is the one its evaluation chose (older runs: the configured one)."""
+    return build_task(info["kind"], info["classes"], threshold=info["threshold"],
+                      operating_point=info.get("operating_point"))
 
 
 __all__ = [

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+import biomx.tasks.classification.decision_curve as decision_curve
+import biomx.tasks.classification.operating_point as operating_point
 from biomx.errors import ConfigError, DataError
 from biomx.tasks.classification.metrics import (
     METRICS,
@@ -70,7 +72,9 @@ def evaluate(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, *
     Returns:
         A JSON-serialisable dict: kind, n, classes, threshold, ci, n_bootstrap, metrics
         ({name: {value, ci_low, ci_high}}), confusion_matrix, curves, calibration, per_class
-        (multilabel: with "n", the label's observed cases).
+        (multilabel: with "n", the label's observed cases); binary also operating_point (the
+        threshold's and the alternatives' test counts and rates with CIs, see `operating_point`)
+        and decision_curve (net benefit per threshold probability, see `decision_curve`).
 
     Raises:
         DataError: if there are no cases, probs are not finite, or shapes or targets do not fit.
@@ -91,6 +95,11 @@ def evaluate(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, *
     point = summary(task.kind, *full, n_bins=n_bins)
     boot = _bootstrap(task, views, n_bootstrap, seed, n_bins)
     metrics = {m: {"value": float(point[m][0]), **percentile_ci(boot[m], ci)} for m in METRICS}
+    clinical = {}
+    if task.kind == "binary":  # the threshold's operating point(s) and the decision curve, with CIs
+        clinical = {"operating_point": operating_point.evaluate(task, probs, targets, n_bootstrap, ci, seed),
+                    "decision_curve": {**decision_curve.decision_curve(probs, targets, n_bootstrap, ci, seed),
+                                       "ci": float(ci)}}  # fmt: skip
     return {
         "kind": task.kind, "headline": list(task.headline), "n": n, "classes": list(task.classes),
         "threshold": task.threshold,
@@ -99,6 +108,7 @@ def evaluate(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, *
         "curves": _curves(task, views, class_stats(*full)),
         "calibration": calibration(*calibration_view(task.kind, *full), n_bins),
         "per_class": _per_class(task, views),
+        **clinical,
     }
 
 

@@ -1,5 +1,6 @@
 """Report sections of a classification evaluation: ROC and PR curves, confusion matrices, the
-reliability diagram and per-class statistics."""
+reliability diagram and per-class statistics (binary: then the operating point and decision curve,
+rendered by `clinical`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+import biomx.tasks.classification.clinical as clinical
 from biomx.report.html import fmt, stats_table
 
 
@@ -145,4 +147,4 @@ def report_sections(evaluation: dict[str, Any]) -> list[dict]:
     per_class = evaluation.get("per_class")
     if per_class:
         sections.append({"title": "Per class", "table": stats_table("class", per_class)})
-    return sections
+    return [*sections, *clinical.report_sections(evaluation)]  # binary: operating point, decision curve

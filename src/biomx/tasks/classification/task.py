@@ -16,17 +16,21 @@ The metrics with bootstrap CIs are in `evaluation` (built on the vectorised kern
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import biomx.tasks.classification.clinical as clinical
 import biomx.tasks.classification.evaluation as evaluation
 import biomx.tasks.classification.explain as explain
 import biomx.tasks.classification.fairness as fairness
 from biomx.errors import ConfigError
+from biomx.protocols import TestRun
+from biomx.tasks.classification.config import RULES
+from biomx.tasks.classification.operating_point import DEFAULT_TARGET
 from biomx.tasks.classification.report import report_sections
 from biomx.tasks.classification.weights import check_weights
 from biomx.tasks.rows import RowTaskHooks
@@ -42,6 +46,10 @@ class ClassificationTask(RowTaskHooks):
     Construction validates every field (ConfigError naming the `task.*` key). For multilabel,
     `class_weights[k]` is the BCE pos_weight of label k (a positive's weight relative to a
     negative's), not the weight of label k in the total loss.
+
+    `threshold` is the one labels are called with; a binary task whose `rule` is not "fixed"
+    replaces it by the one chosen on the validation split when the test split is evaluated
+    (`clinical.evaluate_test`), keeping the configured one as `task_threshold`.
     """
 
     kind: str
@@ -49,6 +57,10 @@ class ClassificationTask(RowTaskHooks):
     class_weights: list[float] | None = None
     label_smoothing: float = 0.0
     threshold: float = 0.5
+    rule: str = "fixed"  # task.operating_point.rule
+    target: float | None = None  # task.operating_point.target (sensitivity / specificity rules)
+    task_threshold: float | None = None  # task.threshold as configured; None: `threshold`
+    selection: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # what chose it
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -71,6 +83,23 @@ class ClassificationTask(RowTaskHooks):
         self.threshold = as_float(self.threshold, "task.threshold")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"task.threshold: expected 0 < value < 1, got {self.threshold}")
+        self.task_threshold = self.threshold if self.task_threshold is None else float(self.task_threshold)
+        self._check_operating_point()
+
+    def _check_operating_point(self) -> None:
+        if self.rule not in RULES:
+            raise ConfigError(f"task.operating_point.rule: expected one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.rule != "fixed" and self.kind != "binary":
+            raise ConfigError(f"task.operating_point.rule: {self.rule} chooses the threshold of a binary task; this "
+                              f"task is {self.kind} ({len(self.classes)} classes), so use rule: fixed")  # fmt: skip
+        if self.rule in ("sensitivity", "specificity"):
+            key = "task.operating_point.target"
+            self.target = DEFAULT_TARGET if self.target is None else as_float(self.target, key)
+            if not 0.0 < self.target <= 1.0:
+                raise ConfigError(f"task.operating_point.target: expected 0 < value <= 1, got {self.target}")
+        elif self.target is not None:
+            raise ConfigError(f"task.operating_point.target: only rule: sensitivity or specificity takes a "
+                              f"target, not rule: {self.rule}")  # fmt: skip
 
     @property
     def out_dim(self) -> int:
@@ -168,7 +197,16 @@ class ClassificationTask(RowTaskHooks):
     headline: ClassVar[tuple[str, ...]] = ("auroc", "accuracy", "balanced_accuracy", "f1")
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "classes": self.classes, "threshold": self.threshold}
+        """The run.json entry; `threshold` is the one predictions are labelled with (for a binary task,
+        the operating point chosen on the validation split once the run is evaluated)."""
+        info = {"name": self.name, "kind": self.kind, "classes": self.classes, "threshold": self.threshold}
+        if self.kind == "binary":
+            info["operating_point"] = {"rule": self.rule, "target": self.target, "task_threshold": self.task_threshold}
+        return info
+
+    def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
+        """Binary: choose the threshold on the validation split first (`clinical`); then as every row task."""
+        return clinical.evaluate_test(self, run)
 
     def output_names(self) -> list[str]:
         """One name per column of the predictions: P(positive) for binary, else every class."""
@@ -214,7 +252,8 @@ class ClassificationTask(RowTaskHooks):
 
 
 def build_task(kind: str, classes: list[str], class_weights: list[float] | None = None,
-               label_smoothing: float = 0.0, threshold: float = 0.5) -> ClassificationTask:
+               label_smoothing: float = 0.0, threshold: float = 0.5, operating_point: dict[str, Any] | None = None
+               ) -> ClassificationTask:  # fmt: skip
     """Build a validated ClassificationTask from config values.
 
     Args:
@@ -223,6 +262,8 @@ def build_task(kind: str, classes: list[str], class_weights: list[float] | None 
         class_weights: one weight > 0 per class, or None for unweighted.
         label_smoothing: eps, 0 <= eps < 1.
         threshold: decision threshold for binary and multilabel, 0 < t < 1.
+        operating_point: binary only: {"rule", "target", "task_threshold"} (task.operating_point, and
+            task.threshold as configured when `threshold` is one chosen on the validation split).
 
     Returns:
         The task.
@@ -230,7 +271,9 @@ def build_task(kind: str, classes: list[str], class_weights: list[float] | None 
     Raises:
         ConfigError: naming the offending `task.*` key and what it expects.
     """
-    return ClassificationTask(kind, classes, class_weights, label_smoothing, threshold)
+    op = operating_point or {}
+    return ClassificationTask(kind, classes, class_weights, label_smoothing, threshold, rule=op.get("rule", "fixed"),
+                              target=op.get("target"), task_threshold=op.get("task_threshold"))  # fmt: skip
 
 
 def _squeeze_binary(logits: torch.Tensor) -> torch.Tensor:
