@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from biomx.argtypes import non_negative_int, positive_int
+from biomx.card.cli import add_commands as add_card_commands
 from biomx.errors import BiomxError, ConfigError, os_error_line
 from biomx.federated.cli import add_commands as add_federate_commands
 from biomx.version import __version__
@@ -339,6 +340,7 @@ def _build(plugin_commands: bool) -> tuple[argparse.ArgumentParser, argparse._Su
                         help="print the version and exit")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_commands(sub)
+    add_card_commands(sub)
     _add_deploy_commands(sub)
     _add_listing_commands(sub)
     add_federate_commands(sub)

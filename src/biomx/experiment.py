@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from biomx import selection
+from biomx.card.write import card_section, write_model_card
 from biomx.config import DataConfig, ExperimentConfig, dump_config, load_config
 from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples
@@ -415,8 +416,9 @@ def _write_report(p: Prepared, trainer: Trainer, run_dir: Path, evaluation: dict
         notes.append(f"... and {len(p.data.skipped) - 50} more (see skipped.csv)")
     if left_out:
         notes.append(f"config: {', '.join(left_out)} not shown (not read by this run); config.yaml has every key")
-    write_run_report(run_dir, f"biomx run: {run_dir.name}", shown, sections, config,
-                     environment(trainer.device, trainer.world), notes)  # fmt: skip
+    env = environment(trainer.device, trainer.world)
+    write_run_report(run_dir, f"biomx run: {run_dir.name}", shown, [*sections, card_section()], config, env, notes)
+    write_model_card(run_dir, env)  # RUN/model_card.md and model_card.json, which the report links
 
 
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Path:

@@ -289,6 +289,17 @@ class InMemoryScans(Protocol):
 
 
 @runtime_checkable
+class DescribesData(Protocol):
+    """A modality that knows where a run's data came from (the model card's data sections)."""
+
+    def data_card(self, cfg: ExperimentConfig) -> dict[str, str]:
+        """What it knows of `cfg`'s data, as far as known (absent keys: "not stated"): "description",
+        "citation", "licence", and "deidentification" (how its inputs are de-identified or checked).
+        Never a path beyond the data's own name, never a sample id."""
+        ...
+
+
+@runtime_checkable
 class LabellingTask(Protocol):
     """A task whose predictions are class probabilities, labelled by the task (one class per
     sample, 0/1 per label, or a label map): `classes` name what the labels index."""

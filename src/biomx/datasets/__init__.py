@@ -23,6 +23,7 @@ class EmbeddedDataset:
     classes: tuple[str, ...]
     description: str
     citation: str
+    licence: str = "not stated"  # the model card's data licence (ATTRIBUTION.md has the full text)
 
     @property
     def path(self) -> Path:
@@ -40,6 +41,7 @@ DATASETS = {
             "PneumoniaMNIST, MedMNIST v2 (Yang et al., Scientific Data 2023); images from "
             "Kermany et al., Cell 2018. CC BY 4.0"
         ),
+        licence="CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)",
     ),
 }
 

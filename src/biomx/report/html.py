@@ -14,6 +14,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import matplotlib.image
 import numpy as np
@@ -141,6 +142,10 @@ def _extra_section(section: dict) -> str:
     parts = [f"<h2>{html.escape(str(section['title']))}</h2>"]
     if section.get("text"):
         parts.append(f"<p>{html.escape(str(section['text']))}</p>")
+    link = section.get("link") or {}
+    href = str(link.get("href", ""))
+    if href and ":" not in href and not href.startswith(("/", "\\")):  # only a file of the run, beside the report
+        parts.append(f'<p><a href="{html.escape(quote(href))}">{html.escape(str(link.get("text") or href))}</a></p>')
     if section.get("table"):
         given = section["table"]
         rows = [[html.escape(str(cell)) for cell in row] for row in given["rows"]]
@@ -231,7 +236,8 @@ def write_report(
             [{"pictures": [((H, W, 3) uint8, alt), ...], "caption": str}, ...] (optional),
             "metric_info": {metric: {"unit": str, "n": int, "counted": str}} (optional: a unit
             for the metric table and summary, and the count its interval rests on when that is
-            not the test cases)}`; text and cells are escaped. A section without a title only
+            not the test cases), "link": {"href": a file of the run, relative, e.g. "model_card.md",
+            "text": str} (optional)}`; text and cells are escaped. A section without a title only
             annotates the metrics.
 
     Returns:
