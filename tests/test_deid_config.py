@@ -155,3 +155,22 @@ def test_audit_finds_patient_names_in_non_dicom_input_paths(named_png_run, capsy
     assert found >= 1  # SMITH_JOHN, with the site's own pattern
     assert main(["audit", str(named_png_run), "--name-pattern", "[A-Z"]) == 1
     assert "--name-pattern: '[A-Z' is not a regular expression" in capsys.readouterr().err
+
+
+def test_attributes_found_missing_by_the_coverage_comparison_are_removed(tmp_path):
+    """benchmarks/deid_coverage.py: pydicom's `deid` removed these, biomx's profile did not."""
+    src = _copy(tmp_path / "in", ("CT_small.dcm",))
+    ds = pydicom.dcmread(src / "CT_small.dcm")
+    planted = {"PatientBirthDateInAlternativeCalendar": "1381-02-03 Hijri", "ContactDisplayName": "Nurse Ratched",
+               "AssignedLocation": "WARD-7B", "ClinicalTrialSiteName": "Mercy General", "DeviceID": "CT-GANTRY-0042",
+               "ClinicalTrialProtocolEthicsCommitteeName": "Mercy IRB"}  # fmt: skip
+    for keyword, value in planted.items():
+        setattr(ds, keyword, value)
+    ds.ClinicalTrialSubjectID = "SUBJ-0007"  # the trial's pseudonym: kept
+    ds.save_as(src / "CT_small.dcm")
+    result = deidentify_folder(src, tmp_path / "out", echo=lambda line: None)
+    raw = (tmp_path / "out" / "CT_small.dcm").read_bytes()
+    assert result.written == 1 and not [v for v in planted.values() if v.encode() in raw]
+    assert pydicom.dcmread(tmp_path / "out" / "CT_small.dcm").ClinicalTrialSubjectID == "SUBJ-0007"
+    (row,) = csv.DictReader(open(result.audit))
+    assert set(planted) <= set(row["removed"].split(";"))

@@ -11,6 +11,12 @@ true) and Retain Device Identity is NOT (device serials and station names are re
 VR catch what the table does not name: every UI value outside the DICOM root is remapped, every
 PN not listed is emptied, every DA/DT not listed is shifted; private tags, curves (50xx) and
 overlay data and comments (60xx,3000 / 60xx,4000) are removed.
+
+The last lines of the removed list came from comparing coverage with pydicom's `deid` and
+dicognito (benchmarks/deid_coverage.py): birth and death dates in an alternative calendar, the
+patient-group sequences, an assigned location, a contact's name, device and detector IDs, and
+the clinical-trial attributes that name the site or its ethics committee (the trial's own subject
+and protocol IDs are pseudonyms already and stay).
 """
 
 from __future__ import annotations
@@ -83,6 +89,11 @@ UniqueDeviceIdentifier UDISequence SourceSerialNumber SecondaryCaptureDeviceID
 ManufacturerDeviceIdentifier ReasonForVisit ReasonForVisitCodeSequence RouteOfAdmissions
 StorageMediaFileSetID ReferencedRequestSequence RequestingPhysicianIdentificationSequence
 EncryptedAttributesSequence
+PatientBirthDateInAlternativeCalendar PatientDeathDateInAlternativeCalendar PatientAlternativeCalendar
+SourcePatientGroupIdentificationSequence GroupOfPatientsIdentificationSequence AssignedLocation
+ContactDisplayName DeviceID XRayDetectorID ClinicalTrialSiteID ClinicalTrialSiteName IssuerOfClinicalTrialSiteID
+ClinicalTrialCoordinatingCenterName ClinicalTrialProtocolEthicsCommitteeName
+ClinicalTrialProtocolEthicsCommitteeApprovalNumber
 """
 
 _EMPTIED = """
