@@ -4,6 +4,7 @@ target, a resumed run continues the accountant, and what DP-SGD cannot train is 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(root: Path, png_folder: Path, name: str, model_args: str = "{width: 4, depth: 2, norm: group}",
-            privacy: str = "{epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0}", train: str = "") -> Path:  # fmt: skip
+            privacy: str = "{epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0, baseline: false}", train: str = "",
+            epochs: int = 2) -> Path:  # fmt: skip
     cfg = root / f"{name}.yaml"
     cfg.write_text(
         f"name: {name}\n"
         f"data: {{source: folder, path: {png_folder}, image: {{size: [28, 28]}}}}\n"
         f"model: {{name: small_cnn, args: {model_args}}}\n"
-        f"train: {{epochs: 2, batch_size: 16, progress: false, privacy: {privacy}{train}}}\n"
+        f"train: {{epochs: {epochs}, batch_size: 16, progress: false, privacy: {privacy}{train}}}\n"
         "eval: {bootstrap: 0, explain: 0}\n"
         f"output: {{dir: {root / 'runs'}, name: {name}, tensorboard: false}}\n"
     )
@@ -58,7 +60,8 @@ def _one_line_error(capsys, cfg: Path) -> str:
 
 
 def test_batchnorm_is_refused_in_one_line_naming_the_layer(tmp_path, png_folder, capsys):
-    cfg = _config(tmp_path, png_folder, "bn", model_args="{width: 4, depth: 2, norm: batch}")
+    cfg = _config(tmp_path, png_folder, "bn", model_args="{width: 4, depth: 2, norm: batch}",
+                  privacy="{epsilon: 8, batchnorm: refuse, baseline: false}")
     err = _one_line_error(capsys, cfg)
     assert "small_cnn has BatchNorm (layer '1')" in err and err.endswith("set model.args.norm: group"), err
     assert not (tmp_path / "runs" / "bn").exists()  # refused before any run file
@@ -138,3 +141,59 @@ def test_a_layer_without_per_sample_gradients_is_named():
     assert line.startswith("model.name: danq cannot be trained with DP-SGD") and "layer 'lstm'" in line, line
     assert len(line.splitlines()) == 1
     check_model(build_model("deepsea"), "deepsea")  # convolutions only: accepted
+
+
+def test_batchnorm_is_converted_and_the_twin_without_dp_sits_beside_it(tmp_path, png_folder, capsys):
+    """small_cnn's default BatchNorm becomes norm: group (run.json), the run trains 1 epoch, its
+    non-private twin trains into without_privacy/, the report compares them, predict works on both,
+    and a resumed run never retrains a finished twin."""
+    cfg = _config(tmp_path, png_folder, "conv", model_args="{width: 4, depth: 2}", privacy="{epsilon: 8}", epochs=1)
+    assert main(["train", str(cfg)]) == 0
+    assert "BatchNorm layer(s) replaced by model.args.norm: group" in capsys.readouterr().err
+    run = tmp_path / "runs" / "conv"
+    twin = run / "without_privacy"
+    info = json.loads((run / "run.json").read_text())["model"]
+    assert info["args"]["norm"] == "group" and json.loads((twin / "run.json").read_text())["model"] == info
+    assert "privacy: null" in (twin / "config.yaml").read_text() and not (twin / "privacy.json").exists()
+    report = (run / "report.html").read_text()
+    assert "Utility cost of differential privacy" in report and "training time (s)" in report
+    for path in (run, twin):
+        out = tmp_path / f"{path.name}.csv"
+        assert main(["predict", str(path), str(png_folder / "normal"), "-o", str(out)]) == 0
+        assert len(out.read_text().splitlines()) > 5
+    assert main(["evaluate", str(run)]) == 0  # rebuilt from run.json: norm: group, not the config's BatchNorm
+    rows = (twin / "metrics.jsonl").read_text()
+    stamp = (twin / "report.html").stat().st_mtime_ns
+    assert main(["train", "--resume", str(run)]) == 0  # finished twin: neither retrained nor re-evaluated
+    assert (twin / "metrics.jsonl").read_text() == rows and (twin / "report.html").stat().st_mtime_ns == stamp
+    (twin / "report.html").unlink()  # as if stopped after its last checkpoint: resumed, not started again
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (twin / "metrics.jsonl").read_text() == rows and (twin / "report.html").is_file()
+
+
+def test_a_model_without_a_norm_argument_gets_groupnorm_recorded_in_run_json():
+    """MONAI's ResNet: every BatchNorm swapped for GroupNorm after building, recorded as
+    "batchnorm": "group" (rebuilt by build_recorded), and per-sample gradients run through its
+    in-place residual adds."""
+    import opacus
+
+    from biomx.models.norms import GroupNormOut, batchnorm_layers, groups_for
+    from biomx.models.registry import build_recorded
+    from biomx.privacy.dp import check_model, convert_batchnorm
+
+    assert [groups_for(c) for c in (3, 12, 16, 64, 256, 48)] == [1, 2, 4, 16, 32, 8]
+    info = convert_batchnorm({"name": "resnet18", "args": {"in_channels": 1, "out_dim": 1}})
+    assert info["batchnorm"] == "group" and info["args"] == {"in_channels": 1, "out_dim": 1}
+    model = build_recorded(info)
+    assert not batchnorm_layers(model) and model.layer1[0].bn2.norm.num_groups == 16
+    assert isinstance(model.layer4[0].bn1, GroupNormOut) and model.layer4[0].bn1.norm.num_groups == 32
+    check_model(model, "resnet18")
+    hooked = opacus.GradSampleModule(model, loss_reduction="mean")
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # the input needs no gradient
+    hooked(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert model.conv1.weight.grad_sample.shape[0] == 2
+    state = build_recorded(info).state_dict()
+    assert set(state) == set(model.state_dict()) and not any("running_mean" in k for k in state)
+    small = {"name": "small_cnn", "args": {"width": 4, "depth": 2}}
+    assert convert_batchnorm(small)["args"]["norm"] == "group"  # the builder's own argument first
+    assert convert_batchnorm({"name": "deepsea", "args": {}}) == {"name": "deepsea", "args": {}}  # none to convert

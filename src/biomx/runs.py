@@ -27,7 +27,7 @@ from torch import nn
 
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
 from biomx.errors import BiomxError, ConfigError
-from biomx.models.registry import build_model
+from biomx.models.registry import build_recorded
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:
@@ -118,7 +118,7 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module,
         raise BiomxError(f"{run_dir}: checkpoint has no model description; cannot rebuild the model")
     _check_plugins(path, info)
     try:
-        model = build_model(info["model"]["name"], **info["model"]["args"])
+        model = build_recorded(info["model"])  # with a conversion it recorded (a DP run's GroupNorm)
         model.load_state_dict(weights)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None

@@ -24,6 +24,7 @@ from torch import nn
 from biomx.errors import ConfigError
 from biomx.models import history, image2d, molecule, segmentation, sequence, solvers, tabular, trees
 from biomx.models.bounds import check_bounds
+from biomx.models.norms import batchnorm_to_groupnorm
 from biomx.models.stack import Stack
 
 STACK = "stack"  # run.json's model name for a stack of zoo models
@@ -226,6 +227,16 @@ def build_model(name: str, **args: Any) -> nn.Module:
         return get_entry(name).builder(**args)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.args: cannot build {name} with {args}: {err}") from None
+
+
+def build_recorded(model: dict[str, Any]) -> nn.Module:
+    """A run's model from its run.json entry (`{"name", "args"}`), with the conversion the run
+    recorded applied again (`"batchnorm": "group"`: a DP run's BatchNorm became GroupNorm before
+    training), so its weights load wherever the run is rebuilt."""
+    built = build_model(model["name"], **model["args"])
+    if model.get("batchnorm") == "group":
+        batchnorm_to_groupnorm(built)
+    return built
 
 
 def count_parameters(model: nn.Module) -> int:

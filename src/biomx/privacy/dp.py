@@ -26,8 +26,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from biomx.engine.logging import console
 from biomx.errors import BiomxError, ConfigError
-from biomx.models.registry import build_model, get_entry
+from biomx.models.norms import batchnorm_layers, groups_for
+from biomx.models.registry import build_model, build_recorded, get_entry
 from biomx.plugins import import_extra
 from biomx.privacy.config import PrivacyConfig
 from biomx.privacy.ledger import PrivacyLedger, read_ledger
@@ -138,20 +140,53 @@ def noise_for(config: PrivacyConfig, sample_rate: float, steps: int) -> float:
         raise ConfigError(f"train.privacy.epsilon: {config.epsilon} cannot be reached ({err}); raise it") from None
 
 
-def check_run(cfg: Any, model_info: dict[str, Any], world: int) -> None:
-    """Before any run file is written: refuse a DP run that cannot train (`cfg` an
-    ExperimentConfig, `model_info` run.json's model entry: name and builder arguments)."""
+def check_run(cfg: Any, model_info: dict[str, Any], world: int) -> dict[str, Any]:
+    """Before any run file is written: the run.json model entry a DP run trains (`model_info`
+    with its BatchNorm converted, see `convert_batchnorm`), or one line refusing a DP run that
+    cannot train (`cfg` an ExperimentConfig). Without train.privacy: `model_info` unchanged."""
     if cfg.train.privacy is None:
-        return
+        return model_info
     if cfg.model.ensemble > 1:
         raise ConfigError("model.ensemble: not supported with train.privacy yet (every member sees the same "
                           "patients, so their budgets add up); set it to 1")
     if cfg.model.name == "auto":
         raise ConfigError("model.name: auto trains many candidates on the same data, which DP-SGD does not "
                           "account for; name one model with train.privacy")
-    model = build_model(model_info["name"], **model_info["args"])
+    if cfg.train.privacy.batchnorm == "convert":
+        model_info = convert_batchnorm(model_info)
+    model = build_recorded(model_info)
     refuse_unsupported(cfg.train, solver=isinstance(model, FittedModel), world=world)
     check_model(model, model_info["name"])
+    return model_info
+
+
+NORM_CHOICES = ("group", "layer", "instance")  # a builder's `norm` values without batch statistics, tried in order
+
+
+def convert_batchnorm(model_info: dict[str, Any]) -> dict[str, Any]:
+    """The run.json model entry without BatchNorm: the builder's own `norm` argument where one of
+    `NORM_CHOICES` builds the model without it (small_cnn: norm: group), else every BatchNorm
+    swapped for GroupNorm after building (`"batchnorm": "group"`, which `build_recorded` applies
+    again wherever the run's model is rebuilt). A model without BatchNorm is returned as it is."""
+    name, args = model_info["name"], model_info["args"]
+    model = build_recorded(model_info)
+    layers = batchnorm_layers(model)
+    if not layers or isinstance(model, FittedModel):
+        return model_info
+    converted = {**model_info, "batchnorm": "group"}
+    widths = sorted({model.get_submodule(path).num_features for path in layers})
+    how = "GroupNorm (" + ", ".join(f"{groups_for(c)} groups of {c}" for c in widths) + " channels)"
+    if _takes(name, "norm"):
+        for norm in NORM_CHOICES:
+            try:
+                if not batchnorm_layers(build_model(name, **{**args, "norm": norm})):
+                    converted, how = {**model_info, "args": {**args, "norm": norm}}, f"model.args.norm: {norm}"
+                    break
+            except ConfigError:  # not one of this builder's values
+                continue
+    console.print(f"train.privacy: {name}'s {len(layers)} BatchNorm layer(s) replaced by {how} for DP-SGD "
+                  "(train.privacy.batchnorm: refuse to refuse instead)")
+    return converted
 
 
 def make_private(trainer: Trainer) -> PrivateTraining:
