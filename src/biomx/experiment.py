@@ -35,10 +35,12 @@ from biomx.modalities import get_modality
 from biomx.models.registry import (
     accepted_inputs,
     build_model,
+    build_recorded,
     check_model_args,
     check_model_fits,
     suggest,
 )
+from biomx.privacy.baseline import baseline_sections, twin_config, twin_resume
 from biomx.privacy.dp import check_run as check_private_run
 from biomx.privacy.report import privacy_sections
 from biomx.protocols import FittedModel, Modality, Task, TaskType, TestRun
@@ -245,12 +247,13 @@ def _check_same_model(run_dir: Path, p: Prepared) -> None:
         old = ", ".join(f"{k}: {saved['args'].get(k)}" for k in keys)
         raise BiomxError(f"{run_dir}: the checkpoint does not fit model.args {{{new}}} (saved with {{{old}}}); "
                          "resume without changing the model")  # fmt: skip
+    p.info["model"] = saved  # as trained: with the conversion it recorded (a DP run's BatchNorm -> GroupNorm)
 
 
 def _trainer(p: Prepared, run_dir: Path | None, member: int = 0, callbacks: list[Callback] | None = None) -> Trainer:
     # Ensemble members differ only in their seed: initial weights, batch order, dropout.
     seed_everything(p.cfg.train.seed + member)  # identical initial weights on every rank and every resume
-    model = build_model(p.info["model"]["name"], **p.info["model"]["args"])
+    model = build_recorded(p.info["model"])
     train = p.datasets["train"]
     if p.cfg.model.ensemble > 1 and isinstance(model, FittedModel) and len(train):
         # A solver fits the same model from the same rows whatever the seed: each member of an
@@ -277,12 +280,14 @@ def _make_trainer(p: Prepared, model: torch.nn.Module, train_data: Dataset, run_
     )  # fmt: skip
 
 
-def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
+def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dict[str, Any] | None = None) -> Path:
     """Run an experiment end to end: train, then evaluate on the test split and report.
 
     Args:
         cfg: a validated config (see `load_config`).
         resume: a run directory to continue (its own config.yaml is used).
+        model: run.json's model entry to train instead of the config's (a DP run's twin: the
+            DP run's converted model).
 
     Returns:
         The run directory.
@@ -292,11 +297,13 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
     """
     dist.init_from_env(select_device(cfg.train.device))
     p = prepare(cfg)
+    unconverted = p.info["model"]
+    # A DP run: its BatchNorm converted (train.privacy.batchnorm), or one line if DP-SGD cannot train it.
+    p.info["model"] = model or check_private_run(cfg, p.info["model"], dist.world_size())
     if resume is not None:
         _check_same_model(Path(resume), p)
     check_model_runs(p)  # before any run file is written: a bad model.args leaves nothing behind
     check_tracking(cfg)  # so does output.mlflow without MLflow installed
-    check_private_run(cfg, p.info["model"], dist.world_size())  # and a DP run DP-SGD cannot train
     if resume is not None:
         run_dir = Path(resume)
         _check_same_split(run_dir, p)
@@ -333,10 +340,26 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> Path:
                 raise
             raise BiomxError(f"{member_dir}: the checkpoint does not fit model.args {cfg.model.args} "
                              "(it was saved with another model); resume without changing the model") from None
+    _train_twin(cfg, p.info["model"], unconverted, run_dir)
     evaluation = _finish(p, trainer, run_dir)
     for callback in callbacks:
         callback.on_run_end(run_dir, evaluation)
     return run_dir
+
+
+def _train_twin(cfg: ExperimentConfig, model: dict[str, Any], unconverted: dict[str, Any], run_dir: Path) -> None:
+    """A DP run's non-private twin in RUN/without_privacy/ (train.privacy.baseline, see
+    biomx.privacy.baseline): trained once, resumed if it was interrupted, skipped if it finished."""
+    twin = twin_config(cfg, model, unconverted, run_dir)
+    resume = twin_resume(run_dir / twin.output.name) if twin is not None and dist.is_main() else False
+    if resume is False:
+        return
+    twin_dir = run_dir / twin.output.name
+    console.print(f"the same model without DP (train.privacy.baseline): {twin_dir}")
+    try:
+        train(twin, resume=resume, model=model)
+    except TrainingInterrupted as err:  # the DP run's --resume continues the twin
+        raise TrainingInterrupted(str(err).replace(str(twin_dir), str(run_dir)), err.exit_code) from None
 
 
 def _auto_member(p: Prepared, member_dir: Path, member: int, callbacks: list[Callback], resuming: bool) -> Trainer:
@@ -370,8 +393,8 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
             console.print(summary_line(evaluation))
     chosen = selection.report_section(member_dirs(run_dir, p.cfg.model.ensemble)[0])
     if dist.is_main():
-        _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections,
-                                                       *privacy_sections(run_dir)], scored)  # fmt: skip
+        private = [*privacy_sections(run_dir), *baseline_sections(run_dir)]  # none unless a DP run
+        _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections, *private], scored)
     dist.barrier()
     return evaluation
 
@@ -438,6 +461,9 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any] | None:
     cfg = load_config(run_dir / "config.yaml")
     p = prepare(cfg)
     _check_same_split(run_dir, p)
+    recorded = read_json(run_dir / "run.json").get("model")
+    if isinstance(recorded, dict) and "args" in recorded:  # as trained: a DP run's converted BatchNorm too
+        p.info["model"] = recorded
     cfg.train.progress = False
     trainer = _trainer(p, None)
     return _finish(p, trainer, run_dir)
