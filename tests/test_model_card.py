@@ -136,6 +136,9 @@ def test_subgroups_and_operating_point_are_sections_when_present_and_not_evaluat
         "disparity": {"measures": {"auroc": {"by_group": {"F": 0.8, "M": 0.6}, "difference": 0.2, "ratio": 0.75}}}}}}
     (copy / "subgroups.json").write_text(json.dumps(subgroups))
     (copy / "operating_point.json").write_text(json.dumps({"rule": "youden", "threshold": 0.42}))
+    (copy / "data_audit.json").write_text(json.dumps({"checks": [
+        {"name": "exact duplicates", "status": "problem", "message": "test/train: 2 of 24 test samples"},
+        {"name": "outliers", "status": "ok", "message": "none"}]}))
     assert main(["card", str(copy)]) == 0
     md, card = _card(copy)
     assert "| 2 | M | 8 | small | 0.600 [0.700, 0.900] |" in md  # the group table, small flag kept
@@ -143,6 +146,9 @@ def test_subgroups_and_operating_point_are_sections_when_present_and_not_evaluat
     assert _facts(card, "metrics")["operating point / threshold"] == 0.42
     assert _facts(card, "quantitative")["subgroups / columns / sex / disparity / measures / auroc / difference"] == 0.2
     assert _facts(card, "factors")["subgroups evaluated"] == "sex"
+    assert "| exact duplicates | problem | test/train: 2 of 24 test samples |" in md
+    assert "- Data audit, exact duplicates: problem: test/train: 2 of 24 test samples." in md
+    assert "Data audit, outliers" not in md
     (copy / "subgroups.json").write_text("{not json")  # a broken optional file: the card still comes
     assert main(["card", str(copy)]) == 0
     assert "subgroups / unreadable" in _card(copy)[1]["sections"][6]["facts"]

@@ -15,6 +15,7 @@ from biomx.card.sections import (
     SMALL_TEST,
     WIDE_CI,
     RunFacts,
+    audit_checks,
     make_section,
 )
 
@@ -92,6 +93,8 @@ def _calibration(run: RunFacts) -> list[str]:
 def caveats(run: RunFacts) -> dict[str, Any]:
     method = run.cfg("data", "split", "method")
     items = [*_test_set(run), *_rare_classes(run), *_groups(run), *_calibration(run)]
+    items += [f"Data audit, {c.get('name')}: {c.get('status')}: {c.get('message')}." for c in audit_checks(run)
+              if c.get("status") in ("problem", "warning")]  # fmt: skip
     skipped = run.data.get("skipped") or 0
     if skipped:
         items.append(f"{skipped} inputs could not be read and were left out (skipped.csv): the data the model "

@@ -35,6 +35,7 @@ class RunFacts:
     privacy: Any = None  # privacy.json
     operating_point: Any = None  # operating_point.json
     subgroups: Any = None  # subgroups.json
+    audit: Any = None  # data_audit.json (`biomx audit-data`, written before training)
     environment: dict[str, Any] = field(default_factory=dict)
     environment_note: str = ""
     model: dict[str, Any] = field(default_factory=dict)  # architecture, parameters, ... (write.py fills it)
@@ -171,7 +172,19 @@ def training_data(run: RunFacts) -> dict[str, Any]:
     facts["skipped inputs"] = run.data.get("skipped", 0)
     text = ["The validation split chose the best checkpoint (and, where the task does so, the operating "
             "point); the training split alone fitted the weights and any scaling or class weights."]  # fmt: skip
-    return make_section("training_data", "Training data", text, facts)
+    checks = audit_checks(run)
+    if checks:
+        rows = [[c.get("name", ""), c.get("status", ""), c.get("message", "")] for c in checks]
+        tables = [{"title": "data audit (data_audit.json)", "header": ["check", "verdict", "finding"], "rows": rows}]
+    else:
+        tables, facts["data audit"] = [], "not run (no data_audit.json)"
+    return make_section("training_data", "Training data", text, facts, tables)
+
+
+def audit_checks(run: RunFacts) -> list[dict[str, Any]]:
+    """The data audit's checks ({"name", "status", "message"}), as far as the file has them."""
+    checks = run.audit.get("checks") if isinstance(run.audit, Mapping) else None
+    return [c for c in checks if isinstance(c, Mapping)] if isinstance(checks, list) else []
 
 
 def _calibration(ev: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

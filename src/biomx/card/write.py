@@ -90,7 +90,7 @@ def collect(run_dir: Path, environment: dict[str, Any] | None = None) -> RunFact
         evaluation=evaluation if isinstance(evaluation, dict) and "unreadable" not in evaluation else None,
         counts=counts, sizes=sizes, privacy=read_optional(run_dir / "privacy.json"),
         operating_point=read_optional(run_dir / "operating_point.json"),
-        subgroups=read_optional(run_dir / "subgroups.json"),
+        subgroups=read_optional(run_dir / "subgroups.json"), audit=read_optional(run_dir / "data_audit.json"),
     )  # fmt: skip
     if not run.sizes:
         run.sizes = dict(run.data.get("split_sizes") or {})
