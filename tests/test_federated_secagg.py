@@ -86,3 +86,18 @@ def test_a_secure_aggregation_mistake_is_one_line(tmp_path, png_folder, capsys, 
     assert main(["federate", "simulate", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.slow
+def test_secure_aggregation_runs_as_superlink_and_supernode_processes(tmp_path, png_folder, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a SuperLink, SuperNodes and a process per message
+    path = write_federation(tmp_path, png_folder, "deployed", sites=2, rounds=1, secure_aggregation="true")
+    logs = tmp_path / "logs"
+    assert main(["federate", "run", str(path), "--logs", str(logs)]) == 0
+    run = tmp_path / "runs" / "deployed"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["clients"], r["failures"]) for r in rows] == [(1, 2, 0)]
+    assert "Secure aggregation completed" in (logs / "server.log").read_text()
+    assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "test_metrics.json").is_file()
+    for k in (1, 2):
+        assert "Start `flwr-clientapp` process" in (logs / f"site{k}.log").read_text()

@@ -11,7 +11,7 @@ ClientApp is the same `SiteClient` behind Flower's `secaggplus_mod`, which masks
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,22 +89,24 @@ def run_config(federation: str | Path, overrides: list[str], resume: str | None)
     return {FEDERATION: str(Path(federation).resolve()), OVERRIDES: json.dumps(overrides), RESUME: resume or ""}
 
 
-def _from_run_config(context: Context) -> tuple[FederatedConfig, Any, list[str], str | None]:
+def _load(values: Mapping[str, Any]) -> tuple[FederatedConfig, Any, list[str], str | None]:
+    """(federation, experiment, overrides, resume) from a run config or a SuperNode's node config."""
     from biomx.federated.config import load_federation
 
-    overrides = json.loads(str(context.run_config.get(OVERRIDES, "[]")))
-    fed, cfg = load_federation(str(context.run_config[FEDERATION]), overrides)
-    return fed, cfg, overrides, str(context.run_config.get(RESUME) or "") or None
+    overrides = json.loads(str(values.get(OVERRIDES) or "[]"))
+    fed, cfg = load_federation(str(values[FEDERATION]), overrides)
+    return fed, cfg, overrides, str(values.get(RESUME) or "") or None
 
 
 def _deployed_client(context: Context) -> Client:
-    """One site in a SuperNode's ClientApp process: its own data, as `biomx federate client` builds it."""
+    """One site in a SuperNode's ClientApp process: its own data, as `biomx federate client` builds
+    it. The site's federation file is its SuperNode's (node config), else the server's (run config)."""
     from biomx.experiment import prepare
     from biomx.federated.client import SiteClient
     from biomx.federated.config import site_config
     from biomx.federated.sites import site_rows
 
-    fed, cfg, overrides, _ = _from_run_config(context)
+    fed, cfg, overrides, _ = _load(context.node_config if FEDERATION in context.node_config else context.run_config)
     k = int(context.node_config["site"]) - 1
     p = prepare(site_config(fed, cfg, k, overrides))
     return SiteClient(p, fed, k, site_rows(fed, p.splits, p.data.labels, k)).to_client()
@@ -117,7 +119,7 @@ server_app = ServerApp()
 def _deployed_server(grid: Grid, context: Context) -> None:
     from biomx.experiment import prepare
 
-    fed, cfg, _, resume = _from_run_config(context)
+    fed, cfg, _, resume = _load(context.run_config)
     run_server(fed, prepare(cfg), resume, grid, context)
 
 

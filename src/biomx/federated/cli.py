@@ -19,16 +19,30 @@ def _load(args: argparse.Namespace):  # noqa: ANN202  (FederatedConfig, Experime
 
 
 def _cmd_server(args: argparse.Namespace) -> None:
+    fed, cfg = _load(args)
+    if fed.secure_aggregation is not None:  # Flower's SuperLink; the sites' SuperNodes connect to it
+        from biomx.errors import BiomxError
+        from biomx.federated.deploy import launch_secure
+
+        if launch_secure(args.config, fed, args.set, args.resume, local_sites=False):
+            raise BiomxError("federation: the SuperLink exited")
+        return
     from biomx.federated.server import serve
 
-    fed, cfg = _load(args)
     print(f"federated run: {serve(fed, cfg, args.resume)}")
 
 
 def _cmd_client(args: argparse.Namespace) -> None:
+    fed, cfg = _load(args)
+    if fed.secure_aggregation is not None:  # this site's SuperNode (docs/federated.md)
+        from biomx.errors import BiomxError
+        from biomx.federated.deploy import run_site_secure
+
+        if not 1 <= args.site <= fed.n_sites:
+            raise BiomxError(f"--site: the federation has sites 1 to {fed.n_sites}; got {args.site}")
+        raise SystemExit(run_site_secure(args.config, fed, args.site, args.set))
     from biomx.federated.launch import run_client
 
-    fed, cfg = _load(args)
     run_client(fed, cfg, args.site, args.set)
 
 

@@ -31,7 +31,7 @@ def run_client(fed: FederatedConfig, cfg: Any, site: int, overrides: list[str] |
                            max_wait_time=CONNECT_WAIT_S)  # fmt: skip
 
 
-def _listening(address: str, port: int) -> bool:
+def listening(address: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
         return s.connect_ex((address, port)) == 0
@@ -41,8 +41,8 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "biomx", "federate", *args]
 
 
-def _wait(server: subprocess.Popen, sites: list[subprocess.Popen], needed: int, logs: Path | None,
-          timeout_s: float | None) -> int:  # fmt: skip
+def wait_processes(server: subprocess.Popen, sites: list[subprocess.Popen], needed: int, logs: Path | None,
+                   timeout_s: float | None) -> int:  # fmt: skip
     """The server's exit code; a BiomxError as soon as too many sites have failed for a round to
     start (the server would wait for them for a day)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -58,10 +58,28 @@ def _wait(server: subprocess.Popen, sites: list[subprocess.Popen], needed: int, 
     return server.returncode
 
 
+def wait_for_server(server: subprocess.Popen, address: str, port: int) -> int | None:
+    """Until the server listens on its port; its exit code if it exited first (it said why: a
+    config or data error, a port in use)."""
+    deadline = time.monotonic() + CONNECT_WAIT_S
+    while not listening(address, port):
+        if server.poll() is not None:
+            return server.returncode
+        if time.monotonic() > deadline:
+            raise BiomxError(f"federation: the server did not listen on {address}:{port} within {CONNECT_WAIT_S:.0f} s")
+        time.sleep(0.3)
+    return None
+
+
 def launch(config: str | Path, fed: FederatedConfig, overrides: list[str], resume: str | None = None,
            logs: Path | None = None, timeout_s: float | None = None) -> int:  # fmt: skip
     """Start the server, wait for its port, start every site, wait for all; the server's exit code
-    (a site that fails is dropped by the server, which goes on with the others)."""
+    (a site that fails is dropped by the server, which goes on with the others). With secure
+    aggregation, Flower's SuperLink and SuperNodes instead (`biomx.federated.deploy`)."""
+    if fed.secure_aggregation is not None:
+        from biomx.federated.deploy import launch_secure
+
+        return launch_secure(config, fed, overrides, resume, logs, timeout_s)
     sets = [a for o in overrides for a in ("--set", o)]
     resumed = ["--resume", resume] if resume else []
     procs: list[subprocess.Popen] = []
@@ -79,16 +97,11 @@ def launch(config: str | Path, fed: FederatedConfig, overrides: list[str], resum
 
     try:
         server = start(["server", str(config), *sets, *resumed], "server")
-        deadline = time.monotonic() + CONNECT_WAIT_S
-        while not _listening(fed.address, fed.port):
-            if server.poll() is not None:
-                return server.returncode  # it said why (a config or data error, a port in use)
-            if time.monotonic() > deadline:
-                raise BiomxError(f"federation: the server did not listen on {fed.address}:{fed.port} "
-                                 f"within {CONNECT_WAIT_S:.0f} s")  # fmt: skip
-            time.sleep(0.3)
+        code = wait_for_server(server, fed.address, fed.port)
+        if code is not None:
+            return code
         sites = [start(["client", str(config), "--site", str(k), *sets], f"site{k}") for k in range(1, fed.n_sites + 1)]
-        return _wait(server, sites, fed.needed, logs, timeout_s)
+        return wait_processes(server, sites, fed.needed, logs, timeout_s)
     finally:
         for proc in procs:  # sites left waiting for a server that ended
             if proc.poll() is None:
