@@ -32,7 +32,7 @@ from biomx.models.norms import batchnorm_layers, groups_for
 from biomx.models.registry import build_model, build_recorded, get_entry
 from biomx.plugins import import_extra
 from biomx.privacy.config import PrivacyConfig
-from biomx.privacy.ledger import PrivacyLedger, read_ledger
+from biomx.privacy.ledger import History, PrivacyLedger, read_ledger
 from biomx.protocols import FittedModel
 
 if TYPE_CHECKING:
@@ -189,10 +189,15 @@ def convert_batchnorm(model_info: dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
-def make_private(trainer: Trainer) -> PrivateTraining:
-    """Turn the trainer's model, optimizer and training loader into DP-SGD (see the module doc)."""
+def make_private(trainer: Trainer, *, config: PrivacyConfig | None = None, planned_steps: int | None = None,
+                 prior: History | None = None) -> PrivateTraining:  # fmt: skip
+    """Turn the trainer's model, optimizer and training loader into DP-SGD (see the module doc).
+
+    The Trainer calls it with its settings alone. A caller that trains the same data in several
+    trainers (a federated site, one per round) passes `config`, the noise's `planned_steps` over
+    all of them, and `prior`, the history its earlier trainers spent: the ledger goes on from it."""
     s = trainer.settings
-    config = s.privacy
+    config = config or s.privacy
     refuse_unsupported(s, solver=trainer.solver, world=trainer.world)
     check_model(trainer.model, str(trainer.model_config.get("model", {}).get("name", type(trainer.model).__name__)))
     opacus = import_extra("opacus", "train.privacy")
@@ -205,7 +210,7 @@ def make_private(trainer: Trainer) -> PrivateTraining:
     if previous is not None:  # a resumed run goes on with the noise it started with
         sigma, q = float(previous["noise_multiplier"]), float(previous["sample_rate"])
     else:
-        sigma = noise_for(config, q, s.epochs * steps_per_epoch)
+        sigma = noise_for(config, q, planned_steps or s.epochs * steps_per_epoch)
     for module in trainer.model.modules():  # an in-place activation would overwrite what the hooks keep
         if getattr(module, "inplace", False) is True:
             module.inplace = False
@@ -217,6 +222,6 @@ def make_private(trainer: Trainer) -> PrivateTraining:
     trainer.sampler = PoissonBatches(n, q, steps_per_epoch, s.seed, s.batch_size)
     trainer.train_loader = DataLoader(trainer.train_data, batch_sampler=trainer.sampler, collate_fn=trainer.collate_fn,
                                       num_workers=s.num_workers, generator=torch.Generator().manual_seed(s.seed))
-    private = PrivateTraining(config, sigma, q, steps_per_epoch, s.epochs * steps_per_epoch, n)
-    trainer.callbacks.append(PrivacyLedger(private))
+    private = PrivateTraining(config, sigma, q, steps_per_epoch, planned_steps or s.epochs * steps_per_epoch, n)
+    trainer.callbacks.append(PrivacyLedger(private, prior))
     return private
