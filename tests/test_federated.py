@@ -227,3 +227,53 @@ def test_run_stops_with_one_line_when_a_site_cannot_start(tmp_path, png_folder, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "site 2 exited with 1" in err[0] and "site2.log" in err[0], err
     assert "nowhere" in (tmp_path / "logs" / "site2.log").read_text()
+
+
+def private_federation(root: Path, png_folder: Path, name: str) -> Path:
+    """The tiny federation with per-site DP at epsilon 8 (GroupNorm: DP-SGD needs per-sample gradients)."""
+    path = write_federation(root, png_folder, name)
+    exp = root / f"{name}_exp.yaml"
+    private = "progress: false, privacy: {epsilon: 8, baseline: false}}"
+    exp.write_text(exp.read_text().replace("depth: 2}", "depth: 2, norm: group}").replace("progress: false}", private))
+    return path
+
+
+def test_per_site_dp_spends_at_most_the_target_over_all_rounds(tmp_path, png_folder):
+    path = private_federation(tmp_path, png_folder, "dp")
+    assert main(["federate", "simulate", str(path)]) == 0
+    run = tmp_path / "runs" / "dp"
+    sites = json.loads((run / "privacy_sites.json").read_text())["sites"]
+    assert sorted(sites) == ["1", "2", "3"]
+    for site in sites.values():
+        first, second = site["rounds"]
+        assert (first["round"], second["round"]) == (1, 2)
+        # The noise covers both rounds: round 2 ends at the target (a noise calibrated for one
+        # round would spend 8 in each, and more in total); round 1 spends part of it.
+        assert 0 < first["epsilon_rdp"] < second["epsilon_rdp"] <= 8 * 1.01
+        assert 0 < first["epsilon_prv"] < second["epsilon_prv"] <= 8 * 1.01
+        assert site["steps"] == site["planned_steps"] == 2 * (site["training_samples"] // 16) == second["steps"]
+        assert site["history"] == [[site["noise_multiplier"], site["sample_rate"], site["steps"]]]
+        assert site["epsilon_rdp"] == second["epsilon_rdp"]
+    assert len({site["sample_rate"] for site in sites.values()}) == 3  # unequal sites, each calibrated for itself
+    assert "Differential privacy per site" in (run / "report.html").read_text()
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert not any(key.startswith("dp_") for key in row)  # a site's ledger is never averaged
+
+
+def test_a_restarted_dp_site_goes_on_from_its_recorded_budget(tmp_path, png_folder):
+    fed, cfg = load_federation(private_federation(tmp_path, png_folder, "dpsite"))
+    p = prepare(cfg)
+    rows = site_rows(fed, p.splits, p.data.labels, 1)
+    start = get_weights(build_global_model(p, fed.seed))
+    site = SiteClient(p, fed, 1, rows)
+    first = site.fit([w.copy() for w in start], {"server_round": 1})[2]
+    second = site.fit([w.copy() for w in start], {"server_round": 2})[2]
+    assert first["dp_site"] == 2 and 0 < first["dp_epsilon_rdp"] < second["dp_epsilon_rdp"] <= 8 * 1.01
+    # A new process for the same site, in round 2: the server's record of round 1 comes with the round.
+    record = {"dp_sites": json.dumps({"2": json.loads(first["dp_history"])})}
+    again = SiteClient(p, fed, 1, rows).fit([w.copy() for w in start], {"server_round": 2, **record})[2]
+    assert again["dp_history"] == second["dp_history"] and again["dp_steps"] == second["dp_steps"]
+    assert again["dp_epsilon_rdp"] == pytest.approx(second["dp_epsilon_rdp"])
+    # No record (a resumed simulation): round 1 counts as trained; never a budget from zero.
+    alone = SiteClient(p, fed, 1, rows).fit([w.copy() for w in start], {"server_round": 2})[2]
+    assert alone["dp_history"] == second["dp_history"]

@@ -68,16 +68,17 @@ def test_two_dp_runs_on_the_same_data_compose_and_another_split_is_other_data(tm
 
 
 def test_the_key_is_the_training_samples_content_not_their_paths(tmp_path, png_folder):
+    header = "id,label,split,sha256\n"
     run = tmp_path / "run"
     run.mkdir()
     (run / "data.json").write_text("{}")
-    (run / "split.csv").write_text("id,label,split,sha256\n/x/a.png,0,train,aa\n/x/b.png,1,train,bb\n/x/c.png,1,test,cc\n")
+    (run / "split.csv").write_text(header + "/x/a.png,0,train,aa\n/x/b.png,1,train,bb\n/x/c.png,1,test,cc\n")
     moved = tmp_path / "moved"
     moved.mkdir()
     (moved / "data.json").write_text("{}")
-    (moved / "split.csv").write_text("id,label,split,sha256\n/y/b.png,0,train,bb\n/y/a.png,1,train,aa\n/y/c.png,1,val,cc\n")
+    (moved / "split.csv").write_text(header + "/y/b.png,0,train,bb\n/y/a.png,1,train,aa\n/y/c.png,1,val,cc\n")
     assert data_key(run) == data_key(moved)  # the same files elsewhere, other labels: the same patients
-    (moved / "split.csv").write_text("id,label,split,sha256\n/y/b.png,0,train,bb\n/y/a.png,1,val,aa\n/y/c.png,1,train,cc\n")
+    (moved / "split.csv").write_text(header + "/y/b.png,0,train,bb\n/y/a.png,1,val,aa\n/y/c.png,1,train,cc\n")
     assert data_key(run) != data_key(moved)
     assert data_key(tmp_path) is None  # no split.csv: no key, no book entry
 
@@ -106,8 +107,8 @@ def test_a_fine_tune_inherits_its_parents_budget_once(tmp_path, png_folder):
     assert got["epsilon_total_rdp"] == pytest.approx(epsilons(_history(parent) + _history(child), 1e-5)["rdp"])
     assert inherit(child_dir, parent_dir, budget_file=str(book))["runs_on_same_data"] == 2  # never twice
     other = _train(tmp_path, png_folder, "other", tmp_path / "third.json", split_seed=7)
-    assert inherit(child_dir, other, budget_file=str(book)) == {"inherited": False, "parent_run_id": _ledger(other)["run_id"],
-                                                                "same_data": False}  # fmt: skip
+    elsewhere = inherit(child_dir, other, budget_file=str(book))
+    assert elsewhere == {"inherited": False, "parent_run_id": _ledger(other)["run_id"], "same_data": False}
     assert not inherit(child_dir, tmp_path)["inherited"]  # not a DP run: nothing spent
 
 

@@ -23,6 +23,7 @@ from biomx.federated.rounds import Rounds, write_run_files
 from biomx.federated.simulation import run_rounds
 from biomx.federated.sites import site_rows
 from biomx.federated.weights import build_global_model, get_weights
+from biomx.privacy.report import SITES
 from biomx.runs import new_run_dir, read_json, write_csv, write_json
 
 
@@ -39,10 +40,14 @@ def _train(fed: FederatedConfig, p: Prepared, folder: Path, name: str, rows: lis
     clients = [SiteClient(q, fed, k, r) for k, r in enumerate(rows)]
     run_rounds(fed, Rounds(run_dir, q, fed), get_weights(build_global_model(q, fed.seed)), clients)
     evaluation = read_json(run_dir / "test_metrics.json")
+    sites = read_json(run_dir / SITES)["sites"] if (run_dir / SITES).is_file() else {}
+    # DP sites: the largest epsilon any site spent (its patients' guarantee is that site's own).
+    spent = {f"max_site_epsilon_{a}": max(s[f"epsilon_{a}"] for s in sites.values()) for a in ("rdp", "prv")
+             if sites}  # fmt: skip
     train = np.concatenate([r["train"] for r in rows])
     values, counts = np.unique(np.array([str(x) for x in p.data.labels], dtype=object)[train], return_counts=True)
     return {"model": name, "train_rows": len(train), "labels": " / ".join(f"{v} {c}" for v, c in zip(values, counts, strict=True)),
-            **{m: evaluation["metrics"][m]["value"] for m in evaluation["headline"]}}  # fmt: skip
+            **{m: evaluation["metrics"][m]["value"] for m in evaluation["headline"]}, **spent}  # fmt: skip
 
 
 def compare(fed: FederatedConfig, cfg: Any) -> Path:

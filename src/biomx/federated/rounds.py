@@ -2,7 +2,9 @@
 metrics.jsonl with one row per round, checkpoints/best.safetensors = the final global model,
 then test_metrics.json and report.html from `biomx evaluate`), plus `federation/`: the
 federation file's settings and one safetensors checkpoint per round, from which a stopped
-federation resumes."""
+federation resumes; and, when the sites train with DP, privacy_sites.json: each site's ledger
+(its accountant history, noise, sample rate, epsilon per round), which a resumed federation
+reads back and sends to the sites, so that no site's budget restarts."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ from biomx import experiment
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from biomx.errors import BiomxError
 from biomx.experiment import Prepared
+from biomx.federated.client import DP_SITES
 from biomx.federated.config import FederatedConfig
 from biomx.federated.weights import build_global_model, to_state
-from biomx.runs import new_run_dir, write_json
+from biomx.privacy.report import SITES
+from biomx.runs import new_run_dir, read_json, write_json
 
 ROUND_FILE = re.compile(r"round_(\d+)\.safetensors")
 
@@ -52,6 +56,7 @@ class Rounds:
         self.keys = list(build_global_model(p, 0).state_dict())
         self.history: list[dict[str, Any]] = []
         self.done = 0  # rounds completed (before this process, on resume)
+        self.sites: dict[str, dict[str, Any]] = {}  # site ("1".."N") -> its privacy ledger (DP sites)
 
     @property
     def folder(self) -> Path:
@@ -69,7 +74,32 @@ class Rounds:
             return None
         weights, extra = load_checkpoint(path)
         self.done, self.history = int(extra["round"]), list(extra.get("history") or [])
+        # Everything the sites reported spending, also in a round not checkpointed: never less.
+        if (self.run_dir / SITES).is_file():
+            self.sites = dict(read_json(self.run_dir / SITES).get("sites") or {})
         return [weights[k].numpy() for k in self.keys]
+
+    def record_sites(self, rnd: int, reports: list[dict[str, Any]]) -> None:
+        """The ledgers DP sites sent with their round-`rnd` updates (fit metrics `dp_*`, see
+        `biomx.federated.client`): RUN/privacy_sites.json, one entry per site."""
+        reports = [m for m in reports if "dp_site" in m]
+        for m in reports:
+            site = self.sites.setdefault(str(int(m["dp_site"])), {"rounds": []})
+            site.update({k: m[f"dp_{k}"] for k in ("noise_multiplier", "sample_rate", "training_samples",
+                                                   "planned_steps", "steps", "target_epsilon", "delta", "accountant",
+                                                   "epsilon_rdp", "epsilon_prv")})  # fmt: skip
+            site["history"] = json.loads(str(m["dp_history"]))
+            row = {"round": rnd, "steps": m["dp_steps"], "epsilon_rdp": m["dp_epsilon_rdp"],
+                   "epsilon_prv": m["dp_epsilon_prv"]}  # fmt: skip
+            site["rounds"] = [r for r in site["rounds"] if r["round"] != rnd] + [row]
+        if reports:
+            write_json(self.run_dir / SITES, {"sites": dict(sorted(self.sites.items(), key=lambda kv: int(kv[0])))})
+
+    def site_budgets(self) -> dict[str, str]:
+        """The fit config entry that gives every DP site its recorded history back (none without DP)."""
+        if not self.sites:
+            return {}
+        return {DP_SITES: json.dumps({name: site["history"] for name, site in self.sites.items()})}
 
     def record_fit(self, rnd: int, weights: list[np.ndarray], clients: int, failures: int,
                    metrics: dict[str, Any]) -> None:  # fmt: skip

@@ -15,14 +15,16 @@ from flwr.server.strategy import FedAvg, FedProx
 from biomx.engine.logging import console
 from biomx.errors import BiomxError
 from biomx.experiment import Prepared, evaluate_run, prepare
+from biomx.federated.client import DP_PREFIX
 from biomx.federated.config import FederatedConfig
 from biomx.federated.rounds import Rounds, run_folder, write_run_files
 from biomx.federated.weights import build_global_model, get_weights
 
 
 def weighted_mean(metrics: list[tuple[int, Metrics]]) -> Metrics:
-    """Each metric's mean over the sites that report it, weighted by their number of rows."""
-    keys = sorted({k for _, m in metrics for k in m})
+    """Each metric's mean over the sites that report it, weighted by their number of rows (not a
+    site's privacy ledger, `dp_*`: the server records it per site)."""
+    keys = sorted({k for _, m in metrics for k in m if not k.startswith(DP_PREFIX)})
     out: Metrics = {}
     for key in keys:
         pairs = [(n, float(m[key])) for n, m in metrics if key in m and n > 0]  # type: ignore[arg-type]
@@ -41,6 +43,7 @@ def make_strategy(fed: FederatedConfig, rounds: Rounds, initial: list[np.ndarray
             parameters, metrics = super().aggregate_fit(server_round, results, failures)
             if parameters is not None:
                 rnd = rounds.done + server_round
+                rounds.record_sites(rnd, [res.metrics for _, res in results])  # DP sites: privacy_sites.json
                 rounds.record_fit(rnd, parameters_to_ndarrays(parameters), len(results), len(failures), metrics)
                 console.print(f"round {rnd}: {len(results)} sites trained, {len(failures)} dropped")
             return parameters, metrics
@@ -57,7 +60,7 @@ def make_strategy(fed: FederatedConfig, rounds: Rounds, initial: list[np.ndarray
     return Recording(
         fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=fed.needed, min_evaluate_clients=fed.needed,
         min_available_clients=fed.needed, initial_parameters=ndarrays_to_parameters(initial),
-        on_fit_config_fn=lambda r: {"server_round": rounds.done + r},
+        on_fit_config_fn=lambda r: {"server_round": rounds.done + r, **rounds.site_budgets()},
         fit_metrics_aggregation_fn=weighted_mean, evaluate_metrics_aggregation_fn=weighted_mean, **kwargs,
     )  # fmt: skip
 

@@ -33,7 +33,8 @@ def _run_section(run_dir: Path) -> list[dict[str, Any]]:
     if others > 0:
         text += (f" {others} other DP run(s) used the same training data: together with this one they have "
                  f"spent epsilon {ledger['epsilon_total_rdp']:.3g} (RDP), {ledger['epsilon_total_prv']:.3g} (PRV) "
-                 f"at delta {ledger['delta']:g} (their accountant histories composed; the privacy budget book).")  # fmt: skip
+                 f"at delta {ledger['delta']:g} (their accountant histories composed; the privacy budget "
+                 "book).")  # fmt: skip
     table = {
         "header": ["epoch", "steps", "epsilon (RDP)", "epsilon (PRV)"],
         "rows": [[r["epoch"], r["steps"], f"{r['epsilon_rdp']:.4g}", f"{r['epsilon_prv']:.4g}"] for r in rows],
