@@ -159,6 +159,8 @@ def test_run_keeps_its_operating_point_and_predict_uses_it(youden_run, png_folde
     assert [r["predicted"] for r in rows] == ["pneumonia" if p >= threshold else "normal" for p in probs]
     assert load(youden_run).predict(files).tolist() == [r["predicted"] for r in rows]
     assert load_graph(youden_run).task.threshold == threshold  # what the export and the server label with
+    assert main(["evaluate", str(youden_run)]) == 0  # re-evaluating chooses the same threshold again
+    assert json.loads((youden_run / "run.json").read_text())["task"]["threshold"] == threshold
 
     # Another saved threshold flips labels: predict reads it from the run.
     moved = next(q for q in np.quantile(probs, [0.5, 0.25, 0.75]) if (probs >= q).sum() != (probs >= threshold).sum())
