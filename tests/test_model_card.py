@@ -116,6 +116,15 @@ def test_biomx_card_rewrites_both_files_and_keeps_the_training_environment(run, 
     assert _facts(_card(copy)[1], "environment") == original
 
 
+def test_biomx_evaluate_writes_the_card_again(run, tmp_path):
+    copy = _copy(run, tmp_path)
+    (copy / "model_card.md").unlink()
+    (copy / "model_card.json").unlink()
+    assert main(["evaluate", str(copy)]) == 0
+    md, card = _card(copy)
+    assert USE in md and _facts(card, "environment")["device"] == "cpu"  # the environment that evaluated it
+
+
 def test_biomx_card_on_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
     assert main(["card", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()

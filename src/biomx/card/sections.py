@@ -138,8 +138,9 @@ def metrics(run: RunFacts) -> dict[str, Any]:
         facts.update({f"operating point / {k}": v for k, v in op_facts.items()})
         tables += [{**t, "title": f"operating point: {t['title']}"} for t in op_tables]
     else:
-        text.append("Operating point: not evaluated (the run has no operating_point.json); the decision "
-                    "threshold below is the configured one, not chosen on the validation split.")  # fmt: skip
+        configured = ("; the decision threshold below is the configured one, not chosen on the validation split"
+                      if "threshold" in ev else "")  # fmt: skip
+        text.append(f"Operating point: not evaluated (the run has no operating_point.json){configured}.")
     return make_section("metrics", "Metrics", text, facts, tables)
 
 
