@@ -21,6 +21,7 @@ from biomx.config import DataConfig, ExperimentConfig, dump_config, load_config
 from biomx.data.batching import collate_batch
 from biomx.data.samples import Samples
 from biomx.data.splits import predefined_splits, split_indices, warn_if_duplicated, warn_if_leaking
+from biomx.data_audit.audit import audit_sections, write_run_audit
 from biomx.engine import distributed as dist
 from biomx.engine.callbacks import Callback
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
@@ -318,6 +319,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dic
         if dist.is_main():
             write_run_files(run_dir, p)
             console.print(f"run: {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in p.splits.items())})")
+            write_run_audit(run_dir, p)  # RUN/data_audit.json; prints the verdicts that are not ok
     members = member_dirs(run_dir, cfg.model.ensemble)
     callbacks = tracking_callbacks(cfg, run_dir)  # one MLflow run across all members
     for k, member_dir in enumerate(members):
@@ -392,6 +394,7 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
         if evaluation is not None:
             console.print(summary_line(evaluation))
     chosen = selection.report_section(member_dirs(run_dir, p.cfg.model.ensemble)[0])
+    sections = [*sections, *audit_sections(run_dir)]  # the data audit written before training
     if dist.is_main():
         private = [*privacy_sections(run_dir), *baseline_sections(run_dir)]  # none unless a DP run
         _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections, *private], scored)

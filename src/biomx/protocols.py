@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: importing the protocols costs nothing
 
     from biomx.config import DataConfig, ExperimentConfig, TaskConfig
     from biomx.data.samples import Samples
+    from biomx.data_audit.fingerprints import Fingerprints
     from biomx.engine.trainer import Trainer
 
 
@@ -320,6 +321,26 @@ class SolverTask(Protocol):
 
     def solver_targets(self, targets: torch.Tensor) -> tuple[str, np.ndarray]:
         """("values", (N, K) float64 in raw-output space, NaN = missing) or ("classes", (N,) int64)."""
+        ...
+
+
+@runtime_checkable
+class AuditsData(Protocol):
+    """A modality whose inputs the data audit compares and measures (`biomx audit-data`,
+    `biomx.data_audit`). Each member is optional: a check whose member is missing says
+    "not checked", it does not fail."""
+
+    def fingerprints(self, samples: Samples) -> Fingerprints | None:
+        """An exact key per sample (equal keys: identical inputs) and, where it can, near-duplicate
+        vectors with their metric and threshold (`biomx.data_audit.fingerprints`)."""
+        ...
+
+    def describe_sizes(self, samples: Samples) -> dict[str, np.ndarray]:
+        """Per-sample measures (size, intensity, length) in which the audit looks for outliers."""
+        ...
+
+    def missing_values(self, samples: Samples) -> dict[str, int]:
+        """Missing input values per field (e.g. empty table cells)."""
         ...
 
 
