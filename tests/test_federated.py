@@ -277,3 +277,19 @@ def test_a_restarted_dp_site_goes_on_from_its_recorded_budget(tmp_path, png_fold
     # No record (a resumed simulation): round 1 counts as trained; never a budget from zero.
     alone = SiteClient(p, fed, 1, rows).fit([w.copy() for w in start], {"server_round": 2})[2]
     assert alone["dp_history"] == second["dp_history"]
+
+
+def test_a_resumed_dp_federation_keeps_what_each_site_spent(tmp_path, png_folder):
+    path = private_federation(tmp_path, png_folder, "dpres")
+    path.write_text(path.read_text().replace("rounds: 2", "rounds: 1"))
+    assert main(["federate", "simulate", str(path)]) == 0
+    run = tmp_path / "runs" / "dpres"
+    before = json.loads((run / "privacy_sites.json").read_text())["sites"]
+    path.write_text(path.read_text().replace("rounds: 1", "rounds: 2"))  # one more round, new processes
+    assert main(["federate", "simulate", str(path), "--resume", str(run)]) == 0
+    after = json.loads((run / "privacy_sites.json").read_text())["sites"]
+    for name, site in after.items():
+        # Round 1 as it was spent (its own noise, from the server's record), then round 2's steps.
+        assert site["history"][0] == before[name]["history"][0] and len(site["history"]) == 2
+        assert [r["round"] for r in site["rounds"]] == [1, 2]
+        assert site["rounds"][0] == before[name]["rounds"][0] and site["epsilon_rdp"] > before[name]["epsilon_rdp"]

@@ -55,7 +55,7 @@ def run_rounds(fed: FederatedConfig, rounds: Rounds, weights: list[np.ndarray], 
     strategy = make_strategy(fed, rounds, weights)
     parameters = ndarrays_to_parameters(weights)
     for server_round in range(1, fed.rounds - rounds.done + 1):
-        config: dict[str, Any] = {"server_round": rounds.done + server_round}
+        config: dict[str, Any] = {"server_round": rounds.done + server_round, **rounds.site_budgets()}  # DP sites
         if fed.strategy == "fedprox":
             config["proximal_mu"] = fed.proximal_mu
         fits = []
