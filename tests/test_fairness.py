@@ -188,3 +188,33 @@ def test_a_tabular_run_writes_subgroups_and_the_report_section(table: Path, tmp_
     for title in ("Subgroups: gender", "Disparity across gender", "Per-group thresholds by age_group"):
         assert title in report
     assert all(re.fullmatch(r"\d+-\d+|missing", r["group"]) for r in found["columns"]["age_group"]["groups"])
+
+
+def test_image_columns_from_the_manifest_headers_and_intensity(png_folder: Path, dicom_folder: Path,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    import csv
+
+    from biomx.modalities.image.subgroups import _age_years
+
+    rows = list(csv.DictReader(open(png_folder / "manifest.csv", newline="")))
+    sites = ["north" if i % 3 else "south" for i in range(len(rows))]
+    manifest = png_folder / "manifest_sites.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "site"])
+        writer.writeheader()
+        writer.writerows([{**row, "site": site} for row, site in zip(rows, sites, strict=True)])
+    raw = {"data": {"modality": "image", "source": "csv", "path": str(manifest), "image": {"size": [28, 28]}},
+           "task": {"kind": "classification", "classes": ["normal", "pneumonia"]},
+           "eval": {"subgroups": ["site", "mean_intensity"]}}  # fmt: skip
+    cfg = validate(raw)
+    image = get_modality("image")
+    samples = image.load(cfg)
+    labels = subgroup_labels(cfg, image, samples)
+    by_path = {str(png_folder / row["path"]): site for row, site in zip(rows, sites, strict=True)}
+    assert labels["site"].tolist() == [by_path[i] for i in samples.ids]  # aligned with the loaded samples
+    assert len(set(labels["mean_intensity"])) == 4 and all(g.startswith("Q") for g in labels["mean_intensity"])
+    cfg = validate({**raw, "data": {**raw["data"], "path": str(dicom_folder / "manifest.csv")},
+                    "eval": {"subgroups": ["PatientSex", "PatientAge_group"]}})  # fmt: skip
+    found = subgroup_labels(cfg, image, image.load(cfg))
+    assert len(found["PatientSex"]) == 120 and len(found["PatientAge_group"]) == 120  # read only when asked
+    assert _age_years("045Y") == 45 and _age_years("006M") == 0.5 and np.isnan(_age_years("abc"))
