@@ -150,7 +150,7 @@ def test_subgroups_and_operating_point_are_sections_when_present_and_not_evaluat
         {"name": "outliers", "status": "ok", "message": "none"}]}))
     assert main(["card", str(copy)]) == 0
     md, card = _card(copy)
-    assert "| 2 | M | 8 | small | 0.600 [0.700, 0.900] |" in md  # the group table, small flag kept
+    assert "| M | 8 | small | 0.600 [0.700, 0.900] |" in md  # the group table, small flag kept
     assert "1 of 2 subgroup results rest on fewer than 30 test samples: indicative only." in md
     assert _facts(card, "metrics")["operating point / threshold"] == 0.42
     assert _facts(card, "quantitative")["subgroups / columns / sex / disparity / measures / auroc / difference"] == 0.2
@@ -185,6 +185,14 @@ def test_nested_json_becomes_facts_and_tables():
     assert tables == [{"title": "points", "header": ["points", "a", "b"], "rows": [
         ["threshold", "0.500", "0.400"], ["test / sens", "1.000 [0.900, 1.000]", "0.950 [0.900, 1.000]"],
         ["test / tp", "3", "1"], ["test / fn", "0", "2"], ["test / fp", "1", "0"]]}]
-    # Many records of few fields: one row per record (a list's rows are numbered from 1).
+    # Many records of few fields: one row per record, named by its first field when that tells them apart.
     _, (table,) = describe_json({"groups": [{"group": g, "n": n} for g, n in (("F", 40), ("M", 8))]})
-    assert table["header"] == ["groups", "group", "n"] and table["rows"] == [["1", "F", "40"], ["2", "M", "8"]]
+    assert table["header"] == ["group", "n"] and table["rows"] == [["F", "40"], ["M", "8"]]
+    _, (table,) = describe_json({"groups": [{"n": n} for n in (40, 8)]})
+    assert table["header"] == ["groups", "n"] and table["rows"] == [["1", "40"], ["2", "8"]]  # else numbered
+    # Records with the same fields beside other entries ("before" and "after" beside a "method").
+    facts, (table,) = describe_json({"method": "m", "before": {"gap": 0.3, "acc": 0.7},
+                                     "after": {"gap": 0.1, "acc": 0.68}, "rules": {"F": "x > 0.5"}})
+    assert facts == {"method": "m", "rules / F": "x > 0.5"}
+    assert table["header"] == ["name", "gap", "acc"] and table["rows"] == [["before", "0.300", "0.700"],
+                                                                            ["after", "0.100", "0.680"]]

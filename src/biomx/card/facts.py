@@ -142,21 +142,50 @@ def describe_json(obj: Any, prefix: str = "") -> tuple[dict[str, Any], list[dict
     return facts, tables
 
 
+def _named(records: list[tuple[str, dict[str, Any]]], label: str) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """A list's records named by their first field when it is a text that tells them apart
+    ({"group": "F", ...} -> row "F", label "group"); else as they are (numbered)."""
+    first = next(iter(records[0][1]), None)
+    names = [row.get(first) for _, row in records] if first is not None else []
+    if first is None or any(next(iter(row), None) != first or not isinstance(row.get(first), str)
+                            for _, row in records) or len(set(map(str, names))) < len(names):  # fmt: skip
+        return records, label
+    return [(str(row[first]), {k: v for k, v in row.items() if k != first}) for _, row in records], first
+
+
+def _alike(entries: list[tuple[str, Any]]) -> list[str]:
+    """The keys of the largest set (two or more) of records with the same fields, e.g. "before" and
+    "after" beside a "method" text: a table of their own."""
+    groups: dict[frozenset, list[str]] = {}
+    for key, value in entries:
+        record = None if _leaf(value) else _record(value)
+        if record is not None:
+            groups.setdefault(frozenset(record), []).append(key)
+    best = max(groups.values(), key=len, default=[])
+    return best if len(best) >= 2 else []
+
+
 def _walk(obj: Any, path: str, depth: int) -> Iterator[tuple[str, Any]]:
-    entries = list(obj.items()) if isinstance(obj, Mapping) else list(enumerate(obj, 1)) if isinstance(obj, list) else []
-    records = [(str(k), _record(v)) for k, v in entries]
+    is_list = isinstance(obj, list)
+    entries = [(str(k), v) for k, v in (enumerate(obj, 1) if is_list else obj.items() if isinstance(obj, Mapping)
+                                        else [])]  # fmt: skip
+    label = path.rsplit(" / ", 1)[-1] or "name"
+    records = [(k, _record(v)) for k, v in entries]
     if len(entries) > 1 and all(r is not None for _, r in records) and not all(_leaf(v) for _, v in entries):
-        label = path.rsplit(" / ", 1)[-1] or "name"
-        yield path, ("table", _table(path or "values", label, records))  # type: ignore[misc]
+        rows, label = _named(records, label) if is_list else (records, label)  # type: ignore[arg-type]
+        yield path, ("table", _table(path or "values", label, rows))  # type: ignore[misc]
         return
-    if not isinstance(obj, Mapping | list) or depth > MAX_DEPTH:
+    if not entries or depth > MAX_DEPTH:
         yield path, obj if _leaf(obj) else show(obj)
         return
+    alike = _alike(entries)
+    if alike:
+        yield path, ("table", _table(path or "values", label, [(k, _record(v)) for k, v in entries if k in alike]))
     for key, value in entries:
         name = f"{path} / {key}" if path else str(key)
         if _leaf(value):
             yield name, value
-        else:
+        elif key not in alike:
             yield from _walk(value, name, depth + 1)
 
 
