@@ -300,7 +300,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dic
     p = prepare(cfg)
     unconverted = p.info["model"]
     # A DP run: its BatchNorm converted (train.privacy.batchnorm), or one line if DP-SGD cannot train it.
-    p.info["model"] = model or check_private_run(cfg, p.info["model"], dist.world_size())
+    p.info["model"] = model or check_private_run(cfg, p.info["model"], dist.world_size(), p.datasets["train"])
     if resume is not None:
         _check_same_model(Path(resume), p)
     check_model_runs(p)  # before any run file is written: a bad model.args leaves nothing behind
@@ -380,6 +380,9 @@ def _auto_member(p: Prepared, member_dir: Path, member: int, callbacks: list[Cal
 def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
     """Evaluate the best checkpoint(s) on the test split and write the report (rank 0 writes)."""
     dist.barrier()
+    hooked = getattr(trainer, "grad_sample_module", None)  # DP-SGD's per-sample gradient hooks: for training only
+    if hooked is not None:  # (evaluation and explanations take gradients of their own)
+        hooked.to_standard_module()
     evaluation, sections, scored = None, [], []
     if len(p.datasets["test"]):
         weights = []

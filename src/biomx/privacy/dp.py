@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from biomx.data.batching import collate_batch
 from biomx.engine.logging import console
 from biomx.errors import BiomxError, ConfigError
 from biomx.models.norms import batchnorm_layers, groups_for
@@ -140,10 +141,11 @@ def noise_for(config: PrivacyConfig, sample_rate: float, steps: int) -> float:
         raise ConfigError(f"train.privacy.epsilon: {config.epsilon} cannot be reached ({err}); raise it") from None
 
 
-def check_run(cfg: Any, model_info: dict[str, Any], world: int) -> dict[str, Any]:
+def check_run(cfg: Any, model_info: dict[str, Any], world: int, data: Dataset | None = None) -> dict[str, Any]:
     """Before any run file is written: the run.json model entry a DP run trains (`model_info`
     with its BatchNorm converted, see `convert_batchnorm`), or one line refusing a DP run that
-    cannot train (`cfg` an ExperimentConfig). Without train.privacy: `model_info` unchanged."""
+    cannot train (`cfg` an ExperimentConfig; `data` the training split, for `check_per_sample`).
+    Without train.privacy: `model_info` unchanged."""
     if cfg.train.privacy is None:
         return model_info
     if cfg.model.ensemble > 1:
@@ -157,7 +159,41 @@ def check_run(cfg: Any, model_info: dict[str, Any], world: int) -> dict[str, Any
     model = build_recorded(model_info)
     refuse_unsupported(cfg.train, solver=isinstance(model, FittedModel), world=world)
     check_model(model, model_info["name"])
+    if data is not None:
+        check_per_sample(model, model_info["name"], data)
     return model_info
+
+
+def check_per_sample(model: nn.Module, name: str, data: Dataset) -> None:
+    """Refuse, in one line, a model whose trainable layers do not see one row per sample (a graph
+    network's layers see one row per node): Opacus takes a layer input's first dimension as the
+    sample, so its per-sample gradients, clipping and privacy would be those of the rows. Checked
+    on two real training samples, without gradients."""
+    if len(data) < 2:
+        return
+    getitems = getattr(data, "__getitems__", None)
+    x, _ = collate_batch(getitems([0, 1]) if getitems is not None else [data[0], data[1]])
+    rows: dict[str, int] = {}
+
+    def seen(path: str):
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].ndim:
+                rows.setdefault(path, int(inputs[0].shape[0]))
+        return hook
+
+    hooks = [m.register_forward_hook(seen(path)) for path, m in model.named_modules()
+             if any(p.requires_grad for p in m.parameters(recurse=False))]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    layer, n = next(((path, n) for path, n in rows.items() if n != 2), (None, 2))
+    if layer is not None:
+        raise ConfigError(f"model.name: {name} cannot be trained with DP-SGD: its layer {layer!r} sees {n} rows for "
+                          "2 samples (rows are parts of a sample, e.g. graph nodes), and per-sample gradients need "
+                          "one row per sample; pick a model whose layers see whole samples")  # fmt: skip
 
 
 NORM_CHOICES = ("group", "layer", "instance")  # a builder's `norm` values without batch statistics, tried in order
