@@ -98,7 +98,7 @@ def test_net_benefit_of_a_perfect_classifier_is_the_prevalence():
 
 
 def test_bad_operating_point_settings_are_one_line(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="task.operating_point.rule: youden chooses the threshold of a binary"):
+    with pytest.raises(ConfigError, match="task.operating_point.rule: youden chooses a threshold, and a multiclass"):
         build_task("multiclass", ["a", "b", "c"], operating_point={"rule": "youden"})
     with pytest.raises(ConfigError, match="task.operating_point.target"):
         build_task("binary", ["a", "b"], operating_point={"rule": "youden", "target": 0.9})
@@ -173,3 +173,30 @@ def test_run_keeps_its_operating_point_and_predict_uses_it(youden_run, png_folde
         (youden_run / "run.json").write_text(json.dumps(run_info))
     assert [r["predicted"] for r in again] == ["pneumonia" if p >= moved else "normal" for p in probs]
     assert [r["predicted"] for r in again] != [r["predicted"] for r in rows]
+
+
+def test_multilabel_labels_get_their_own_thresholds_on_measured_cases():
+    # Two assays with missing cells (NaN): each label's threshold from its measured validation cases.
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, (300, 2)).astype(float)
+    probs = np.clip(np.stack([0.2 + 0.5 * y[:, 0], 0.05 + 0.2 * y[:, 1]], 1) + 0.3 * rng.random((300, 2)), 0, 1)
+    y[rng.random((300, 2)) < 0.3] = np.nan
+    task = build_task("multilabel", ["a", "b"], operating_point={"rule": "sensitivity", "target": 0.9})
+    from biomx.tasks.classification.operating_point import select_labels
+
+    record = select_labels(task, probs[:150], y[:150])
+    for k, name in enumerate("ab"):
+        seen = ~np.isnan(y[:150, k])
+        expected = choose(probs[:150][seen, k], y[:150][seen, k], "sensitivity", 0.9)
+        assert record["labels"][name]["threshold"] == task.label_thresholds[k] == expected
+        assert record["labels"][name]["validation"]["sensitivity"] >= 0.9
+    assert task.label_thresholds[1] < 0.5 < task.label_thresholds[0]  # label b scores low: a low threshold
+    labels = task.predict_labels(probs[150:])
+    assert (labels == (probs[150:] >= np.array(task.label_thresholds))).all()
+    evaluation = task.evaluate(probs[150:], y[150:], n_bootstrap=50)
+    assert set(evaluation["operating_point"]["labels"]["b"]["test"]["metrics"]) >= {"sensitivity", "ppv"}
+    from biomx.tasks import task_from_info
+
+    assert task_from_info(task.info()).label_thresholds == task.label_thresholds
+    with pytest.raises(ConfigError, match="multiclass task"):
+        build_task("multiclass", ["a", "b", "c"], operating_point={"rule": "sensitivity"})

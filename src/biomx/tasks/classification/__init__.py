@@ -44,7 +44,8 @@ def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_
 def from_info(info: dict[str, Any]) -> ClassificationTask:
     """The run's task; `threshold` is the one its evaluation chose (older runs: the configured one)."""
     return build_task(info["kind"], info["classes"], threshold=info["threshold"],
-                      operating_point=info.get("operating_point"))
+                      operating_point={**(info.get("operating_point") or {}),
+                                       "label_thresholds": info.get("label_thresholds")})
 
 
 __all__ = [

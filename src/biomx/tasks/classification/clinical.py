@@ -13,7 +13,7 @@ from biomx import batched
 from biomx.protocols import TestRun
 from biomx.report.html import fmt
 from biomx.runs import read_json, write_json
-from biomx.tasks.classification.operating_point import select
+from biomx.tasks.classification.operating_point import select, select_labels
 from biomx.uncertainty import mean_and_std
 
 if TYPE_CHECKING:
@@ -34,14 +34,18 @@ def evaluate_test(task: ClassificationTask, run: TestRun) -> tuple[dict[str, Any
     """A binary task first chooses its threshold on the validation split, then scores the test split
     at it (`biomx.batched`); the run keeps the threshold (run.json's task entry, which `biomx predict`,
     `biomx.load`, the server and the export read), operating_point.json and decision_curve.csv."""
-    if task.kind != "binary":
+    if task.kind == "binary":
+        task.selection = select(task, *validation_scores(task, run))
+    elif task.kind == "multilabel" and task.rule != "fixed":
+        task.selection = select_labels(task, *validation_scores(task, run))
+    else:
         return batched.evaluate_test(task, run)
-    task.selection = select(task, *validation_scores(task, run))
     evaluation, sections = batched.evaluate_test(task, run)
     if evaluation is None:  # not the main process
         return evaluation, sections
     write_json(run.run_dir / "operating_point.json", evaluation["operating_point"])
-    decision_curve.write(run.run_dir / "decision_curve.csv", evaluation["decision_curve"])
+    if "decision_curve" in evaluation:
+        decision_curve.write(run.run_dir / "decision_curve.csv", evaluation["decision_curve"])
     info_path = run.run_dir / "run.json"
     if info_path.is_file():
         info = read_json(info_path)
@@ -76,6 +80,8 @@ def report_sections(evaluation: dict[str, Any]) -> list[dict]:
     if not record:
         return []
     level = f"{100 * float(evaluation.get('ci', 0.95)):g}%"
+    if "labels" in record:
+        return [_labels_section(record, level, evaluation.get("n_bootstrap"))]
     validation = record.get("validation")
     chosen = (f"chosen on the validation split (n = {validation['n']}, {validation['positives']} positive)"
               if record.get("chosen_on") == "validation" else "kept as configured")  # fmt: skip
@@ -97,3 +103,23 @@ def report_sections(evaluation: dict[str, Any]) -> list[dict]:
             f"split; {level} bootstrap CIs. It reads probabilities as risks: see the reliability diagram. "
             "Every pt from 0.01 to 0.99 is in decision_curve.csv.")})
     return sections
+
+
+def _labels_section(record: dict[str, Any], level: str, n_boot: Any) -> dict:
+    """Multilabel: each label's threshold, the validation rates that chose it and its test rates with CIs."""
+    text = (f"Rule {record.get('rule')} (task.operating_point), applied to each label on the validation cases where "
+            f"it was measured; biomx predict and the export use these thresholds. Test rates with {level} CIs from "
+            f"{n_boot} bootstrap resamples of each label's measured cases; counts are TP/FP/TN/FN.")
+    if record.get("note"):
+        text += f" Note: {record['note']}."
+    rows = []
+    for name, found in (record.get("labels") or {}).items():
+        val, test = found.get("validation") or {}, found.get("test") or {}
+        metrics, counted = test.get("metrics") or {}, test.get("counts") or {}
+        rows.append([name, fmt(found.get("threshold")) + ("" if found.get("chosen", True) else " (kept)"),
+                     fmt(val.get("sensitivity")), fmt(val.get("specificity")),
+                     *(_interval(metrics.get(m)) for m in ("sensitivity", "specificity", "ppv", "npv", "f1")),
+                     "/".join(str(counted.get(k, "-")) for k in ("tp", "fp", "tn", "fn"))])  # fmt: skip
+    header = ["label", "threshold", "val sensitivity", "val specificity", "sensitivity", "specificity", "PPV", "NPV",
+              "F1", "TP/FP/TN/FN"]  # fmt: skip
+    return {"title": "Operating point", "text": text, "table": {"header": header, "rows": rows, "numeric": True}}

@@ -100,6 +100,9 @@ def evaluate(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, *
         clinical = {"operating_point": operating_point.evaluate(task, probs, targets, n_bootstrap, ci, seed),
                     "decision_curve": {**decision_curve.decision_curve(probs, targets, n_bootstrap, ci, seed),
                                        "ci": float(ci)}}  # fmt: skip
+    elif task.label_thresholds is not None:  # multilabel: each label at its own threshold
+        clinical = {"operating_point": operating_point.evaluate_labels(task, probs, targets, observed, n_bootstrap,
+                                                                       ci, seed)}  # fmt: skip
     return {
         "kind": task.kind, "headline": list(task.headline), "n": n, "classes": list(task.classes),
         "threshold": task.threshold,
@@ -152,7 +155,7 @@ def one_vs_rest(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray
         eye = np.eye(len(task.classes), dtype=bool)
         return (eye[targets], eye[probs.argmax(axis=1)], probs,
                 np.broadcast_to(observed[:, None], probs.shape))
-    return targets == 1, probs >= task.threshold, probs, observed
+    return targets == 1, probs >= task.cutoff(), probs, observed
 
 
 def _bootstrap(task: ClassificationTask, views: tuple, n_boot: int, seed: int, n_bins: int) -> dict:

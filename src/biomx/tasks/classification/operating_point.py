@@ -180,3 +180,49 @@ def evaluate(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, n
     record["points"] = points
     return record
 
+
+
+def select_labels(task: ClassificationTask, probs: np.ndarray | None, y: np.ndarray | None) -> dict[str, Any]:
+    """Multilabel: one threshold per label by the task's rule, each on the validation cases where that
+    label was measured (a label without both classes there keeps task.threshold); sets
+    `task.label_thresholds`. Returns the record, per label under `labels`."""
+    record: dict[str, Any] = {"rule": task.rule, "target": task.target, "task_threshold": task.task_threshold,
+                              "threshold": task.task_threshold, "chosen_on": None, "labels": {}}  # fmt: skip
+    task.label_thresholds = None
+    if probs is None or y is None or len(y) == 0:
+        record["note"] = "no validation split: every label keeps task.threshold"
+        return record
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    chosen, kept = [], []
+    for k, name in enumerate(task.classes):
+        seen = ~np.isnan(y[:, k])
+        threshold = choose(probs[seen, k], y[seen, k], task.rule, task.target)
+        if threshold is None:
+            kept.append(name)
+            threshold = task.task_threshold
+        chosen.append(threshold)
+        record["labels"][name] = {"threshold": threshold, "chosen": name not in kept,
+                                  "validation": {"n": int(seen.sum()),
+                                                 **at_threshold(probs[seen, k], y[seen, k], threshold)}}  # fmt: skip
+    task.label_thresholds = chosen
+    record["chosen_on"] = "validation"
+    if kept:
+        record["note"] = f"{', '.join(kept)}: not both classes in the validation split, so task.threshold is kept"
+    return record
+
+
+def evaluate_labels(task: ClassificationTask, probs: np.ndarray, targets: np.ndarray, observed: np.ndarray,
+                    n_boot: int, ci: float, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Multilabel: each label's test counts and rates with CIs at its own threshold, on the cases where
+    it was measured (each label's cases resampled on their own)."""
+    record = dict(task.selection or {"rule": task.rule, "target": task.target, "task_threshold": task.task_threshold,
+                                     "chosen_on": None, "labels": {}})  # fmt: skip
+    labels = {name: dict(found) for name, found in (record.get("labels") or {}).items()}
+    for k, name in enumerate(task.classes):
+        seen = observed[:, k]
+        threshold = float(task.cutoff()[k]) if task.label_thresholds is not None else task.threshold
+        (test,) = score_points(probs[seen, k], targets[seen, k], [threshold], n_boot, ci, seed)
+        labels[name] = {**labels.get(name, {"threshold": threshold}), "test": {"n": int(seen.sum()),
+                        "counts": test["counts"], "metrics": test["metrics"]}}  # fmt: skip
+    record["labels"] = labels
+    return record

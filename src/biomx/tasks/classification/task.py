@@ -60,6 +60,7 @@ class ClassificationTask(RowTaskHooks):
     rule: str = "fixed"  # task.operating_point.rule
     target: float | None = None  # task.operating_point.target (sensitivity / specificity rules)
     task_threshold: float | None = None  # task.threshold as configured; None: `threshold`
+    label_thresholds: list[float] | None = None  # multilabel: one per label, chosen on validation
     selection: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # what chose it
 
     def __post_init__(self) -> None:
@@ -89,9 +90,15 @@ class ClassificationTask(RowTaskHooks):
     def _check_operating_point(self) -> None:
         if self.rule not in RULES:
             raise ConfigError(f"task.operating_point.rule: expected one of {', '.join(RULES)}, got {self.rule!r}")
-        if self.rule != "fixed" and self.kind != "binary":
-            raise ConfigError(f"task.operating_point.rule: {self.rule} chooses the threshold of a binary task; this "
-                              f"task is {self.kind} ({len(self.classes)} classes), so use rule: fixed")  # fmt: skip
+        if self.rule != "fixed" and self.kind == "multiclass":
+            raise ConfigError(f"task.operating_point.rule: {self.rule} chooses a threshold, and a multiclass task "
+                              f"({len(self.classes)} classes) has none (argmax); use rule: fixed")  # fmt: skip
+        if self.label_thresholds is not None:
+            found = [as_float(t, "task.label_thresholds") for t in self.label_thresholds]
+            if self.kind != "multilabel" or len(found) != len(self.classes) or not all(0 < t < 1 for t in found):
+                raise ConfigError(f"task.label_thresholds: expected one value in (0, 1) per label of a multilabel "
+                                  f"task, got {self.label_thresholds!r}")  # fmt: skip
+            self.label_thresholds = found
         if self.rule in ("sensitivity", "specificity"):
             key = "task.operating_point.target"
             self.target = DEFAULT_TARGET if self.target is None else as_float(self.target, key)
@@ -168,7 +175,11 @@ class ClassificationTask(RowTaskHooks):
         if self.kind == "multiclass":
             return probs.argmax(axis=1)
         probs = probs.reshape(-1) if self.kind == "binary" else probs
-        return (probs >= self.threshold).astype(np.int64)
+        return (probs >= self.cutoff()).astype(np.int64)
+
+    def cutoff(self) -> float | np.ndarray:
+        """What a probability is compared with: `threshold`, or multilabel's per-label thresholds (K,)."""
+        return self.threshold if self.label_thresholds is None else np.asarray(self.label_thresholds)
 
     def prediction_columns(self, probs: np.ndarray) -> dict[str, np.ndarray]:
         """Columns for predictions.csv: "prob_<class>" for every class, then "predicted".
@@ -200,12 +211,14 @@ class ClassificationTask(RowTaskHooks):
         """The run.json entry; `threshold` is the one predictions are labelled with (for a binary task,
         the operating point chosen on the validation split once the run is evaluated)."""
         info = {"name": self.name, "kind": self.kind, "classes": self.classes, "threshold": self.threshold}
-        if self.kind == "binary":
+        if self.kind != "multiclass":
             info["operating_point"] = {"rule": self.rule, "target": self.target, "task_threshold": self.task_threshold}
+        if self.label_thresholds is not None:
+            info["label_thresholds"] = list(self.label_thresholds)
         return info
 
     def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
-        """Binary: choose the threshold on the validation split first (`clinical`); then as every row task."""
+        """Binary (multilabel with a rule): choose the threshold(s) on the validation split first (`clinical`)."""
         return clinical.evaluate_test(self, run)
 
     def output_names(self) -> list[str]:
@@ -262,8 +275,9 @@ def build_task(kind: str, classes: list[str], class_weights: list[float] | None 
         class_weights: one weight > 0 per class, or None for unweighted.
         label_smoothing: eps, 0 <= eps < 1.
         threshold: decision threshold for binary and multilabel, 0 < t < 1.
-        operating_point: binary only: {"rule", "target", "task_threshold"} (task.operating_point, and
-            task.threshold as configured when `threshold` is one chosen on the validation split).
+        operating_point: binary and multilabel: {"rule", "target", "task_threshold", "label_thresholds"}
+            (task.operating_point; task.threshold as configured when `threshold` is one chosen on the
+            validation split; multilabel: the per-label thresholds chosen there).
 
     Returns:
         The task.
@@ -273,7 +287,8 @@ def build_task(kind: str, classes: list[str], class_weights: list[float] | None 
     """
     op = operating_point or {}
     return ClassificationTask(kind, classes, class_weights, label_smoothing, threshold, rule=op.get("rule", "fixed"),
-                              target=op.get("target"), task_threshold=op.get("task_threshold"))  # fmt: skip
+                              target=op.get("target"), task_threshold=op.get("task_threshold"),
+                              label_thresholds=op.get("label_thresholds"))  # fmt: skip
 
 
 def _squeeze_binary(logits: torch.Tensor) -> torch.Tensor:
