@@ -71,20 +71,20 @@ def check_subgroups(cfg: Any, modality: Any, samples: Any) -> None:
     subgroup_labels(cfg, modality, samples)
 
 
+def _cells(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stripped text of each cell, missing mask: empty, None or NaN)."""
+    text = np.char.strip(np.asarray(values, dtype=str))
+    return text, (text == "") | (text == "None") | (np.char.lower(text) == "nan")
+
+
 def _numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(float values, missing mask) when every present cell is a number, else None."""
-    out = np.full(len(values), np.nan)
-    missing = np.zeros(len(values), dtype=bool)
-    for i, v in enumerate(values):
-        if v is None or (isinstance(v, str) and not v.strip()):
-            missing[i] = True
-            continue
-        try:
-            out[i] = float(v)
-        except (TypeError, ValueError):
-            return None
-        missing[i] = np.isnan(out[i])
-    return out, missing
+    text, missing = _cells(values)
+    try:
+        x = np.where(missing, "nan", text).astype(np.float64)
+    except ValueError:
+        return None
+    return x, missing | np.isnan(x)
 
 
 def is_age(column: str) -> bool:
@@ -94,9 +94,8 @@ def is_age(column: str) -> bool:
 
 
 def _text(values: np.ndarray) -> np.ndarray:
-    cells = [MISSING if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip() else str(v).strip()
-             for v in values]  # fmt: skip
-    return np.asarray(cells, dtype=object)
+    text, missing = _cells(values)
+    return np.where(missing, MISSING, text).astype(object)
 
 
 def _level(x: float) -> str:
@@ -111,20 +110,21 @@ def bin_values(values: np.ndarray, column: str, force: bool = False) -> np.ndarr
     x, missing = parsed
     present = x[~missing]
     if not force and len(np.unique(present)) <= MAX_LEVELS:
-        return np.asarray([MISSING if m else _level(v) for v, m in zip(x, missing, strict=True)], dtype=object)
+        levels, which = np.unique(np.where(missing, 0.0, x), return_inverse=True)
+        return np.where(missing, MISSING, np.array([_level(v) for v in levels], dtype=object)[which]).astype(object)
     labels = np.full(len(x), MISSING, dtype=object)
     if not len(present):
         return labels
     if is_age(column):
-        decade = (np.floor(x[~missing] / 10) * 10).astype(int)
-        labels[~missing] = [f"{d}-{d + 9}" for d in decade]
+        decades, which = np.unique((np.floor(present / 10) * 10).astype(int), return_inverse=True)
+        labels[~missing] = np.array([f"{d}-{d + 9}" for d in decades], dtype=object)[which]
         return labels
     edges = np.unique(np.quantile(present, [0.25, 0.5, 0.75]))
     bins = np.searchsorted(edges, x[~missing], side="right")
     bounds = [present.min(), *edges, present.max()]
     names = [f"Q{k + 1} [{bounds[k]:.4g}, {bounds[k + 1]:.4g}{']' if k == len(edges) else ')'}"
              for k in range(len(edges) + 1)]  # fmt: skip
-    labels[~missing] = [names[b] for b in bins]
+    labels[~missing] = np.array(names, dtype=object)[bins]
     return labels
 
 
