@@ -184,7 +184,8 @@ def _size(run_dir: Path) -> dict[str, Any]:
     except BiomxError as err:
         return {"parameters": f"unknown ({str(err).splitlines()[0]})"}
     params = sum(p.numel() for p in models[0].parameters())
-    out: dict[str, Any] = {"parameters": params, "ensemble members": len(models)}
+    out: dict[str, Any] = {"parameters" if len(models) == 1 else "parameters per member": params,
+                           "ensemble members": len(models)}  # fmt: skip
     buffers = sum(b.numel() for b in models[0].buffers())
     if params == 0 and buffers:
         out["fitted values"] = buffers  # a solver's fitted state lives in buffers
