@@ -67,7 +67,7 @@ def main() -> None:
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="dp-utility-"))
     variants = [("demo-batchnorm", []), ("groupnorm-no-dp", ["model.args.norm=group"])]
     for eps in args.epsilon or [8.0]:
-        privacy = f"{{epsilon: {eps}, delta: 1.0e-5, max_grad_norm: {args.max_grad_norm}}}"
+        privacy = f"{{epsilon: {eps}, delta: 1.0e-5, max_grad_norm: {args.max_grad_norm}, baseline: false}}"
         variants.append((f"groupnorm-dp-eps{eps:g}", ["model.args.norm=group", f"train.privacy={privacy}"]))
     rows = [run(name, [*args.set, *extra], runs_dir) for name, extra in variants]
     base = next(r for r in rows if r["variant"] == "groupnorm-no-dp")["train_s"]

@@ -88,7 +88,8 @@ def check_model(model: nn.Module, name: str) -> None:
         first = str(errors[0]).splitlines()[0].split(". ")[0]  # opacus' first sentence names the layer type
         where = next((f", layer {path!r}" for path, m in model.named_modules() if path
                       and f"nn.{type(m).__name__} " in first), "")  # fmt: skip
-        raise ConfigError(f"model.name: {name} cannot be trained with DP-SGD ({first}{where}); pick another model")
+        raise ConfigError(f"model.name: {name} cannot be trained with DP-SGD ({first}{where}); pick another model "
+                          "(docs/privacy.md lists those that train with DP)")  # fmt: skip
 
 
 def _takes(name: str, argument: str) -> bool:
@@ -193,7 +194,7 @@ def check_per_sample(model: nn.Module, name: str, data: Dataset) -> None:
     if layer is not None:
         raise ConfigError(f"model.name: {name} cannot be trained with DP-SGD: its layer {layer!r} sees {n} rows for "
                           "2 samples (rows are parts of a sample, e.g. graph nodes), and per-sample gradients need "
-                          "one row per sample; pick a model whose layers see whole samples")  # fmt: skip
+                          "one row per sample; pick another model (docs/privacy.md lists those that train with DP)")  # fmt: skip
 
 
 NORM_CHOICES = ("group", "layer", "instance")  # a builder's `norm` values without batch statistics, tried in order
