@@ -17,6 +17,7 @@ import torch
 
 from biomx.cli import main
 from biomx.engine.checkpoint import load_checkpoint
+from biomx.errors import ConfigError
 from biomx.experiment import prepare
 from biomx.federated.client import SiteClient
 from biomx.federated.config import load_federation
@@ -277,6 +278,8 @@ def test_a_restarted_dp_site_goes_on_from_its_recorded_budget(tmp_path, png_fold
     # No record (a resumed simulation): round 1 counts as trained; never a budget from zero.
     alone = SiteClient(p, fed, 1, rows).fit([w.copy() for w in start], {"server_round": 2})[2]
     assert alone["dp_history"] == second["dp_history"]
+    with pytest.raises(ConfigError, match="strategy: fedprox is not supported with train.privacy"):
+        SiteClient(p, fed.model_copy(update={"strategy": "fedprox", "proximal_mu": 0.1}), 1, rows)
 
 
 def test_a_resumed_dp_federation_keeps_what_each_site_spent(tmp_path, png_folder):

@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 
 from biomx.data.batching import collate_batch
 from biomx.engine.trainer import LossFn, Trainer
-from biomx.errors import BiomxError
+from biomx.errors import BiomxError, ConfigError
 from biomx.experiment import Prepared
 from biomx.federated.config import FederatedConfig
 from biomx.federated.weights import build_global_model, get_weights, set_weights
@@ -57,6 +57,11 @@ class SiteClient(fl.client.NumPyClient):
         self.val_data = Subset(p.datasets["val"], val.tolist()) if len(val) else None
         self.model = build_global_model(p, fed.seed)
         self.privacy = p.cfg.train.privacy
+        if self.privacy is not None and fed.strategy == "fedprox" and fed.proximal_mu > 0:
+            # DP-SGD's optimizer keeps only the clipped per-sample gradients: the proximal term
+            # (no per-sample gradient) would be dropped without a word.
+            raise ConfigError("strategy: fedprox is not supported with train.privacy yet (DP-SGD would drop its "
+                              "proximal term); use fedavg")  # fmt: skip
         self.dp_history: History = []  # what this site's DP-SGD has spent, all rounds so far
 
     def _trainer(self, loss_fn: LossFn, seed: int, epochs: int, private: bool = False) -> Trainer:
