@@ -98,6 +98,8 @@ def resample_weights(n: int, n_boot: int, seed: int, columns: int = 1) -> Iterat
     """Bootstrap resamples of n cases as multiplicities, (b, n) blocks: how often each case was drawn.
 
     Counts under a resample are then one matrix product, for any number of thresholds at once."""
+    if n == 0:  # a label measured in no test case: no resamples, NaN intervals
+        return
     rng = np.random.default_rng(seed)
     block = max(1, BLOCK_VALUES // max(n * columns, 1))
     for start in range(0, n_boot, block):
