@@ -18,6 +18,7 @@ from biomx.engine import distributed as dist
 from biomx.engine.trainer import enable_dropout
 from biomx.errors import BiomxError
 from biomx.evaluation import evaluate_split, std_columns
+from biomx.explain.sanity import explanation_checks
 from biomx.fairness import subgroup_sections
 from biomx.protocols import PredictRequest, RowTask, TestRun, TestView
 from biomx.runs import write_json
@@ -54,6 +55,7 @@ def evaluate_test(task: RowTask, run: TestRun) -> tuple[dict[str, Any] | None, l
     view = TestView(run.samples, test_index, run.datasets["test"], preds, truth, run.splits, run.run_dir)
     groups = subgroup_sections(task, run, preds, truth, evaluation)  # eval.subgroups: [] without
     sections = [*groups, *run.modality.explain(run.trainer.model, task, view, run.cfg.eval.explain, run.cfg)]
+    sections += explanation_checks(run.trainer.model, task, run.modality, view, run.cfg.eval.explain, run.cfg)
     if std is not None:
         unc = uncertainty_evaluation(task, preds, std, truth)
         sections = [uncertainty_section(unc), *sections]

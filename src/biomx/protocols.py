@@ -345,6 +345,17 @@ class AuditsData(Protocol):
 
 
 @runtime_checkable
+class DriftStatistics(Protocol):
+    """A modality whose inputs `biomx drift` describes (`biomx.drift`): per-sample statistics of raw
+    graph inputs (`ExportableModality.read_raw` / `raw_rows`), compared between a run's training
+    data and new inputs with a two-sample test each (numbers: KS; anything else: chi-square)."""
+
+    def input_statistics(self, preprocessing: dict[str, Any], raw: torch.Tensor) -> dict[str, np.ndarray]:
+        """Statistic name -> one value per input row (intensity, length, composition, a column)."""
+        ...
+
+
+@runtime_checkable
 class FittedModel(Protocol):
     """A model fitted by a solver in one call, not by gradient steps. Its fitted state lives in
     buffers, so checkpoints (safetensors), ensembles, evaluation and predict treat it as any
@@ -382,6 +393,19 @@ class GroupedTask(Protocol):
                          test: tuple[np.ndarray, np.ndarray, np.ndarray], seed: int) -> dict[str, Any] | None:
         """Per-group decision rules fitted on `val` (predictions, targets, groups) and the disparity
         on `test` before and after; None where the task has none."""
+        ...
+
+
+@runtime_checkable
+class AttributingModality(Protocol):
+    """A modality with two or more attribution methods for its test inputs, which the explanation
+    checks (`biomx.explain.sanity`) run on the trained and on a re-initialised model and compare."""
+
+    def attribution_methods(self, test: TestView, cfg: ExperimentConfig) -> dict[str, Any]:
+        """Method name -> fn(model, task, inputs, columns) -> per-sample attributions: `inputs` as
+        `test.data.__getitems__` batches them (on the model's device), `columns` the (N,) output column
+        each sample explains; a tensor (N, ...) or a list of N arrays, alike across methods where they
+        are to be compared. {} (or one method) where the run's model or data has no two."""
         ...
 
 
