@@ -10,6 +10,7 @@ from biomx.data.splits import row_digests
 from biomx.modalities.common.defaults import check_config
 from biomx.modalities.sequence import pipeline
 from biomx.modalities.sequence.arrays import read_objects
+from biomx.modalities.sequence.attribution import attribution_methods
 from biomx.modalities.sequence.audit import describe_sizes, fingerprints
 from biomx.modalities.sequence.commands import add_commands
 from biomx.modalities.sequence.config import SequenceData
@@ -41,4 +42,4 @@ def sample_digests(samples: Samples) -> list[str] | None:
     return row_digests(tokens) if tokens is not None and len(tokens) == len(samples.ids) else None
 
 
-__all__ = ["describe_sizes", "fingerprints", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]
+__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]
