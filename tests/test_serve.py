@@ -109,6 +109,7 @@ def test_health_metadata_models_and_card(client, run):
     assert card["test"]["metrics"]["auroc"] == recorded["metrics"]["auroc"]
     assert card["model"]["name"] == "small_cnn" and card["data"]["n"] == 160
     assert "path" not in card["data"]  # where the training data lay is not published
+    assert len(card["model_card"]["sections"]) >= 8  # the run's model_card.json (biomx.card)
     for url in ("/v2/models/nope", "/v2/models/nope/ready", "/models/nope/card"):
         assert "not served here" in _one_line_error(client.get(url), 404)
     page = client.get("/")

@@ -95,7 +95,8 @@ class ServedModel:
         return entry
 
     def card(self) -> dict[str, Any]:
-        """The model card: only what the run records (run.json, data.json, test_metrics.json)."""
+        """The model card: what the run records (run.json, data.json, test_metrics.json) and, under
+        `model_card`, the run's own model_card.json (Mitchell et al. 2019 sections)."""
         data = _read_optional(self.run_dir / "data.json")
         data_entry = {k: data[k] for k in ("source", "n", "split_sizes", "classes", "skipped") if k in data}
         metrics = _read_optional(self.run_dir / "test_metrics.json")
@@ -111,6 +112,9 @@ class ServedModel:
                              "description": plan.input.description, "outside": plan.outside,
                              "inside": list(plan.inside)}  # fmt: skip
         card.update({k: self.info[k] for k in CARD_KEYS if isinstance(self.info.get(k), str)})
+        written = _read_optional(self.run_dir / "model_card.json")  # every run writes one (biomx.card)
+        if written:
+            card["model_card"] = written
         return json_safe(card)
 
     def _headline_metrics(self) -> dict[str, Any]:
