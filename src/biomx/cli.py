@@ -18,6 +18,7 @@ from pathlib import Path
 from biomx.argtypes import non_negative_int, positive_int
 from biomx.card.cli import add_commands as add_card_commands
 from biomx.data_audit.cli import add_commands as add_audit_data_commands
+from biomx.drift.cli import add_commands as add_drift_commands
 from biomx.errors import BiomxError, ConfigError, os_error_line
 from biomx.federated.cli import add_commands as add_federate_commands
 from biomx.version import __version__
@@ -346,6 +347,7 @@ def _build(plugin_commands: bool) -> tuple[argparse.ArgumentParser, argparse._Su
     _add_listing_commands(sub)
     add_federate_commands(sub)
     add_audit_data_commands(sub)
+    add_drift_commands(sub)
     skipped = []
     if plugin_commands:
         from biomx.modalities import get_modality, modality_names

@@ -15,6 +15,7 @@ from biomx.modalities.image.audit import describe_sizes, fingerprints
 from biomx.modalities.image.card import data_card
 from biomx.modalities.image.commands import add_commands
 from biomx.modalities.image.config import ImageData
+from biomx.modalities.image.drift import input_statistics
 from biomx.modalities.image.export import explain_inputs, export_plan, raw_rows
 from biomx.modalities.image.pipeline import (
     build_datasets,
@@ -60,4 +61,4 @@ def scan_settings(cfg: ExperimentConfig) -> tuple[ScanConfig, str]:
     return cfg.data.image.scan, "data.image.scan"
 
 
-__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset", "export_plan", "read_raw", "raw_rows", "explain_inputs", "data_card", "subgroup_table"]
+__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "input_statistics", "name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "add_commands", "datasets", "export_dataset", "export_plan", "read_raw", "raw_rows", "explain_inputs", "data_card", "subgroup_table"]

@@ -14,6 +14,7 @@ from biomx.modalities.sequence.attribution import attribution_methods
 from biomx.modalities.sequence.audit import describe_sizes, fingerprints
 from biomx.modalities.sequence.commands import add_commands
 from biomx.modalities.sequence.config import SequenceData
+from biomx.modalities.sequence.drift import input_statistics
 from biomx.modalities.sequence.export import export_plan, raw_rows, read_raw
 from biomx.modalities.sequence.pipeline import (
     build_datasets,
@@ -42,4 +43,4 @@ def sample_digests(samples: Samples) -> list[str] | None:
     return row_digests(tokens) if tokens is not None and len(tokens) == len(samples.ids) else None
 
 
-__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]
+__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "input_statistics", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]

@@ -12,6 +12,7 @@ from biomx.modalities.volume.arrays import read_objects, scan_from_array
 from biomx.modalities.volume.attribution import attribution_methods
 from biomx.modalities.volume.audit import describe_sizes, fingerprints
 from biomx.modalities.volume.config import VolumeData
+from biomx.modalities.volume.drift import input_statistics
 from biomx.modalities.volume.export import export_plan, raw_rows, read_raw
 from biomx.modalities.volume.pipeline import build_datasets, explain, inference_model, read_inputs
 from biomx.modalities.volume.scans import (
@@ -50,4 +51,4 @@ def scan_settings(cfg: ExperimentConfig) -> tuple[ScanConfig, str]:
     return cfg.data.volume, "data.volume"
 
 
-__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]
+__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "input_statistics", "name", "config", "sources", "split_methods", "input_help", "spatial_dims", "scan_settings", "read_limits", "pair_sources", "read_pairs", "read_pair", "read_scan", "scan_reference", "write_mask", "mask_suffix", "collect_scans", "scan_stem", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "scan_from_array", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]
