@@ -175,3 +175,27 @@ def test_a_training_run_writes_its_audit_and_report_section(tmp_path, png_folder
     assert _check(audit, "near duplicates")["status"] != "not checked"
     report = (tmp_path / "audited" / "report.html").read_text()
     assert "Data audit" in report and "exact duplicates" in report
+
+
+def test_a_modality_without_the_audit_members_is_not_checked_not_a_crash(xrays) -> None:
+    from types import SimpleNamespace
+
+    from biomx.data.samples import Samples
+    from biomx.data_audit.audit import audit_samples
+
+    images, labels = xrays[0][:40], xrays[1][:40]
+    samples = Samples(images, [str(int(v)) for v in labels], [str(i) for i in range(40)])
+    splits = {"train": np.arange(30), "val": np.arange(30, 35), "test": np.arange(35, 40)}
+    bare = SimpleNamespace(name="bare")  # a plug-in written before the audit
+
+    def broken(samples: Samples) -> None:
+        raise ValueError("cannot hash these")
+
+    for modality, why in ((bare, "the modality gives no fingerprints"), (SimpleNamespace(name="b", fingerprints=broken),
+                                                                           "fingerprints failed: cannot hash these")):  # fmt: skip
+        audit = audit_samples(modality, samples, labels.long(), labels.long().numpy(), splits, ["normal", "pneumonia"])
+        exact = _check(audit, "exact duplicates")
+        assert exact["status"] == "not checked" and why in exact["message"]
+        assert _check(audit, "outliers")["status"] == "not checked"
+        assert _check(audit, "label balance")["status"] in ("ok", "warning")
+        assert "normal" in _check(audit, "label balance")["message"]

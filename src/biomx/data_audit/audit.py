@@ -46,7 +46,10 @@ def _ask(modality: Modality, member: str, samples: Samples, errors: dict[str, st
     if fn is None:
         return None
     try:
-        return fn(samples)
+        answer = fn(samples)
+        if answer is None:
+            errors[member] = f"the modality's {member} gives nothing for this data (e.g. cases read lazily)"
+        return answer
     except Exception as err:  # noqa: BLE001  a failing optional member must not stop training
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         errors[member] = f"{member} failed: {first}"

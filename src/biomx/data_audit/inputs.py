@@ -8,10 +8,18 @@ from collections import defaultdict
 import numpy as np
 
 from biomx.data.splits import shared_groups
-from biomx.data_audit.checks import MAX_SHOWN, AuditData, Check, examples, sample_numbers
+from biomx.data_audit.checks import (
+    MAX_SHOWN,
+    AuditData,
+    Check,
+    class_targets,
+    examples,
+    sample_numbers,
+)
 from biomx.data_audit.near import near_pairs
 
 OUTLIER_Z = 6.0  # robust z-score, |x - median| / (1.4826 MAD), beyond which a value is an outlier
+# (of log(1 + x) for a measure that is never negative)
 DISCRETE_SHARE = 0.01  # a measure with MAD 0: values off the median count only if this rare
 DEFAULT_NEAR_MAX = 20_000  # samples compared for near duplicates (a seeded sample of larger data)
 
@@ -121,7 +129,7 @@ def near_duplicates(data: AuditData, near_max: int = DEFAULT_NEAR_MAX, seed: int
                                                                        "no near-duplicate vectors")  # fmt: skip
     splits, total = _capped(data, near_max, seed)
     names = [s for s in splits if len(splits[s])]
-    labels = data.label_rows()
+    labels = data.label_rows() if class_targets(data) else None  # values (regression) differ anyway
     counts, found, details = {}, [], {"method": fp.near.method, "compared": sum(len(v) for v in splits.values()),
                                       "of": total, "pairs": {}, "samples": {}}  # fmt: skip
     for a, first in enumerate(names):
@@ -135,7 +143,7 @@ def near_duplicates(data: AuditData, near_max: int = DEFAULT_NEAR_MAX, seed: int
                 differ = sum(labels[i] != labels[j] for i, j in found_pairs.pairs) if labels is not None else 0
                 text = (f"{key}: {len(found_pairs.matched_a)} of {len(splits[first])} {first} samples "
                         f"({found_pairs.count} pairs, e.g. {examples(found_pairs.pairs[0])}")  # fmt: skip
-                found.append(text + (f"; {differ} pairs with different labels)" if differ else ")"))
+                found.append(text + (f"; {differ} of them with different classes)" if differ else ")"))
     capped = f"; compared a seeded sample of {details['compared']} of {total}" if details["compared"] < total else ""
     across = [f for f in found if not f.startswith("within")]
     status = "warning" if across else "ok"
@@ -144,14 +152,17 @@ def near_duplicates(data: AuditData, near_max: int = DEFAULT_NEAR_MAX, seed: int
 
 
 def _outliers(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """Rows of `x` that are outliers, and the median."""
+    """Rows of `x` that are outliers, and the median. A measure that is never negative (sizes,
+    counts, concentrations: often right-skewed) is judged on the scale of log(1 + x)."""
     finite = np.isfinite(x)
     if not finite.any():
         return np.zeros(0, dtype=np.int64), float("nan")
     med = float(np.median(x[finite]))
-    mad = float(np.median(np.abs(x[finite] - med))) * 1.4826
+    scaled = np.log1p(np.where(finite, x, 0)) if x[finite].min() >= 0 else x
+    centre = float(np.median(scaled[finite]))
+    mad = float(np.median(np.abs(scaled[finite] - centre))) * 1.4826
     if mad > 0:
-        return np.flatnonzero(finite & (np.abs(x - med) > OUTLIER_Z * mad)), med
+        return np.flatnonzero(finite & (np.abs(scaled - centre) > OUTLIER_Z * mad)), med
     off = np.flatnonzero(finite & (x != med))
     return (off if len(off) <= DISCRETE_SHARE * finite.sum() else np.zeros(0, dtype=np.int64)), med
 
@@ -170,7 +181,8 @@ def outliers(data: AuditData) -> Check:
             per_measure[measure] = {"count": len(rows), "samples": sample_numbers(rows),
                                     "values": [float(values[i]) for i in rows[:5]]}  # fmt: skip
             flagged.update(rows.tolist())
-    details = {"measures": list(data.sizes), "medians": medians, "outliers": per_measure, "robust_z": OUTLIER_Z}
+    details = {"measures": list(data.sizes), "medians": medians, "outliers": per_measure, "robust_z": OUTLIER_Z,
+               "scale": "log(1 + x) for measures that are never negative"}
     if not flagged:
         return Check(name, "ok", f"none beyond {OUTLIER_Z:g} robust SDs in {', '.join(list(data.sizes)[:6])}", details)
     shown = sorted(per_measure.items(), key=lambda kv: -kv[1]["count"])[:MAX_SHOWN]

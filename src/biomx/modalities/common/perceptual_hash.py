@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import dctn
 
-CHUNK = 512  # samples resized at a time
+CHUNK_VALUES = 16_000_000  # pixels or voxels converted to float at a time (about 64 MB)
+
+
+def chunks(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`x` split along its samples into blocks of about CHUNK_VALUES values."""
+    per_sample = max(1, x[0].numel()) if len(x) else 1
+    return x.split(max(1, CHUNK_VALUES // per_sample))
 
 
 def grey_unit(x: torch.Tensor) -> torch.Tensor:
@@ -25,7 +31,7 @@ def perceptual_hash(x: torch.Tensor, grid: int, low: int) -> np.ndarray:
     dims = x.ndim - 2
     mode = "bilinear" if dims == 2 else "trilinear"
     out = []
-    for chunk in x.split(CHUNK):
+    for chunk in chunks(x):
         grey = grey_unit(chunk).unsqueeze(1)
         shrink = dims == 2 and min(grey.shape[2:]) > grid
         small = F.interpolate(grey, size=(grid,) * dims, mode=mode, align_corners=False, antialias=shrink)
@@ -36,11 +42,12 @@ def perceptual_hash(x: torch.Tensor, grid: int, low: int) -> np.ndarray:
 
 
 def intensity_measures(x: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-sample mean intensity and contrast (SD), on the unit scale, chunk by chunk."""
-    means, sds = [], []
-    for chunk in x.split(CHUNK):
+    """Per-sample mean intensity, contrast (SD) and share of values above 0, on the unit scale."""
+    means, sds, foreground = [], [], []
+    for chunk in chunks(x):
         grey = grey_unit(chunk).reshape(len(chunk), -1)
         means.append(grey.mean(1).numpy())
         sds.append(grey.std(1).numpy())
+        foreground.append((grey > 0).float().mean(1).numpy())
     cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0))  # noqa: E731
-    return {"mean intensity": cat(means), "contrast (SD)": cat(sds)}
+    return {"mean intensity": cat(means), "contrast (SD)": cat(sds), "foreground share": cat(foreground)}

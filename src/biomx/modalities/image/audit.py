@@ -34,7 +34,8 @@ def fingerprints(samples: Samples) -> Fingerprints | None:
 
 
 def describe_sizes(samples: Samples) -> dict[str, np.ndarray] | None:
-    """Mean intensity and contrast per image (all images share one size once loaded)."""
+    """Mean intensity, contrast and the share of pixels above 0 per image (all images share one
+    size once loaded: sizes are not compared)."""
     if not isinstance(samples.inputs, torch.Tensor):
         return None
     return intensity_measures(samples.inputs)
