@@ -401,8 +401,9 @@ class AttributingModality(Protocol):
     """A modality with two or more attribution methods for its test inputs, which the explanation
     checks (`biomx.explain.sanity`) run on the trained and on a re-initialised model and compare."""
 
-    def attribution_methods(self, test: TestView, cfg: ExperimentConfig) -> dict[str, Any]:
-        """Method name -> fn(model, task, inputs, columns) -> per-sample attributions: `inputs` as
+    def attribution_methods(self, model: nn.Module, test: TestView, cfg: ExperimentConfig) -> dict[str, Any]:
+        """For the run's trained `model` (e.g. no gradient method for a fitted solver):
+        method name -> fn(model, task, inputs, columns) -> per-sample attributions: `inputs` as
         `test.data.__getitems__` batches them (on the model's device), `columns` the (N,) output column
         each sample explains; a tensor (N, ...) or a list of N arrays, alike across methods where they
         are to be compared. {} (or one method) where the run's model or data has no two."""

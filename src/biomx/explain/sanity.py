@@ -98,6 +98,12 @@ def summary(values: Sequence[float | None]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- the models
 
 
+def learns(model: nn.Module) -> bool:
+    """Whether the model has weights trained by gradients (a fitted solver keeps its state in buffers):
+    gradient attributions and the randomisation test need them."""
+    return any(p.requires_grad for p in model.parameters())
+
+
 def randomised_copy(model: nn.Module, seed: int = SEED) -> tuple[nn.Module, int, int]:
     """(a copy of `model` with every parameter re-initialised, tensors changed, tensors in all).
 
@@ -231,7 +237,7 @@ def explanation_checks(model: nn.Module, task: Any, modality: Any, test: TestVie
     than two attribution methods or `n` is 0."""
     if n <= 0 or not len(test.index) or not isinstance(modality, AttributingModality):
         return []
-    methods = modality.attribution_methods(test, cfg)
+    methods = modality.attribution_methods(model, test, cfg)
     if len(methods) < 2:
         return []
     start = time.perf_counter()
@@ -248,4 +254,4 @@ def explanation_checks(model: nn.Module, task: Any, modality: Any, test: TestVie
 
 
 __all__ = ["AttributionFn", "FLAG_SPEARMAN", "attribute_all", "check_explanations", "checks_section",
-           "explanation_checks", "randomised_copy", "rank_similarity", "ssim", "summary", "top_overlap"]  # fmt: skip
+           "explanation_checks", "learns", "randomised_copy", "rank_similarity", "ssim", "summary", "top_overlap"]  # fmt: skip

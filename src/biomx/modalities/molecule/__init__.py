@@ -9,6 +9,7 @@ from biomx.data.samples import Samples
 from biomx.modalities.common.defaults import add_commands, check_config
 from biomx.modalities.molecule import pipeline
 from biomx.modalities.molecule.arrays import read_objects
+from biomx.modalities.molecule.attribution import attribution_methods
 from biomx.modalities.molecule.audit import describe_sizes, fingerprints
 from biomx.modalities.molecule.config import MoleculeData
 from biomx.modalities.molecule.drift import input_statistics
@@ -40,4 +41,4 @@ def sample_digests(samples: Samples) -> list[str] | None:
     return list(smiles) if smiles is not None and len(smiles) == len(samples.ids) else None
 
 
-__all__ = ["describe_sizes", "fingerprints", "input_statistics", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]
+__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "input_statistics", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split", "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "read_objects", "export_plan", "read_raw", "raw_rows", "add_commands", "datasets", "export_dataset"]

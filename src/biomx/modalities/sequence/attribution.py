@@ -15,15 +15,16 @@ import torch
 from torch import Tensor, nn
 
 from biomx.config import ExperimentConfig
+from biomx.explain.sanity import learns
 from biomx.modalities.sequence.interpret import in_silico_mutagenesis, integrated_gradients
 from biomx.protocols import TestView
 
 IG_STEPS = 32
 
 
-def attribution_methods(test: TestView, cfg: ExperimentConfig) -> dict[str, Any]:
+def attribution_methods(model: nn.Module, test: TestView, cfg: ExperimentConfig) -> dict[str, Any]:
     """{"integrated gradients": ..., "in-silico mutagenesis": ...} per position; {} for proteins."""
-    if cfg.data.sequence.alphabet not in ("dna", "rna"):
+    if cfg.data.sequence.alphabet not in ("dna", "rna") or not learns(model):
         return {}
 
     def ig(model: nn.Module, task: Any, x: Tensor, columns: Tensor) -> Tensor:

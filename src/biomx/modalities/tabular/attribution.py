@@ -16,15 +16,16 @@ from captum.attr import FeatureAblation
 from torch import Tensor, nn
 
 from biomx.config import ExperimentConfig
+from biomx.explain.sanity import learns
 from biomx.modalities.common.table_encoding import encoded_names
 from biomx.modalities.tabular.interpret import attributions, baseline_row, sum_to_columns
 from biomx.protocols import TestView
 
 
-def attribution_methods(test: TestView, cfg: ExperimentConfig) -> dict[str, Any]:
+def attribution_methods(model: nn.Module, test: TestView, cfg: ExperimentConfig) -> dict[str, Any]:
     """{"integrated gradients": ..., "feature ablation": ...}, per table column."""
     encoding = getattr(test.data, "encoding", None)
-    if encoding is None:
+    if encoding is None or not learns(model):
         return {}
     _, encoded_columns = encoded_names(encoding)
     n_continuous = len(encoded_columns) - len(encoding["categorical"])
