@@ -101,3 +101,36 @@ def test_secure_aggregation_runs_as_superlink_and_supernode_processes(tmp_path, 
     assert (run / "checkpoints" / "best.safetensors").is_file() and (run / "test_metrics.json").is_file()
     for k in (1, 2):
         assert "Start `flwr-clientapp` process" in (logs / f"site{k}.log").read_text()
+
+
+def test_no_site_update_reaches_the_server_in_the_clear(tmp_path, png_folder):
+    """Every training reply a site sends the server, at each of SecAgg+'s four stages, holds no
+    arrays: the weights travel only as one masked integer vector per site (bytes)."""
+    from flwr.app import Context, RecordDict
+    from flwr.client.mod.secure_aggregation.secaggplus_mod import RECORD_KEY_CONFIGS
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+    from biomx.federated.app import run_server, site_app
+    from biomx.federated.local_grid import LocalGrid
+    from biomx.federated.simulation import site_clients
+
+    path = write_federation(tmp_path, png_folder, "clear", rounds=1, secure_aggregation="true")
+    fed, cfg = load_federation(path)
+    p = prepare(cfg)
+    clients = site_clients(fed, cfg, p)
+    seen = []
+
+    class Recording(LocalGrid):
+        def pull_messages(self, message_ids):  # noqa: ANN001, ANN202
+            replies = list(super().pull_messages(message_ids))
+            seen.extend(replies)
+            return replies
+
+    grid = Recording(site_app(lambda site: clients[site - 1].to_client()), 3)
+    run_server(fed, p, None, grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}))
+    train = [m for m in seen if m.metadata.message_type == "train"]
+    assert len(train) == 3 * 4  # four SecAgg+ stages per site
+    assert all(len(record) == 0 for m in train for record in m.content.array_records.values())
+    masked = [m.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS] for m in train
+              if Key.MASKED_PARAMETERS in m.content.config_records.get(RECORD_KEY_CONFIGS, {})]  # fmt: skip
+    assert len(masked) == 3 and all(isinstance(b, bytes) for vectors in masked for b in vectors)

@@ -36,6 +36,8 @@ class LocalGrid(Grid):
     state)."""
 
     def __init__(self, app: ClientApp, n_sites: int):
+        # Flower stamps every message with the task this process runs (a SuperLink would set it).
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE_ID, 1
         self.app = app
         self.contexts = {FIRST_NODE + k: Context(run_id=RUN_ID, node_id=FIRST_NODE + k, node_config={"site": k},
                                                  state=RecordDict(), run_config={}) for k in range(1, n_sites + 1)}  # fmt: skip
@@ -78,8 +80,6 @@ class LocalGrid(Grid):
 
 def simulate_secure(fed: FederatedConfig, p: Prepared, resume: str | Path | None, clients: list[SiteClient]) -> Path:
     """`fed.rounds` rounds with SecAgg+ in this process; returns the run folder."""
-    # Flower stamps every message with the task this process runs (a SuperLink would set it).
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE_ID, 1
     grid = LocalGrid(site_app(lambda site: clients[site - 1].to_client()), len(clients))
     context = Context(run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
     run_dir = run_server(fed, p, resume, grid, context)
