@@ -5,6 +5,7 @@ test on Gaussians; bad inputs as one line."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,34 @@ def test_bad_inputs_are_one_line(drift_data, tmp_path, capsys):
     assert main(["drift", str(tmp_path), str(drift_data["same"])]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a run" in err[0]
+
+
+def _served_log(run: Path, folder: Path, log: Path) -> None:
+    """Upload every PNG of `folder` (20 per request) to a server that writes a drift log."""
+    from fastapi.testclient import TestClient
+
+    from biomx.serve.app import create_app
+
+    files = sorted(folder.glob("*.png"))
+    with TestClient(create_app([str(run)], max_batch=32, threads=1, drift_log=log)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.05)
+        for start in range(0, len(files), 20):
+            batch = [("files", (p.name, p.read_bytes(), "image/png")) for p in files[start:start + 20]]
+            answer = client.post(f"/models/{run.name}/predict", files=batch, data={"explain": "0"})
+            assert answer.status_code == 200, answer.text
+
+
+def test_server_drift_log(drift_data, tmp_path):
+    same_log, shifted_log = tmp_path / "same.jsonl", tmp_path / "shifted.jsonl"
+    _served_log(drift_data["run"], drift_data["same"], same_log)
+    _served_log(drift_data["run"], drift_data["contrast"], shifted_log)
+    lines = [json.loads(line) for line in same_log.read_text().splitlines()]
+    assert sum(entry["rows"] for entry in lines) == 200 and "mean intensity" in lines[0]["statistics"]
+    same = compare(drift_data["run"], [], from_log=same_log, permutations=PERMUTATIONS)
+    assert not same["drift"] and "model embedding" not in _by_name(same) and same["new"]["rows"] == 200
+    shifted = compare(drift_data["run"], [], from_log=shifted_log, permutations=PERMUTATIONS)
+    assert shifted["drift"] and _by_name(shifted)["mean intensity"]["p_value"] < 0.01
+    assert main(["drift", str(drift_data["run"]), "--from-log", str(tmp_path / "none.jsonl")]) == 1

@@ -132,7 +132,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     server = import_extra("biomx.serve.server", "biomx serve")  # FastAPI and uvicorn: the deploy extra
     server.serve(args.runs, host=args.host, port=args.port, engine=args.engine, max_batch=args.max_batch,
                  max_wait_ms=args.max_wait_ms, timeout_s=args.timeout, max_request_mb=args.max_request_mb,
-                 threads=args.threads)
+                 threads=args.threads, drift_log=args.drift_log)
 
 
 def _positive_float(text: str) -> float:
@@ -296,6 +296,8 @@ def _add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="intra-op threads of each model's engine (default: PyTorch's / ONNX Runtime's; "
                         "1 is fastest for small models on busy or shared cores)")  # fmt: skip
+    p.add_argument("--drift-log", metavar="FILE", help="append each batch's input statistics and predictions "
+                   "to FILE (JSON lines) for `biomx drift RUN --from-log FILE`")  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
 

@@ -15,7 +15,8 @@ def _cmd_drift(args: argparse.Namespace) -> None:
     from biomx.errors import BiomxError
 
     result, folder = run_drift(args.run, args.inputs, args.out, reference_size=args.reference_size, seed=args.seed,
-                               alpha=args.alpha, permutations=args.permutations, skip_errors=args.skip_errors)  # fmt: skip
+                               alpha=args.alpha, permutations=args.permutations, skip_errors=args.skip_errors,
+                               from_log=args.from_log)  # fmt: skip
     for line in verdict_lines(result):
         print(line)
     print(f"wrote {folder / 'drift.json'} and {folder / 'drift.md'}")
@@ -37,7 +38,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drift", help="compare new inputs with a run's training data: input statistics, the "
                        "model's embeddings (MMD), its predicted labels; a verdict with p-values (docs/trust.md)")  # fmt: skip
     p.add_argument("run", help="run directory")
-    p.add_argument("inputs", nargs="+", help="new inputs: files or folders, as `biomx predict RUN INPUTS` takes")
+    p.add_argument("inputs", nargs="*", help="new inputs: files or folders, as `biomx predict RUN INPUTS` takes")
+    p.add_argument("--from-log", metavar="FILE", help="compare what a server logged instead of inputs "
+                   "(`biomx serve RUN --drift-log FILE`: input statistics and predictions, no embeddings)")
     p.add_argument("--out", metavar="DIR", help="where drift.json and drift.md go (default: RUN/drift/)")
     p.add_argument("--reference-size", type=positive_int, default=DEFAULT_REFERENCE, metavar="N",
                    help="training rows compared (a seeded sample of more; default: %(default)s)")  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from biomx.drift.data import ModelView, model_view, new_rows, reference_rows, representation
+from biomx.drift.log import read_log
 from biomx.drift.stats import holm, mmd_test, two_sample
 from biomx.engine.checkpoint import atomic_write_text
 from biomx.errors import BiomxError
@@ -35,18 +36,20 @@ def _test(kind: str, name: str, test: str, result: dict[str, Any], n_ref: int, n
     return {"kind": kind, "name": name, "test": test, "n_reference": n_ref, "n_new": n_new, **result}
 
 
-def input_tests(loaded: LoadedGraph, ref: Any, new: Any) -> tuple[list[dict[str, Any]], str | None]:
-    """One test per input statistic, or none and why."""
-    modality = loaded.modality
-    if not isinstance(modality, DriftStatistics):
-        return [], f"the {modality.name} modality gives no input statistics"
-    pre = loaded.info["preprocessing"]
-    a, b = modality.input_statistics(pre, ref), modality.input_statistics(pre, new)
+def statistics(loaded: LoadedGraph, raw: Any) -> dict[str, np.ndarray] | None:
+    """The modality's input statistics of raw rows, or None when it gives none."""
+    if not isinstance(loaded.modality, DriftStatistics):
+        return None
+    return loaded.modality.input_statistics(loaded.info["preprocessing"], raw)
+
+
+def input_tests(ref: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One test per input statistic both sides have."""
     tests = []
-    for name in a:
-        test, result = two_sample(a[name], b[name])
-        tests.append(_test("input", name, test, result, len(a[name]), len(b[name])))
-    return tests, None
+    for name in [n for n in ref if n in new]:
+        test, result = two_sample(ref[name], new[name])
+        tests.append(_test("input", name, test, result, len(ref[name]), len(new[name])))
+    return tests
 
 
 def _capped(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -88,10 +91,21 @@ def _verdict(tests: list[dict[str, Any]], alpha: float) -> str:
     return "drift: " + "; ".join(drifted) if drifted else "no drift detected"
 
 
+def _new_side(loaded: LoadedGraph, inputs: list[str | Path], from_log: str | Path | None,
+              skip_errors: bool) -> tuple[ModelView | None, dict[str, np.ndarray] | None, int, list]:  # fmt: skip
+    """(model view or None from a log, input statistics, rows, skipped inputs) of the new data."""
+    if from_log is not None:
+        stats, preds = read_log(from_log, loaded.run_dir.resolve().name)
+        return ModelView(np.zeros((len(preds), 0)), preds), stats, len(preds), []
+    raw, failures = new_rows(loaded, inputs, skip_errors)
+    return model_view(loaded, raw), statistics(loaded, raw), len(raw), failures
+
+
 def compare(run_dir: str | Path, inputs: list[str | Path], *, reference_size: int = DEFAULT_REFERENCE,
-            seed: int = 0, alpha: float = ALPHA, permutations: int = PERMUTATIONS,
-            skip_errors: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Every drift test of new inputs against a run's training data, Holm-adjusted, and the verdict.
+            seed: int = 0, alpha: float = ALPHA, permutations: int = PERMUTATIONS, skip_errors: bool = False,
+            from_log: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every drift test of new inputs (or a server's drift log) against a run's training data,
+    Holm-adjusted, and the verdict. From a log there is no embedding test (no inputs are logged).
 
     Raises:
         BiomxError: not a run, a missing or unreadable input, a run that cannot be graphed.
@@ -99,23 +113,28 @@ def compare(run_dir: str | Path, inputs: list[str | Path], *, reference_size: in
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file() and not (run_dir / "checkpoints").is_dir():
         raise BiomxError(f"{run_dir}: not a run (no run.json or checkpoints/)")
+    if not inputs and from_log is None:
+        raise BiomxError("drift: name new inputs (files or folders) or a server's log with --from-log FILE")
     loaded = load_graph(run_dir)
-    new_raw, failures = new_rows(loaded, inputs, skip_errors)
+    new_view, new_stats, n_new, failures = _new_side(loaded, inputs, from_log, skip_errors)
     ref_raw, n_train = reference_rows(loaded, reference_size, seed)
-    ref_view, new_view = model_view(loaded, ref_raw), model_view(loaded, new_raw)
-    tests, no_inputs = input_tests(loaded, ref_raw, new_raw)
-    tests.append(embedding_test(ref_view, new_view, seed, permutations))
+    ref_view, ref_stats = model_view(loaded, ref_raw), statistics(loaded, ref_raw)
+    no_inputs = None if ref_stats is not None else f"the {loaded.modality.name} modality gives no input statistics"
+    tests = input_tests(ref_stats, new_stats or {}) if ref_stats is not None else []
+    if from_log is None:
+        tests.append(embedding_test(ref_view, new_view, seed, permutations))
     tests.extend(prediction_tests(loaded, ref_view, new_view))
     for t, adjusted in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
         t["p_adjusted"] = adjusted
         t["drift"] = bool(np.isfinite(adjusted) and adjusted < alpha)
     verdict = _verdict(tests, alpha)
-    return {"run": str(run_dir), "inputs": [str(p) for p in inputs], "verdict": verdict,
-            "drift": verdict != "no drift detected", "alpha": alpha, "correction": "Holm over all tests",
+    return {"run": str(run_dir), "inputs": [str(p) for p in inputs], "from_log": str(from_log) if from_log else None,
+            "verdict": verdict, "drift": verdict != "no drift detected", "alpha": alpha,
+            "correction": "Holm over all tests",
             "reference": {"split": "train", "rows": len(ref_raw), "of": n_train, "seed": seed},
-            "new": {"rows": len(new_raw), "skipped": [list(f) for f in failures]},
-            "embedding": representation(loaded), "input_statistics": no_inputs or "compared",
-            "tests": tests}  # fmt: skip
+            "new": {"rows": n_new, "skipped": [list(f) for f in failures]},
+            "embedding": representation(loaded) if from_log is None else "not compared (a log keeps no inputs)",
+            "input_statistics": no_inputs or "compared", "tests": tests}  # fmt: skip
 
 
 def verdict_lines(result: dict[str, Any]) -> list[str]:

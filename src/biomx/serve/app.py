@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from biomx.drift.log import DriftLog
 from biomx.errors import BiomxError
 from biomx.serve.answers import explanations, rows_answer
 from biomx.serve.batcher import QueueFull
@@ -85,18 +86,21 @@ class Served:
 
 
 def create_app(runs: list[str], *, engine: str = "torch", max_batch: int = 32, max_wait_ms: float = 5,
-               timeout_s: float = 30, max_request_mb: float = 50, threads: int | None = None) -> FastAPI:  # fmt: skip
+               timeout_s: float = 30, max_request_mb: float = 50, threads: int | None = None,
+               drift_log: str | Path | None = None) -> FastAPI:  # fmt: skip
     """The app serving `runs` (run folders; each model is named after its folder). Engines load in
     the background when the app starts; `GET /v2/health/ready` says when all have. `threads`: the
     PyTorch and ONNX Runtime intra-op threads of each model's engine (None: their defaults, one per
     core; 1 is far faster for small models on a machine whose cores are busy with other work).
+    `drift_log`: a JSON-lines file getting each engine call's input statistics and predictions
+    (`biomx drift RUN --from-log FILE`).
 
     Raises:
         BiomxError: a folder that is not a run, two runs with one folder name.
     """
     metrics = Metrics()
     models = ModelSet(runs, engine=engine, max_batch=max_batch, max_wait_ms=max_wait_ms, metrics=metrics,
-                      threads=threads)  # fmt: skip
+                      threads=threads, drift_log=DriftLog(drift_log) if drift_log else None)  # fmt: skip
     ctx = Served(models, metrics, max_rows=max_batch * 8, timeout_s=timeout_s)
 
     @asynccontextmanager

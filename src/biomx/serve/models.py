@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from biomx.drift.log import DriftLog
 from biomx.errors import BiomxError
 from biomx.export.engines import Engine, open_engine
 from biomx.runs import read_json
@@ -33,8 +34,9 @@ class ServedModel:
     """One run behind the server."""
 
     def __init__(self, run_dir: Path, *, engine: str, max_batch: int, max_wait_ms: float, metrics: Metrics,
-                 threads: int | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, drift_log: DriftLog | None = None) -> None:  # fmt: skip
         self.run_dir, self.name, self.engine_name = run_dir, run_dir.name, engine
+        self.drift_log = drift_log  # `--drift-log`: each engine call's input statistics and predictions
         self.info: dict[str, Any] = read_json(run_dir / "run.json")
         self.threads = threads
         self.engine: Engine | None = None
@@ -58,7 +60,10 @@ class ServedModel:
 
     def _run(self, rows):
         assert self.engine is not None
-        return self.engine.run(rows)
+        out = self.engine.run(rows)
+        if self.drift_log is not None:
+            self.drift_log.record(self.name, self.engine.loaded, rows, out[0])
+        return out
 
     # ------------------------------------------------------------------ descriptions
 
@@ -147,7 +152,7 @@ class ModelSet:
     """Every served model by name; loads them in the background."""
 
     def __init__(self, runs: list[str | Path], *, engine: str, max_batch: int, max_wait_ms: float,
-                 metrics: Metrics, threads: int | None = None) -> None:  # fmt: skip
+                 metrics: Metrics, threads: int | None = None, drift_log: DriftLog | None = None) -> None:  # fmt: skip
         self.models: dict[str, ServedModel] = {}
         for run in runs:
             run_dir = Path(run).resolve()  # "." and "runs/x/" are named after the folder too
@@ -157,7 +162,8 @@ class ModelSet:
                 raise BiomxError(f"{run_dir}: two runs are named {run_dir.name!r}; the model name is the "
                                  "run folder's name, so serve runs with distinct folder names")  # fmt: skip
             self.models[run_dir.name] = ServedModel(run_dir, engine=engine, max_batch=max_batch,
-                                                    max_wait_ms=max_wait_ms, metrics=metrics, threads=threads)  # fmt: skip
+                                                    max_wait_ms=max_wait_ms, metrics=metrics, threads=threads,
+                                                    drift_log=drift_log)  # fmt: skip
         self._thread: threading.Thread | None = None
 
     @property

@@ -9,7 +9,7 @@ from biomx.serve.app import create_app
 
 def serve(runs: list[str], *, host: str = "127.0.0.1", port: int = 8000, engine: str = "torch", max_batch: int = 32,
           max_wait_ms: float = 5, timeout_s: float = 30, max_request_mb: float = 50,
-          threads: int | None = None) -> None:  # fmt: skip
+          threads: int | None = None, drift_log: str | None = None) -> None:  # fmt: skip
     """Serve `runs` on http://host:port until interrupted. The engines open before the server
     listens, so a run that cannot be served stops it at once with one line. `threads`: PyTorch's
     and ONNX Runtime's intra-op threads per model (None: their defaults; see `create_app`).
@@ -20,7 +20,7 @@ def serve(runs: list[str], *, host: str = "127.0.0.1", port: int = 8000, engine:
     import uvicorn  # imported here: `biomx --help` need not load the server stack
 
     app = create_app(runs, engine=engine, max_batch=max_batch, max_wait_ms=max_wait_ms, timeout_s=timeout_s,
-                     max_request_mb=max_request_mb, threads=threads)  # fmt: skip
+                     max_request_mb=max_request_mb, threads=threads, drift_log=drift_log)  # fmt: skip
     models = app.state.served.models
     models.load_all()
     failed = [m for m in models.models.values() if m.error]
