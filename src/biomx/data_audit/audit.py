@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 AUDIT_FILE = "data_audit.json"
 AUDIT_VERSION = 1
+RUN_NEAR_MAX = 10_000  # samples a training run compares for near duplicates (`biomx audit-data`: 20,000)
 
 
 def _ask(modality: Modality, member: str, samples: Samples, errors: dict[str, str]) -> Any:
@@ -118,7 +119,7 @@ def write_run_audit(run_dir: Path, p: Prepared) -> None:
     path = run_dir / AUDIT_FILE
     if path.is_file():
         return
-    audit = audit_prepared(p)
+    audit = audit_prepared(p, near_max=RUN_NEAR_MAX)
     write_json(path, audit)
     console.print(summary_text(audit) + f"; see {path}")
     for check in audit["checks"]:

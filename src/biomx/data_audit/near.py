@@ -1,6 +1,9 @@
 """Near-duplicate search over `NearVectors`: every pair of rows of one set, or of two sets, whose
-vectors are near by the vectors' own metric. Exhaustive, in blocks (matrix products for bits,
-comparisons for signatures), so its cost is known: rows_a x rows_b pairs; the audit caps rows."""
+vectors are near by the vectors' own metric. Bits are compared exhaustively in blocks (matrix
+products: rows_a x rows_b pairs, so the audit caps the rows); signatures (minhash) by banding
+(Leskovec et al., Mining of Massive Datasets, ch. 3): rows sharing one band of BANDS equal entries
+are candidates, each candidate checked on the whole signature. With 16 bands of 4 hashes a pair
+at the audit's Jaccard 0.8 is a candidate with probability 0.9998."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from biomx.data_audit.fingerprints import NearVectors
 
 MAX_KEPT_PAIRS = 100_000  # pairs kept for examples and label comparisons (all are counted)
 BLOCK_CELLS = 20_000_000  # similarity-matrix cells per block (bounds memory)
+BANDS = 16  # minhash bands
 
 
 @dataclass
@@ -41,6 +45,40 @@ def _near_block(vectors: NearVectors, a: np.ndarray, b: np.ndarray) -> np.ndarra
     return similarity >= vectors.threshold - 1e-6
 
 
+def _band_candidates(signatures: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, within: bool) -> np.ndarray:
+    """(K, 2) positions (in rows_a, in rows_b) of rows sharing at least one whole band."""
+    import pandas as pd
+
+    width = max(1, signatures.shape[1] // BANDS)
+    weights = np.random.default_rng(0).integers(1, 2**62, width, dtype=np.int64).astype(np.uint64)
+    found = []
+    for start in range(0, signatures.shape[1] - width + 1, width):
+        band = signatures[:, start:start + width].astype(np.uint64)
+        keys = (band * weights).sum(axis=1)  # wraps modulo 2^64: a hash of the band
+        a = pd.DataFrame({"key": keys[rows_a], "i": np.arange(len(rows_a))})
+        b = pd.DataFrame({"key": keys[rows_b], "j": np.arange(len(rows_b))})
+        pairs = a.merge(b, on="key")[["i", "j"]].to_numpy()
+        found.append(pairs[pairs[:, 0] < pairs[:, 1]] if within else pairs)
+    both = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
+    return np.unique(both, axis=0) if len(both) else both.reshape(0, 2).astype(np.int64)
+
+
+def _signature_pairs(vectors: NearVectors, rows_a: np.ndarray, rows_b: np.ndarray, within: bool,
+                     keys: np.ndarray | None) -> NearPairs:  # fmt: skip
+    candidates = _band_candidates(vectors.values, rows_a, rows_b, within)
+    i, j = rows_a[candidates[:, 0]], rows_b[candidates[:, 1]]
+    equal = (vectors.values[i] == vectors.values[j]).mean(axis=1) if len(i) else np.zeros(0)
+    near = equal >= vectors.threshold
+    if keys is not None:
+        near &= keys[i] != keys[j]
+    matched = np.zeros(len(rows_a), dtype=bool)
+    matched[candidates[near, 0]] = True
+    if within:
+        matched[candidates[near, 1]] = True
+    pairs = np.stack([i[near], j[near]], axis=1)
+    return NearPairs(int(near.sum()), pairs[:MAX_KEPT_PAIRS], rows_a[matched])
+
+
 def near_pairs(vectors: NearVectors, rows_a: np.ndarray, rows_b: np.ndarray | None = None,
                exclude: list[str | None] | None = None) -> NearPairs:  # fmt: skip
     """Near pairs of rows_a x rows_b, or of rows_a among themselves (each pair once) when rows_b
@@ -51,6 +89,8 @@ def near_pairs(vectors: NearVectors, rows_a: np.ndarray, rows_b: np.ndarray | No
     step = max(1, min(len(rows_a), BLOCK_CELLS // max(1, len(rows_b) * width)))
     keys = None if exclude is None else np.array([k if k is not None else f"\0{i}" for i, k in enumerate(exclude)],
                                                  dtype=object)  # fmt: skip
+    if vectors.metric == "minhash":
+        return _signature_pairs(vectors, rows_a, rows_b, within, keys)
     count, kept, matched = 0, [], np.zeros(len(rows_a), dtype=bool)
     for start in range(0, len(rows_a), step):
         a = rows_a[start:start + step]
