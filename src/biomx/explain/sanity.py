@@ -47,12 +47,17 @@ SEED = 0  # of the re-initialisation
 
 
 def rank_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman correlation of |a| and |b| (flattened, same size). Two constant maps rank alike (1.0);
-    one constant map against a varying one shares no order (0.0)."""
+    """Spearman correlation of |a| and |b| (flattened, same size). Features that are exactly 0 in
+    both are left out: an input at the baseline's value gets 0 from integrated gradients and from
+    occlusion by construction, whatever the weights, and such shared zeros would make any two
+    explanations look alike. Two constant maps rank alike (1.0); one constant map against a varying
+    one shares no order (0.0)."""
     x, y = np.abs(np.asarray(a, dtype=np.float64)).ravel(), np.abs(np.asarray(b, dtype=np.float64)).ravel()
     if x.shape != y.shape:
         raise BiomxError(f"cannot compare attributions of {x.size} and {y.size} values")
     x, y = np.nan_to_num(x), np.nan_to_num(y)
+    either = (x != 0) | (y != 0)
+    x, y = x[either], y[either]
     flat_x, flat_y = np.ptp(x) == 0 if x.size else True, np.ptp(y) == 0 if y.size else True
     if flat_x or flat_y:
         return 1.0 if flat_x and flat_y else 0.0

@@ -7,6 +7,7 @@ docs/history.md."""
 from __future__ import annotations
 
 from biomx.modalities.common.defaults import add_commands, check_config, split
+from biomx.modalities.history.attribution import attribution_methods
 from biomx.modalities.history.audit import describe_sizes, fingerprints, missing_values
 from biomx.modalities.history.config import HistoryData
 from biomx.modalities.history.explain import explain
@@ -29,7 +30,7 @@ input_help = "history tables (the run's id, time and variables) of patients in t
 
 
 
-__all__ = ["describe_sizes", "fingerprints", "missing_values", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split",
+__all__ = ["attribution_methods", "describe_sizes", "fingerprints", "missing_values", "name", "config", "sources", "split_methods", "input_help", "check_config", "load", "split",
            "sample_digests", "build_datasets", "inference_model", "explain", "read_inputs", "export_plan", "read_raw", "raw_rows",
            "add_commands",
            "datasets", "export_dataset"]  # fmt: skip

@@ -9,6 +9,7 @@ inputs are one flat feature vector per sample.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from biomx.batched import batches
 from biomx.engine import distributed as dist
 from biomx.engine.trainer import enable_dropout
 from biomx.errors import BiomxError
+from biomx.explain.sanity import explanation_checks
 from biomx.protocols import PredictRequest, TestRun, TestView
 from biomx.runs import read_json, write_csv, write_json
 from biomx.tasks.survival import baseline as base
@@ -82,6 +84,8 @@ def evaluate_test(task: SurvivalTask, run: TestRun) -> tuple[dict[str, Any] | No
     write_csv(run.run_dir / "predictions_test.csv", columns)
     view = TestView(run.samples, run.splits["test"], run.datasets["test"], preds, truth, run.splits)
     sections = run.modality.explain(run.trainer.model, task, view, run.cfg.eval.explain, run.cfg)
+    sections += explanation_checks(run.trainer.model, task, run.modality, replace(view, run_dir=run.run_dir),
+                                   run.cfg.eval.explain, run.cfg)  # fmt: skip
     found = {section["title"]: section["json"] for section in sections if "json" in section}
     if found:
         write_json(run.run_dir / "explanations.json", found)
