@@ -119,7 +119,13 @@ def write_run_audit(run_dir: Path, p: Prepared) -> None:
     path = run_dir / AUDIT_FILE
     if path.is_file():
         return
-    audit = audit_prepared(p, near_max=RUN_NEAR_MAX)
+    try:
+        audit = audit_prepared(p, near_max=RUN_NEAR_MAX)
+    except Exception as err:  # noqa: BLE001  the audit informs; it never stops a training run
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        console.print(f"[yellow]warning: the data audit failed ({type(err).__name__}: {first}); "
+                      "run `biomx audit-data CONFIG` to see it[/]")  # fmt: skip
+        return
     write_json(path, audit)
     console.print(summary_text(audit) + f"; see {path}")
     for check in audit["checks"]:
