@@ -179,9 +179,15 @@ def launch_secure(config: str | Path, fed: FederatedConfig, overrides: list[str]
             sites = []
             for k, port in enumerate(free_ports(fed.n_sites) if local_sites else [], start=1):
                 sites.append(procs.start(supernode_command(fed, node_config(home, config, overrides, k), port), f"site{k}"))
+            if not local_sites:
+                print(f"SuperLink on {fed.address}:{fed.port}: start each site with `biomx federate client "
+                      f"{config} --site K`")  # fmt: skip
             run = procs.start(["flwr", "run", str(app), CONNECTION, "--run-config", str(run_toml), "--stream"], "server")
             wait_processes(run, sites, fed.needed if local_sites else 0, logs, timeout_s)
-            return _outcome(env, (procs.folder / "server.log").read_text(), logs)
+            log = (procs.folder / "server.log").read_text()
+            if logs is None:  # no folder to keep it in: the ServerApp's console here
+                print(log, end="")
+            return _outcome(env, log, logs)
         finally:
             procs.stop()
 
@@ -189,10 +195,19 @@ def launch_secure(config: str | Path, fed: FederatedConfig, overrides: list[str]
 def run_site_secure(config: str | Path, fed: FederatedConfig, site: int, overrides: list[str]) -> int:
     """`biomx federate client --site K` with secure aggregation: this site's SuperNode, in the
     foreground until stopped (a SuperNode serves every run its SuperLink sends it)."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)  # a terminated site stops its SuperNode too
     with tempfile.TemporaryDirectory(prefix="biomx-flower-") as tmp:
         home = Path(tmp)
         command = supernode_command(fed, node_config(home, config, overrides, site), free_ports(1)[0])
-        return subprocess.run(command, env=flower_env(home), check=False).returncode
+        try:
+            return subprocess.run(command, env=flower_env(home), check=False).returncode
+        except KeyboardInterrupt:  # subprocess.run has stopped the SuperNode
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _outcome(env: dict[str, str], log: str, logs: Path | None) -> int:
