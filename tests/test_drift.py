@@ -136,3 +136,36 @@ def test_server_drift_log(drift_data, tmp_path):
     shifted = compare(drift_data["run"], [], from_log=shifted_log, permutations=PERMUTATIONS)
     assert shifted["drift"] and _by_name(shifted)["mean intensity"]["p_value"] < 0.01
     assert main(["drift", str(drift_data["run"]), "--from-log", str(tmp_path / "none.jsonl")]) == 1
+
+
+def test_table_column_shift(tmp_path):
+    """A tabular run: the same tumours (no drift) and with one column rescaled (drift in it)."""
+    import csv
+
+    import yaml
+
+    assert main(["datasets", "--name", "breast_cancer", "--export", str(tmp_path)]) == 0
+    table = tmp_path / "breast_cancer.csv"
+    cfg = yaml.safe_load((Path(__file__).parent.parent / "examples" / "breast_cancer_tabular.yaml").read_text())
+    cfg["data"]["path"] = str(table)
+    cfg["data"]["tabular"]["baseline"] = False
+    cfg["model"]["args"] = {"width": 16, "depth": 1}
+    cfg["train"].update(epochs=1, progress=False)
+    cfg["eval"] = {"bootstrap": 0, "explain": 0}
+    cfg["output"] = {"dir": str(tmp_path / "runs"), "name": "table", "tensorboard": False}
+    (tmp_path / "table.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "table.yaml")]) == 0
+    rows = list(csv.DictReader(table.open()))
+    column = next(k for k in rows[0] if k not in ("id", "diagnosis"))
+    shifted = tmp_path / "shifted.csv"
+    with shifted.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, column: str(float(r[column]) * 1.5)} for r in rows)
+    run = tmp_path / "runs" / "table"
+    same = compare(run, [table], permutations=PERMUTATIONS)
+    assert not same["drift"], same["verdict"]
+    tests = _by_name(compare(run, [shifted], permutations=PERMUTATIONS))
+    assert tests[column]["p_value"] < 0.01 and tests[column]["drift"]
+    others = [t for name, t in tests.items() if t["kind"] == "input" and name != column]
+    assert len(others) == 29 and not any(t["drift"] for t in others)
