@@ -149,5 +149,5 @@ def test_a_resumed_secure_federation_goes_on_from_its_last_round(tmp_path, png_f
     a, _ = load_checkpoint(tmp_path / "runs" / "whole" / "checkpoints" / "best.safetensors")
     b, extra = load_checkpoint(run / "checkpoints" / "best.safetensors")
     assert extra["epoch"] == 2
-    for key in a:  # the same rounds, up to SecAgg+ quantisation (about 1e-4 a round here; training moves 1e-2)
+    for key in a:  # the same rounds, up to SecAgg+ quantisation (about 1e-4 a round here)
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=0, atol=1e-3, err_msg=key)
