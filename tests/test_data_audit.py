@@ -199,3 +199,25 @@ def test_a_modality_without_the_audit_members_is_not_checked_not_a_crash(xrays) 
         assert _check(audit, "outliers")["status"] == "not checked"
         assert _check(audit, "label balance")["status"] in ("ok", "warning")
         assert "normal" in _check(audit, "label balance")["message"]
+
+
+def test_segmentation_cases_are_hashed_from_the_case_cache(tmp_path) -> None:
+    """A paired source's cases stay in the case cache: a planted copy of one case is found there."""
+    from biomx.config import load_config
+    from biomx.modalities.image.starter_data import export_dataset
+
+    root = tmp_path / "nuclei"
+    export_dataset("nuclei2d", root, format=None, limit=None)
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder / "copy.tif").write_bytes((root / folder / "nuclei_r0_c0.tif").read_bytes())
+    listing = json.loads((root / "dataset.json").read_text())
+    listing["training"].append({"image": "./imagesTr/copy.tif", "label": "./labelsTr/copy.tif"})
+    listing["numTraining"] += 1
+    (root / "dataset.json").write_text(json.dumps(listing))
+    cfg = load_config(Path(__file__).parents[1] / "examples" / "nuclei2d_unet.yaml", [f"data.path={root}"])
+    audit = audit_config(cfg)
+    exact = _check(audit, "exact duplicates")
+    assert exact["status"] in ("warning", "problem")
+    assert sum(exact["details"]["within_copies"].values()) + sum(exact["details"]["across_counts"].values()) == 1
+    assert _check(audit, "outliers")["details"]["measures"][:2] == ["axis 1 size", "axis 2 size"]
+    assert _check(audit, "conflicting labels")["status"] == "not checked"  # case numbers are not labels

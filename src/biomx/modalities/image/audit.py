@@ -15,6 +15,7 @@ import torch
 
 from biomx.data.samples import Samples
 from biomx.data_audit.fingerprints import Fingerprints, NearVectors
+from biomx.modalities.common.case_audit import case_fingerprints, case_sizes
 from biomx.modalities.common.defaults import sample_digests
 from biomx.modalities.common.perceptual_hash import intensity_measures, perceptual_hash
 
@@ -23,10 +24,9 @@ NEAR_BITS = 12  # at most this many of the 144 bits differ: a near duplicate
 
 
 def fingerprints(samples: Samples) -> Fingerprints | None:
-    """None for sources read lazily (segmentation cases): not cheap to compare."""
     exact = sample_digests(samples)
-    if exact is None:
-        return None
+    if exact is None:  # the cases of a paired source, in the case cache
+        return case_fingerprints(samples, GRID, LOW, NEAR_BITS)
     bits = perceptual_hash(samples.inputs, GRID, LOW)
     near = NearVectors(bits, "hamming", NEAR_BITS, f"{LOW * LOW}-bit perceptual hash (DCT of the {GRID}x{GRID} grey image), "
                        f"Hamming distance <= {NEAR_BITS}")  # fmt: skip
@@ -37,5 +37,5 @@ def describe_sizes(samples: Samples) -> dict[str, np.ndarray] | None:
     """Mean intensity, contrast and the share of pixels above 0 per image (all images share one
     size once loaded: sizes are not compared)."""
     if not isinstance(samples.inputs, torch.Tensor):
-        return None
+        return case_sizes(samples)  # a paired source's cases: size and spacing of each source scan
     return intensity_measures(samples.inputs)

@@ -14,6 +14,7 @@ import torch
 
 from biomx.data.samples import Samples
 from biomx.data_audit.fingerprints import Fingerprints, NearVectors
+from biomx.modalities.common.case_audit import case_fingerprints, case_sizes
 from biomx.modalities.common.defaults import sample_digests
 from biomx.modalities.common.perceptual_hash import intensity_measures, perceptual_hash
 
@@ -22,10 +23,9 @@ NEAR_BITS = 16
 
 
 def fingerprints(samples: Samples) -> Fingerprints | None:
-    """None for sources read lazily (segmentation cases): not cheap to compare."""
     exact = sample_digests(samples)
-    if exact is None:
-        return None
+    if exact is None:  # the cases of a paired source, in the case cache
+        return case_fingerprints(samples, GRID, LOW, NEAR_BITS)
     bits = perceptual_hash(samples.inputs, GRID, LOW)
     near = NearVectors(bits, "hamming", NEAR_BITS, f"{LOW**3}-bit perceptual hash of the volume at {GRID}^3, "
                        f"Hamming distance <= {NEAR_BITS}")  # fmt: skip
@@ -35,5 +35,5 @@ def fingerprints(samples: Samples) -> Fingerprints | None:
 def describe_sizes(samples: Samples) -> dict[str, np.ndarray] | None:
     """Mean intensity, contrast, and the share of voxels above 0 (the foreground)."""
     if not isinstance(samples.inputs, torch.Tensor):
-        return None
+        return case_sizes(samples)  # a paired source's cases: size and spacing of each source scan
     return intensity_measures(samples.inputs)
