@@ -139,6 +139,37 @@ class ScheduleConfig(Section):
     gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
 
 
+class OptionalSection(Section):
+    """A section that may be absent (`X | None`): unknown keys are refused by its own check, since
+    the config's error line for an unknown key looks up the enclosing section, which `| None` hides."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            allowed = list(cls.model_fields)
+            for key in value:
+                if key not in allowed:
+                    raise ValueError(f"unknown key {key!r}{suggest(str(key), allowed)} (allowed: {', '.join(allowed)})")
+        return value
+
+
+class AdversaryConfig(OptionalSection):
+    """`train.fairness.adversary`: a head predicting `column` from the representation (the input of
+    the model's last Linear layer), trained through gradient reversal (docs/trust.md)."""
+
+    column: str  # a column of eval.subgroups
+    weight: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0  # lambda: how hard the encoder fights the adversary
+    hidden: PositiveInt = 32  # the adversary's hidden width
+
+
+class FairnessConfig(OptionalSection):
+    """`train.fairness` (docs/trust.md): mitigation during training."""
+
+    reweight: str | None = None  # a column of eval.subgroups: Kamiran & Calders reweighing of the training split
+    adversary: AdversaryConfig | None = None
+
+
 class TrainConfig(Section):
     """Settings of the training engine (also the `Trainer`'s settings in Python)."""
 
@@ -162,6 +193,7 @@ class TrainConfig(Section):
     log_every_s: PositiveFloat = 30.0  # seconds between plain progress lines
     log_every_steps: PositiveInt | None = None  # batches between plain progress lines (None: by time only)
     privacy: PrivacyConfig | None = None  # DP-SGD with a privacy ledger (docs/privacy.md)
+    fairness: FairnessConfig | None = None  # reweighting, adversarial debiasing (docs/trust.md)
 
 
 class EvalConfig(Section):

@@ -32,6 +32,7 @@ from biomx.engine.trainer import Trainer, TrainingInterrupted
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import summary_line, write_run_report
 from biomx.fairness import check_subgroups
+from biomx.fairness.training import check_training, fair_training
 from biomx.modalities import get_modality
 from biomx.models.registry import (
     accepted_inputs,
@@ -108,6 +109,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     if len(data.labels) == 0:
         raise BiomxError(f"{cfg.data.path}: no readable samples")
     check_subgroups(cfg, modality, data)  # eval.subgroups: a missing column is refused before training
+    check_training(cfg)  # train.fairness: its refusals, before any run file
     targets, labels = task_type.targets(cfg, data)
     splits = make_splits(cfg, modality, data, labels)
     task = task_type.build(cfg, data, targets, splits["train"])
@@ -273,11 +275,13 @@ def _make_trainer(p: Prepared, model: torch.nn.Module, train_data: Dataset, run_
     def metrics_fn(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return task.quick_metrics(task.predictions(outputs).numpy(), targets.numpy())
 
+    extra = fair_training(p, model, train_data)  # train.fairness: reweighing sampler, adversary (None without)
     return Trainer(
         model, task.loss, train_data,
         val_data=p.datasets["val"] if len(p.datasets["val"]) else None,
         settings=settings, run_dir=run_dir, metrics_fn=metrics_fn, collate_fn=collate_batch,
-        model_config=p.info, tensorboard=cfg.output.tensorboard, callbacks=callbacks or [], task=task,
+        model_config=p.info, tensorboard=cfg.output.tensorboard, callbacks=[*(callbacks or []), *([extra] if extra else [])],
+        task=task, extra=extra,
     )  # fmt: skip
 
 

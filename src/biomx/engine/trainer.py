@@ -81,6 +81,9 @@ class Trainer:
             ones (metrics.jsonl and TensorBoard, when there is a run_dir).
         task: handed to a model fitted by a solver (`protocols.FittedModel`), which fits the whole
             training split in one call (one "epoch") instead of running gradient steps.
+        extra: training beyond the task's loss (`biomx.fairness.training.FairTraining`):
+            `prepare(trainer)` adds its modules to the optimizer and returns the training sampler;
+            `loss(trainer, batch)` is added to each training batch's loss (not to train_loss).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Trainer:
         step_hook: Callable[[Trainer], None] | None = None,
         callbacks: Sequence[Callback] = (),
         task: Any = None,
+        extra: Any = None,
     ):
         self.settings = settings or TrainConfig()
         s = self.settings
@@ -127,7 +131,8 @@ class Trainer:
         if s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, s.optimizer)
-        self.sampler = ResumableSampler(
+        self.extra = extra  # prepare(): its modules join the optimizer (before the scheduler); its sampler
+        self.sampler = extra.prepare(self) if extra is not None else ResumableSampler(
             train_data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=s.seed
         )
         self.train_loader = self._loader(train_data, self.sampler, drop_last=True)
@@ -354,7 +359,8 @@ class Trainer:
                 no_sync = self.world > 1 and not sync
                 with self.net.no_sync() if no_sync else contextlib.nullcontext(), self._autocast():
                     loss = self.loss_fn(self.net(x), y)
-                self.scaler.scale(loss / s.accumulate).backward()
+                    added = self.extra.loss(self, i) if self.extra is not None else 0.0  # not in train_loss
+                self.scaler.scale((loss + added) / s.accumulate).backward()
                 self.last_loss = loss.item()
                 st["loss_sum"] += self.last_loss * len(y)
                 st["samples"] += len(y)

@@ -6,7 +6,7 @@ group with its own `evaluate` and adds what only it knows (`protocols.GroupedTas
 
 from biomx.fairness.evaluate import evaluate_subgroups, subgroup_sections
 from biomx.fairness.groups import bin_values, check_subgroups, subgroup_labels
-from biomx.fairness.mitigation import FairnessSettings, group_weights
+from biomx.fairness.mitigation import group_weights
 
 __all__ = ["evaluate_subgroups", "subgroup_sections", "bin_values", "check_subgroups", "subgroup_labels",
-           "FairnessSettings", "group_weights"]
+           "group_weights"]

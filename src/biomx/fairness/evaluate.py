@@ -91,6 +91,17 @@ def validation_predictions(task: Any, run: Any) -> tuple[np.ndarray, np.ndarray]
     return mean_and_std(passes)[0], targets.numpy()
 
 
+def training_facts(run_dir: Any, ensemble: int) -> dict[str, Any]:
+    """What `train.fairness` did (the first member's RUN/fairness_training.json), or {}."""
+    import json
+
+    from biomx.fairness.training import FILE
+    from biomx.runs import member_dirs
+
+    path = member_dirs(run_dir, ensemble)[0] / FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def subgroup_sections(task: Any, run: Any, preds: np.ndarray, truth: np.ndarray,
                       evaluation: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
     """For `eval.subgroups`: write RUN/subgroups.json and return the report sections ([] without).
@@ -111,5 +122,8 @@ def subgroup_sections(task: Any, run: Any, preds: np.ndarray, truth: np.ndarray,
     result = evaluate_subgroups(task, preds, truth, {c: v[test] for c, v in labels.items()}, cfg.eval,
                                 cfg.train.seed, val)  # fmt: skip
     result["headline"] = list(evaluation.get("headline") or [])
+    mitigation = training_facts(run.run_dir, cfg.model.ensemble)
+    if mitigation:
+        result["mitigation"] = mitigation
     write_json(run.run_dir / "subgroups.json", result)
     return sections(result)

@@ -1,31 +1,21 @@
-"""Mitigation: reweighting by group in the loss, and the settings a config would hold.
+"""Mitigation: reweighting by group (Kamiran & Calders reweighing).
 
 `group_weights` is Kamiran & Calders' reweighing (2012): each training sample gets
 w = P(group) P(label) / P(group, label), estimated on the training split, so that group and label
 are independent in the weighted data; a (group, label) cell that is rarer than independence
 predicts weighs more. The weights average to 1 over the training split.
 
-Per-group thresholds need no training change: the task fits them on the validation split when
-`eval.subgroups` is set (`protocols.GroupedTask.group_thresholds`) and the report shows the test
-disparity before and after. `FairnessSettings` is the section a config would take
-(`train.fairness`, not wired yet): `{reweight: sex, thresholds: per_group}`.
+`train.fairness.reweight` applies these weights in training (`biomx.fairness.training`: a
+weighted sampler). Per-group thresholds need no training change: the task fits them on the
+validation split when `eval.subgroups` is set (`protocols.GroupedTask.group_thresholds`) and the
+report shows the test disparity before and after.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-from biomx.config import Section
 from biomx.errors import ConfigError
-
-
-class FairnessSettings(Section):
-    """`train.fairness` (proposed): reweight the loss by one subgroup column; thresholds per group."""
-
-    reweight: str | None = None  # a column of eval.subgroups (or one the modality offers)
-    thresholds: Literal["global", "per_group"] = "global"  # per_group: fitted on validation, used by predict
 
 
 def group_weights(groups: np.ndarray, labels: np.ndarray, train_index: np.ndarray) -> np.ndarray:

@@ -49,9 +49,29 @@ def thresholds_table(fitted: dict[str, Any]) -> dict[str, Any]:
     return {"header": ["test measure", "one threshold", "per-group rule"], "rows": rows, "numeric": True}
 
 
+def mitigation_section(facts: dict[str, Any]) -> dict[str, Any]:
+    """What train.fairness did: the reweighing weights, the adversary's accuracy against chance."""
+    rows, text = [], []
+    if "reweight" in facts:
+        r = facts["reweight"]
+        text.append(f"Training reweighted by {r['column']} (Kamiran & Calders reweighing, drawn by a weighted "
+                    "sampler: the expected loss is the weighted mean).")  # fmt: skip
+        rows += [[f"weight: {cell}", _number(w)] for cell, w in r["weights"].items()]
+    if "adversary" in facts:
+        a = facts["adversary"]
+        text.append(f"Adversarial debiasing on {a['column']} (gradient reversal, weight {a['weight']:g}): an "
+                    "adversary reading the model's representation predicts the group; near chance means the "
+                    "representation holds little of it.")  # fmt: skip
+        last = (a.get("accuracy_by_epoch") or [None])[-1]
+        rows += [["adversary accuracy, last epoch (training batches)", _number(last)],
+                 ["chance (largest group's share)", _number(a["chance"])]]  # fmt: skip
+    return {"title": "Fairness mitigation in training", "text": " ".join(text),
+            "table": {"header": ["", "value"], "rows": rows, "numeric": True}}  # fmt: skip
+
+
 def sections(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One section per column, one per disparity table, one per threshold fit."""
-    out = []
+    out = [mitigation_section(result["mitigation"])] if result.get("mitigation") else []
     headline = result.get("headline") or []
     for column, entry in result["columns"].items():
         small = [r["group"] for r in entry["groups"] if r["flag"]]
