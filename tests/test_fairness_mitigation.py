@@ -101,6 +101,10 @@ def test_config_typos_and_refusals_are_one_line() -> None:
     private["train"]["privacy"] = {"epsilon": 5.0}
     with pytest.raises(ConfigError, match="train.fairness: not supported with train.privacy"):
         check_training(validate(private))
+    auto = _cfg("x.csv", reweight="gender")
+    auto["model"] = {"name": "auto"}
+    with pytest.raises(ConfigError, match="model.name: auto"):
+        check_training(validate(auto))
     check_training(validate(_cfg("x.csv", reweight="gender")))  # a column of eval.subgroups: accepted
 
 

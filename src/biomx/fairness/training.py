@@ -62,6 +62,8 @@ def check_training(cfg: Any) -> None:
             raise ConfigError(f"train.fairness.{key}: {column!r} is not in eval.subgroups "
                               f"({', '.join(cfg.eval.subgroups) or 'empty'}); add it there so the test split "
                               "is scored by it too")  # fmt: skip
+    if cfg.model.name == "auto" and (f.reweight or f.adversary):  # selection fits its candidates on folds
+        raise ConfigError("train.fairness: not supported with model.name: auto; name the model")
     if cfg.train.privacy is not None and (f.reweight or f.adversary):
         raise ConfigError("train.fairness: not supported with train.privacy (DP-SGD's Poisson sampling replaces "
                           "the weighted sampler, and its accounting covers the model's gradients only)")  # fmt: skip
