@@ -57,7 +57,7 @@ def flower_env(home: Path) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["FLWR_HOME"] = str(home)
     # How often a SuperNode's executor looks for a message to start a ClientApp process for
-    # (Flower's default 1 s, paid at each of SecAgg+'s four stages).
+    # (Flower's default 1 s, paid at every message: five per site and round with SecAgg+).
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
     return env
 
