@@ -155,13 +155,16 @@ def check_run(cfg: Any, model_info: dict[str, Any], world: int, data: Dataset | 
     if cfg.model.name == "auto":
         raise ConfigError("model.name: auto trains many candidates on the same data, which DP-SGD does not "
                           "account for; name one model with train.privacy")
+    notes: list[str] = []
     if cfg.train.privacy.batchnorm == "convert":
-        model_info = convert_batchnorm(model_info)
+        model_info = convert_batchnorm(model_info, notes)
     model = build_recorded(model_info)
     refuse_unsupported(cfg.train, solver=isinstance(model, FittedModel), world=world)
     check_model(model, model_info["name"])
     if data is not None:
         check_per_sample(model, model_info["name"], data)
+    for note in notes:  # said once the run is accepted
+        console.print(note)
     return model_info
 
 
@@ -194,17 +197,19 @@ def check_per_sample(model: nn.Module, name: str, data: Dataset) -> None:
     if layer is not None:
         raise ConfigError(f"model.name: {name} cannot be trained with DP-SGD: its layer {layer!r} sees {n} rows for "
                           "2 samples (rows are parts of a sample, e.g. graph nodes), and per-sample gradients need "
-                          "one row per sample; pick another model (docs/privacy.md lists those that train with DP)")  # fmt: skip
+                          "one row per sample; pick another model (docs/privacy.md lists those that train with "
+                          "DP)")  # fmt: skip
 
 
 NORM_CHOICES = ("group", "layer", "instance")  # a builder's `norm` values without batch statistics, tried in order
 
 
-def convert_batchnorm(model_info: dict[str, Any]) -> dict[str, Any]:
+def convert_batchnorm(model_info: dict[str, Any], notes: list[str] | None = None) -> dict[str, Any]:
     """The run.json model entry without BatchNorm: the builder's own `norm` argument where one of
     `NORM_CHOICES` builds the model without it (small_cnn: norm: group), else every BatchNorm
     swapped for GroupNorm after building (`"batchnorm": "group"`, which `build_recorded` applies
-    again wherever the run's model is rebuilt). A model without BatchNorm is returned as it is."""
+    again wherever the run's model is rebuilt). A model without BatchNorm is returned as it is.
+    What was replaced, as a line for the user, is appended to `notes`."""
     name, args = model_info["name"], model_info["args"]
     model = build_recorded(model_info)
     layers = batchnorm_layers(model)
@@ -221,8 +226,9 @@ def convert_batchnorm(model_info: dict[str, Any]) -> dict[str, Any]:
                     break
             except ConfigError:  # not one of this builder's values
                 continue
-    console.print(f"train.privacy: {name}'s {len(layers)} BatchNorm layer(s) replaced by {how} for DP-SGD "
-                  "(train.privacy.batchnorm: refuse to refuse instead)")
+    if notes is not None:
+        notes.append(f"train.privacy: {name}'s {len(layers)} BatchNorm layer(s) replaced by {how} for DP-SGD "
+                     "(train.privacy.batchnorm: refuse to refuse instead)")
     return converted
 
 
