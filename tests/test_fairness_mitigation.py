@@ -128,8 +128,9 @@ def test_a_reweighted_debiased_run_trains_and_reports_the_mitigation(table: Path
     facts = json.loads((run / "fairness_training.json").read_text())
     assert set(facts["reweight"]["weights"]) == {f"{g}, label {y}" for g in "01" for y in "01"}
     assert len(facts["adversary"]["accuracy_by_epoch"]) == 2 and 0.5 < facts["adversary"]["chance"] < 1
+    assert 0.5 < facts["adversary"]["probe"]["accuracy"] <= 1  # sex is an input column: a probe reads it
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["train_loss"]) for r in rows if "train_loss" in r)
     assert json.loads((run / "subgroups.json").read_text())["mitigation"] == facts
     report = (run / "report.html").read_text()
-    assert "Fairness mitigation in training" in report and "adversary accuracy" in report
+    assert "Fairness mitigation in training" in report and "fresh probe accuracy" in report

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -84,3 +85,33 @@ class Adversary(nn.Module):
         if reset:
             self.correct = self.seen = 0
         return value
+
+
+def representations(trainer: Any, data: Any) -> np.ndarray:
+    """The input of the model's last Linear for every sample of `data`, in order (eval mode)."""
+    kept: list[torch.Tensor] = []
+    layer = last_linear(trainer.model)
+    handle = layer.register_forward_pre_hook(lambda m, args: kept.append(args[0].detach().float().flatten(1).cpu()))
+    try:
+        trainer.predict(data)
+    finally:
+        handle.remove()
+    return torch.cat(kept).numpy()
+
+
+def probe(trainer: Any, train_groups: np.ndarray, val_groups: np.ndarray) -> dict[str, float] | None:
+    """A fresh linear probe of the group on the final representation: fitted on the training split,
+    scored on validation. Stricter than the adversary's own accuracy, which the encoder was trained
+    to defeat; None when either split lacks two groups."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    keep = val_groups >= 0  # validation groups absent from training are left out
+    if len(np.unique(train_groups)) < 2 or len(np.unique(val_groups[keep])) < 2:
+        return None
+    x_train = representations(trainer, trainer.train_data)
+    x_val = representations(trainer, trainer.val_data)[keep]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, train_groups)
+    shares = np.bincount(val_groups[keep]) / keep.sum()
+    return {"accuracy": round(float(model.score(x_val, val_groups[keep])), 4), "chance": round(float(shares.max()), 4)}

@@ -65,6 +65,11 @@ def mitigation_section(facts: dict[str, Any]) -> dict[str, Any]:
         last = (a.get("accuracy_by_epoch") or [None])[-1]
         rows += [["adversary accuracy, last epoch (training batches)", _number(last)],
                  ["chance (largest group's share)", _number(a["chance"])]]  # fmt: skip
+        if "probe" in a:
+            text.append("A fresh linear probe, fitted on the final representation of the training split, "
+                        "reads the group on validation: far above chance means the group is still there.")
+            rows += [["fresh probe accuracy (validation)", _number(a["probe"]["accuracy"])],
+                     ["probe chance (validation)", _number(a["probe"]["chance"])]]  # fmt: skip
     return {"title": "Fairness mitigation in training", "text": " ".join(text),
             "table": {"header": ["", "value"], "rows": rows, "numeric": True}}  # fmt: skip
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from biomx.engine.callbacks import Callback
 from biomx.engine.samplers import ResumableSampler
 from biomx.errors import ConfigError
-from biomx.fairness.adversary import Adversary, last_linear
+from biomx.fairness.adversary import Adversary, last_linear, probe
 from biomx.fairness.groups import group_order, subgroup_labels
 from biomx.fairness.mitigation import group_weights
 from biomx.protocols import FittedModel
@@ -73,9 +73,11 @@ class FairTraining(Callback):
     """What the Trainer calls (`Trainer(extra=...)`): `prepare` once its optimizer exists, `loss` on
     every training batch; as a callback it records the adversary's accuracy."""
 
-    def __init__(self, weights: np.ndarray | None, groups: np.ndarray | None, adversary: Any, facts: dict[str, Any]):
+    def __init__(self, weights: np.ndarray | None, groups: np.ndarray | None, adversary: Any, facts: dict[str, Any],
+                 val_groups: np.ndarray | None = None):  # fmt: skip
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.groups = None if groups is None else torch.as_tensor(groups, dtype=torch.long)
+        self.val_groups = val_groups  # index of each validation sample's group (-1: not seen in training)
         self.spec, self.facts = adversary, facts
         self.adversary: Adversary | None = None
         self.sampler_: OrderedSampler | None = None
@@ -116,6 +118,16 @@ class FairTraining(Callback):
         if trainer.run_dir is not None:
             write_json(Path(trainer.run_dir) / FILE, self.facts)
 
+    def on_train_end(self, trainer: Any, error: BaseException | None) -> None:
+        """The adversary's result checked by a fresh probe on the final representation."""
+        if self.adversary is None or error is not None or self.val_groups is None or trainer.val_data is None:
+            return
+        found = probe(trainer, self.groups.numpy(), self.val_groups)
+        if found is not None:
+            self.facts["adversary"]["probe"] = found
+        if trainer.run_dir is not None:
+            write_json(Path(trainer.run_dir) / FILE, self.facts)
+
 
 def fair_training(p: Any, model: Any, train_data: Dataset) -> FairTraining | None:
     """The Trainer's `extra` for `train.fairness` (None without it): weights and groups of the training split."""
@@ -128,7 +140,7 @@ def fair_training(p: Any, model: Any, train_data: Dataset) -> FairTraining | Non
                           "(not a solver's model, nor model.name: auto)")  # fmt: skip
     labels = subgroup_labels(p.cfg, p.modality, p.data)
     facts: dict[str, Any] = {}
-    weights = groups = None
+    weights = groups = val_groups = None
     if f.reweight:
         weights, cells = reweighing(labels[f.reweight], p.targets, train_index)
         facts["reweight"] = {"column": f.reweight, "weights": cells}
@@ -137,10 +149,12 @@ def fair_training(p: Any, model: Any, train_data: Dataset) -> FairTraining | Non
         names = group_order(g)
         lookup = {name: k for k, name in enumerate(names)}
         groups = np.array([lookup[v] for v in g], dtype=np.int64)
+        val_groups = np.array([lookup.get(v, -1) for v in labels[f.adversary.column][p.splits["val"]].astype(str)],
+                              dtype=np.int64)  # fmt: skip
         shares = [float(np.mean(g == n)) for n in names]
         facts["adversary"] = {"column": f.adversary.column, "weight": f.adversary.weight, "groups": names,
                               "chance": round(max(shares), 4)}  # fmt: skip
-    return FairTraining(weights, groups, f.adversary, facts)
+    return FairTraining(weights, groups, f.adversary, facts, val_groups)
 
 
 def reweighing(groups: np.ndarray, targets: Any, train_index: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
