@@ -197,3 +197,19 @@ def test_a_model_without_a_norm_argument_gets_groupnorm_recorded_in_run_json():
     small = {"name": "small_cnn", "args": {"width": 4, "depth": 2}}
     assert convert_batchnorm(small)["args"]["norm"] == "group"  # the builder's own argument first
     assert convert_batchnorm({"name": "deepsea", "args": {}}) == {"name": "deepsea", "args": {}}  # none to convert
+
+
+def test_how_a_twin_is_restarted(tmp_path):
+    """Finished (report written): skipped; a checkpoint: resumed; a folder that never saved: started again."""
+    from biomx.privacy.baseline import twin_resume
+
+    twin = tmp_path / "without_privacy"
+    assert twin_resume(twin) is None  # none yet
+    (twin / "checkpoints").mkdir(parents=True)
+    (twin / "run.json").write_text("{}")
+    assert twin_resume(twin) is None and not twin.exists()  # crashed before its first checkpoint: removed
+    (twin / "checkpoints").mkdir(parents=True)
+    (twin / "checkpoints" / "last.safetensors").write_bytes(b"")
+    assert twin_resume(twin) == twin
+    (twin / "report.html").write_text("")
+    assert twin_resume(twin) is False
