@@ -134,3 +134,6 @@ def test_a_reweighted_debiased_run_trains_and_reports_the_mitigation(table: Path
     assert json.loads((run / "subgroups.json").read_text())["mitigation"] == facts
     report = (run / "report.html").read_text()
     assert "Fairness mitigation in training" in report and "fresh probe accuracy" in report
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=3"]) == 0  # its param group reloads
+    resumed = json.loads((run / "fairness_training.json").read_text())["adversary"]["accuracy_by_epoch"]
+    assert resumed[:2] == facts["adversary"]["accuracy_by_epoch"] and len(resumed) == 3

@@ -25,7 +25,7 @@ from biomx.fairness.adversary import Adversary, last_linear, probe
 from biomx.fairness.groups import group_order, subgroup_labels
 from biomx.fairness.mitigation import group_weights
 from biomx.protocols import FittedModel
-from biomx.runs import write_json
+from biomx.runs import read_json, write_json
 
 MAX_LABELS = 20  # integer targets with more distinct values (counts) are not labels to reweigh by
 FILE = "fairness_training.json"
@@ -111,6 +111,14 @@ class FairTraining(Callback):
         b = trainer.local_batch
         index = torch.as_tensor(self.sampler_.order[batch * b : (batch + 1) * b], dtype=torch.long)
         return self.adversary.loss(self.groups[index].to(trainer.device))
+
+    def on_train_start(self, trainer: Any) -> None:
+        """A resumed run keeps the adversary's accuracy of the epochs already done."""
+        done = trainer.state["epoch"]
+        path = Path(trainer.run_dir or ".") / FILE
+        if self.adversary is not None and done and trainer.run_dir is not None and path.is_file():
+            before = read_json(path).get("adversary", {}).get("accuracy_by_epoch", [])
+            self.facts["adversary"]["accuracy_by_epoch"] = list(before[:done])
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         if self.adversary is not None:
