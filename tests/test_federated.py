@@ -182,6 +182,9 @@ def test_a_federation_file_typo_is_one_line(tmp_path, png_folder, capsys):
     path.write_text(path.read_text().replace("round:", "rounds:").replace("sites: 3", "sites: 1"))
     assert main(["federate", "simulate", str(path)]) == 1
     assert "at least 2 sites" in capsys.readouterr().err
+    path.write_text(path.read_text().replace("sites: 1", "sites: 3"))
+    assert main(["federate", "simulate", str(path), "--set", "train.fairness={reweight: label}"]) == 1
+    assert "train.fairness: not supported in a federation" in capsys.readouterr().err
 
 
 def test_compare_scores_federated_each_site_and_pooled_on_one_test_split(tmp_path, png_folder, capsys):

@@ -110,7 +110,11 @@ def load_federation(path: str | Path, overrides: list[str] | None = None) -> tup
         raise ConfigError(f"{path}: secure_aggregation.num_shares: {secure.num_shares} is more than the "
                           f"{fed.n_sites} sites")  # fmt: skip
     fed.experiment = str((path.parent / fed.experiment).resolve())
-    return fed, load_config(fed.experiment, overrides)
+    cfg = load_config(fed.experiment, overrides)
+    if cfg.train.fairness is not None:  # the sites' trainers would silently ignore it
+        raise ConfigError(f"{fed.experiment}: train.fairness: not supported in a federation yet (each site "
+                          "trains through its own loop); remove it, and measure subgroups with eval.subgroups")
+    return fed, cfg
 
 
 def site_config(fed: FederatedConfig, cfg: ExperimentConfig, site: int, overrides: list[str] | None = None
