@@ -72,7 +72,7 @@ def representation(loaded: LoadedGraph) -> str:
     if head is None:
         return "the model's outputs (it has no linear head)"
     name = next(n for n, m in loaded.graph.members[0].named_modules() if m is head)
-    return f"the input of the head layer `{name}` ({head.in_features} features)"
+    return f"the input of the head, layer `{name}` (nn.Linear, {head.in_features} features) of the first member"
 
 
 @torch.no_grad()
