@@ -18,9 +18,9 @@ def intensity_statistics(raw: torch.Tensor) -> dict[str, np.ndarray]:
     for chunk in raw.split(CHUNK):
         x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
         grey = x.mean(dim=1).reshape(len(x), -1)
-        q = torch.quantile(grey, torch.tensor([0.05, 0.95]), dim=1)
+        q = np.percentile(grey.numpy(), [5, 95], axis=1)  # numpy: torch.quantile refuses > 2**24 values
         values = {"mean intensity": grey.mean(1), "intensity SD": grey.std(1),
-                  "5th percentile": q[0], "95th percentile": q[1]}  # fmt: skip
+                  "5th percentile": torch.from_numpy(q[0]), "95th percentile": torch.from_numpy(q[1])}  # fmt: skip
         if channels > 1:
             for c in range(channels):
                 values[f"channel {c} mean"] = x[:, c].reshape(len(x), -1).mean(1)
