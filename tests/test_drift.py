@@ -169,3 +169,15 @@ def test_table_column_shift(tmp_path):
     assert tests[column]["p_value"] < 0.01 and tests[column]["drift"]
     others = [t for name, t in tests.items() if t["kind"] == "input" and name != column]
     assert len(others) == 29 and not any(t["drift"] for t in others)
+
+
+def test_sequence_statistics():
+    """Length without padding; ambiguity codes spread over their letters; GC share."""
+    from biomx.modalities.sequence import input_statistics
+    from biomx.modalities.sequence.encoding import encode
+
+    tokens, _ = encode(["ACGTNN", "GGGCC"], "dna", length=8)
+    stats = input_statistics({"alphabet": "dna"}, tokens)
+    assert stats["length"].tolist() == [6, 5]
+    assert stats["A share"].tolist() == pytest.approx([0.25, 0.0])
+    assert stats["GC share"].tolist() == pytest.approx([0.5, 1.0])
