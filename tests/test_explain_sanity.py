@@ -177,3 +177,18 @@ def test_a_tabular_run_compares_integrated_gradients_with_feature_ablation(tmp_p
     assert found["methods"] == ["integrated gradients", "feature ablation"]
     agreement = found["agreement"]["integrated gradients vs feature ablation"]
     assert agreement["spearman"]["n"] == 4 and agreement["spearman"]["median"] > 0.5  # measured: 0.89
+
+
+def test_a_molecule_graph_run_compares_atom_attributions(tmp_path) -> None:
+    from biomx.modalities.molecule.starter_data import export_molecules
+
+    path = export_molecules("freesolv", tmp_path)
+    data = (f"{{modality: molecule, source: csv, path: {path}, label_column: expt, molecule: {{id_column: id}}, "
+            "split: {method: random, val: 0.1, test: 0.15}}")  # fmt: skip
+    run = _train(tmp_path, "mol", data, "{name: dmpnn, args: {hidden: 16, depth: 2}}", 3,
+                 "task: {kind: regression}\n")  # fmt: skip
+    found = json.loads((run / "explanation_checks.json").read_text())
+    assert found["methods"] == ["integrated gradients (atoms)", "atom occlusion"]
+    for checked in found["randomisation"].values():
+        assert checked["comparable"] and checked["spearman"]["n"] == 3  # one score per atom of each molecule
+    assert found["agreement"]["integrated gradients (atoms) vs atom occlusion"]["spearman"]["n"] == 3
