@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from biomx.errors import ConfigError
-from biomx.plugins import suggest
+from biomx.plugins import refuse_unknown_keys, suggest
 from biomx.privacy.config import PrivacyConfig
 from biomx.yaml_config import MAX_SHOWN, apply_overrides, load_yaml_text, read_yaml, shorten
 
@@ -146,12 +146,7 @@ class OptionalSection(Section):
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            allowed = list(cls.model_fields)
-            for key in value:
-                if key not in allowed:
-                    raise ValueError(f"unknown key {key!r}{suggest(str(key), allowed)} (allowed: {', '.join(allowed)})")
-        return value
+        return refuse_unknown_keys(value, list(cls.model_fields))
 
 
 class AdversaryConfig(OptionalSection):

@@ -77,6 +77,16 @@ def suggest(name: str, allowed: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def refuse_unknown_keys(value: Any, allowed: list[str]) -> Any:
+    """A config mapping's keys checked against `allowed` (an optional section's own check: the
+    config's error line for an unknown key looks up the enclosing section, which `X | None` hides)."""
+    if isinstance(value, dict):
+        for key in value:
+            if key not in allowed:
+                raise ValueError(f"unknown key {key!r}{suggest(str(key), allowed)} (allowed: {', '.join(allowed)})")
+    return value
+
+
 class Registry:
     """Plug-ins of one kind ("modality", "task"), by name."""
 

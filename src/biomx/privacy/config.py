@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from biomx.plugins import suggest
+from biomx.plugins import refuse_unknown_keys
 
 
 class PrivacyConfig(BaseModel):
@@ -36,11 +36,4 @@ class PrivacyConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, value: Any) -> Any:
-        # Checked here, not by extra="forbid" alone: the config's error line for an unknown key
-        # looks up the enclosing section, which an optional section (`PrivacyConfig | None`) hides.
-        if isinstance(value, dict):
-            allowed = list(cls.model_fields)
-            for key in value:
-                if key not in allowed:
-                    raise ValueError(f"unknown key {key!r}{suggest(str(key), allowed)} (allowed: {', '.join(allowed)})")
-        return value
+        return refuse_unknown_keys(value, list(cls.model_fields))  # `PrivacyConfig | None` hides the section
