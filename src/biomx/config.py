@@ -114,6 +114,7 @@ class ModelConfig(Section):
     candidates: list[str] = []  # name auto: the families tried (default: each solver-fitted one)
     select: Literal["stack", "best"] = "stack"  # name auto: blend the families, or keep the best one
     folds: Annotated[int, Field(ge=2, le=20)] = 5  # name auto: inner cross-validation on the training split
+    init_from: str | None = None  # fine-tuning: a run folder or a .safetensors file whose weights start this run
 
 
 class TaskConfig(Section):
@@ -189,6 +190,8 @@ class TrainConfig(Section):
     log_every_steps: PositiveInt | None = None  # batches between plain progress lines (None: by time only)
     privacy: PrivacyConfig | None = None  # DP-SGD with a privacy ledger (docs/privacy.md)
     fairness: FairnessConfig | None = None  # reweighting, adversarial debiasing (docs/trust.md)
+    freeze: list[str] = []  # module name prefixes (or "backbone": all but the head) kept fixed
+    lr_multipliers: dict[str, Annotated[float, Field(ge=0.0)]] = {}  # module prefix -> lr factor (discriminative)
 
 
 class EvalConfig(Section):
