@@ -29,6 +29,8 @@ from biomx.engine.logging import console
 from biomx.engine.mlflow_logger import check_tracking, tracking_callbacks
 from biomx.engine.runtime import seed_everything, select_device
 from biomx.engine.trainer import Trainer, TrainingInterrupted
+from biomx.engine.transfer import check_init_from, transfer_sections
+from biomx.engine.transfer import start as start_transfer
 from biomx.errors import BiomxError, ConfigError
 from biomx.evaluation import summary_line, write_run_report
 from biomx.fairness import check_subgroups
@@ -257,6 +259,7 @@ def _trainer(p: Prepared, run_dir: Path | None, member: int = 0, callbacks: list
     # Ensemble members differ only in their seed: initial weights, batch order, dropout.
     seed_everything(p.cfg.train.seed + member)  # identical initial weights on every rank and every resume
     model = build_recorded(p.info["model"])
+    start_transfer(model, p.cfg, run_dir)  # model.init_from, train.freeze (biomx.engine.transfer)
     train = p.datasets["train"]
     if p.cfg.model.ensemble > 1 and isinstance(model, FittedModel) and len(train):
         # A solver fits the same model from the same rows whatever the seed: each member of an
@@ -308,6 +311,8 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dic
     if resume is not None:
         _check_same_model(Path(resume), p)
     check_model_runs(p)  # before any run file is written: a bad model.args leaves nothing behind
+    if resume is None:  # so does a bad model.init_from / train.freeze / train.lr_multipliers
+        check_init_from(cfg, lambda: build_recorded(p.info["model"]))
     check_tracking(cfg)  # so does output.mlflow without MLflow installed
     if resume is not None:
         run_dir = Path(resume)
@@ -404,6 +409,7 @@ def _finish(p: Prepared, trainer: Trainer, run_dir: Path) -> dict[str, Any] | No
     sections = [*sections, *audit_sections(run_dir)]  # the data audit written before training
     if dist.is_main():
         private = [*privacy_sections(run_dir), *baseline_sections(run_dir)]  # none unless a DP run
+        sections = [*sections, *transfer_sections(run_dir)]  # a fine-tune: layers reused / new
         _write_report(p, trainer, run_dir, evaluation, [*([chosen] if chosen else []), *sections, *private], scored)
     dist.barrier()
     return evaluation

@@ -11,14 +11,22 @@ from torch import nn
 from biomx.config import OptimizerConfig, ScheduleConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, multipliers: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """`multipliers` (train.lr_multipliers): module prefix -> factor on cfg.lr, one parameter group per
+    factor (longest prefix wins); schedules scale each group's own base lr. Frozen parameters are left out."""
+    from biomx.engine.transfer import multiplier_of
+
     # No weight decay on biases and norm weights: decaying them only hurts (as in nanoGPT).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            buckets.setdefault((multiplier_of(name, multipliers or {}), p.ndim >= 2), []).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        {"params": buckets.get((f, decay), []), "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * f}
+        for f in sorted({f for f, _ in buckets} | {1.0}, reverse=True) for decay in (True, False)
+    ]  # fmt: skip
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if cfg.name == "adam":

@@ -130,7 +130,7 @@ class Trainer:
         self.model = model.to(self.device)
         if s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.model, s.optimizer)
+        self.optimizer = build_optimizer(self.model, s.optimizer, s.lr_multipliers)
         self.extra = extra  # prepare(): its modules join the optimizer (before the scheduler); its sampler
         self.sampler = extra.prepare(self) if extra is not None else ResumableSampler(
             train_data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=s.seed
