@@ -21,6 +21,7 @@ from biomx.data_audit.cli import add_commands as add_audit_data_commands
 from biomx.drift.cli import add_commands as add_drift_commands
 from biomx.errors import BiomxError, ConfigError, os_error_line
 from biomx.federated.cli import add_commands as add_federate_commands
+from biomx.tune.cli import add_commands as add_tune_commands
 from biomx.version import __version__
 
 ENGINES = ("torch", "onnx", "int8")  # biomx.export.engines.ENGINES (not imported: --help stays light)
@@ -354,6 +355,7 @@ def _build(plugin_commands: bool) -> tuple[argparse.ArgumentParser, argparse._Su
     if plugin_commands:
         from biomx.modalities import get_modality, modality_names
 
+    add_tune_commands(sub)
         for name in modality_names():
             try:
                 modality = get_modality(name)

@@ -26,6 +26,7 @@ from pydantic import (
 from biomx.errors import ConfigError
 from biomx.plugins import refuse_unknown_keys, suggest
 from biomx.privacy.config import PrivacyConfig
+from biomx.tune.config import TuneConfig
 from biomx.yaml_config import MAX_SHOWN, apply_overrides, load_yaml_text, read_yaml, shorten
 
 __all__ = ["MAX_SHOWN", "apply_overrides", "load_yaml_text", "read_yaml", "shorten"]  # moved; still importable here
@@ -259,6 +260,7 @@ class ExperimentConfig(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    tune: TuneConfig | None = None  # `biomx tune CONFIG`: a hyperparameter search (docs/tuning.md)
 
     @field_validator("name")
     @classmethod

@@ -288,7 +288,8 @@ def _make_trainer(p: Prepared, model: torch.nn.Module, train_data: Dataset, run_
     )  # fmt: skip
 
 
-def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dict[str, Any] | None = None) -> Path:
+def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dict[str, Any] | None = None,
+          callbacks: list[Callback] | None = None) -> Path:
     """Run an experiment end to end: train, then evaluate on the test split and report.
 
     Args:
@@ -296,6 +297,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dic
         resume: a run directory to continue (its own config.yaml is used).
         model: run.json's model entry to train instead of the config's (a DP run's twin: the
             DP run's converted model).
+        callbacks: more Trainer callbacks (`biomx tune`'s pruning), after output.mlflow's.
 
     Returns:
         The run directory.
@@ -330,7 +332,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dic
             console.print(f"run: {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in p.splits.items())})")
             write_run_audit(run_dir, p)  # RUN/data_audit.json; prints the verdicts that are not ok
     members = member_dirs(run_dir, cfg.model.ensemble)
-    callbacks = tracking_callbacks(cfg, run_dir)  # one MLflow run across all members
+    callbacks = [*tracking_callbacks(cfg, run_dir), *(callbacks or [])]  # one MLflow run across all members
     for k, member_dir in enumerate(members):
         if len(members) > 1 and dist.is_main():
             console.print(f"ensemble member {k + 1}/{len(members)} (seed {cfg.train.seed + k})")
