@@ -127,3 +127,14 @@ def test_bad_init_from_and_prefixes_are_one_line(tmp_path, png_folder, parent):
     model = build_model("small_cnn", in_channels=1, out_dim=1, width=4, depth=2, norm="group")
     with pytest.raises(ConfigError, match="train.freeze: 'nope' matches no parameter"):
         start(model, cfg, None)
+
+
+def test_a_dp_fine_tune_on_the_same_data_inherits_its_parents_budget(tmp_path, png_folder):
+    privacy = ", privacy: {{epsilon: 4, baseline: false, budget_file: {}}}"
+    parent = _train(tmp_path, "dp_parent", png_folder, train=privacy.format(tmp_path / "parent_book.json"))
+    child = _train(tmp_path, "dp_child", png_folder, model=f", init_from: {parent}",
+                   train=privacy.format(tmp_path / "child_book.json"))  # fmt: skip
+    ledger = json.loads((child / "privacy.json").read_text())
+    assert json.loads((child / "transfer.json").read_text())["privacy"]["inherited"] is True
+    assert ledger["runs_on_same_data"] == 2  # the child's own book: itself and the inherited parent
+    assert ledger["epsilon_total_rdp"] > ledger["epsilon_rdp"]
