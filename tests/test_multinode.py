@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from biomx.cli import main
-from servers import free_port
+from servers import free_port, train_image_run
 
 HERE = Path(__file__).parent
 TIMEOUT_S = 240
@@ -96,3 +96,18 @@ def test_two_nodes_train_like_one_process(tmp_path, png_folder):
     for key in weights:
         torch.testing.assert_close(last[0][key], last[1][key], rtol=1e-3, atol=1e-5)
     assert json.loads((nodes / "test_metrics.json").read_text())["n"] == 24
+
+
+@pytest.mark.slow
+def test_predict_under_torchrun_writes_one_ordered_file(tmp_path, png_folder):
+    run = train_image_run(tmp_path, png_folder, "two_members", ensemble=2)  # two members: *_std columns too
+    assert main(["predict", str(run), str(png_folder), "--output", str(tmp_path / "single.csv")]) == 0
+    merged = tmp_path / "merged.csv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "biomx", "predict", str(run), str(png_folder), "--output", str(merged)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert merged.read_text() == (tmp_path / "single.csv").read_text()
+    assert len(merged.read_text().splitlines()) == 161  # a header and the 160 X-rays, each once
+    assert result.stderr.count("wrote 160 predictions") == 1  # rank 0 alone writes and says so
+    assert not list(tmp_path.glob("merged.csv.*"))  # no partial or per-rank leftovers

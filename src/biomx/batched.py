@@ -65,13 +65,22 @@ def evaluate_test(task: RowTask, run: TestRun) -> tuple[dict[str, Any] | None, l
     return evaluation, sections
 
 
-def batches(x: Any, batch_size: int):
-    """A stacked tensor is split; a dataset with `__getitems__` (molecules) is fetched in chunks."""
+def batches(x: Any, batch_size: int, rows: range | None = None):
+    """A stacked tensor is split; a dataset with `__getitems__` (molecules) is fetched in chunks.
+    `rows`: only these (contiguous) rows, e.g. this rank's share under torchrun."""
+    rows = range(len(x)) if rows is None else rows
     if isinstance(x, torch.Tensor):
-        yield from x.split(batch_size)
+        yield from x[rows.start:rows.stop].split(batch_size)
         return
-    for start in range(0, len(x), batch_size):
-        yield x.__getitems__(list(range(start, min(start + batch_size, len(x)))))[0]
+    for start in range(rows.start, rows.stop, batch_size):
+        yield x.__getitems__(list(range(start, min(start + batch_size, rows.stop))))[0]
+
+
+def gathered(array: np.ndarray | None) -> np.ndarray | None:
+    """Every rank's contiguous share of rows, concatenated in rank (= input) order."""
+    if array is None or not dist.is_distributed():
+        return array
+    return dist.gather_cat(torch.from_numpy(np.ascontiguousarray(array))).numpy()
 
 
 @torch.no_grad()
@@ -86,7 +95,9 @@ def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
     else:
         x, names, failures = modality.read_inputs(pre, request.inputs, request.skip_errors)
         request.failures.extend(failures)
-        preds, std = mean_and_std(model_passes(task, request, x, names, passes_per_model))
+        # Under torchrun every rank reads the inputs and runs the models on its share of the rows.
+        passes = model_passes(task, request, x, names, passes_per_model, dist.shard(len(x)))
+        preds, std = mean_and_std([gathered(p) for p in passes])
     columns: dict[str, list] = {"path": names}
     for name, values in task.prediction_columns(preds).items():
         columns[name] = [f"{v:.6f}" if isinstance(v, float) else v for v in values.tolist()]
@@ -95,9 +106,10 @@ def predict(task: RowTask, request: PredictRequest) -> dict[str, list]:
     return columns
 
 
-def model_passes(task: RowTask, request: PredictRequest, x: Any, names: list[str], passes_per_model: int
-                 ) -> list[np.ndarray]:  # fmt: skip
-    """Task-space predictions of every member and dropout pass (PyTorch)."""
+def model_passes(task: RowTask, request: PredictRequest, x: Any, names: list[str], passes_per_model: int,
+                 rows: range | None = None) -> list[np.ndarray]:  # fmt: skip
+    """Task-space predictions of every member and dropout pass (PyTorch), of `rows` (default: all)."""
+    rows = range(len(x)) if rows is None else rows
     passes = []
     for model in request.models:
         model = request.modality.inference_model(model, request.info["preprocessing"]).eval()
@@ -105,13 +117,13 @@ def model_passes(task: RowTask, request: PredictRequest, x: Any, names: list[str
             if passes_per_model > 0:
                 torch.manual_seed(k)  # reproducible dropout masks
                 enable_dropout(model)
-            preds, start = [], 0
-            for batch in batches(x, request.batch_size):
+            preds, start = [], rows.start
+            for batch in batches(x, request.batch_size, rows):
                 out = model(batch)
                 _check_finite(out, names, start)  # a diverged model must not label NaN as a class
                 preds.append(task.predictions(out))
                 start += request.batch_size
-            passes.append(torch.cat(preds).numpy() if preds else np.zeros((0, task.out_dim)).squeeze(-1))
+            passes.append(torch.cat(preds).numpy() if preds else np.zeros((0, task.out_dim), np.float32).squeeze(-1))
     return passes
 
 
@@ -126,16 +138,17 @@ def engine_predictions(request: PredictRequest, passes_per_model: int
     raw, names, failures = request.modality.read_raw(request.info["preprocessing"], request.inputs,
                                                      request.skip_errors)  # fmt: skip
     request.failures.extend(failures)
-    preds, stds = [], []
-    for start in range(0, len(raw), request.batch_size):
-        mean, std = engine.run(raw[start:start + request.batch_size])
+    preds, stds, rows = [], [], dist.shard(len(raw))  # this rank's share under torchrun
+    for start in range(rows.start, rows.stop, request.batch_size):
+        mean, std = engine.run(raw[start:min(start + request.batch_size, rows.stop)])
         _check_finite(torch.from_numpy(np.asarray(mean)), names, start)
         preds.append(mean)
         stds.append(std)
     if not preds:
         mean, std = engine.run(raw[:0])
-        return mean, std, names
-    return np.concatenate(preds), None if stds[0] is None else np.concatenate(stds), names
+        return gathered(np.asarray(mean)), gathered(std), names
+    return (gathered(np.concatenate(preds)), None if stds[0] is None else gathered(np.concatenate(stds)),
+            names)  # fmt: skip
 
 
 def _check_finite(outputs: Any, names: list[str], start: int) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from biomx.engine import distributed as dist
 from biomx.engine.checkpoint import check_target
 from biomx.errors import BiomxError
 from biomx.export.engines import open_engine
@@ -50,6 +51,7 @@ def predict_files(
     """
     if output is not None:
         check_target(Path(output))  # refuse a symlink, folder, FIFO... before the work, not after
+    dist.init_for_inference()  # under torchrun: each rank predicts its share, rank 0 writes the merged file
     runner = None
     if engine == "torch":
         models, info = load_run_models(run_dir)
@@ -60,12 +62,15 @@ def predict_files(
     # Runs written before run.json named its modality kept it in the preprocessing record.
     modality = get_modality(info.get("modality") or info["preprocessing"]["modality"])
     task = task_from_info(info["task"])
+    if dist.world_size() > 1 and not isinstance(task, RowTask):
+        raise BiomxError(f"torchrun: `biomx predict` shares out the rows of tasks with one row per input; a "
+                         f"{task.kind} run predicts in one process (run it without torchrun)")  # fmt: skip
     request = PredictRequest(models, info, modality, list(inputs), output=Path(output) if output else None,
                              skip_errors=skip_errors, batch_size=batch_size, mc_dropout=mc_dropout,
                              files_dir=Path(masks_dir) if masks_dir else None, run_dir=Path(run_dir),
                              engine=runner)  # fmt: skip
     columns = task.predict(request)
-    if output is not None:
+    if output is not None and dist.is_main():
         write_csv(Path(output), columns)
     columns["_failures"] = request.failures
     return columns

@@ -36,6 +36,19 @@ def init_from_env(device: torch.device) -> None:
     dist.init_process_group(backend=backend)
 
 
+def init_for_inference() -> None:
+    """Join torchrun's process group for work that gathers CPU results (`biomx predict`): gloo,
+    whatever device the models run on."""
+    if not is_distributed() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend="gloo")
+
+
+def shard(n: int) -> range:
+    """This rank's contiguous share of n rows (the ranks' shares, in rank order, are 0..n-1)."""
+    r, w = rank(), world_size()
+    return range(n * r // w, n * (r + 1) // w)
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
