@@ -111,6 +111,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     columns = predict_files(args.run, args.inputs, args.output, skip_errors=args.skip_errors,
                             mc_dropout=args.mc_dropout, masks_dir=args.masks, engine=args.engine)
     failures = columns.pop("_failures")
+    from biomx.engine import distributed as dist
+
+    if not dist.is_main():  # under torchrun rank 0 prints (or wrote) the merged predictions
+        return
     if args.output is None:
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
