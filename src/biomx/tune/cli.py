@@ -30,5 +30,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=_positive, metavar="N", help="finished trials wanted (default: tune.trials)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="processes sharing the study on this machine (default: %(default)s)")  # fmt: skip
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
+    p.add_argument("--worker", action="store_true",
+                   help="run trials only, no recovery or summary (what --workers starts; also one more machine)")  # fmt: skip
     p.set_defaults(func=_cmd_tune)
