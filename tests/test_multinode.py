@@ -29,13 +29,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
 
 
-def _two_nodes(args: list[str], cwd: Path) -> None:
-    """`torchrun --nnodes 2 --node-rank R` twice; both launchers must exit 0 (stderr quoted if not).
+def _launch_two(args: list[str], cwds: tuple[Path, Path]) -> list[tuple[int, str]]:
+    """`torchrun --nnodes 2 --node-rank R` twice (in its own folder each): (exit code, console) each.
     The c10d store is hosted by whichever launcher binds the port first; the other retries until
     it answers, so neither needs to wait for the other."""
     endpoint = f"127.0.0.1:{free_port()}"
     procs = []
-    for node in (0, 1):
+    for node, cwd in enumerate(cwds):
         log = cwd / f"node{node}.log"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
@@ -43,14 +43,20 @@ def _two_nodes(args: list[str], cwd: Path) -> None:
         with log.open("w") as out:
             procs.append((subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT), log))
     try:
-        for proc, log in procs:
+        for proc, _ in procs:
             proc.wait(timeout=TIMEOUT_S)
-            assert proc.returncode == 0, f"{log.name}:\n{log.read_text()[-3000:]}"
     finally:
         for proc, _ in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    return [(proc.returncode, log.read_text()) for proc, log in procs]
+
+
+def _two_nodes(args: list[str], cwd: Path) -> None:
+    """Both launchers in `cwd` must exit 0 (their consoles quoted if not)."""
+    for node, (code, console) in enumerate(_launch_two(args, (cwd, cwd))):
+        assert code == 0, f"node {node}:\n{console[-3000:]}"
 
 
 def _config(tmp_path: Path, png_folder: Path, name: str) -> Path:
@@ -111,3 +117,18 @@ def test_predict_under_torchrun_writes_one_ordered_file(tmp_path, png_folder):
     assert len(merged.read_text().splitlines()) == 161  # a header and the 160 X-rays, each once
     assert result.stderr.count("wrote 160 predictions") == 1  # rank 0 alone writes and says so
     assert not list(tmp_path.glob("merged.csv.*"))  # no partial or per-rank leftovers
+
+
+@pytest.mark.slow
+def test_a_run_folder_the_nodes_do_not_share_is_one_line(tmp_path, png_folder):
+    # A relative output.dir from two working folders: what two machines without a shared filesystem see.
+    config = _config(tmp_path, png_folder, "apart")
+    config.write_text(config.read_text().replace(f"dir: {tmp_path / 'runs'}", "dir: runs"))
+    cwds = (tmp_path / "a", tmp_path / "b")
+    for cwd in cwds:
+        cwd.mkdir()
+    results = _launch_two(["-m", "biomx", "train", str(config)], cwds)
+    for code, console in results:  # every rank stops with the same line; none waits for the others
+        assert code != 0
+        assert "error: output.dir: runs/apart is not shared by every process" in console, console[-3000:]
+        # (torchrun then reports the failed child with a traceback of its own)

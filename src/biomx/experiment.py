@@ -321,16 +321,18 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None, *, model: dic
         _check_same_split(run_dir, p)
     else:
         run_dir = Path(cfg.output.dir) / cfg.output.name if cfg.output.name else new_run_dir(cfg.output.dir, cfg.name)
+        taken = (run_dir / "run.json").exists()  # rank 0's answer for all: it writes run.json next
         if dist.is_distributed():  # every rank must write into the same directory
-            shared = [str(run_dir)]
+            shared = [str(run_dir), taken]
             torch.distributed.broadcast_object_list(shared, src=0)
-            run_dir = Path(shared[0])
-        if (run_dir / "run.json").exists():
+            run_dir, taken = Path(shared[0]), shared[1]
+        if taken:
             raise BiomxError(f"{run_dir}: already holds a run; use --resume {run_dir} or another output.name")
         if dist.is_main():
             write_run_files(run_dir, p)
             console.print(f"run: {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in p.splits.items())})")
             write_run_audit(run_dir, p)  # RUN/data_audit.json; prints the verdicts that are not ok
+        dist.check_shared(run_dir / "run.json", "output.dir")  # several machines: one shared run folder
     members = member_dirs(run_dir, cfg.model.ensemble)
     callbacks = [*tracking_callbacks(cfg, run_dir), *(callbacks or [])]  # one MLflow run across all members
     for k, member_dir in enumerate(members):

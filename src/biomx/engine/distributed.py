@@ -7,9 +7,12 @@ sets RANK/WORLD_SIZE/LOCAL_RANK and we join the process group it describes.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from biomx.errors import BiomxError
 
 
 def is_distributed() -> bool:
@@ -32,8 +35,13 @@ def init_from_env(device: torch.device) -> None:
     """Join the process group if launched by torchrun (WORLD_SIZE > 1)."""
     if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        # NCCL carries the CUDA tensors (DDP's gradients) and gloo the CPU ones: the loss means,
+        # stop flags, gathered predictions and RNG states; NCCL alone refuses CPU tensors.
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group(backend="gloo")
 
 
 def init_for_inference() -> None:
@@ -56,6 +64,18 @@ def local_rank() -> int:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def check_shared(path: Path, setting: str) -> None:
+    """Every rank must see the file rank 0 just wrote: the run folder is read back on every rank
+    (the best checkpoint for the test split, `--resume`), so on several machines it must be on a
+    filesystem they share. One line on every rank, not a silent mismatch later."""
+    if not is_distributed():
+        return
+    barrier()
+    if any_rank(not path.exists()):
+        raise BiomxError(f"{setting}: {path.parent} is not shared by every process (rank 0 wrote {path.name}, "
+                         "another rank cannot read it); on several machines put it on a shared filesystem")
 
 
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
