@@ -355,11 +355,11 @@ def _build(plugin_commands: bool) -> tuple[argparse.ArgumentParser, argparse._Su
     add_federate_commands(sub)
     add_audit_data_commands(sub)
     add_drift_commands(sub)
+    add_tune_commands(sub)
     skipped = []
     if plugin_commands:
         from biomx.modalities import get_modality, modality_names
 
-    add_tune_commands(sub)
         for name in modality_names():
             try:
                 modality = get_modality(name)
