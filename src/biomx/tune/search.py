@@ -113,7 +113,8 @@ class Pruning(Callback):
             return
         self.values.append(float(value))
         self.trial.report(float(value), record["epoch"])
-        if self.trial.should_prune():
+        last = record["epoch"] >= trainer.settings.epochs  # a trial that ran every epoch is complete
+        if not last and self.trial.should_prune():
             self.pruned = True
             trainer.state["stopped_early"] = True
 
