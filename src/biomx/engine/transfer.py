@@ -122,9 +122,10 @@ def freeze(model: nn.Module, prefixes: list[str], head: list[str]) -> list[str]:
     return [n for n in names if n in frozen]
 
 
-def _few_modules(model: nn.Module) -> str:
-    tops = [n for n, _ in model.named_children()]
-    return ", ".join(tops[:8]) + (", ..." if len(tops) > 8 else "") + f" (or {BACKBONE!r})"
+def _few_modules(model: nn.Module, backbone: bool = True) -> str:
+    tops = [n for n, m in model.named_children() if any(True for _ in m.parameters())]  # with parameters
+    shown = tops if len(tops) <= 8 else [*tops[:4], "...", *tops[-3:]]
+    return ", ".join(shown) + (f" (or {BACKBONE!r})" if backbone else "")
 
 
 def multiplier_of(name: str, multipliers: dict[str, float]) -> float:
@@ -139,7 +140,7 @@ def check_multipliers(model: nn.Module, multipliers: dict[str, float]) -> None:
     for prefix in multipliers:
         if not any(_matches(n, prefix) for n in names):
             raise ConfigError(f"train.lr_multipliers: {prefix!r} matches no parameter; module names: "
-                              f"{_few_modules(model)}")  # fmt: skip
+                              f"{_few_modules(model, backbone=False)}")  # fmt: skip
 
 
 def start(model: nn.Module, cfg: Any, member_dir: Path | None) -> dict[str, Any] | None:
