@@ -50,6 +50,7 @@ def test_study_resumes_and_writes_a_trainable_best_config(tmp_path, png_folder):
     assert main(["tune", str(path), "--trials", "3"]) == 0  # continues: one new trial, not three
     trials = _trials(path)
     assert [t.number for t in trials] == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in trials)
+    assert trials[2].params not in (trials[0].params, trials[1].params)  # the resumed sampler moved on
     for t in trials:  # every trial is a normal run, with its parameters applied
         run = Path(t.user_attrs["run"])
         assert (run / "report.html").is_file() and (run / "metrics.jsonl").is_file()

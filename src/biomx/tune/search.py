@@ -127,12 +127,15 @@ class Pruning(Callback):
 def make_study(setup: Setup, seed: int):
     optuna = _optuna()
     tune = setup.tune
-    sampler = optuna.samplers.TPESampler(seed=seed) if tune.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
                "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=setup.cfg.train.epochs),
                "none": optuna.pruners.NopPruner}  # fmt: skip
-    return optuna.create_study(storage=storage(setup), study_name=setup.study_name, direction=setup.direction,
-                               sampler=sampler, pruner=pruners[tune.pruner](), load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(storage=storage(setup), study_name=setup.study_name, direction=setup.direction,
+                                pruner=pruners[tune.pruner](), load_if_exists=True)  # fmt: skip
+    # A resumed study must not draw the same parameters again: the seed moves on with the trials.
+    seed += len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=seed) if tune.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+    return study
 
 
 def storage(setup: Setup):
