@@ -31,5 +31,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="processes sharing the study on this machine (default: %(default)s)")  # fmt: skip
     p.add_argument("--worker", action="store_true",
-                   help="run trials only, no recovery or summary (what --workers starts; also one more machine)")  # fmt: skip
+                   help="run trials only, no recovery or summary (what --workers starts)")  # fmt: skip
     p.set_defaults(func=_cmd_tune)

@@ -26,8 +26,8 @@ def _rows(study) -> list[dict[str, Any]]:
 
 
 def _importances(study) -> dict[str, float]:
-    """Parameter importances (Optuna's fANOVA) once two trials completed; {} before, or when
-    the parameters did not vary."""
+    """Parameter importances (optuna.importance, its default evaluator) once two trials
+    completed; {} before, or when the parameters did not vary."""
     import optuna
     from optuna.trial import TrialState
 
@@ -78,7 +78,8 @@ def _markdown(setup: Setup, summary: dict[str, Any], figure: str | None) -> str:
     lines += ["| trial | state | value | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
     for r in summary["trials"]:
         value = "" if r["value"] is None else f"{r['value']:.4g}"
-        lines.append(f"| {r['number']} | {r['state']} | {value} | " + " | ".join(str(r["params"].get(k, "")) for k in keys) + " |")
+        params = " | ".join(str(r["params"].get(k, "")) for k in keys)
+        lines.append(f"| {r['number']} | {r['state']} | {value} | {params} |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +102,8 @@ def write_summary(setup: Setup, study) -> dict[str, Any]:
     if best is not None:
         cfg = setup.trial_config(best["params"], None)
         cfg = cfg.model_copy(update={"output": setup.cfg.output})
-        text = yaml.safe_dump({k: v for k, v in yaml.safe_load(dump_config(cfg)).items() if k != "tune"}, sort_keys=False)
+        plain = {k: v for k, v in yaml.safe_load(dump_config(cfg)).items() if k != "tune"}
+        text = yaml.safe_dump(plain, sort_keys=False)
         atomic_write_text(setup.dir / "best_config.yaml", f"# biomx tune: trial {best['number']}, "
                           f"{setup.metric} = {best['value']:.4g}\n{text}")  # fmt: skip
         print(f"tune: best trial {best['number']}: {setup.metric} = {best['value']:.4g} {best['params']}")

@@ -59,7 +59,7 @@ class Setup:
         from biomx.config import load_config
 
         sets = [f"{key}={json.dumps(value)}" for key, value in params.items()]
-        where = [f"output.dir={json.dumps(str(self.dir))}", f"output.name=trial-{number:04d}"] if number is not None else []
+        where = [] if number is None else [f"output.dir={json.dumps(str(self.dir))}", f"output.name=trial-{number:04d}"]
         return load_config(self.config, [*self.overrides, "tune=null", *sets, *where])
 
 
@@ -76,7 +76,7 @@ def check_space(setup: Setup) -> None:
         node: Any = dumped
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"tune.space: {key!r} is not a config key (e.g. train.optimizer.lr, model.args.width)")
+                raise ConfigError(f"tune.space: {key!r} is not a config key (e.g. train.optimizer.lr)")
             node = node[part]
     setup.trial_config({k: _corner(v) for k, v in setup.tune.space.items()}, None)
 
@@ -134,7 +134,8 @@ def make_study(setup: Setup, seed: int):
                                 pruner=pruners[tune.pruner](), load_if_exists=True)  # fmt: skip
     # A resumed study must not draw the same parameters again: the seed moves on with the trials.
     seed += len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=seed) if tune.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+    samplers = optuna.samplers
+    study.sampler = samplers.TPESampler(seed=seed) if tune.sampler == "tpe" else samplers.RandomSampler(seed)
     return study
 
 
