@@ -41,7 +41,7 @@ def test_config_typo_is_one_line(tmp_path, capsys):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("data: {source: dataset, path: pneumoniamnist}\ntrian: {epochs: 1}\n")
     assert _fails(capsys, ["train", str(cfg)]) == "error: trian: unknown key; did you mean 'train'? " \
-        "(allowed: name, data, model, task, train, eval, output)"
+        "(allowed: name, data, model, task, train, eval, output, tune)"
 
 
 def test_negative_learning_rate(tmp_path, capsys):
