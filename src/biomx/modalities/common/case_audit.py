@@ -1,7 +1,7 @@
 """The data audit on the cases of a paired (image/mask) source, which stay in the case cache:
 each case's preprocessed image hashed for identity and perceptually for near-identity, and its
 geometry (size and spacing per axis, as read from the file) as outlier measures. Shared by the
-image and volume modalities."""
+image and volume modalities, with `spatial_fingerprints` and `spatial_sizes` for loaded tensors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from biomx.data.cache import ArrayCache
 from biomx.data.cases import CaseInputs
 from biomx.data.samples import Samples
 from biomx.data_audit.fingerprints import Fingerprints, NearVectors
-from biomx.modalities.common.perceptual_hash import perceptual_hash
+from biomx.modalities.common.defaults import sample_digests
+from biomx.modalities.common.perceptual_hash import intensity_measures, perceptual_hash
 
 
 def case_fingerprints(samples: Samples, grid: int, low: int, near_bits: int) -> Fingerprints | None:
@@ -44,3 +45,22 @@ def case_sizes(samples: Samples) -> dict[str, np.ndarray] | None:
     measures = {f"axis {k + 1} size": shapes[:, k] for k in range(shapes.shape[1])}
     measures.update({f"axis {k + 1} spacing (mm)": spacings[:, k] for k in range(spacings.shape[1])})
     return measures
+
+
+def spatial_fingerprints(samples: Samples, grid: int, low: int, near_bits: int, near_text: str,
+                         exact_text: str) -> Fingerprints | None:
+    """Loaded images or volumes: a hash of their values for identity and a perceptual hash
+    (`grid` per axis, `low` frequencies per axis) for near-identity; cached cases as above."""
+    exact = sample_digests(samples)
+    if exact is None:  # the cases of a paired source, in the case cache
+        return case_fingerprints(samples, grid, low, near_bits)
+    bits = perceptual_hash(samples.inputs, grid, low)
+    near = NearVectors(bits, "hamming", near_bits, f"{near_text}, Hamming distance <= {near_bits}")
+    return Fingerprints(exact, exact_text, near)
+
+
+def spatial_sizes(samples: Samples) -> dict[str, np.ndarray] | None:
+    """Loaded tensors: mean intensity, contrast and the share above 0; cached cases: their geometry."""
+    if not isinstance(samples.inputs, torch.Tensor):
+        return case_sizes(samples)  # a paired source's cases: size and spacing of each source scan
+    return intensity_measures(samples.inputs)

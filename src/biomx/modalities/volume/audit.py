@@ -10,30 +10,20 @@ shapes sat within 4 bits of another; with 512 the nearest two distinct volumes a
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from biomx.data.samples import Samples
-from biomx.data_audit.fingerprints import Fingerprints, NearVectors
-from biomx.modalities.common.case_audit import case_fingerprints, case_sizes
-from biomx.modalities.common.defaults import sample_digests
-from biomx.modalities.common.perceptual_hash import intensity_measures, perceptual_hash
+from biomx.data_audit.fingerprints import Fingerprints
+from biomx.modalities.common.case_audit import spatial_fingerprints, spatial_sizes
 
 GRID, LOW = 24, 8  # 24^3 resampled volume, its 8x8x8 lowest DCT frequencies (512 bits)
 NEAR_BITS = 16
 
 
 def fingerprints(samples: Samples) -> Fingerprints | None:
-    exact = sample_digests(samples)
-    if exact is None:  # the cases of a paired source, in the case cache
-        return case_fingerprints(samples, GRID, LOW, NEAR_BITS)
-    bits = perceptual_hash(samples.inputs, GRID, LOW)
-    near = NearVectors(bits, "hamming", NEAR_BITS, f"{LOW**3}-bit perceptual hash of the volume at {GRID}^3, "
-                       f"Hamming distance <= {NEAR_BITS}")  # fmt: skip
-    return Fingerprints(exact, "hash of the voxels", near)
+    return spatial_fingerprints(samples, GRID, LOW, NEAR_BITS,
+                                f"{LOW**3}-bit perceptual hash of the volume at {GRID}^3", "hash of the voxels")
 
 
 def describe_sizes(samples: Samples) -> dict[str, np.ndarray] | None:
     """Mean intensity, contrast, and the share of voxels above 0 (the foreground)."""
-    if not isinstance(samples.inputs, torch.Tensor):
-        return case_sizes(samples)  # a paired source's cases: size and spacing of each source scan
-    return intensity_measures(samples.inputs)
+    return spatial_sizes(samples)
