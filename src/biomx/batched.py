@@ -42,6 +42,18 @@ def test_passes(task: RowTask, run: TestRun, split: str = "test") -> tuple[list[
     return passes, targets
 
 
+def mean_predictions(task: RowTask, run: TestRun, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """A split's mean prediction over every member and dropout pass, and its targets (None when the
+    run has no such rows); computed once per run (`TestRun.mean_predictions`)."""
+    if split not in run.mean_predictions:
+        data = run.datasets.get(split)
+        if data is None or not len(data):
+            return None
+        passes, targets = test_passes(task, run, split)
+        run.mean_predictions[split] = (mean_and_std(passes)[0], targets.numpy())
+    return run.mean_predictions[split]
+
+
 def evaluate_test(task: RowTask, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
     """Score the mean test prediction, explain a few samples, add the uncertainty section."""
     passes, targets = test_passes(task, run)

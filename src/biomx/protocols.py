@@ -60,6 +60,9 @@ class TestRun:
     run_dir: Path
     trainer: Trainer  # its model, device, autocast and `predict` (sharded under torchrun)
     member_weights: list[dict[str, torch.Tensor] | None]  # best weights of each ensemble member
+    # split -> (mean prediction, targets), kept by `batched.mean_predictions` so a split is predicted
+    # once however many evaluations read it (the operating point and the subgroup thresholds: "val")
+    mean_predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,7 +8,6 @@ than `eval.min_group` are flagged "small" and kept.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -80,15 +79,11 @@ def _task_measures(task: Any, preds: np.ndarray, truth: np.ndarray, labels: np.n
 
 
 def validation_predictions(task: Any, run: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """The mean validation prediction of every member (as the test split is scored), or None."""
-    from biomx.batched import test_passes  # the same passes as the test split's (members, dropout)
-    from biomx.uncertainty import mean_and_std
+    """The mean validation prediction of every member (as the test split is scored), or None; the
+    same one the operating point reads (predicted once per run)."""
+    from biomx.batched import mean_predictions  # batched imports this package
 
-    data = run.datasets.get("val")
-    if data is None or not len(data):
-        return None
-    passes, targets = test_passes(task, dataclasses.replace(run, datasets={**run.datasets, "test": data}))
-    return mean_and_std(passes)[0], targets.numpy()
+    return mean_predictions(task, run, "val")
 
 
 def training_facts(run_dir: Any, ensemble: int) -> dict[str, Any]:

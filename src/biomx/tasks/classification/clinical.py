@@ -14,7 +14,6 @@ from biomx.protocols import TestRun
 from biomx.report.html import fmt
 from biomx.runs import read_json, write_json
 from biomx.tasks.classification.operating_point import select, select_labels
-from biomx.uncertainty import mean_and_std
 
 if TYPE_CHECKING:
     from biomx.tasks.classification.task import ClassificationTask
@@ -23,11 +22,7 @@ if TYPE_CHECKING:
 def validation_scores(task: ClassificationTask, run: TestRun) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The validation split's mean predictions (every member and dropout pass, as the test split's) and
     targets; (None, None) without a validation split."""
-    val = run.datasets.get("val")
-    if val is None or len(val) == 0:
-        return None, None
-    passes, targets = batched.test_passes(task, run, split="val")
-    return mean_and_std(passes)[0], targets.numpy()
+    return batched.mean_predictions(task, run, "val") or (None, None)
 
 
 def evaluate_test(task: ClassificationTask, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
