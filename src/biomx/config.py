@@ -116,6 +116,7 @@ class ModelConfig(Section):
     select: Literal["stack", "best"] = "stack"  # name auto: blend the families, or keep the best one
     folds: Annotated[int, Field(ge=2, le=20)] = 5  # name auto: inner cross-validation on the training split
     init_from: str | None = None  # fine-tuning: a run folder or a .safetensors file whose weights start this run
+    reinit: list[str] = []  # fine-tuning: module name prefixes (or "head") started fresh even where shapes match
 
 
 class TaskConfig(Section):
@@ -178,6 +179,7 @@ class TrainConfig(Section):
     accumulate: PositiveInt = 1  # gradient accumulation steps
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False  # torch.compile
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard parameters (FSDP)
     channels_last: bool = False  # memory format for conv nets (fast on GPUs with tensor cores)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: Seed = 0  # 0 .. 2**32 - 1
