@@ -324,7 +324,7 @@ class Trainer:
         with self._callbacks_around(), self._signals():
             if self.solver and self.state["epoch"] == 0:  # fitted in one call; never epochs
                 self._fit_solver()
-            while not self.solver and self.state["epoch"] < s.epochs and not self.state["stopped_early"]:
+            while not self.solver and self.state["epoch"] < s.epochs and not dist.any_rank(self.state["stopped_early"]):
                 self._train_epoch()
         return self.history
 
