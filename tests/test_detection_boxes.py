@@ -1,0 +1,152 @@
+"""Detection boxes: conversions, world <-> voxel, IoU (against MONAI's), NMS, WBF, boxes from masks
+(the real nuclei instance mask), box files (CSV and MONAI's LUNA16 JSON layout) and their bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from biomx.tasks.detection.boxes import (
+    box_iou,
+    box_volume,
+    boxes_from_instance_mask,
+    boxes_to_voxel,
+    boxes_to_world,
+    centre_size_from_corners,
+    centres_in_boxes,
+    clip_boxes,
+    corners_from_centre_size,
+    nms,
+    nonempty,
+    weighted_box_fusion,
+)
+
+
+def test_centre_size_round_trip():
+    boxes = corners_from_centre_size([[5.0, 6.0, 7.0]], [[2.0, 4.0, 6.0]])
+    np.testing.assert_array_equal(boxes, [[4, 4, 4, 6, 8, 10]])
+    centre, size = centre_size_from_corners(boxes)
+    np.testing.assert_array_equal(centre, [[5, 6, 7]])
+    np.testing.assert_array_equal(size, [[2, 4, 6]])
+    assert box_volume(boxes)[0] == 48
+
+
+def test_iou_hand_computed_2d_and_3d():
+    a = np.array([[0, 0, 2, 2]], float)
+    b = np.array([[1, 1, 3, 3], [2, 2, 4, 4], [0, 0, 2, 2]], float)
+    np.testing.assert_allclose(box_iou(a, b), [[1 / 7, 0.0, 1.0]])
+    a3 = np.array([[0, 0, 0, 2, 2, 2]], float)
+    b3 = np.array([[1, 1, 1, 3, 3, 3]], float)
+    np.testing.assert_allclose(box_iou(a3, b3), [[1 / 15]])
+    assert box_iou(a, np.zeros((0, 4))).shape == (1, 0)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_iou_agrees_with_monai(dims):
+    from monai.data.box_utils import box_iou as monai_iou
+
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0, 20, size=(30, dims))
+    a = np.concatenate([lo, lo + rng.uniform(1, 10, size=(30, dims))], axis=1)
+    lo = rng.uniform(0, 20, size=(25, dims))
+    b = np.concatenate([lo, lo + rng.uniform(1, 10, size=(25, dims))], axis=1)
+    reference = monai_iou(torch.as_tensor(a), torch.as_tensor(b)).numpy()
+    np.testing.assert_allclose(box_iou(a, b), reference, atol=1e-6)
+
+
+def test_world_voxel_round_trip_and_half_voxel_convention():
+    affine = np.diag([0.5, 0.8, 2.0, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 30.0]
+    voxel = np.array([[2, 3, 4, 6, 9, 5]], float)  # voxels 2..5, 3..8, 4 along the three axes
+    world = boxes_to_world(voxel, affine)
+    # voxel index 2 has its centre at -10 + 2 * 0.5 = -9 mm; its lower face half a voxel below
+    np.testing.assert_allclose(world[0, [0, 3]], [-9.0 - 0.25, -10 + 5 * 0.5 + 0.25])
+    np.testing.assert_allclose(boxes_to_voxel(world, affine), voxel)
+    # an axis flip (LPS-like) still gives min <= max
+    flipped = np.diag([-1.0, -1.0, 1.0, 1.0])
+    w = boxes_to_world(voxel, flipped)
+    assert (w[:, :3] <= w[:, 3:]).all()
+    np.testing.assert_allclose(boxes_to_voxel(w, flipped), voxel)
+    # 2D with a 3x3 affine
+    a2 = np.array([[2.0, 0, 1], [0, 3.0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(boxes_to_voxel(boxes_to_world([[1, 1, 4, 5]], a2), a2), [[1, 1, 4, 5]])
+
+
+def test_oblique_affine_gives_the_hull():
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0, 0, 1]])
+    world = boxes_to_world([[0.5, 0.5, 2.5, 2.5]], rot)  # a 2x2 square centred on index 1
+    np.testing.assert_allclose(world, [[-np.sqrt(2), np.sqrt(2) - np.sqrt(2), np.sqrt(2), np.sqrt(2) + np.sqrt(2)]])
+
+
+def test_nms_keeps_the_best_of_each_cluster():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.95])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), [3, 2])
+    # with labels, boxes of different classes do not suppress each other
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5, labels=[0, 1, 0, 0]), [3, 1, 2])
+    assert nms(np.zeros((0, 6)), [], 0.5).shape == (0,)
+
+
+def test_nms_agrees_with_monai():
+    from monai.data.box_utils import non_max_suppression
+
+    rng = np.random.default_rng(1)
+    lo = rng.uniform(0, 30, size=(60, 3))
+    boxes = np.concatenate([lo, lo + rng.uniform(3, 12, size=(60, 3))], axis=1)
+    scores = rng.uniform(size=60)
+    reference = non_max_suppression(torch.as_tensor(boxes), torch.as_tensor(scores), 0.3).numpy()
+    np.testing.assert_array_equal(nms(boxes, scores, 0.3), reference)
+
+
+def test_weighted_box_fusion_hand_computed():
+    a = ([[0, 0, 10, 10]], [0.9], [1])
+    b = ([[2, 2, 12, 12], [50, 50, 60, 60]], [0.3, 0.6], [1, 1])
+    boxes, scores, labels = weighted_box_fusion([a, b], iou=0.4)  # their IoU is 64/136
+    # the two overlapping boxes fuse: corners weighted 0.9 : 0.3, score mean 0.6 (both sources)
+    np.testing.assert_allclose(boxes[0], [0.5, 0.5, 10.5, 10.5])
+    np.testing.assert_allclose(scores, [0.6, 0.3])  # the lone box: 0.6 * 1/2 sources
+    np.testing.assert_array_equal(labels, [1, 1])
+    # different labels never fuse
+    boxes, scores, labels = weighted_box_fusion([([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.4], [0, 1])], 0.5)
+    assert len(boxes) == 2 and sorted(labels.tolist()) == [0, 1]
+
+
+def test_clip_and_nonempty():
+    clipped = clip_boxes([[-2, 3, 5, 12], [20, 20, 25, 25]], (10, 10))
+    np.testing.assert_array_equal(clipped, [[0, 3, 5, 10], [10, 10, 10, 10]])
+    np.testing.assert_array_equal(nonempty(clipped), [True, False])
+
+
+def test_boxes_from_instance_mask_2d_3d():
+    mask = np.zeros((10, 12), np.uint16)
+    mask[2:5, 3:9] = 4
+    mask[7, 0] = 2
+    boxes, ids = boxes_from_instance_mask(mask)
+    np.testing.assert_array_equal(ids, [2, 4])
+    np.testing.assert_array_equal(boxes, [[7, 0, 8, 1], [2, 3, 5, 9]])
+    vol = np.zeros((6, 7, 8), np.int32)
+    vol[1:3, 2:6, 4:8] = 1
+    boxes, ids = boxes_from_instance_mask(vol)
+    np.testing.assert_array_equal(boxes, [[1, 2, 4, 3, 6, 8]])
+    assert boxes_from_instance_mask(np.zeros((4, 4), int))[0].shape == (0, 4)
+    # the voxel centres of an instance all lie inside its box
+    assert centres_in_boxes(np.argwhere(vol == 1) + 0.5, boxes).all()
+
+
+def test_boxes_from_the_real_nuclei_mask():
+    import tifffile
+
+    from biomx.modalities.image.starter_data import NUCLEI_MASK
+
+    mask = tifffile.imread(NUCLEI_MASK)
+    boxes, ids = boxes_from_instance_mask(mask)
+    assert len(boxes) == len(np.unique(mask)) - 1 == 125
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    # nuclei in this 512x512 field are roughly 5-40 pixels across, none filling the image
+    assert sizes.min() >= 2 and sizes.max() <= 80
+    assert 8 <= np.median(sizes) <= 30
+    # every instance's pixels lie inside its own box
+    for box, i in zip(boxes[:10], ids[:10], strict=True):
+        assert centres_in_boxes(np.argwhere(mask == i) + 0.5, box[None]).all()
