@@ -17,6 +17,7 @@ from pathlib import Path
 
 from biomx.argtypes import non_negative_int, positive_int
 from biomx.card.cli import add_commands as add_card_commands
+from biomx.data.shard_cli import add_commands as add_shards_commands
 from biomx.data_audit.cli import add_commands as add_audit_data_commands
 from biomx.drift.cli import add_commands as add_drift_commands
 from biomx.errors import BiomxError, ConfigError, os_error_line
@@ -356,6 +357,7 @@ def _build(plugin_commands: bool) -> tuple[argparse.ArgumentParser, argparse._Su
     add_audit_data_commands(sub)
     add_drift_commands(sub)
     add_tune_commands(sub)
+    add_shards_commands(sub)
     skipped = []
     if plugin_commands:
         from biomx.modalities import get_modality, modality_names
