@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,121 @@ def test_boxes_from_the_real_nuclei_mask():
     # every instance's pixels lie inside its own box
     for box, i in zip(boxes[:10], ids[:10], strict=True):
         assert centres_in_boxes(np.argwhere(mask == i) + 0.5, box[None]).all()
+
+
+# ---- box files ------------------------------------------------------------------------------
+
+from biomx.errors import DataError  # noqa: E402
+from biomx.tasks.detection.annotations import (  # noqa: E402
+    ImageGeometry,
+    read_box_csv,
+    read_monai_json,
+    write_box_csv,
+    write_monai_json,
+)
+
+AFFINE = np.array([[0.7, 0, 0, -20.0], [0, 0.7, 0, 10.0], [0, 0, 2.5, -50.0], [0, 0, 0, 1]])
+IMAGES = {"a.nii.gz": ImageGeometry((64, 64, 40), AFFINE), "b.nii.gz": ((64, 64, 40), AFFINE)}
+
+
+def _csv(tmp_path, text):
+    path = tmp_path / "boxes.csv"
+    path.write_text(text)
+    return path
+
+
+def test_csv_corners_centres_world_and_negatives(tmp_path):
+    path = _csv(tmp_path, "image,x_min,y_min,z_min,x_max,y_max,z_max,label\n"
+                          "a.nii.gz,1,2,3,5,6,7,1\n"
+                          "b.nii.gz,,,,,,,\n")  # fmt: skip
+    found, skips = read_box_csv(path, images=IMAGES)
+    np.testing.assert_array_equal(found["a.nii.gz"][0], [[1, 2, 3, 5, 6, 7]])
+    np.testing.assert_array_equal(found["a.nii.gz"][1], [1])
+    assert found["b.nii.gz"][0].shape == (0, 6) and skips == []  # a negative case
+    # the same box as world centre + size, through the affine
+    world = boxes_to_world([[1, 2, 3, 5, 6, 7]], AFFINE)
+    c, s = centre_size_from_corners(world)
+    path = _csv(tmp_path, "Image,X_Center,y_centre,z_centre,width,height,depth,space\n"
+                          f"a,{c[0, 0]},{c[0, 1]},{c[0, 2]},{s[0, 0]},{s[0, 1]},{s[0, 2]},world\n")  # fmt: skip
+    found, _ = read_box_csv(path, images=IMAGES)
+    np.testing.assert_allclose(found["a"][0], [[1, 2, 3, 5, 6, 7]])
+    # 2D, with a callable for the geometry
+    path = _csv(tmp_path, "image,x_min,y_min,x_max,y_max\nt1,0,0,3,4\n")
+    found, _ = read_box_csv(path, images=lambda name: (32, 32) if name == "t1" else None)
+    np.testing.assert_array_equal(found["t1"][0], [[0, 0, 3, 4]])
+
+
+def test_csv_write_read_round_trip(tmp_path):
+    annotations = {"a.nii.gz": (np.array([[1.5, 2, 3, 5, 6, 7.25]]), np.array([2])),
+                   "b.nii.gz": (np.zeros((0, 6)), np.zeros(0, int))}  # fmt: skip
+    for space in ("world", "voxel"):
+        path = write_box_csv(tmp_path / f"{space}.csv", annotations, images=IMAGES, space=space)
+        found, _ = read_box_csv(path, images=IMAGES)
+        np.testing.assert_allclose(found["a.nii.gz"][0], annotations["a.nii.gz"][0], atol=1e-4)
+        assert found["a.nii.gz"][1].tolist() == [2] and len(found["b.nii.gz"][0]) == 0
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ("c.nii.gz,1,2,3,5,6,7", "row 2: image 'c.nii.gz' is not in the dataset"),
+    ("a.nii.gz,1,2,3,1,6,7", "row 2: zero or negative box size"),
+    ("a.nii.gz,1,2,3,0,6,7", "row 2: zero or negative box size"),
+    ("a.nii.gz,60,2,3,70,6,7", "row 2: box [60.0, 2.0, 3.0, 70.0, 6.0, 7.0] (voxels) lies 6.0 voxels outside"),
+    ("a.nii.gz,1,2,x,5,6,7", "row 2: a coordinate or the label is not a number"),
+])  # fmt: skip
+def test_csv_bad_rows_one_line_or_counted_skip(tmp_path, row, message):
+    header = "image,x_min,y_min,z_min,x_max,y_max,z_max\n"
+    path = _csv(tmp_path, header + row + "\n" + "a.nii.gz,1,2,3,5,6,7\nb.nii.gz,1,1,1,2,2,2\n")
+    with pytest.raises(DataError, match="^" + re.escape(f"{path}: {message}")):
+        read_box_csv(path, images=IMAGES)
+    found, skips = read_box_csv(path, images=IMAGES, on_error="skip")
+    assert len(skips) == 1 and message in skips[0]
+    assert len(found["a.nii.gz"][0]) == 1 and len(found["b.nii.gz"][0]) == 1
+
+
+def test_world_coordinates_given_as_voxel_are_caught(tmp_path):
+    # three world-mm boxes (negative x, z beyond 40 slices) read as voxels: most lie outside
+    world = boxes_to_world([[10, 10, 10, 14, 14, 14], [30, 30, 5, 34, 36, 9], [5, 40, 20, 9, 44, 25]], AFFINE)
+    rows = "\n".join("a.nii.gz," + ",".join(f"{v:.3f}" for v in w) for w in world)
+    path = _csv(tmp_path, "image,x_min,y_min,z_min,x_max,y_max,z_max\n" + rows + "\n")
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataError, match="boxes lie outside their images.*world space"):
+            read_box_csv(path, images=IMAGES, on_error=on_error)
+    found, _ = read_box_csv(path, images=IMAGES, space="world")
+    assert len(found["a.nii.gz"][0]) == 3
+
+
+def test_monai_json_round_trip_and_agreement_with_monai(tmp_path):
+    from monai.apps.detection.transforms.box_ops import apply_affine_to_boxes
+    from monai.data.box_utils import convert_box_mode
+    from monai.data.utils import orientation_ras_lps
+
+    annotations = {"a.nii.gz": (np.array([[10.0, 12, 4, 18, 20, 9], [30, 31, 20, 33, 35, 22]]), np.array([0, 0])),
+                   "b.nii.gz": (np.zeros((0, 6)), np.zeros(0, int))}  # fmt: skip
+    path = write_monai_json(tmp_path / "fold0.json", annotations, images=IMAGES, extra={"validation": []})
+    data = __import__("json").loads(path.read_text())
+    assert set(data) == {"training", "validation"} and data["training"][1] == {"image": "b.nii.gz", "box": [],
+                                                                               "label": []}
+    found, skips = read_monai_json(path, images=IMAGES)
+    np.testing.assert_allclose(found["a.nii.gz"][0], annotations["a.nii.gz"][0], atol=1e-3)
+    assert skips == [] and len(found["b.nii.gz"][0]) == 0
+    # MONAI's own LUNA16 path (cccwhd -> xyzxyz, inverse of the LPS affine) lands on the same boxes,
+    # half a voxel lower: MONAI puts voxel i's centre at i, biomx at i + 0.5
+    world = torch.as_tensor(data["training"][0]["box"], dtype=torch.float64)
+    corners = convert_box_mode(world, src_mode="cccwhd", dst_mode="xyzxyz")
+    lps_affine = torch.as_tensor(orientation_ras_lps(AFFINE))
+    monai_voxel = apply_affine_to_boxes(corners, torch.linalg.inv(lps_affine)).numpy()
+    np.testing.assert_allclose(monai_voxel + 0.5, found["a.nii.gz"][0], atol=1e-3)
+
+
+def test_monai_json_bad_input(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text('{"training": [{"image": "a.nii.gz", "box": [[0, 0, 0, 2, 2]], "label": [0]}]}')
+    with pytest.raises(DataError, match=r"f.json: training\[0\] box 0: expected 6 numbers"):
+        read_monai_json(path, images=IMAGES)
+    path.write_text('{"training": [{"image": "zz.nii.gz", "box": [], "label": []}]}')
+    with pytest.raises(DataError, match=r"training\[0\]: image 'zz.nii.gz' is not in the dataset"):
+        read_monai_json(path, images=IMAGES)
+    assert read_monai_json(path, images=IMAGES, on_error="skip") == ({}, [
+        f"{path}: training[0]: image 'zz.nii.gz' is not in the dataset"])
+    with pytest.raises(DataError, match="no list under 'validation'"):
+        read_monai_json(path, "validation", images=IMAGES)
