@@ -1,4 +1,4 @@
-"""Samples held in one tensor, served as already-stacked batches.
+"""Samples held in one tensor (or read from disk row by row), served as already-stacked batches.
 
 `ImageTensorDataset.__getitems__` indexes and augments (e.g. `image.augment.Augment`) a whole
 batch of the tensor at once, so loading costs milliseconds, not a Python loop per sample.
@@ -9,6 +9,7 @@ augmentation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,14 @@ class ImageTensorDataset(Dataset):
 
     Volumes (N, C, D, H, W) are served the same way (`volume_pipeline`), with a 3D `augment`.
 
+    `images` may also be rows read from disk on demand (`image.streaming.StreamedImages`: anything
+    with `len`, `ndim`, `dtype`, `shape` and `images[index_tensor] -> tensor`): each batch then
+    reads (or first decodes) its own rows, in whichever DataLoader worker builds it, and the batch
+    is the same as from the tensor.
+
     Args:
-        images: uint8 (divided by 255) or float16/float32, shaped (N, C, H, W) or (N, C, D, H, W).
+        images: uint8 (divided by 255) or float16/float32, shaped (N, C, H, W) or (N, C, D, H, W);
+            a tensor or an object indexed like one (above).
         targets: one per row of `index` (or of `images`): (M,) or (M, K).
         augment: batch augmentation `augment(x, generator) -> x`, or None.
         normalize: (mean, std), scalars or one per channel, applied after augmentation.
@@ -42,7 +49,7 @@ class ImageTensorDataset(Dataset):
         ValueError: wrong shapes, dtypes or normalize length.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, *,
+    def __init__(self, images: torch.Tensor | Any, targets: torch.Tensor, *,
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  normalize: tuple[Sequence[float] | float, Sequence[float] | float] | None = None,
                  seed: int = 0, index: torch.Tensor | None = None) -> None:

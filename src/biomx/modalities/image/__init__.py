@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
-from biomx.modalities.common.defaults import check_config, sample_digests, split
+from biomx.modalities.common import defaults
+from biomx.modalities.common.defaults import check_config, split
 from biomx.modalities.common.scan_config import ScanConfig
 from biomx.modalities.image import pipeline
 from biomx.modalities.image.arrays import read_objects, scan_from_array
@@ -37,6 +38,7 @@ from biomx.modalities.image.scans import (
 )
 from biomx.modalities.image.starter_data import DATASETS as datasets
 from biomx.modalities.image.starter_data import export_dataset
+from biomx.modalities.image.streaming import content_digests
 from biomx.modalities.image.subgroups import subgroup_table
 
 name = "image"
@@ -49,6 +51,11 @@ input_help = "image files or folders (PNG, JPEG, TIFF, DICOM, NIfTI)"
 
 def load(cfg: ExperimentConfig) -> Samples:
     return pipeline.load(cfg.data, getattr(cfg.task, "classes", None))
+
+
+def sample_digests(samples: Samples) -> list[str] | None:
+    """A content hash per row; streamed images (data.image.storage) use their files' sha256."""
+    return content_digests(samples.inputs, samples.hashes) or defaults.sample_digests(samples)
 
 
 def read_limits(cfg: ExperimentConfig) -> dict[str, int]:

@@ -40,6 +40,10 @@ class ImageSettings(Section):
     path_column: str = "path"  # csv source: the column of image files
     normalize: bool = True  # standardise with the training split's mean and std
     cache: bool = True  # image files: keep decoded images on disk, keyed by content and settings
+    # Image files (folder, csv): "memory" decodes every image up front into one tensor; "stream" decodes
+    # each image when a batch first needs it (DataLoader workers) into an on-disk row store and reads rows
+    # back from there (docs/large_data.md); "auto": stream when the decoded images would exceed 2 GiB.
+    storage: Literal["auto", "memory", "stream"] = "auto"
     augment: AugmentConfig = AugmentConfig()
     scan: ScanConfig = ScanConfig()  # source msd: image/mask pairs read as 2D scans (segmentation)
 

@@ -20,7 +20,7 @@ from biomx.config import DataConfig, ExperimentConfig
 from biomx.data.cache import ArrayCache, cache_key, default_cache_dir
 from biomx.data.samples import Samples, sha256_file
 from biomx.datasets import get_dataset
-from biomx.errors import DataError
+from biomx.errors import ConfigError, DataError
 from biomx.modalities.common.gradcam import gallery_maps, gallery_section, plan_gallery
 from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.common.planar import DEFAULT_MAX_PIXELS
@@ -28,6 +28,14 @@ from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
 from biomx.modalities.image.decode import decode_images
 from biomx.modalities.image.sources import image_files_under, records_from_csv, records_from_folder
+from biomx.modalities.image.streaming import (
+    AUTO_STREAM_BYTES,
+    Decoding,
+    StreamedImages,
+    decoded_bytes,
+    file_hashes,
+    streamed_images,
+)
 from biomx.models.registry import get_entry
 from biomx.protocols import Task, TestView
 
@@ -62,15 +70,11 @@ def _from_npz(path: Path, cfg: DataConfig, classes: list[str] | None) -> Samples
 IMAGE_CACHE_VERSION = "images-v2"  # bump when decoding or resizing changes: old entries miss (v2: DICOM VOI by pydicom)
 
 
-def _file_hashes(paths: list[Path]) -> list[str | None]:
-    """sha256 per file; None for one that cannot be opened (decoding then reports it)."""
-    hashes: list[str | None] = []
-    for path in paths:
-        try:
-            hashes.append(sha256_file(path))
-        except OSError:
-            hashes.append(None)
-    return hashes
+def _settings(cfg: DataConfig) -> dict[str, Any]:
+    """Every setting a decoded row depends on (part of both cache keys)."""
+    return {"image_size": list(cfg.image.size), "channels": cfg.image.channels,
+            "window": list(cfg.image.window) if cfg.image.window else None, "dicom_frames": cfg.image.dicom_frames,
+            "on_error": cfg.on_error, "nan_policy": cfg.image.nan_policy, "max_pixels": cfg.image.max_pixels}  # fmt: skip
 
 
 def _decode_cached(paths: list[Path], hashes: list[str | None], cfg: DataConfig,
@@ -81,9 +85,7 @@ def _decode_cached(paths: list[Path], hashes: list[str | None], cfg: DataConfig,
     and every decoding setting, so an edited file or a new image size is a new entry, and a
     renamed or moved folder of the same files is a hit.
     """
-    settings = {"image_size": list(cfg.image.size), "channels": cfg.image.channels,
-                "window": list(cfg.image.window) if cfg.image.window else None, "dicom_frames": cfg.image.dicom_frames,
-                "on_error": cfg.on_error, "nan_policy": cfg.image.nan_policy, "max_pixels": cfg.image.max_pixels}  # fmt: skip
+    settings = _settings(cfg)
 
     def decode() -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
         return decode_images(paths, size=tuple(cfg.image.size), channels=cfg.image.channels, window=cfg.image.window,
@@ -110,6 +112,30 @@ def _decode_cached(paths: list[Path], hashes: list[str | None], cfg: DataConfig,
     return images, kept, failures
 
 
+def _storage(cfg: DataConfig, n: int) -> str:
+    """"memory" or "stream" for `n` image files (`data.image.storage`; docs/large_data.md).
+
+    Raises:
+        ConfigError: stream with on_error skip (a file that fails is found only when a batch needs it,
+            too late to leave it out of the split).
+    """
+    storage = cfg.image.storage
+    if storage == "auto":
+        big = decoded_bytes(n, tuple(cfg.image.size), cfg.image.channels) > AUTO_STREAM_BYTES
+        return "stream" if big and cfg.on_error == "raise" else "memory"
+    if storage == "stream" and cfg.on_error == "skip":
+        raise ConfigError("data.on_error: skip needs every image decoded before the split, which data.image.storage: "
+                          "stream does not do; use on_error: raise (a file that fails stops the run, named) or "
+                          "storage: memory")  # fmt: skip
+    return storage
+
+
+def _decoding(cfg: DataConfig) -> Decoding:
+    image = cfg.image
+    return Decoding(tuple(image.size), image.channels, tuple(image.window) if image.window else None,
+                    image.dicom_frames, image.nan_policy, image.max_pixels)  # fmt: skip
+
+
 def _from_files(cfg: DataConfig) -> Samples:
     path = Path(cfg.path)
     if cfg.source == "folder":
@@ -119,8 +145,12 @@ def _from_files(cfg: DataConfig) -> Samples:
         records = records_from_csv(path, path_column=cfg.image.path_column, label_column=cfg.label_column,
                                    group_column=cfg.group_column)  # fmt: skip
         where = {i: f"{path}: row {i + 2}" for i in range(len(records))}
-    hashes = _file_hashes(records.paths)
-    images, kept, failures = _decode_cached(records.paths, hashes, cfg)
+    hashes = file_hashes(records.paths)
+    if _storage(cfg, len(records.paths)) == "stream":
+        images: Any = streamed_images(records.paths, hashes, _settings(cfg), _decoding(cfg), cfg.image.cache)
+        kept, failures = list(range(len(records.paths))), []
+    else:
+        images, kept, failures = _decode_cached(records.paths, hashes, cfg)
     groups = [records.groups[i] for i in kept]
     kept_paths = [records.paths[i] for i in kept]
     return Samples(
@@ -136,7 +166,7 @@ def _from_files(cfg: DataConfig) -> Samples:
 
 
 def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
-    """Read every image named by `cfg` into memory.
+    """Read every image named by `cfg` into memory, or (`data.image.storage`) index files to stream.
 
     Args:
         cfg: the experiment's `data:` section.
@@ -144,7 +174,11 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
 
     Raises:
         DataError: unreadable files (unless `on_error: skip`), bad manifests, empty sources.
+        ConfigError: storage stream with on_error skip or an array source.
     """
+    if cfg.source in ("dataset", "npz") and cfg.image.storage == "stream":
+        raise ConfigError(f"data.image.storage: stream reads image files (source folder or csv); a source "
+                          f"{cfg.source} is one array read into memory: use storage: auto or memory")  # fmt: skip
     if cfg.source == "dataset":
         dataset = get_dataset(cfg.path)
         samples = _from_npz(dataset.path, cfg, classes or list(dataset.classes))
@@ -163,6 +197,32 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
 # ---------------------------------------------------------------------------------- datasets
 
 
+STATS_ROWS = 20_000  # training images the normalisation statistics are computed from (a seeded sample)
+
+
+def channel_statistics(images: Any, train: np.ndarray, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training images (all of them, or STATS_ROWS drawn with
+    `seed`), summed in float64 a chunk at a time, so memory stays bounded and streamed and
+    in-memory images give the same numbers. Streamed rows are decoded in a thread pool first."""
+    rows = np.asarray(train, dtype=np.int64)
+    if len(rows) > STATS_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, STATS_ROWS, replace=False))
+    if isinstance(images, StreamedImages):
+        images.fill(rows)
+    total = squares = 0.0
+    count = 0
+    for chunk in np.array_split(rows, max(1, len(rows) // 1024)):
+        x = images[torch.as_tensor(chunk)].double()
+        if images.dtype == torch.uint8:
+            x /= 255
+        total = total + x.sum(dim=(0, 2, 3))
+        squares = squares + x.square().sum(dim=(0, 2, 3))
+        count += x[:, 0].numel()
+    mean = total / max(count, 1)
+    var = (squares - count * mean.square()) / max(count - 1, 1)  # unbiased, as Tensor.std
+    return mean.float().tolist(), var.clamp_min(0).sqrt().float().clamp_min(1e-6).tolist()
+
+
 def build_datasets(
     samples: Samples, targets: torch.Tensor, splits: dict[str, np.ndarray], cfg: ExperimentConfig
 ) -> tuple[dict[str, ImageTensorDataset], dict[str, Any], dict[str, Any]]:
@@ -170,19 +230,15 @@ def build_datasets(
     images = samples.inputs
     mean = std = None
     if cfg.data.image.normalize:  # statistics of the training images only (no test leakage)
-        sample = images[torch.as_tensor(splits["train"][:20000])].float()
-        if images.dtype == torch.uint8:
-            sample /= 255
-        mean = sample.mean(dim=(0, 2, 3)).tolist()
-        std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+        mean, std = channel_statistics(images, splits["train"], cfg.train.seed)
     augment = Augment(**cfg.data.image.augment.model_dump())
-    datasets = {}
-    for name, idx in splits.items():
-        index = torch.as_tensor(idx, dtype=torch.long)
-        datasets[name] = ImageTensorDataset(
-            images[index], targets[index], augment=augment if name == "train" else None,
-            normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed,
-        )  # fmt: skip
+    datasets = {  # the splits share the images (a tensor or the streamed files): each holds its row numbers
+        name: ImageTensorDataset(images, targets[torch.as_tensor(idx, dtype=torch.long)],
+                                 augment=augment if name == "train" else None,
+                                 normalize=(mean, std) if mean is not None else None, seed=cfg.train.seed,
+                                 index=torch.as_tensor(idx, dtype=torch.long))
+        for name, idx in splits.items()
+    }  # fmt: skip
     c, h, w = images.shape[1:]
     preprocessing = {
         "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.image.window,
