@@ -1,7 +1,8 @@
 """Fine-tuning (biomx.engine.transfer): a tiny CNN trained one epoch on real chest X-rays starts a
 3-class run; matching tensors come from the parent, the head is new, frozen parameters do not move,
-lr multipliers become optimizer groups, a resumed fine-tune loads its own checkpoint, and a bad
-init_from is one line."""
+lr multipliers become optimizer groups, a resumed fine-tune loads its own checkpoint, model.reinit
+restarts layers whose shapes match, and a bad init_from / reinit (or init_from with model.name:
+auto) is one line."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from biomx.cli import main
 from biomx.config import load_config
 from biomx.engine.checkpoint import load_checkpoint
 from biomx.engine.optim import build_optimizer, build_scheduler
-from biomx.engine.transfer import parent_weights, start
+from biomx.engine.transfer import parent_weights, start, transfer_sections
 from biomx.errors import ConfigError
 from biomx.experiment import resume_run
 from biomx.models.registry import build_model
@@ -138,3 +139,51 @@ def test_a_dp_fine_tune_on_the_same_data_inherits_its_parents_budget(tmp_path, p
     assert json.loads((child / "transfer.json").read_text())["privacy"]["inherited"] is True
     assert ledger["runs_on_same_data"] == 2  # the child's own book: itself and the inherited parent
     assert ledger["epsilon_total_rdp"] > ledger["epsilon_rdp"]
+
+
+def test_reinit_restarts_the_head_and_named_layers_even_where_shapes_match(tmp_path, png_folder, parent):
+    parent_state, _ = load_checkpoint(parent / "checkpoints" / "best.safetensors")
+    cfg = load_config(_write(tmp_path, "re", png_folder, model=f", init_from: {parent}, reinit: [head, '0']"))
+    model = build_model("small_cnn", in_channels=1, out_dim=1, width=4, depth=2, norm="group")
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    info = start(model, cfg, None)
+    state = model.state_dict()
+    assert not info["mismatched"]  # binary -> binary: every shape fits, the head would be reused
+    last = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]  # small_cnn's classifier
+    head = [f"{last}.weight", f"{last}.bias"]
+    assert info["reinit"] == [*(k for k in state if k.startswith("0.")), *head]
+    assert info["head"] == info["reinit"]  # freeze [backbone] leaves every restarted layer trainable
+    for k in info["reinit"]:  # kept their fresh initialisation, not the parent's
+        assert torch.equal(state[k], fresh[k]) and not torch.equal(state[k], parent_state[k])
+    assert info["reused"] and not set(info["reused"]) & set(info["reinit"])
+    for k in info["reused"]:
+        assert torch.equal(state[k], parent_state[k])
+
+    # The whole run: transfer.json and the report's section name the restarted layers.
+    run = _train(tmp_path, "re_run", png_folder, model=f", init_from: {parent}, reinit: [head]")
+    saved = json.loads((run / "transfer.json").read_text())
+    assert saved["reinit"] == head and saved["head"] == head
+    section = transfer_sections(run)[0]
+    assert "2 restarted by model.reinit" in section["text"]
+    assert [k for k, origin, _ in section["table"]["rows"] if origin == "new (model.reinit)"] == head
+
+
+def test_bad_reinit_and_init_from_with_auto_are_one_line(tmp_path, png_folder, parent, capsys):
+    cfg = load_config(_write(tmp_path, "re1", png_folder, model=f", init_from: {parent}, reinit: [nope]"))
+    model = build_model("small_cnn", in_channels=1, out_dim=1, width=4, depth=2, norm="group")
+    with pytest.raises(ConfigError, match="model.reinit: 'nope' matches no layer; module names: 0, "):
+        start(model, cfg, None)
+    for name, extra, message in [
+        ("re2", f", init_from: {parent}, reinit: [nope]", "model.reinit: 'nope' matches no layer"),
+        ("re3", ", reinit: [head]", "model.reinit: only with model.init_from"),
+        ("re4", f", init_from: {parent}, candidates: [small_cnn]", "model.init_from: not with model.name: auto"),
+    ]:
+        path = _write(tmp_path, name, png_folder, model=extra)
+        if name == "re4":
+            auto = "name: auto, args: {small_cnn: {width: 4, depth: 2, norm: group}}"
+            path.write_text(path.read_text().replace("name: small_cnn, args: {width: 4, depth: 2, norm: group}", auto))
+        capsys.readouterr()
+        assert main(["train", str(path)]) != 0
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (tmp_path / "runs" / name).exists()  # refused before any run file is written

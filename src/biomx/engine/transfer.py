@@ -1,13 +1,18 @@
-"""Fine-tuning: start a run from another run's weights (`model.init_from`), freeze part of the model
-(`train.freeze`) and scale the learning rate per module (`train.lr_multipliers`).
+"""Fine-tuning: start a run from another run's weights (`model.init_from`), restart some layers
+(`model.reinit`), freeze part of the model (`train.freeze`) and scale the learning rate per module
+(`train.lr_multipliers`).
 
-Every tensor whose name and shape match the parent's is copied; the rest (typically the head, for a
-different number of classes) keeps its fresh initialisation. What was reused, newly initialised or
-skipped for a shape mismatch is written to RUN/transfer.json and shown in the report.
+Every tensor whose name and shape match the parent's is copied, except those under a
+`model.reinit` prefix ("head": the head below), which keep their fresh initialisation like the
+rest (typically the head, for a different number of classes). A head whose shape fits can still
+point the wrong way (another task's classes), hence reinit. What was reused, newly initialised,
+restarted by model.reinit or skipped for a shape mismatch is written to RUN/transfer.json and shown
+in the report.
 
 The head, for `train.freeze: [backbone]`: the parameters that were not loaded because their shape
-differs from the parent's; when every shape matched (or nothing was loaded), the last Linear or
-Conv module in registration order. A resumed run reads the head from its transfer.json and loads
+differs from the parent's or model.reinit restarted them; when every shape matched (or nothing was
+loaded), the last Linear or Conv module in registration order (also what `model.reinit: [head]`
+restarts). A resumed run reads the head from its transfer.json and loads
 its own checkpoint, never init_from again. Only safetensors are read (a run's best checkpoint, or a
 .safetensors file); never pickle.
 """
@@ -28,6 +33,8 @@ from biomx.runs import find_checkpoint, read_json, write_json
 
 FILE = "transfer.json"
 BACKBONE = "backbone"
+HEAD = "head"  # model.reinit: the head as head_params finds it
+AUTO = "auto"  # model.name that selects among candidates (biomx.selection), each trained from scratch
 
 
 def parent_weights(init_from: str | Path) -> tuple[dict[str, torch.Tensor], Path | None]:
@@ -62,26 +69,48 @@ def parent_weights(init_from: str | Path) -> tuple[dict[str, torch.Tensor], Path
     return tensors, None
 
 
-def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> dict[str, list[str]]:
-    """Copy every tensor of `weights` whose name and shape match the model's state; returns the names
-    reused, newly initialised (not in the parent), and skipped (same name, another shape).
+def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
+                  reinit: list[str] | None = None) -> dict[str, list[str]]:
+    """Copy every tensor of `weights` whose name and shape match the model's state, except those
+    under a `reinit` prefix ("head": the head, see head_params); returns the names reused, restarted
+    by reinit (shapes matched), newly initialised (not in the parent), and skipped (another shape).
 
     Raises:
-        ConfigError: no tensor matched (another architecture, or another naming).
+        ConfigError: no tensor matched (another architecture, or another naming); a reinit prefix
+            matches no tensor.
     """
     state = model.state_dict()
-    reused = [k for k in state if k in weights and tuple(weights[k].shape) == tuple(state[k].shape)]
-    mismatched = [k for k in state if k in weights and k not in reused]
-    if not reused:
+    fits = [k for k in state if k in weights and tuple(weights[k].shape) == tuple(state[k].shape)]
+    mismatched = [k for k in state if k in weights and k not in fits]
+    if not fits:
         theirs = ", ".join(list(weights)[:3]) or "none"
         ours = ", ".join(list(state)[:3])
         raise ConfigError(f"model.init_from: {source}: no tensor matches this model by name and shape "
                           f"(its tensors: {theirs}...; this model's: {ours}...); start from a run of the same model")  # fmt: skip
+    fresh = set(reinit_names(model, reinit or [], mismatched))
+    reused = [k for k in fits if k not in fresh]
     with torch.no_grad():
         for k in reused:
             state[k].copy_(weights[k].to(state[k].dtype))
     new = [k for k in state if k not in weights]
-    return {"reused": reused, "new": new, "mismatched": mismatched}
+    return {"reused": reused, "reinit": [k for k in fits if k in fresh], "new": new, "mismatched": mismatched}
+
+
+def reinit_names(model: nn.Module, prefixes: list[str], mismatched: list[str]) -> list[str]:
+    """The state tensors (parameters and buffers) under each model.reinit prefix; "head" = head_params.
+
+    Raises:
+        ConfigError: a prefix matches no tensor (one line naming a few module names).
+    """
+    names = list(model.state_dict())
+    chosen: set[str] = set()
+    for prefix in prefixes:
+        hit = head_params(model, mismatched) if prefix == HEAD else [n for n in names if _matches(n, prefix)]
+        if not hit:
+            raise ConfigError(f"model.reinit: {prefix!r} matches no layer; module names: "
+                              f"{_few_modules(model, backbone=False)} (or {HEAD!r})")  # fmt: skip
+        chosen.update(hit)
+    return [n for n in names if n in chosen]
 
 
 def head_params(model: nn.Module, mismatched: list[str]) -> list[str]:
@@ -151,6 +180,7 @@ def start(model: nn.Module, cfg: Any, member_dir: Path | None) -> dict[str, Any]
     own checkpoint is loaded by the trainer; the head is read from its transfer.json."""
     init_from, prefixes = cfg.model.init_from, list(cfg.train.freeze)
     check_multipliers(model, dict(cfg.train.lr_multipliers))
+    _check_reinit(cfg)
     if init_from is None and not prefixes:
         return None
     resuming = member_dir is not None and (member_dir / "checkpoints" / "last.safetensors").is_file()
@@ -159,12 +189,12 @@ def start(model: nn.Module, cfg: Any, member_dir: Path | None) -> dict[str, Any]
         info = read_json(saved)
     elif init_from is not None:
         weights, parent = parent_weights(init_from)
-        info = {"init_from": str(init_from), **load_matching(model, weights, str(init_from))}
+        info = {"init_from": str(init_from), **load_matching(model, weights, str(init_from), list(cfg.model.reinit))}
         if parent is not None and member_dir is not None and cfg.train.privacy is not None and dist.is_main():
             info["privacy"] = _inherit(member_dir, parent, cfg)
     else:
-        info = {"init_from": None, "reused": [], "new": [], "mismatched": []}
-    info["head"] = head_params(model, info["mismatched"])
+        info = {"init_from": None, "reused": [], "reinit": [], "new": [], "mismatched": []}
+    info["head"] = head_params(model, [*info["mismatched"], *info.get("reinit", [])])
     info["frozen"] = freeze(model, prefixes, info["head"])
     info["lr_multipliers"] = dict(cfg.train.lr_multipliers)
     if saved is not None and dist.is_main() and not resuming:
@@ -175,14 +205,26 @@ def start(model: nn.Module, cfg: Any, member_dir: Path | None) -> dict[str, Any]
 def check_init_from(cfg: Any, build: Any) -> None:
     """Before any run file is written: model.init_from exists, is safetensors, and shares at least
     one tensor with the model `build()` makes (a bad one leaves no half-made run folder behind).
-    Also checks train.freeze and train.lr_multipliers prefixes."""
+    Also checks model.reinit, train.freeze and train.lr_multipliers prefixes."""
+    _check_reinit(cfg)
     if cfg.model.init_from is None and not cfg.train.freeze and not cfg.train.lr_multipliers:
         return
     model = build()
     weights = parent_weights(cfg.model.init_from)[0] if cfg.model.init_from is not None else {}
-    mismatched = load_matching(model, weights, str(cfg.model.init_from))["mismatched"] if weights else []
-    freeze(model, list(cfg.train.freeze), head_params(model, mismatched))
+    info = load_matching(model, weights, str(cfg.model.init_from), list(cfg.model.reinit)) if weights else {}
+    freeze(model, list(cfg.train.freeze), head_params(model, [*info.get("mismatched", []), *info.get("reinit", [])]))
     check_multipliers(model, dict(cfg.train.lr_multipliers))
+
+
+def _check_reinit(cfg: Any) -> None:
+    """model.name: auto trains every candidate from scratch, so init_from/reinit would be silently
+    ignored there; model.reinit without init_from restarts what is fresh already. One line each."""
+    if cfg.model.name == AUTO and (cfg.model.init_from is not None or cfg.model.reinit):
+        key = "model.init_from" if cfg.model.init_from is not None else "model.reinit"
+        raise ConfigError(f"{key}: not with model.name: auto (model selection trains every candidate from "
+                          "scratch); name one model family, e.g. the one a parent run was trained with")  # fmt: skip
+    if cfg.model.reinit and cfg.model.init_from is None:
+        raise ConfigError("model.reinit: only with model.init_from (without a parent every layer starts fresh)")
 
 
 def _inherit(member_dir: Path, parent: Path, cfg: Any) -> dict[str, Any]:
@@ -202,13 +244,16 @@ def transfer_sections(run_dir: Path) -> list[dict[str, Any]]:
             return []
         path = members[0]
     info = read_json(path)
+    reinit = info.get("reinit", [])  # transfer.json files older than model.reinit lack it
     text = (f"Started from {info['init_from']}: {len(info['reused'])} tensors reused, {len(info['new'])} newly "
-            f"initialised, {len(info['mismatched'])} skipped for a shape mismatch (kept new). "
+            f"initialised, {len(info['mismatched'])} skipped for a shape mismatch (kept new)"
+            + (f", {len(reinit)} restarted by model.reinit" if reinit else "") + ". "
             if info.get("init_from") else "Trained from a fresh initialisation. ")  # fmt: skip
     text += f"{len(info['frozen'])} parameters frozen; head: {', '.join(info['head']) or 'none'}."
     if info.get("lr_multipliers"):
         text += " Learning-rate factors: " + ", ".join(f"{k} x{v:g}" for k, v in info["lr_multipliers"].items()) + "."
-    rows = [[k, "reused"] for k in info["reused"]] + [[k, "new (shape mismatch)"] for k in info["mismatched"]]
+    rows = [[k, "reused"] for k in info["reused"]] + [[k, "new (model.reinit)"] for k in reinit]
+    rows += [[k, "new (shape mismatch)"] for k in info["mismatched"]]
     rows += [[k, "new"] for k in info["new"]]
     frozen = set(info["frozen"])
     table = {"header": ["tensor", "origin", "frozen"], "rows": [[*r, "yes" if r[0] in frozen else ""] for r in rows]}
