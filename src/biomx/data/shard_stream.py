@@ -137,6 +137,9 @@ class ShardStream(IterableDataset):
             rank, world = 0, 1
         if not 0 <= rank < world:
             raise ConfigError(f"ShardStream: rank {rank} is outside world size {world}")
+        if per_rank(len(self.index), world, self.uneven) == 0:
+            raise ConfigError(f"{self.index.source}: {len(self.index)} samples for {world} ranks: "
+                              f"uneven={self.uneven!r} leaves each rank none (use 'pad', or fewer ranks)")  # fmt: skip
         return rank, world
 
     def __len__(self) -> int:

@@ -40,6 +40,11 @@ def _padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
+def _tar_size(content: int) -> int:
+    """A tar's file size for `content` bytes of headers and data: the end blocks, whole records."""
+    return -(-(content + END) // RECORD) * RECORD
+
+
 def member_bytes(members: Mapping[str, Any]) -> int:
     """The bytes a sample takes in a tar: a header and the padded data per member (sizes only:
     a lazy mapping's values are read once, by the writer)."""
@@ -96,7 +101,7 @@ class _Shard:
 
     def finish(self) -> dict[str, Any]:
         """End the tar, sync it, rename it into place; its record for the index."""
-        total = -(-(self.offset + END) // RECORD) * RECORD
+        total = _tar_size(self.offset)
         self.file.write(b"\0" * (total - self.offset))
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -184,7 +189,7 @@ class _Writer:
         members = dict(members.items())  # a lazy mapping's files are read here, once
         size = member_bytes(members)
         if self.shard is not None and (len(self.shard.samples) >= self.max_count
-                                       or self.shard.offset + size + END > self.max_bytes):  # fmt: skip
+                                       or _tar_size(self.shard.offset + size) > self.max_bytes):  # fmt: skip
             self._finish()
         if self.shard is None:
             self.shard = _Shard(self.out, len(self.records))
@@ -227,8 +232,8 @@ def write_shards(samples: Iterable[Sample], out_dir: str | Path, *, max_count: i
             skips the finished shards' samples by key without reading them).
         out_dir: the set's folder (created if needed).
         max_count: most samples per shard.
-        max_bytes: a shard is closed before a sample that would take it past this size (a
-            sample bigger than it gets a shard of its own).
+        max_bytes: a shard is closed before a sample that would take its file past this size
+            (a sample bigger than it gets a shard of its own).
         meta: JSON-able facts kept in the index (e.g. `classes`, the source).
 
     Returns:
