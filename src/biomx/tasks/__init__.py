@@ -14,6 +14,7 @@ from biomx.protocols import Task, TaskType
 
 TASKS = Registry("task", "task.kind", {
     "classification": "biomx.tasks.classification",
+    "detection": "biomx.tasks.detection",
     "regression": "biomx.tasks.regression",
     "segmentation": "biomx.tasks.segmentation",
     "survival": "biomx.tasks.survival",

@@ -1,0 +1,83 @@
+"""Detection: boxes around objects (nuclei, lesions, nodules) in 2D images and 3D volumes, as a
+`TaskType` plug-in.
+
+Reads image/mask pairs (a modality's paired source) into the case cache and takes one box per
+instance or connected component of each mask; trains MONAI's RetinaNet (`retinanet`, registered in
+the model zoo by this plug-in) on patches around boxes and at random; evaluates whole test scans
+by sliding windows with the boxes of overlapping windows fused, and writes boxes in each scan's
+voxel and world coordinates. See docs/detection.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from biomx.config import ExperimentConfig
+from biomx.data.samples import Samples
+from biomx.errors import ConfigError
+from biomx.models.registry import PIXELS, given_in_channels, model_names, register
+from biomx.protocols import Modality, SpatialModality
+from biomx.tasks.detection import data
+from biomx.tasks.detection.config import DetectionConfig
+from biomx.tasks.detection.model import retinanet
+from biomx.tasks.detection.task import DETECTION_QUICK_METRICS, DetectionTask, build_detection_task
+
+name = "detection"
+config = DetectionConfig
+quick_metric_names = DETECTION_QUICK_METRICS
+
+if "retinanet" not in model_names():
+    register("retinanet", retinanet, description="RetinaNet (MONAI) with a ResNet-FPN backbone, 2D/3D detection",
+             modalities=PIXELS, tasks=("detection",), listing_inputs=given_in_channels)  # fmt: skip
+
+
+def _dims(cfg: ExperimentConfig, modality: Modality) -> int:
+    if not isinstance(modality, SpatialModality):
+        raise ConfigError(f"task.kind: detection needs images or volumes; data.modality {cfg.data.modality!r} "
+                          "has no pixels to put boxes on")  # fmt: skip
+    return modality.spatial_dims
+
+
+def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
+    dims = _dims(cfg, modality)
+    if cfg.data.source not in modality.pair_sources:
+        raise ConfigError(f"task.kind: detection takes boxes from the masks of image/mask pairs, data.source: "
+                          f"{' or '.join(modality.pair_sources)}; {cfg.data.source!r} has no masks")  # fmt: skip
+    if cfg.task.patch_size is not None and len(cfg.task.patch_size) != dims:
+        raise ConfigError(f"task.patch_size: {len(cfg.task.patch_size)} values for {dims}D data; give {dims}")
+    if cfg.eval.mc_dropout:
+        raise ConfigError("eval.mc_dropout: not available for detection; use model.ensemble")
+
+
+def load(cfg: ExperimentConfig, modality: Modality) -> Samples:
+    _dims(cfg, modality)
+    return data.load(cfg, modality)
+
+
+def targets(cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Case numbers: the images stay in the case cache, the boxes in `samples.inputs`."""
+    return torch.arange(len(samples.ids)), None
+
+
+def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_index: np.ndarray) -> DetectionTask:
+    inputs = samples.inputs
+    shapes = data.anchor_shapes(cfg, inputs, train_index)
+    return build_detection_task(inputs.settings["classes"], inputs.settings["spatial_dims"], len(shapes),
+                                inputs.settings["patch_size"], cfg.task)  # fmt: skip
+
+
+def build_datasets(cfg: ExperimentConfig, modality: Modality, samples: Samples, targets: torch.Tensor,
+                   splits: dict[str, np.ndarray]) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:
+    return data.build_datasets(cfg, samples, splits)
+
+
+def from_info(info: dict[str, Any]) -> DetectionTask:
+    return build_detection_task(info["classes"], info["spatial_dims"], info["num_anchors"], info["patch_size"],
+                                **info)  # fmt: skip
+
+
+__all__ = ["DetectionTask", "build_detection_task"]

@@ -1,0 +1,266 @@
+"""Detection data: a modality's image/mask pairs -> preprocessed cases in the case cache, with the
+boxes of each case's mask (in the preprocessed grid) -> training patches around boxes and at
+random, with the boxes that fall in them; whole test cases for sliding-window inference.
+
+Boxes come from the masks: one per instance id (a hand-drawn instance mask) or one per connected
+component of each class (`task.boxes_from`). A case without boxes is a valid negative case.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from biomx.config import ExperimentConfig
+from biomx.data.batching import batch_generator
+from biomx.data.cache import ArrayCache
+from biomx.data.cases import Case, CaseList, case_store, prepare_case, settings_from
+from biomx.data.samples import Samples
+from biomx.engine import distributed as dist
+from biomx.errors import ConfigError, DataError
+from biomx.tasks.detection.boxes import boxes_from_instance_mask, clip_boxes
+from biomx.tasks.detection.model import size_divisible
+
+DEFAULT_RETURNED_LAYERS = (1, 2)  # the model's default (model.args.returned_layers)
+
+
+@dataclass
+class DetectionInputs:
+    """Loaded cases (a `Samples.inputs`): the arrays stay in the cache, boxes travel."""
+
+    cases: list[Case]
+    root: Path
+    settings: dict[str, Any]
+    boxes: list[np.ndarray]  # per case: (N, 2D) corners in the preprocessed grid's voxels
+    labels: list[np.ndarray]  # per case: (N,) class indices
+
+
+def mask_boxes(mask: np.ndarray, mode: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes, class indices) of a label map: one box per instance id ("instances", every box of
+    class 0), or per 8/26-connected component of each class value k >= 1 (class k - 1);
+    "auto" reads ids as instances when the mask holds more values than there are classes."""
+    mask = np.asarray(mask)
+    top = int(mask.max(initial=0))
+    if mode == "instances" or (mode == "auto" and top > n_classes):
+        boxes, _ = boxes_from_instance_mask(mask)
+        return boxes, np.zeros(len(boxes), dtype=np.int64)
+    if top > n_classes:
+        raise DataError(f"a mask holds value {top} but task.classes has {n_classes} class(es); "
+                        "set task.boxes_from: instances for an instance mask")  # fmt: skip
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    all_boxes, all_labels = [np.zeros((0, 2 * mask.ndim))], [np.zeros(0, dtype=np.int64)]
+    for k in range(1, top + 1):
+        components, n = ndimage.label(mask == k, structure=structure)
+        if n:
+            boxes, _ = boxes_from_instance_mask(components)
+            all_boxes.append(boxes)
+            all_labels.append(np.full(len(boxes), k - 1, dtype=np.int64))
+    return np.concatenate(all_boxes), np.concatenate(all_labels)
+
+
+def load(cfg: ExperimentConfig, modality: Any) -> Samples:
+    """Preprocess every (image, mask) case into the case cache and find its boxes.
+
+    Raises:
+        DataError: a bad case (unless `on_error: skip`), no labelled case, a mask that does not fit.
+        ConfigError: data of the wrong dimension for the modality.
+    """
+    data, dims = cfg.data, modality.spatial_dims
+    scan, scan_key = modality.scan_settings(cfg)
+    dataset = modality.read_pairs(data.path)
+    if dataset.spatial_dims != dims:
+        raise ConfigError(f"data.modality: {data.path} holds {dataset.spatial_dims}D images, not {dims}D")
+    if cfg.task.patch_size is None:
+        raise ConfigError(f"task.patch_size: required for detection, e.g. {[128] * dims}")
+    settings = settings_from(scan, dims, len(dataset.channels) or None, cfg.task.patch_size, scan_key,
+                             modality.read_limits(cfg))  # fmt: skip
+    store = case_store(scan)
+    names = cfg.task.classes or list(dataset.classes[1:]) or ["object"]
+    labelled = [c for c in dataset.cases if c.label is not None]
+    if not labelled:
+        raise DataError(f"{data.path}: no cases with a mask to take boxes from")
+
+    def one(case) -> tuple[Case, np.ndarray, np.ndarray] | tuple[str, str]:
+        try:
+            prepared = prepare_case(case.id, case.image, case.label, settings, store, scan.geometry_tolerance_mm,
+                                    modality.read_pair, modality.scan_reference)  # fmt: skip
+            label = ArrayCache(store.root).get(prepared.key)["label"]
+            try:
+                boxes, labels = mask_boxes(label, cfg.task.boxes_from, len(names))
+            except DataError as err:
+                raise DataError(f"{case.label}: {err}") from None
+            return prepared, boxes, labels
+        except DataError as err:
+            if data.on_error == "skip":
+                return (str(case.image), str(err))
+            raise
+
+    if scan.cache and not dist.is_main():
+        dist.barrier()
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        results = list(pool.map(one, labelled))
+    if scan.cache and dist.is_main():
+        dist.barrier()
+    kept = [r for r in results if isinstance(r[0], Case)]
+    skipped = [r for r in results if not isinstance(r[0], Case)]
+    cases = [c for c, _, _ in kept]
+    inputs = DetectionInputs(cases, store.root, {**settings, "classes": names}, [b for _, b, _ in kept],
+                             [lab for _, _, lab in kept])  # fmt: skip
+    return Samples(
+        labels=[f"{len(b)} boxes" if len(b) else "none" for _, b, _ in kept],
+        ids=[c.id for c in cases],
+        default_classes=names,
+        skipped=skipped,
+        where={i: c.image_path for i, c in enumerate(cases)},
+        inputs=inputs,
+    )
+
+
+def derive_anchor_shapes(boxes: list[np.ndarray], per_level: int, levels: int, patch: list[int]) -> list[list[float]]:
+    """Base anchor shapes from the training boxes' sizes: k-means (k = `per_level`) on log sizes,
+    started at evenly spaced quantiles of the box volume, then divided by 2^((levels - 1) / 2) so
+    that the middle feature-map level's anchors (scaled by 2 per level) sit on the clusters and
+    the finer and coarser levels cover the smaller and larger boxes. Shapes are capped at the patch.
+    """
+    dims = len(patch)
+    sizes = np.concatenate([b[:, dims:] - b[:, :dims] for b in boxes if len(b)] or [np.zeros((0, dims))])
+    sizes = sizes[(sizes > 0).all(axis=1)]
+    if len(sizes) == 0:
+        return [[p / 4.0 for p in patch]]
+    logs = np.log(sizes)
+    k = min(per_level, len(np.unique(logs, axis=0)))
+    order = np.argsort(logs.sum(axis=1), kind="stable")
+    centres = logs[order[np.linspace(0, len(order) - 1, k + 2)[1:-1].round().astype(int)]]
+    for _ in range(50):
+        nearest = ((logs[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        moved = np.stack([logs[nearest == j].mean(axis=0) if (nearest == j).any() else centres[j] for j in range(k)])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    scale = 2.0 ** ((levels - 1) / 2)
+    shapes = np.minimum(np.exp(centres) / scale, np.asarray(patch, dtype=np.float64))
+    shapes = shapes[np.argsort(shapes.prod(axis=1), kind="stable")]
+    return [[round(float(v), 2) for v in s] for s in shapes]
+
+
+class BoxPatches(Dataset):
+    """`per_case` patches per case per epoch: a share `pos_ratio` centred inside a random box of the
+    case, the rest anywhere. Targets: the boxes in the patch (clipped to it; a box that keeps less
+    than half its size is dropped), padded to `max_boxes` rows of [corners..., class] (-1: none)."""
+
+    def __init__(self, root: Path, keys: list[str], boxes: list[np.ndarray], labels: list[np.ndarray],
+                 patch_size: list[int], per_case: int, pos_ratio: float, max_boxes: int, seed: int = 0,
+                 fixed: bool = False):  # fmt: skip
+        self.root, self.keys, self.boxes, self.labels = Path(root), list(keys), list(boxes), list(labels)
+        self.patch, self.per_case, self.pos_ratio, self.max_boxes = list(patch_size), per_case, pos_ratio, max_boxes
+        self.seed, self.fixed, self.epoch = seed, fixed, 0
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys) * self.per_case
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": {}}
+
+    def image(self, key: str) -> np.ndarray:
+        if key not in self._arrays:
+            found = ArrayCache(self.root).get(key)
+            if found is None:
+                raise DataError(f"{self.root}: cached case {key[:12]} is missing or damaged; run again to rebuild it")
+            self._arrays[key] = found
+        return self._arrays[key]["image"]
+
+    def _start(self, shape: tuple[int, ...], boxes: np.ndarray, g: torch.Generator) -> list[int]:
+        d = len(shape)
+        if len(boxes) and float(torch.rand(1, generator=g)) < self.pos_ratio:
+            box = boxes[int(torch.randint(len(boxes), (1,), generator=g))]
+            u = torch.rand(d, generator=g).double().numpy()
+            centre = box[:d] + u * (box[d:] - box[:d])
+        else:
+            centre = [float(torch.randint(n, (1,), generator=g)) for n in shape]
+        return [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, self.patch, shape, strict=True)]
+
+    def target(self, boxes: np.ndarray, labels: np.ndarray, start: list[int]) -> np.ndarray:
+        d = len(start)
+        out = np.full((self.max_boxes, 2 * d + 1), -1.0, dtype=np.float32)
+        if not len(boxes):
+            return out
+        shifted = boxes - np.asarray(start * 2, dtype=np.float64)
+        clipped = clip_boxes(shifted, self.patch)
+        size = lambda b: np.clip(b[:, d:] - b[:, :d], 0, None).prod(axis=1)  # noqa: E731
+        keep = np.flatnonzero(size(clipped) >= 0.5 * np.maximum(size(shifted), 1e-9))[: self.max_boxes]
+        out[: len(keep), : 2 * d] = clipped[keep]
+        out[: len(keep), 2 * d] = labels[keep]
+        return out
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        g = batch_generator(self.seed, 0 if self.fixed else self.epoch, indices)
+        images, targets = [], []
+        for index in indices:
+            case = index // self.per_case
+            image = self.image(self.keys[case])
+            start = self._start(image.shape[1:], self.boxes[case], g)
+            window = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
+            images.append(image[(slice(None), *window)])
+            targets.append(self.target(self.boxes[case], self.labels[case], start))
+        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+def returned_layers(cfg: ExperimentConfig) -> list[int]:
+    return [int(k) for k in cfg.model.args.get("returned_layers", DEFAULT_RETURNED_LAYERS)]
+
+
+def anchor_shapes(cfg: ExperimentConfig, inputs: DetectionInputs, train: np.ndarray) -> list[list[float]]:
+    """The config's anchor shapes, or those derived from the training cases' boxes."""
+    patch = inputs.settings["patch_size"]
+    if cfg.task.anchor_shapes is not None:
+        if any(len(s) != len(patch) for s in cfg.task.anchor_shapes):
+            raise ConfigError(f"task.anchor_shapes: each shape needs {len(patch)} sizes, got {cfg.task.anchor_shapes}")
+        return [[float(v) for v in s] for s in cfg.task.anchor_shapes]
+    levels = len(set(returned_layers(cfg))) + 1
+    return derive_anchor_shapes([inputs.boxes[i] for i in train], cfg.task.anchors_per_level, levels, patch)
+
+
+def build_datasets(cfg: ExperimentConfig, samples: Samples, splits: dict[str, np.ndarray]
+                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Training patches, fixed validation patches, whole test cases."""
+    inputs: DetectionInputs = samples.inputs
+    task, patch = cfg.task, inputs.settings["patch_size"]
+    divisor = size_divisible(returned_layers(cfg))
+    if any(p % divisor for p in patch):
+        raise ConfigError(f"task.patch_size: every size must divide by {divisor} (the detector's coarsest "
+                          f"feature map with model.args.returned_layers {returned_layers(cfg)}), got {patch}")
+    shapes = anchor_shapes(cfg, inputs, splits["train"])
+
+    def patches(name: str, per_case: int, seed: int, fixed: bool) -> BoxPatches:
+        idx = splits[name]
+        return BoxPatches(inputs.root, [inputs.cases[i].key for i in idx], [inputs.boxes[i] for i in idx],
+                          [inputs.labels[i] for i in idx], patch, per_case, task.pos_ratio,
+                          task.max_boxes_per_patch, seed=seed, fixed=fixed)  # fmt: skip
+
+    datasets = {
+        "train": patches("train", task.patches_per_case, cfg.train.seed, False),
+        "val": patches("val", task.val_patches_per_case, cfg.train.seed + 1, True),
+        "test": CaseList(inputs.root, [inputs.cases[i] for i in splits["test"]]),
+    }
+    channels = int(ArrayCache(inputs.root).get(inputs.cases[0].key)["image"].shape[0])
+    settings = {k: v for k, v in inputs.settings.items() if k != "classes"}
+    preprocessing = {**settings, "modality": cfg.data.modality, "channels": channels, "overlap": task.overlap,
+                     "sw_batch_size": task.sw_batch_size, "anchor_shapes": shapes}  # fmt: skip
+    return datasets, preprocessing, {"in_channels": channels, "spatial_dims": settings["spatial_dims"],
+                                     "anchor_shapes": shapes}

@@ -1,0 +1,119 @@
+"""Report sections of a detection run: the metrics table with CIs, the FROC curve, the per-case
+table, and predictions against the truth drawn on representative test slices (hits green, misses
+red, false positives yellow)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from biomx.tasks.detection.scoring import FP_RATES, Found, Truth, froc_curve, match
+
+HIT, MISS, FALSE = "#2ca02c", "#d62728", "#ffbf00"
+
+
+def metric_sections(evaluation: dict[str, Any]) -> list[dict]:
+    """The metrics with their CIs as one table."""
+    metrics = evaluation.get("metrics") or {}
+    if not metrics:
+        return []
+    rows = [[name, f"{m['value']:.4f}", f"{m['ci_low']:.4f}", f"{m['ci_high']:.4f}"] for name, m in metrics.items()]
+    text = (f"{evaluation.get('n', '?')} test cases, {evaluation.get('n_true', '?')} true boxes. FROC: sensitivity "
+            f"at {', '.join(f'{r:g}' for r in FP_RATES)} false positives per case (a hit overlaps a true box by IoU "
+            f">= {evaluation.get('froc_iou', 0.1)}) and their mean; mAP at IoU 0.1 and 0.5; sensitivity per size "
+            f"tercile of the true boxes (edges {evaluation.get('size_edges')}, voxels). 95% CIs: bootstrap over cases.")
+    return [{"title": "Detection metrics", "text": text,
+             "table": {"header": ["metric", "value", "CI low", "CI high"], "rows": rows, "numeric": True}}]
+
+
+def case_views(arrays: dict[str, np.ndarray], boxes: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """What the overlay draws of one case, in its preprocessed grid: a 2D slice (3D: the axial
+    slice through the most boxes) of the image, the true boxes of its cached mask, the found ones."""
+    from biomx.tasks.detection.data import mask_boxes
+
+    image = np.asarray(arrays["image"][0], dtype=np.float32)
+    truth, _ = mask_boxes(np.asarray(arrays["label"]), "auto", 1)
+    keep = scores >= max(threshold, 0.3)
+    found = boxes[keep]
+    index = None
+    if image.ndim == 3:
+        d = 3
+        counts = np.zeros(image.shape[2])
+        for b in np.concatenate([truth, found]):
+            counts[int(b[2]):max(int(np.ceil(b[d + 2])), int(b[2]) + 1)] += 1
+        index = int(np.argmax(counts)) if counts.any() else image.shape[2] // 2
+        image = image[..., index]
+    low, high = np.percentile(image, [0.5, 99.5])
+    grey = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    return {"image": grey, "truth": truth, "found": found, "scores": scores[keep], "slice": index}
+
+
+def _flat(boxes: np.ndarray, index: int | None) -> np.ndarray:
+    """2D rectangles (rows, cols) of the boxes crossing slice `index` (all boxes in 2D)."""
+    if index is None or not len(boxes):
+        return boxes.reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    crossing = (boxes[:, 2] <= index + 0.5) & (boxes[:, 5] >= index + 0.5)
+    return boxes[crossing][:, [0, 1, 3, 4]]
+
+
+def overlay_figure(chosen: list[tuple[str, dict]]) -> Figure:
+    """Each chosen case's slice with its boxes: hits green, misses red, false positives yellow."""
+    fig = Figure(figsize=(3.4 * len(chosen), 3.8))
+    for k, (case_id, view) in enumerate(chosen):
+        ax = fig.add_subplot(1, len(chosen), k + 1)
+        ax.imshow(view["image"], cmap="gray")
+        dims = 2 if view["slice"] is None else 3
+        found, truth = view["found"], view["truth"]
+        hits, found_truth = match((found, view["scores"], np.zeros(len(found), dtype=int)),
+                                  (truth, np.zeros(len(truth), dtype=int)), 0.1)  # fmt: skip
+        for boxes, colours in ((truth, np.where(found_truth, HIT, MISS)), (found, np.where(hits, HIT, FALSE))):
+            flat = _flat(boxes.reshape(-1, 2 * dims), view["slice"])
+            for b, colour in zip(flat, colours[: len(flat)], strict=False):
+                ax.add_patch(Rectangle((b[1] - 0.5, b[0] - 0.5), b[3] - b[1], b[2] - b[0], fill=False,
+                                       edgecolor=colour, linewidth=1.0))  # fmt: skip
+        where = "" if view["slice"] is None else f", slice {view['slice']}"
+        ax.set_title(f"{case_id}{where}\n{int(found_truth.sum())}/{len(truth)} found, {int((~hits).sum())} FP",
+                     fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def froc_figure(found: list[Found], truth: list[Truth]) -> Figure:
+    fps, sens = froc_curve(found, truth)
+    fig = Figure(figsize=(4.2, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.step(np.maximum(fps, 1e-3), sens, where="post", color="#1f77b4")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(FP_RATES[0] / 2, FP_RATES[-1] * 2)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per case")
+    ax.set_ylabel("sensitivity")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def result_sections(evaluation: dict[str, Any], cases: list[dict], views: list[dict], table: dict[str, list],
+                    n: int) -> list[dict]:  # fmt: skip
+    """The FROC curve, the per-case table and up to `n` (at most 6) overlays, best to worst case."""
+    found = [(c["boxes"], c["scores"], c["labels"]) for c in cases]
+    truth = [(c["truth"], c["truth_labels"]) for c in cases]
+    sections = [{"title": "FROC", "text": "Sensitivity against false positives per test case, every detection kept.",
+                 "figures": [froc_figure(found, truth)]}]  # fmt: skip
+    header = list(table)
+    sections.append({"title": "Test cases", "text": "Above the score threshold, hits at IoU >= 0.1.",
+                     "table": {"header": header, "rows": [list(r) for r in zip(*table.values(), strict=True)],
+                               "numeric": True}})  # fmt: skip
+    if n > 0 and cases:
+        sens = np.array([float(s) if s != "nan" else -1.0 for s in table["sensitivity"]])
+        order = np.argsort(-sens, kind="stable")
+        picks = order[np.unique(np.linspace(0, len(order) - 1, min(n, len(order), 6)).round().astype(int))]
+        sections.append({"title": "Detections", "text": "True boxes found (green), missed (red), and false "
+                         "positives (yellow) on the preprocessed test images, best case first; 3D: the axial slice "
+                         "crossing the most boxes.", "figures": [overlay_figure([(cases[i]["id"], views[i])
+                                                                                  for i in picks])]})  # fmt: skip
+    return sections
