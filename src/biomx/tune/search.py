@@ -130,8 +130,13 @@ def make_study(setup: Setup, seed: int):
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
                "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=setup.cfg.train.epochs),
                "none": optuna.pruners.NopPruner}  # fmt: skip
-    study = optuna.create_study(storage=storage(setup), study_name=setup.study_name, direction=setup.direction,
-                                pruner=pruners[tune.pruner](), load_if_exists=True)  # fmt: skip
+    try:
+        study = optuna.create_study(storage=storage(setup), study_name=setup.study_name, direction=setup.direction,
+                                    pruner=pruners[tune.pruner](), load_if_exists=True)  # fmt: skip
+    except Exception as err:
+        if not tune.storage:
+            raise
+        raise ConfigError(database_error(tune.storage, err)) from None  # unreachable, bad URL, no driver
     # A resumed study must not draw the same parameters again: the seed moves on with the trials.
     seed += len(study.get_trials(deepcopy=False))
     samplers = optuna.samplers
@@ -150,6 +155,22 @@ def storage(setup: Setup):
     setup.dir.mkdir(parents=True, exist_ok=True)
     path = str(setup.dir / "study.journal")
     return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+
+def database_error(url: str, err: BaseException) -> str:
+    """One line for a tune.storage that cannot be opened: the URL without its password, and the
+    driver's first line (connection refused, unknown host, authentication failed, no such database)."""
+    shown = url
+    with contextlib.suppress(Exception):
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(url).render_as_string(hide_password=True)
+    cause = err.__cause__ or err.__context__
+    if isinstance(err, ImportError) and isinstance(cause, ImportError):  # Optuna's "install appropriate one"
+        return f"tune.storage: {shown}: its database driver is missing ({cause}); PostgreSQL: pip install 'biomx[tune]'"
+    reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    reason = reason.split(") ", 1)[1] if reason.startswith("(") and ") " in reason else reason  # "(psycopg...) "
+    return f"tune.storage: cannot open the study database {shown}: {reason}"[:400]
 
 
 @contextlib.contextmanager
@@ -203,37 +224,53 @@ def counted(study) -> int:
     return len(study.get_trials(deepcopy=False, states=tuple(TrialState[s] for s in COUNTED)))
 
 
+def next_trial(setup: Setup, study, trials: int) -> tuple[Any, dict[str, Any]] | None:
+    """The next trial and its parameters, asked under the lock; None once `trials` are counted."""
+    with _locked(setup.dir):
+        if counted(study) >= trials:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    with recorded(study, trial):
+        return trial, {key: suggest(trial, key, entry) for key, entry in setup.tune.space.items()}
+
+
+@contextlib.contextmanager
+def recorded(study, trial):
+    """An exception in the block fails the trial (queued again at the next start when it was
+    interrupted: Ctrl-C, SIGTERM, a stop request) and goes on."""
+    try:
+        yield
+    except BaseException as err:
+        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit)) or type(err).__name__ == "TrainingInterrupted"
+        trial.set_user_attr("retry", interrupted)
+        study.tell(trial, state=_optuna().trial.TrialState.FAIL)
+        raise
+
+
+def finish(setup: Setup, study, trial, params: dict[str, Any], pruning: Pruning, run_dir: Path) -> None:
+    """A trained trial: its tune_trial.json, then the study told PRUNED or its best value."""
+    with recorded(study, trial):
+        trial.set_user_attr("run", str(run_dir))
+        state = "pruned" if pruning.pruned else "complete"
+        write_json(run_dir / "tune_trial.json", {"trial": trial.number, "state": state, "params": params,
+                                                 "metric": setup.metric, "value": pruning.best()})  # fmt: skip
+    if pruning.pruned:
+        study.tell(trial, state=_optuna().trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, pruning.best())
+
+
 def run_trials(setup: Setup, study, trials: int) -> None:
     """Ask, train, tell until `trials` trials of the study are finished or running."""
     from biomx.experiment import train
 
-    optuna = _optuna()
-    while True:
-        with _locked(setup.dir):
-            if counted(study) >= trials:
-                return
-            trial = study.ask()
-            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    while (asked := next_trial(setup, study, trials)) is not None:
+        trial, params = asked
         pruning = Pruning(trial, setup.metric, setup.direction)
-        try:
-            params = {key: suggest(trial, key, entry) for key, entry in setup.tune.space.items()}
+        with recorded(study, trial):
             run_dir = train(setup.trial_config(params, trial.number), callbacks=[pruning])
-            trial.set_user_attr("run", str(run_dir))
-            state = "pruned" if pruning.pruned else "complete"
-            write_json(run_dir / "tune_trial.json", {"trial": trial.number, "state": state, "params": params,
-                                                     "metric": setup.metric, "value": pruning.best()})  # fmt: skip
-        except (KeyboardInterrupt, SystemExit) as err:
-            trial.set_user_attr("retry", True)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise err
-        except BaseException as err:
-            trial.set_user_attr("retry", type(err).__name__ == "TrainingInterrupted")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        if pruning.pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, pruning.best())
+        finish(setup, study, trial, params, pruning, run_dir)
 
 
 def tune(config: str | Path, overrides: list[str] | None = None, trials: int | None = None, workers: int = 1,
@@ -248,13 +285,17 @@ def tune(config: str | Path, overrides: list[str] | None = None, trials: int | N
     setup = Setup(config, overrides or [])
     check_space(setup)
     trials = trials or setup.tune.trials
-    study = make_study(setup, setup.tune.seed + (os.getpid() if worker else 0))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: rank 0 talks to the study (tune/ranks.py)
+        from biomx.tune.ranks import tune_ranks
+
+        if workers > 1:
+            raise ConfigError("tune --workers: not under torchrun (one torchrun is one worker of the study; "
+                              "start another torchrun with --worker for more)")  # fmt: skip
+        return tune_ranks(setup, trials, worker)
+    study = open_study(setup, worker)
     if worker:
         run_trials(setup, study, trials)
         return setup.dir
-    queued = recover(study)
-    if queued:
-        print(f"tune: {queued} interrupted trial(s) queued again")
     extra = [_start_worker(setup, trials) for _ in range(max(0, workers - 1))]
     try:
         run_trials(setup, study, trials)
@@ -264,6 +305,16 @@ def tune(config: str | Path, overrides: list[str] | None = None, trials: int | N
         raise BiomxError(f"tune: {sum(1 for c in codes if c)} worker process(es) failed (exit {max(codes)})")
     write_summary(setup, study)
     return setup.dir
+
+
+def open_study(setup: Setup, worker: bool):
+    """The study (created on first use); the first process (not a --worker) also queues again
+    the trials that a killed or interrupted process left."""
+    study = make_study(setup, setup.tune.seed + (os.getpid() if worker else 0))
+    queued = 0 if worker else recover(study)
+    if queued:
+        print(f"tune: {queued} interrupted trial(s) queued again")
+    return study
 
 
 def _start_worker(setup: Setup, trials: int) -> subprocess.Popen:
