@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import re
 from collections import Counter
@@ -139,10 +140,8 @@ def source_samples(source: str | Path, seed: int | None = 0) -> tuple[Iterator[t
         for i in order:
             row = rows[i]
             path: Path = row["path"]
-            try:
-                ident = path.resolve().relative_to(root.resolve()).as_posix()
-            except ValueError:  # a manifest may name files outside its folder
-                ident = str(path)
+            inside = not path.is_absolute() or path.is_relative_to(root)  # else a file outside the source's folder
+            ident = Path(os.path.relpath(path, root)).as_posix() if inside else str(path)
             doc = {"id": ident, "label": row["label"], "group": row["group"], **row["extra"]}
             own = {"json": json.dumps(doc, ensure_ascii=False).encode()}
             if isinstance(row["label"], str):

@@ -117,8 +117,7 @@ class _Shard:
 def _atomic_json(path: Path, doc: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, separators=(",", ":"))
-        f.write("\n")
+        f.write(json.dumps(doc, separators=(",", ":")) + "\n")  # one write: json.dump writes each token
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
