@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from biomx.config import TrainConfig
 from biomx.engine import distributed as dist
+from biomx.engine import fsdp
 from biomx.engine.callbacks import Callback, MetricsFile, TensorBoardLogger
 from biomx.engine.checkpoint import load_checkpoint, save_checkpoint
 from biomx.engine.dropout import enable_dropout
@@ -35,6 +36,7 @@ from biomx.engine.logging import EpochProgress, console, format_epoch
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import select_device, set_deterministic
 from biomx.engine.samplers import ResumableSampler, ShardSampler
+from biomx.engine.signals import stop_signals
 from biomx.errors import BiomxError
 from biomx.privacy.dp import make_private
 from biomx.protocols import FittedModel
@@ -130,6 +132,8 @@ class Trainer:
         self.model = model.to(self.device)
         if s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # train.strategy fsdp: shard the model in place before its optimizer is made (biomx.engine.fsdp)
+        self.sharding = fsdp.setup(self, extra) if s.strategy == "fsdp" else None
         self.optimizer = build_optimizer(self.model, s.optimizer, s.lr_multipliers)
         self.extra = extra  # prepare(): its modules join the optimizer (before the scheduler); its sampler
         self.sampler = extra.prepare(self) if extra is not None else ResumableSampler(
@@ -148,7 +152,8 @@ class Trainer:
         )
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
         self.autocast_dtype = amp
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16")
+        scaler = fsdp.ShardedGradScaler if self.sharding else torch.amp.GradScaler  # FSDP: an inf on any rank's shard
+        self.scaler = scaler(self.device.type, enabled=s.precision == "fp16")
 
         self.net = self._network()
         self.privacy = make_private(self) if s.privacy is not None else None  # DP-SGD: biomx.privacy.dp
@@ -170,7 +175,7 @@ class Trainer:
         """The network as run: optionally compiled, wrapped for DDP (not a solver's model, which
         has no gradients to reduce). Checkpoints use _unwrap()."""
         net = self.model
-        if self.world > 1 and not self.solver:
+        if self.world > 1 and not self.solver and self.sharding is None:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(net, device_ids=ids)
         if self.settings.compile and not self.solver:
@@ -224,27 +229,29 @@ class Trainer:
         return state
 
     def save(self, name: str = "last") -> None:
-        """Write `checkpoints/<name>.safetensors` with everything needed to resume."""
+        """Write `checkpoints/<name>.safetensors` with everything needed to resume (FSDP: and the shards)."""
         rng = self._rng_state()  # collective: every rank must call it
+        if self.sharding is not None:  # every rank writes its shards of the model and the optimizer
+            path = self.sharding.save(self, self._progress(rng))
+            return self._emit("on_checkpoint", path) if path is not None else None
         if self.checkpoint_dir is None or not dist.is_main():
             return
-        extra = {
-            "trainer": dict(self.state),
-            "history": self.history,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "world_size": self.world,
-            "model_config": self.model_config,
-            "settings": self.settings.model_dump(mode="json"),
-        }
+        extra = {**self._progress(rng), "optimizer": self.optimizer.state_dict()}
         path = self.checkpoint_dir / f"{name}.safetensors"
         save_checkpoint(path, _unwrap(self.net).state_dict(), extra)
         self._emit("on_checkpoint", path)
 
+    def _progress(self, rng: dict[str, Any]) -> dict[str, Any]:
+        """Where training stands (all but the model and the optimizer), as a checkpoint keeps it."""
+        return {"trainer": dict(self.state), "history": self.history, "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.world,
+                "model_config": self.model_config, "settings": self.settings.model_dump(mode="json")}  # fmt: skip
+
     def _save_best(self) -> None:
-        if self.checkpoint_dir is None or not dist.is_main():
+        if self.checkpoint_dir is None:
+            return
+        weights = self.sharding.full_state(self.model) if self.sharding else _unwrap(self.net).state_dict()  # collective
+        if not dist.is_main():
             return
         extra = {
             "model_config": self.model_config,
@@ -253,7 +260,7 @@ class Trainer:
             "best": self.state["best"],
         }
         path = self.checkpoint_dir / "best.safetensors"
-        save_checkpoint(path, _unwrap(self.net).state_dict(), extra)
+        save_checkpoint(path, weights, extra)
         self._emit("on_checkpoint", path)
 
     def load(self, path: Path) -> None:
@@ -261,19 +268,22 @@ class Trainer:
         weights, extra = load_checkpoint(path)
         if "trainer" not in extra:
             raise BiomxError(f"{path}: holds weights only, not a resumable training state")
-        if extra["world_size"] != self.world:
-            raise BiomxError(
-                f"{path}: saved with {extra['world_size']} processes; resume with the same number "
-                f"(got {self.world})"
-            )
-        _unwrap(self.net).load_state_dict(weights)
-        self.optimizer.load_state_dict(extra["optimizer"])
+        fsdp.check_strategy(path, extra, sharded=self.sharding is not None)
+        if self.sharding is not None:  # model, optimizer and RNG from the shards, on any number of ranks
+            self.sharding.load(self, path, extra)
+        else:
+            if extra["world_size"] != self.world:
+                raise BiomxError(f"{path}: saved with {extra['world_size']} processes; resume with the same number "
+                                 f"(got {self.world})")  # fmt: skip
+            _unwrap(self.net).load_state_dict(weights)
+            self.optimizer.load_state_dict(extra["optimizer"])
+            # clone: torch 2.13's set_rng_state reads a row of the stacked states from its storage's start
+            torch.set_rng_state(extra["rng"]["torch"][self.rank].clone())  # (rank >= 1: a crash)
+            if "cuda" in extra["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(extra["rng"]["cuda"][self.rank].clone(), self.device)
         self.scheduler.load_state_dict(extra["scheduler"])
         if extra["scaler"]:
             self.scaler.load_state_dict(extra["scaler"])
-        torch.set_rng_state(extra["rng"]["torch"][self.rank])
-        if "cuda" in extra["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(extra["rng"]["cuda"][self.rank], self.device)
         self.state.update(extra["trainer"])
         self.history = list(extra["history"])
 
@@ -294,20 +304,6 @@ class Trainer:
         if dist.is_main():
             console.print(f"[yellow]{self._stop_reason}: finishing this step and saving a checkpoint[/]")
 
-    @contextlib.contextmanager
-    def _signals(self):
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
     # ------------------------------------------------------------------ the loop
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -321,11 +317,13 @@ class Trainer:
             self.load(self.checkpoint_dir / "last.safetensors")
         else:
             torch.manual_seed(s.seed + self.rank)
-        with self._callbacks_around(), self._signals():
+        with self._callbacks_around(), stop_signals(self._on_signal):
             if self.solver and self.state["epoch"] == 0:  # fitted in one call; never epochs
                 self._fit_solver()
             while not self.solver and self.state["epoch"] < s.epochs and not dist.any_rank(self.state["stopped_early"]):
                 self._train_epoch()
+        if self.sharding is not None:
+            self.sharding.finish(self)  # evaluation runs the whole model on every rank
         return self.history
 
     @contextlib.contextmanager
@@ -355,8 +353,9 @@ class Trainer:
             for i, batch in enumerate(self.train_loader, start=st["batch_in_epoch"]):
                 x, y = self._to_device(batch)
                 sync = (i + 1) % s.accumulate == 0 or i + 1 == self.batches_per_epoch
-                # Skip DDP's gradient all-reduce on accumulation micro-steps.
-                no_sync = self.world > 1 and not sync
+                # Skip DDP's gradient all-reduce on accumulation micro-steps (FSDP reduce-scatters each
+                # one: unsharded gradients kept between micro-steps would cost the memory it saves).
+                no_sync = self.world > 1 and not sync and self.sharding is None
                 with self.net.no_sync() if no_sync else contextlib.nullcontext(), self._autocast():
                     loss = self.loss_fn(self.net(x), y)
                     added = self.extra.loss(self, i) if self.extra is not None else 0.0  # not in train_loss
@@ -476,7 +475,8 @@ class Trainer:
         Under torchrun each rank runs a shard; all ranks get the gathered result.
         mc_dropout: keep dropout active (one Monte Carlo dropout pass; batch norm stays in eval).
         """
-        sampler = ShardSampler(len(data), self.rank, self.world)
+        shards = fsdp.EvenShardSampler if self.sharding and self.sharding.active else ShardSampler  # same forwards
+        sampler = shards(len(data), self.rank, self.world)
         loader = self._loader(data, sampler, drop_last=False, batch_size=batch_size or self.local_batch * 2)
         self.net.eval()
         if mc_dropout:
@@ -488,7 +488,7 @@ class Trainer:
                 outputs.append(self.net(x).float().cpu())
             targets.append(y.cpu())
         self.net.train()
-        out, tgt = torch.cat(outputs), torch.cat(targets)
+        out, tgt = torch.cat(outputs)[: len(sampler.indices)], torch.cat(targets)[: len(sampler.indices)]
         if self.world > 1:
             order = dist.gather_cat(torch.tensor(sampler.indices))
             out, tgt = dist.gather_cat(out), dist.gather_cat(tgt)
