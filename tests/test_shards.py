@@ -4,6 +4,7 @@ the one-line errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -22,9 +23,12 @@ from biomx.data.shard_cli import parse_size, source_samples
 from biomx.data.shard_stream import ShardStream, epoch_plan
 from biomx.data.shard_writer import PARTIAL, tar_bytes, write_shards
 from biomx.data.shards import (
+    member_where,
     open_shards,
+    payload_member,
     read_index,
     read_member,
+    sample_digests,
     sample_table,
     scan_shards,
     verify_shards,
@@ -61,6 +65,11 @@ def test_round_trip_keeps_every_file_byte_for_byte(shard_set, png_folder):
         assert classes[int(read_member(index, i, "cls"))] == original.parent.name
     # the write shuffled once: the first shard mixes the classes
     assert len(set(table["label"][:25])) == 2
+    # what a map-style image dataset reads: the packed file's format and bytes, and its file hash
+    assert payload_member(index, 5) == ("png", (png_folder / table["id"][5]).read_bytes())
+    digests = sample_digests(index)
+    assert digests[9] == hashlib.sha256((png_folder / table["id"][9]).read_bytes()).hexdigest()
+    assert member_where(index, 30, "png").endswith(f"shard-000001.tar: {index.keys[30]}.png")
 
 
 def test_tars_open_with_tarfile_in_webdataset_layout(shard_set):

@@ -360,3 +360,40 @@ def sample_table(index: ShardIndex) -> dict[str, list[Any]]:
         table["label"].append(label)
         table["group"].append(doc.get("group"))
     return table
+
+
+OWN_MEMBERS = ("cls", "json")  # a sample's label and ids; every other member is its data
+
+
+def payload_ext(index: ShardIndex, i: int) -> str:
+    """The extension of sample i's data member (`png`, `dcm`, `nii.gz`, ...): its one member
+    besides `.cls` and `.json`, as `biomx shards write` packs a file.
+
+    Raises:
+        DataError: the sample has no such member or several (name the one to read instead).
+    """
+    exts = [ext for ext in index.members[i] if ext not in OWN_MEMBERS]
+    if len(exts) != 1:
+        found = ", ".join(f".{e}" for e in index.members[i])
+        raise DataError(f"{index.path(index.shard_for(i))}: sample {index.keys[i]!r} has {len(exts)} data members "
+                        f"({found}); expected one besides .cls and .json")  # fmt: skip
+    return exts[0]
+
+
+def payload_member(index: ShardIndex, i: int) -> tuple[str, bytes]:
+    """`(ext, bytes)` of sample i's data member: the packed file's extension (its format) and
+    its bytes, unchanged. What a map-style dataset decodes in place of opening a file."""
+    ext = payload_ext(index, i)
+    return ext, read_member(index, i, ext)
+
+
+def member_where(index: ShardIndex, i: int, ext: str | None = None) -> str:
+    """`SET/shard-000003.tar: 00000017.png`: where sample i is, for an error message."""
+    return f"{index.path(index.shard_for(i))}: {index.keys[i]}" + (f".{ext}" if ext else "")
+
+
+def sample_digests(index: ShardIndex) -> list[str]:
+    """Per sample, the SHA-256 of its data member's bytes: the content key a packed file keeps
+    (the same digest as the file's own, so duplicate checks and caches keyed by file hashes
+    agree whether the images come from files or from shards). Reads every data member once."""
+    return [hashlib.sha256(payload_member(index, i)[1]).hexdigest() for i in range(len(index))]
