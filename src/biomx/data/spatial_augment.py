@@ -11,6 +11,9 @@ turns, rotations and zoom are folded into ONE affine per sample and resampled on
 an image and its mask are extended the same way and no artificial constant planes appear).
 Intensity transforms touch images only, with strengths in units of each sample's own standard
 deviation, so they mean the same on z-scored CT patches and on [0, 1] MedMNIST volumes.
+
+`sampling_matrix`, `resample`, `flip_and_turn` and `intensity` are public for tasks that move
+their own annotations with the images (detection's boxes draw and transform exactly as here).
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _SPATIAL = ("flip", "rotate90", "rotate", "scale")
-_INTENSITY = ("brightness", "contrast", "gamma", "noise")
+INTENSITY = ("brightness", "contrast", "gamma", "noise")
 
 
 def is_active(cfg: Any) -> bool:
     """True when any transform of `cfg` (a `SpatialAugmentConfig`) is switched on."""
-    return any(getattr(cfg, name) for name in _SPATIAL + _INTENSITY)
+    return any(getattr(cfg, name) for name in _SPATIAL + INTENSITY)
 
 
 def augment_batch(x: Tensor, labels: Tensor | None, cfg: Any,
@@ -77,19 +80,19 @@ def augment_batch(x: Tensor, labels: Tensor | None, cfg: Any,
     if cfg.rotate > 0 or cfg.scale is not None:
         angles = uniform(-cfg.rotate, cfg.rotate, 3 if dims == 3 else 1).deg2rad() if cfg.rotate > 0 else None
         zoom = uniform(*cfg.scale) if cfg.scale is not None else None
-        matrix = _sampling_matrix(n, dims, flips, turns, angles, zoom)
-        x, labels = _resample(x, labels, matrix)
+        matrix = sampling_matrix(n, dims, flips, turns, angles, zoom)
+        x, labels = resample(x, labels, matrix)
     else:
-        x, labels = _flip_and_turn(x, labels, flips, turns)
-    if any(getattr(cfg, name) for name in _INTENSITY):
-        x = _intensity(x, cfg, uniform, generator)
+        x, labels = flip_and_turn(x, labels, flips, turns)
+    if any(getattr(cfg, name) for name in INTENSITY):
+        x = intensity(x, cfg, uniform, generator)
     return x, labels
 
 
 # ---- spatial -------------------------------------------------------------------------------
 
 
-def _flip_and_turn(x: Tensor, labels: Tensor | None, flips: Tensor | None,
+def flip_and_turn(x: Tensor, labels: Tensor | None, flips: Tensor | None,
                    turns: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Exact flips and quarter turns by indexing: only the chosen samples are touched."""
     if flips is None and turns is None:
@@ -113,7 +116,7 @@ def _flip_and_turn(x: Tensor, labels: Tensor | None, flips: Tensor | None,
     return x, labels
 
 
-def _sampling_matrix(n: int, dims: int, flips: Tensor | None, turns: Tensor | None,
+def sampling_matrix(n: int, dims: int, flips: Tensor | None, turns: Tensor | None,
                      angles: Tensor | None, zoom: Tensor | None) -> Tensor:
     """Per sample, the matrix taking an output voxel position to the input position it reads.
 
@@ -143,7 +146,7 @@ def _sampling_matrix(n: int, dims: int, flips: Tensor | None, turns: Tensor | No
     return m
 
 
-def _resample(x: Tensor, labels: Tensor | None, matrix: Tensor) -> tuple[Tensor, Tensor | None]:
+def resample(x: Tensor, labels: Tensor | None, matrix: Tensor) -> tuple[Tensor, Tensor | None]:
     """Apply per-sample sampling matrices (voxel units) with one grid_sample per tensor."""
     spatial = x.shape[2:]
     # affine_grid works in [-1, 1] per axis (align_corners=False: voxel centres at (2i+1)/n - 1)
@@ -164,7 +167,7 @@ def _resample(x: Tensor, labels: Tensor | None, matrix: Tensor) -> tuple[Tensor,
 # ---- intensity -----------------------------------------------------------------------------
 
 
-def _intensity(x: Tensor, cfg: Any, uniform: Any, generator: torch.Generator) -> Tensor:
+def intensity(x: Tensor, cfg: Any, uniform: Any, generator: torch.Generator) -> Tensor:
     """Contrast, brightness, gamma and noise, each with per-sample strength, per channel stats."""
     n = x.shape[0]
     spatial = tuple(range(2, x.ndim))

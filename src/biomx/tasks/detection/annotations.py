@@ -7,8 +7,8 @@ CSV columns (header names, any order, case-insensitive):
     image, x_centre, y_centre[, z_centre], width, height[, depth][, label][, space]
 x, y, z run along the array's spatial axes 0, 1, 2. `space` (a column, else the argument) is
 "voxel" (continuous voxel coordinates, voxel i covering [i, i+1)) or "world" (mm, through the
-image's voxel -> world affine: biomx's RAS for volumes; `world_frame="LPS"` for DICOM/ITK
-coordinates). A row whose coordinates are all empty lists an image with no boxes: a negative case.
+image's voxel -> world affine: biomx's RAS for volumes; `world_frame="LPS"` for scanner (ITK,
+patient) coordinates). A row whose coordinates are all empty lists an image with no boxes: a negative case.
 
 MONAI JSON: {"training": [{"image": "...", "box": [[cx, cy, cz, w, h, d], ...], "label": [0, ...]}, ...],
 "validation": [...]}: boxes in world coordinates, mode "cccwhd", in ITK's LPS frame (MONAI's LUNA16
@@ -177,17 +177,16 @@ def _check_box(box: np.ndarray, geometry: ImageGeometry, where: str, problems: _
 def _csv_layout(header: Sequence[str], dims: int | None, path: Path) -> tuple[str, int]:
     """("corners" | "centre", dims) from the header."""
     cols = set(header)
-    if "image" not in cols:
-        raise DataError(f"{path}: no 'image' column (columns: {', '.join(header)})")
     for d in ((dims,) if dims else (3, 2)):
-        corners = [f"{a}_{e}" for e in ("min", "max") for a in AXES[:d]]
-        centre = [f"{a}_centre" for a in AXES[:d]] + list(SIZES[:d])
+        corners = ["image", *(f"{a}_{e}" for e in ("min", "max") for a in AXES[:d])]
+        centre = ["image", *(f"{a}_centre" for a in AXES[:d]), *SIZES[:d]]
         if set(corners) <= cols:
             return "corners", d
         if set(centre) <= cols:
             return "centre", d
-    want = "x_min, y_min[, z_min], x_max, y_max[, z_max] or x_centre, y_centre[, z_centre], width, height[, depth]"
-    raise DataError(f"{path}: the box columns are missing: expected {want} (got: {', '.join(header)})")
+    want = ("image, x_min, y_min[, z_min], x_max, y_max[, z_max] or image, x_centre, y_centre[, z_centre], "
+            "width, height[, depth]")
+    raise DataError(f"{path}: columns missing: expected {want} (got: {', '.join(header)})")
 
 
 def _row_box(row: dict[str, str], layout: str, d: int) -> np.ndarray | None:
@@ -214,7 +213,7 @@ def read_box_csv(path: str | Path, *, images: Images, dims: int | None = None, s
             its stem ("case_001" for "imagesTr/case_001.nii.gz").
         dims: 2 or 3 (None: 3 when the z columns are there).
         space: "voxel" or "world", for rows without a `space` cell.
-        world_frame: "RAS" (biomx's volumes, NIfTI) or "LPS" (DICOM, ITK, LUNA16's CSVs).
+        world_frame: "RAS" (biomx's volumes) or "LPS" (scanner patient coordinates, ITK, LUNA16's CSVs).
         on_error: "raise" (one DataError on the first bad row) or "skip" (drop bad rows, counted).
 
     Returns:

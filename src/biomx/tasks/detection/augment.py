@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 
 from biomx.data.spatial_augment import (
-    _INTENSITY,
-    _flip_and_turn,
-    _intensity,
-    _resample,
-    _sampling_matrix,
+    INTENSITY,
+    flip_and_turn,
+    intensity,
     is_active,
+    resample,
+    sampling_matrix,
 )
 from biomx.tasks.detection.boxes import as_boxes, box_volume, clip_boxes
 
@@ -126,11 +126,11 @@ def augment_detection_batch(x: Tensor, boxes: Sequence[object], cfg: Any, genera
     if cfg.rotate > 0 or cfg.scale is not None:
         angles = uniform(-cfg.rotate, cfg.rotate, 3 if dims == 3 else 1).deg2rad() if cfg.rotate > 0 else None
         zoom = uniform(*cfg.scale) if cfg.scale is not None else None
-        matrix = _sampling_matrix(n, dims, flips, turns, angles, zoom)
-        x, _ = _resample(x, None, matrix)
+        matrix = sampling_matrix(n, dims, flips, turns, angles, zoom)
+        x, _ = resample(x, None, matrix)
         moved = [affine_boxes(b, matrix[i].numpy(), spatial) for i, b in enumerate(sets)]
     else:
-        x, _ = _flip_and_turn(x, None, flips, turns)
+        x, _ = flip_and_turn(x, None, flips, turns)
         moved = []
         for i, b in enumerate(sets):
             if flips is not None:
@@ -140,7 +140,7 @@ def augment_detection_batch(x: Tensor, boxes: Sequence[object], cfg: Any, genera
             if turns is not None and int(turns[i]):
                 b = rot90_boxes(b, int(turns[i]), spatial)
             moved.append(b)
-    if any(getattr(cfg, name) for name in _INTENSITY):
-        x = _intensity(x, cfg, uniform, generator)
+    if any(getattr(cfg, name) for name in INTENSITY):
+        x = intensity(x, cfg, uniform, generator)
     kept = [_visible(b, spatial, min_visible) for b in moved]
     return x, [k[0] for k in kept], [k[1] for k in kept]
