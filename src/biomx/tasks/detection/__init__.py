@@ -76,8 +76,9 @@ def build_datasets(cfg: ExperimentConfig, modality: Modality, samples: Samples, 
 
 
 def from_info(info: dict[str, Any]) -> DetectionTask:
+    settings = {k: v for k, v in info.items() if k not in ("classes", "spatial_dims", "num_anchors", "patch_size")}
     return build_detection_task(info["classes"], info["spatial_dims"], info["num_anchors"], info["patch_size"],
-                                **info)  # fmt: skip
+                                **settings)  # fmt: skip
 
 
 __all__ = ["DetectionTask", "build_detection_task"]

@@ -115,9 +115,14 @@ def to_world(boxes: np.ndarray, reference: Any, spacing: tuple[float, ...]) -> n
 
 
 def box_rows(path: str, found: Found, world: np.ndarray, classes: list[str], dims: int) -> dict[str, list]:
-    """CSV columns for one input's boxes: one row per box (none when nothing was found)."""
+    """CSV columns for one input's boxes: one row per box; an input without boxes gets one row
+    with its path and empty fields (so every input is in the file); no path: no rows (a header)."""
     axes = "xyz"[:dims]
     boxes, scores, labels = found
+    if path and not len(boxes):
+        empty = box_rows("-", (np.zeros((1, 2 * dims)), np.zeros(1), np.zeros(1, dtype=int)), np.zeros((1, 2 * dims)),
+                         classes, dims)  # fmt: skip
+        return {key: [path if key == "path" else ""] for key in empty}
     rows: dict[str, list] = {"path": [path] * len(boxes), "class": [classes[int(k)] for k in labels],
                              "score": [f"{s:.6g}" for s in scores]}  # fmt: skip
     for space, values in (("voxel", boxes), ("world", world)):

@@ -1,0 +1,207 @@
+"""The detection task end to end: RetinaNet trained through `biomx train` on the real nuclei tiles
+(boxes from the hand-drawn instance mask) and on small synthetic CT volumes (boxes from lesion
+components), evaluated and predicted; its pieces (anchors from boxes, patch targets, boxes back on
+the scan's grid, the scores); bad config lines."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from biomx.cli import main
+from biomx.data.cases import preprocess
+from biomx.tasks.detection.data import BoxPatches, derive_anchor_shapes, mask_boxes
+from biomx.tasks.detection.inference import to_scan_voxels
+from biomx.tasks.detection.model import columns, retinanet
+from biomx.tasks.detection.scoring import evaluate_detections, match
+from biomx.tasks.detection.starter import write_nuclei_instances
+from biomx.tasks.detection.task import average_precision, build_detection_task
+
+TINY = {"depth": 10, "width": 8, "fpn_channels": 16, "returned_layers": [1, 2]}
+
+
+def _config(tmp_path: Path, data: dict, task: dict, name: str) -> Path:
+    cfg = {"name": name, "data": data, "model": {"name": "retinanet", "args": TINY},
+           "task": {"kind": "detection", **task},
+           "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "monitor": "val_ap50"},
+           "eval": {"bootstrap": 20, "explain": 2}, "output": {"dir": str(tmp_path / "runs")}}  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def nuclei(tmp_path_factory) -> Path:
+    return write_nuclei_instances(tmp_path_factory.mktemp("nuclei"), tile=128).parent
+
+
+def test_nuclei_tiles_hold_every_nucleus(nuclei):
+    info = json.loads((nuclei / "dataset.json").read_text())
+    assert info["numTraining"] == 16 and info["labels"]["1"] == "nucleus"
+    import tifffile
+
+    ids = set()
+    for case in info["training"]:
+        ids |= set(np.unique(tifffile.imread(nuclei / case["label"]))) - {0}
+    assert len(ids) == 125  # every hand-drawn nucleus is in some tile
+
+
+def test_trains_evaluates_and_predicts_nuclei(tmp_path, nuclei, capsys):
+    scan = {"intensity": "minmax", "crop_foreground": False, "cache_dir": str(tmp_path / "cache")}
+    cfg = _config(tmp_path, {"modality": "image", "source": "msd", "path": str(nuclei),
+                             "split": {"method": "random", "val": 0.125, "test": 0.25, "seed": 0},
+                             "image": {"scan": scan}},
+                  {"boxes_from": "instances", "patch_size": [64, 64], "patches_per_case": 2,
+                   "val_patches_per_case": 1, "score_threshold": 0.0, "detections_per_image": 20}, "nuclei")  # fmt: skip
+    assert main(["train", str(cfg)]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["kind"] == "detection" and metrics["n"] == 4 and metrics["n_true"] > 0
+    for name in ("froc_mean", "map_10", "map_50", "sensitivity_at_1_fp", "sensitivity_size_1"):
+        value = metrics["metrics"][name]
+        assert 0.0 <= value["value"] <= 1.0 and value["ci_low"] <= value["ci_high"]
+    cases = _rows(run / "cases_test.csv")
+    assert len(cases) == 4 and sum(int(c["true_boxes"]) for c in cases) == metrics["n_true"]
+    run_json = json.loads((run / "run.json").read_text())
+    shapes = run_json["model"]["args"]["anchor_shapes"]
+    assert len(shapes) == 3 and all(len(s) == 2 for s in shapes)  # derived from the training boxes
+    assert "Detections" in (run / "report.html").read_text()
+
+    image = nuclei / "imagesTr" / "nuclei_r1_c1.tif"
+    out = tmp_path / "boxes.csv"
+    assert main(["predict", str(run), str(image), "-o", str(out)]) == 0
+    rows = _rows(out)
+    assert list(rows[0]) == ["path", "class", "score", "voxel_x_min", "voxel_x_max", "voxel_y_min", "voxel_y_max",
+                             "world_x_min", "world_x_max", "world_y_min", "world_y_max"]
+    found = [r for r in rows if r["score"]]
+    assert len(found) == len(rows) == 20 and all(r["path"] == str(image) and r["class"] == "nucleus" for r in found)
+    for r in found:
+        for axis in "xy":
+            low, high = float(r[f"voxel_{axis}_min"]), float(r[f"voxel_{axis}_max"])
+            assert 0.0 <= low <= high <= 128.0
+            assert float(r[f"world_{axis}_min"]) == pytest.approx(low)  # a 2D image: pixels
+
+
+def test_trains_on_synthetic_volumes(tmp_path):
+    from biomx.modalities.volume.lesions import write_lesion_dataset
+
+    spec = write_lesion_dataset(tmp_path / "lesions", n_cases=4, seed=1, shape=(32, 32, 16))
+    scan = {"intensity": "ct", "ct_window": [-100, 150], "crop_foreground": False,
+            "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    cfg = _config(tmp_path, {"modality": "volume", "source": "msd", "path": str(spec.parent),
+                             "split": {"method": "random", "val": 0.25, "test": 0.25, "seed": 0}, "volume": scan},
+                  {"patch_size": [32, 32, 16], "patches_per_case": 2, "val_patches_per_case": 1,
+                   "sw_batch_size": 2}, "lesions")  # fmt: skip
+    assert main(["train", str(cfg)]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["n"] == 1 and metrics["n_true"] >= 1 and "froc_mean" in metrics["metrics"]
+    rows = _rows(run / "predictions_test.csv")
+    assert "voxel_z_max" in rows[0] and "world_z_max" in rows[0] if rows else True
+
+
+def test_bad_config_lines(tmp_path, nuclei, capsys):
+    data = {"modality": "image", "source": "msd", "path": str(nuclei),
+            "image": {"scan": {"cache_dir": str(tmp_path / "cache")}}}  # fmt: skip
+    for task, expected in [
+        ({"patch_size": [60, 60]}, "task.patch_size: every size must divide by 16"),
+        ({}, "task.patch_size: required for detection"),
+        ({"patch_size": [64, 64, 64]}, "task.patch_size: 3 values for 2D data"),
+        ({"patch_size": [64, 64], "boxes_from": "components"}, "set task.boxes_from: instances"),
+        ({"patch_size": [64, 64], "nms": 0.3}, "task.nms"),
+    ]:
+        assert main(["train", str(_config(tmp_path, data, task, "bad"))]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+
+
+def test_anchor_shapes_follow_the_boxes():
+    rng = np.random.default_rng(0)
+    small = rng.normal(10, 1, (50, 2))
+    large = rng.normal(40, 3, (50, 2))
+    boxes = [np.concatenate([np.zeros((100, 2)), np.concatenate([small, large])], axis=1)]
+    shapes = np.asarray(derive_anchor_shapes(boxes, 2, 3, [64, 64]))
+    # two clusters, divided by 2 (the middle of three levels scaled 1, 2, 4)
+    np.testing.assert_allclose(shapes, [[5, 5], [20, 20]], rtol=0.1)
+    assert derive_anchor_shapes([np.zeros((0, 4))], 3, 3, [64, 64]) == [[16.0, 16.0]]  # no boxes: a quarter patch
+
+
+def test_mask_boxes_instances_and_components():
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[2:5, 2:6] = 7
+    mask[5:8, 2:6] = 9  # touches 7: two instances, one component
+    mask[12:15, 12:18] = 1
+    boxes, labels = mask_boxes(mask, "instances", 1)
+    np.testing.assert_array_equal(boxes, [[12, 12, 15, 18], [2, 2, 5, 6], [5, 2, 8, 6]])
+    assert labels.tolist() == [0, 0, 0]
+    binary = (mask > 0).astype(np.uint8)
+    boxes, labels = mask_boxes(binary, "auto", 1)
+    np.testing.assert_array_equal(boxes, [[2, 2, 8, 6], [12, 12, 15, 18]])
+    boxes, labels = mask_boxes(np.where(mask == 1, 2, binary), "components", 2)  # class per value
+    assert sorted(labels.tolist()) == [0, 1]
+
+
+def test_patch_targets_are_clipped_and_padded():
+    patches = BoxPatches(Path("."), ["k"], [np.zeros((0, 4))], [np.zeros(0)], [32, 32], 1, 1.0, 4)
+    boxes = np.array([[10.0, 10, 20, 20], [28, 28, 40, 40], [0, 0, 2, 2]])
+    target = patches.target(boxes, np.array([0, 0, 0]), [8, 8])
+    np.testing.assert_array_equal(target[0], [2, 2, 12, 12, 0])
+    # [28, 40) keeps [28, 40) of the patch [8, 40): whole; [0, 2) is outside
+    np.testing.assert_array_equal(target[1], [20, 20, 32, 32, 0])
+    assert (target[2:, 4] == -1).all()
+
+
+def test_boxes_go_back_to_the_scan_grid():
+    image = np.random.default_rng(0).normal(size=(1, 40, 30)).astype(np.float32)
+    settings = {"spacing": [2.0, 1.0], "intensity": "none", "ct_window": [0, 1], "nonzero": False,
+                "crop_foreground": False, "patch_size": [32, 32]}  # fmt: skip
+    _, _, geometry = preprocess(image, (1.0, 1.0), settings)
+    assert geometry["resampled"] == [20, 30] and geometry["pad"][0] == [6, 6]
+    # a box of rows [6+2, 6+5) in the padded, half-resolution grid is rows [4, 10) of the scan
+    np.testing.assert_allclose(to_scan_voxels(np.array([[8.0, 1, 11, 5]]), geometry), [[4, 0, 10, 4]])
+
+
+def test_scores_of_perfect_and_noisy_detections():
+    truth = [(np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]]), np.array([0, 0]))]
+    perfect = [(truth[0][0].copy(), np.array([0.9, 0.8]), np.array([0, 0]))]
+    assert average_precision([(perfect[0][0], perfect[0][1])], [truth[0][0]], 0.5) == pytest.approx(1.0)
+    noisy = [(np.array([[50.0, 50, 60, 60], [0, 0, 10, 10]]), np.array([0.95, 0.5]), np.array([0, 0]))]
+    hits, found = match(noisy[0], truth[0], 0.1)
+    assert hits.tolist() == [False, True] and found.tolist() == [True, False]
+    result = evaluate_detections(noisy, truth, classes=["lesion"], n_bootstrap=5)["metrics"]
+    assert result["map_50"]["value"] == pytest.approx(0.25)  # one of two found, after a false positive
+    assert result["sensitivity_at_1_fp"]["value"] == pytest.approx(0.5)
+    assert result["sensitivity_at_0.125_fp"]["value"] == 0.0
+
+
+def test_loss_is_finite_and_learns_a_box():
+    torch.manual_seed(0)
+    task = build_detection_task(["cell"], 2, 1, [32, 32])
+    model = retinanet(1, columns(1, 2), 2, [[8.0, 8.0]], **TINY)
+    x = torch.zeros(2, 1, 32, 32)
+    x[:, :, 8:16, 8:16] = 1.0
+    y = torch.full((2, 3, 5), -1.0)
+    y[:, 0] = torch.tensor([8.0, 8, 16, 16, 0])
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for _ in range(15):
+        loss = task.loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+    model.eval()
+    boxes, scores, _ = task.detect(model(x[:1]), [32, 32])[0]
+    assert len(boxes) and np.abs(boxes[np.argmax(scores)] - [8, 8, 16, 16]).max() < 3
