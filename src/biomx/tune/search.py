@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -174,15 +175,44 @@ def database_error(url: str, err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path):
-    """One process at a time counts the trials and asks for the next one (no trial beyond tune.trials)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "ask.lock", "a") as handle:
+def _locked(setup: Setup):
+    """One process at a time counts the trials and asks for the next one (no trial beyond
+    tune.trials): a file lock in the tune folder (one machine), and with a PostgreSQL study an
+    advisory lock on the server too (workers on several machines)."""
+    setup.dir.mkdir(parents=True, exist_ok=True)
+    with open(setup.dir / "ask.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            with _server_lock(setup):
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ask_lock_key(study_name: str) -> int:
+    """The PostgreSQL advisory lock (a 32-bit number, one per study) that workers take to ask."""
+    return zlib.crc32(f"biomx tune {study_name}".encode())
+
+
+@contextlib.contextmanager
+def _server_lock(setup: Setup):
+    url = setup.tune.storage or ""
+    if not url.startswith("postgresql"):
+        yield  # a journal file or SQLite: one machine, the file lock covers it; other servers: not locked
+        return
+    import sqlalchemy
+
+    key = ask_lock_key(setup.study_name)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:  # a session lock: the server drops it if this process dies
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
 
 
 def _alive(worker: str) -> bool:
@@ -226,7 +256,7 @@ def counted(study) -> int:
 
 def next_trial(setup: Setup, study, trials: int) -> tuple[Any, dict[str, Any]] | None:
     """The next trial and its parameters, asked under the lock; None once `trials` are counted."""
-    with _locked(setup.dir):
+    with _locked(setup):
         if counted(study) >= trials:
             return None
         trial = study.ask()
