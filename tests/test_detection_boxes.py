@@ -270,3 +270,51 @@ def test_monai_json_bad_input(tmp_path):
         f"{path}: training[0]: image 'zz.nii.gz' is not in the dataset"])
     with pytest.raises(DataError, match="no list under 'validation'"):
         read_monai_json(path, "validation", images=IMAGES)
+
+
+# ---- synthetic lesions with boxes --------------------------------------------------------------
+
+
+def test_lesion_boxes_match_the_masks_biomx_reads_back(tmp_path):
+    from scipy import ndimage
+
+    from biomx.modalities.volume.files import read_volume
+    from biomx.modalities.volume.lesions import write_lesion_dataset
+    from biomx.tasks.detection.lesion_boxes import write_lesion_detection_dataset
+
+    shape = (32, 32, 20)
+    written = write_lesion_detection_dataset(tmp_path / "d", n_cases=6, seed=4, shape=shape)
+    root = written["dataset"].parent
+    geometry, masks = {}, {}
+    for k in range(6):
+        key = f"imagesTr/lesion_{k:03d}.nii.gz"
+        mask = read_volume(root / "labelsTr" / f"lesion_{k:03d}.nii.gz", mask=True)  # case 3: stored LPS
+        geometry[key], masks[key] = ImageGeometry(mask.array.shape, mask.affine), mask.array > 0
+    from_csv, skips = read_box_csv(written["csv"], images=geometry, space="world")
+    from_json, _ = read_monai_json(written["json"], images=geometry)
+    assert skips == [] and set(from_csv) == set(from_json) == set(masks)
+    n, separate = 0, 0
+    for key, mask in masks.items():
+        boxes = from_csv[key][0]
+        np.testing.assert_allclose(from_json[key][0], boxes, atol=1e-3)
+        assert (from_csv[key][1] == 0).all() and len(boxes) >= 1
+        snapped = np.round(boxes)
+        np.testing.assert_allclose(boxes, snapped, atol=1e-3)  # whole voxels after the world round trip
+        # every lesion voxel lies in a box; each box is tight: its lesion reaches all of its faces
+        centres = np.argwhere(mask) + 0.5
+        assert centres_in_boxes(centres, boxes).any(axis=1).all()
+        for box in snapped.astype(int):
+            inside = mask[box[0]:box[3], box[1]:box[4], box[2]:box[5]]
+            for axis in range(3):
+                profile = inside.any(axis=tuple(a for a in range(3) if a != axis))
+                assert profile[0] and profile[-1]
+        components = ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]
+        separate += components == len(boxes)  # lesions that touch are one component, still two boxes
+        n += len(boxes)
+    assert n >= 6 and separate >= 3
+    # the volumes and masks are those of the segmentation dataset, byte for byte
+    plain = write_lesion_dataset(tmp_path / "plain", n_cases=6, seed=4, shape=shape).parent
+    for folder in ("imagesTr", "labelsTr"):
+        assert (root / folder / "lesion_003.nii.gz").read_bytes() == (plain / folder / "lesion_003.nii.gz").read_bytes()
+    with pytest.raises(Exception, match="boxes.csv: already exists"):
+        write_lesion_detection_dataset(tmp_path / "d", n_cases=6, seed=4, shape=shape)

@@ -10,6 +10,7 @@ so a folder with a dataset.json is complete.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ _STORED_ORIENTATIONS = ("LPS", "PLS", "RAI")
 
 def _lesion_case(rng: np.random.Generator, shape: tuple[int, int, int],
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One case in RAS voxel order: (image int16 HU, mask uint8, voxel -> RAS mm affine)."""
+    """One case in RAS voxel order: (image int16 HU, lesion ids uint8 (0 = none, 1.. = each
+    lesion; the mask is ids > 0), voxel -> RAS mm affine)."""
     in_plane, thickness = rng.uniform(0.7, 1.0), rng.uniform(1.5, 3.0)
     spacing = np.array([in_plane, in_plane, thickness])
     extent = np.array(shape) * spacing
@@ -58,10 +60,11 @@ def _lesion_case(rng: np.random.Generator, shape: tuple[int, int, int],
 
     # Lesions: rotated ellipsoids inside the soft tissue, hypo- to hyper-dense, some faint.
     mask = np.zeros(shape, dtype=bool)
+    ids = np.zeros(shape, dtype=np.uint8)
     half_room = np.minimum(inner, extent / 2)  # the body may run past the first/last slice
     largest = float(np.clip(0.35 * half_room.min(), 3.0, 12.0))
     centres: list[tuple[np.ndarray, float]] = []
-    for _ in range(int(rng.integers(1, 4))):
+    for number in range(1, int(rng.integers(1, 4)) + 1):
         radii = rng.uniform(3.0, largest, size=3)
         rotation = Rotation.random(random_state=rng).as_matrix()
         room = np.maximum(half_room - radii.max() - 1.0, 0.0)
@@ -80,6 +83,7 @@ def _lesion_case(rng: np.random.Generator, shape: tuple[int, int, int],
         if abs(contrast) < 15.0:  # faint, not invisible
             contrast = 15.0 if contrast >= 0 else -15.0
         clean[lesion] += contrast
+        ids[lesion & ~mask] = number
         mask |= lesion
 
     # Scanner: partial-volume blur (in-plane PSF ~1 mm FWHM, slice profile), then noise.
@@ -89,7 +93,7 @@ def _lesion_case(rng: np.random.Generator, shape: tuple[int, int, int],
 
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = -centre * spacing + rng.uniform(-20.0, 20.0, size=3)  # a scanner-like origin
-    return image, mask.astype(np.uint8), affine
+    return image, ids, affine
 
 
 def _stored_geometry(affine: np.ndarray, shape: tuple[int, int, int], codes: str,
@@ -101,7 +105,8 @@ def _stored_geometry(affine: np.ndarray, shape: tuple[int, int, int], codes: str
 
 
 def write_lesion_dataset(out_dir: str | Path, n_cases: int = 24, seed: int = 0,
-                         shape: tuple[int, int, int] = (64, 64, 40), *, overwrite: bool = False) -> Path:
+                         shape: tuple[int, int, int] = (64, 64, 40), *, overwrite: bool = False,
+                         on_case: Callable[[str, np.ndarray, np.ndarray], None] | None = None) -> Path:
     """Write synthetic CT-like lesion volumes and masks as an MSD-style dataset.
 
     Each case: air (-1000 HU) around a body ellipsoid with a fat layer (~-100 HU) and soft
@@ -118,6 +123,9 @@ def write_lesion_dataset(out_dir: str | Path, n_cases: int = 24, seed: int = 0,
         seed: the random seed.
         shape: voxels per case in RAS order (i: right, j: anterior, k: superior).
         overwrite: replace files already there (else refuse, naming the first, writing nothing).
+        on_case: called as on_case(name, lesion ids, affine) for each case written: the lesion
+            ids (uint8, 0 = none, 1.. = one per lesion) in RAS voxel order, as `read_volume`
+            returns the mask, and the voxel -> RAS mm affine (for box annotations per lesion).
 
     Returns:
         the dataset.json path.
@@ -135,13 +143,16 @@ def write_lesion_dataset(out_dir: str | Path, n_cases: int = 24, seed: int = 0,
     refuse_existing(msd_files(Path(out_dir), names, ".nii.gz"), overwrite)
     out = out_folder(out_dir)
     for i, name in enumerate(names):
-        image, mask, affine = _lesion_case(np.random.default_rng([seed, i]), shape)
+        image, ids, affine = _lesion_case(np.random.default_rng([seed, i]), shape)
+        mask = (ids > 0).astype(np.uint8)
         codes = _STORED_ORIENTATIONS[(i // 4) % len(_STORED_ORIENTATIONS)] if i % 4 == 3 else "RAS"
         stored, stored_shape = _stored_geometry(affine, shape, codes)
         reference = Volume(array=image, affine=affine, spacing=tuple(float(s) for s in np.diag(affine)[:3]),
                            source=name, original_affine=stored, original_shape=stored_shape)  # fmt: skip
         write_nifti(image, reference, out / "imagesTr" / f"{name}.nii.gz")  # back into `codes` order
         write_nifti(mask, reference, out / "labelsTr" / f"{name}.nii.gz")
+        if on_case is not None:
+            on_case(name, ids, affine)
     info = {
         "name": "SyntheticLesions",
         "description": f"Synthetic CT-like volumes with 1-3 ellipsoid lesions each (biomx, seed {seed}); "
