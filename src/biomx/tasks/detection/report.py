@@ -22,9 +22,10 @@ def metric_sections(evaluation: dict[str, Any]) -> list[dict]:
         return []
     rows = [[name, f"{m['value']:.4f}", f"{m['ci_low']:.4f}", f"{m['ci_high']:.4f}"] for name, m in metrics.items()]
     text = (f"{evaluation.get('n', '?')} test cases, {evaluation.get('n_true', '?')} true boxes. FROC: sensitivity "
-            f"at {', '.join(f'{r:g}' for r in FP_RATES)} false positives per case (a hit overlaps a true box by IoU "
-            f">= {evaluation.get('froc_iou', 0.1)}) and their mean; mAP at IoU 0.1 and 0.5; sensitivity per size "
-            f"tercile of the true boxes (edges {evaluation.get('size_edges')}, voxels). 95% CIs: bootstrap over cases.")
+            f"at {', '.join(f'{r:g}' for r in FP_RATES)} false positives per case (a hit: the detection's centre "
+            f"inside a true box, as in LUNA16) and their mean (CPM); COCO mAP at IoU 0.1 and 0.5; sensitivity at 1 "
+            f"false positive per case per size tercile of the true boxes (equivalent diameter, edges "
+            f"{evaluation.get('size_edges')} voxels). CIs: bootstrap over cases.")
     return [{"title": "Detection metrics", "text": text,
              "table": {"header": ["metric", "value", "CI low", "CI high"], "rows": rows, "numeric": True}}]
 
@@ -68,7 +69,7 @@ def overlay_figure(chosen: list[tuple[str, dict]]) -> Figure:
         dims = 2 if view["slice"] is None else 3
         found, truth = view["found"], view["truth"]
         hits, found_truth = match((found, view["scores"], np.zeros(len(found), dtype=int)),
-                                  (truth, np.zeros(len(truth), dtype=int)), 0.1)  # fmt: skip
+                                  (truth, np.zeros(len(truth), dtype=int)))  # fmt: skip
         for boxes, colours in ((truth, np.where(found_truth, HIT, MISS)), (found, np.where(hits, HIT, FALSE))):
             flat = _flat(boxes.reshape(-1, 2 * dims), view["slice"])
             for b, colour in zip(flat, colours[: len(flat)], strict=False):
@@ -105,7 +106,7 @@ def result_sections(evaluation: dict[str, Any], cases: list[dict], views: list[d
     sections = [{"title": "FROC", "text": "Sensitivity against false positives per test case, every detection kept.",
                  "figures": [froc_figure(found, truth)]}]  # fmt: skip
     header = list(table)
-    sections.append({"title": "Test cases", "text": "Above the score threshold, hits at IoU >= 0.1.",
+    sections.append({"title": "Test cases", "text": "Boxes above the score threshold; a hit holds a true box's centre.",
                      "table": {"header": header, "rows": [list(r) for r in zip(*table.values(), strict=True)],
                                "numeric": True}})  # fmt: skip
     if n > 0 and cases:

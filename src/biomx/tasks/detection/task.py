@@ -21,7 +21,6 @@ from torch import nn
 from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
 from biomx.protocols import PredictRequest, TestRun
-from biomx.tasks.detection.boxes import box_iou
 from biomx.tasks.detection.model import columns
 
 DETECTION_QUICK_METRICS = ("ap50",)
@@ -169,7 +168,9 @@ class DetectionTask:
                 for f in found]  # fmt: skip
 
     def quick_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        """Average precision at IoU 0.5 over the validation patches (boxes pooled, classes averaged)."""
+        """COCO mAP at IoU 0.5 over the validation patches (NaN without any true box)."""
+        from biomx.tasks.detection.scoring import map_at
+
         predictions = np.asarray(predictions)
         if not np.isfinite(predictions).all():
             return {"ap50": float("nan")}
@@ -178,10 +179,7 @@ class DetectionTask:
         for start in range(0, len(predictions), 16):
             found += self.detect(torch.from_numpy(predictions[start:start + 16]), size)
         truth = [(t[t[:, d2] >= 0, :d2], t[t[:, d2] >= 0, d2].astype(int)) for t in np.asarray(targets)]
-        aps = [average_precision([(b[lab == k], s[lab == k]) for b, s, lab in found],
-                                 [tb[tl == k] for tb, tl in truth], 0.5) for k in range(len(self.classes))]
-        aps = [a for a in aps if not np.isnan(a)]
-        return {"ap50": float(np.mean(aps)) if aps else float("nan")}
+        return {"ap50": map_at(found, truth, (0.5,))[0.5]}
 
     def evaluate_test(self, run: TestRun) -> tuple[dict[str, Any] | None, list[dict]]:
         """Whole test cases by sliding windows, boxes on each scan's grid (rank 0 only)."""
@@ -202,36 +200,6 @@ class DetectionTask:
             raise ConfigError(f"--engine {request.engine.name}: detection predicts each scan through sliding "
                               "windows, which the exported graph does not hold; use --engine torch")  # fmt: skip
         return predict_boxes(self, request)
-
-
-def average_precision(found: list[tuple[np.ndarray, np.ndarray]], truth: list[np.ndarray], iou: float) -> float:
-    """All-point interpolated AP over images: detections (boxes, scores) matched greedily, highest
-    score first, to unmatched true boxes with IoU >= `iou`. NaN when there are no true boxes."""
-    n_true = sum(len(t) for t in truth)
-    if n_true == 0:
-        return float("nan")
-    scores, hits = [], []
-    for (boxes, s), t in zip(found, truth, strict=True):
-        order = np.argsort(-s, kind="stable")
-        used = np.zeros(len(t), dtype=bool)
-        overlaps = box_iou(boxes[order], t) if len(t) and len(boxes) else np.zeros((len(boxes), len(t)))
-        for row, i in enumerate(order):
-            hit = False
-            if len(t):
-                cand = np.where(used, -1.0, overlaps[row])
-                j = int(np.argmax(cand))
-                if cand[j] >= iou:
-                    used[j], hit = True, True
-            scores.append(s[i])
-            hits.append(hit)
-    if not scores:
-        return 0.0
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    tp = np.cumsum(np.asarray(hits)[order])
-    precision = tp / np.arange(1, len(tp) + 1)
-    recall = tp / n_true
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
 
 
 SETTINGS = ("boxes_from", "samples_per_image", "positive_fraction", "score_threshold", "nms_iou",
