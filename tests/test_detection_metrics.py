@@ -74,6 +74,15 @@ def test_average_precision_hand_computed():
     # 101-point: recalls 0..0.33 (34 points) at 1, 0.34..0.66 (33 points) at 2/3, the rest 0
     assert average_precision(tp, scores, 3) == pytest.approx((34 * 1 + 33 * 2 / 3) / 101)
     assert np.isnan(average_precision(tp, scores, 0))
+    assert average_precision(np.zeros(0, bool), np.zeros(0), 3) == 0.0  # nothing predicted
+
+
+def test_map_and_froc_with_no_predictions_at_all():
+    truths = [(np.array([[0, 0, 4, 4]], float), [0]), (np.zeros((0, 4)), [])]
+    empty = [([], [], []), (np.zeros((0, 4)), [], [])]
+    assert mean_average_precision(empty, truths)["map_at"] == {0.1: 0.0, 0.5: 0.0}
+    out = froc([(b, s) for b, s, _ in empty], [t for t, _ in truths])
+    assert out["mean_sensitivity"] == 0.0 and out["n_true"] == 1
 
 
 def test_map_one_to_one_matching_and_classes():

@@ -143,14 +143,13 @@ def nms(boxes: object, scores: object, iou: float, labels: object | None = None)
         lab = np.asarray(labels).reshape(-1)
         span = float(np.abs(b).max()) * 2 + 1
         b = b + (np.unique(lab, return_inverse=True)[1] * span)[:, None]
-    order = np.argsort(-s, kind="stable")
-    overlaps = box_iou(b[order], b[order])
-    keep = np.ones(len(order), dtype=bool)
-    for i in range(len(order)):
-        if keep[i]:
-            suppressed = overlaps[i, i + 1:] > iou
-            keep[i + 1:] &= ~suppressed
-    return order[keep].astype(np.int64)
+    rest = np.argsort(-s, kind="stable")
+    kept = []
+    while len(rest):  # memory O(N): one row of IoUs at a time, not the N x N matrix
+        best, rest = rest[0], rest[1:]
+        kept.append(best)
+        rest = rest[box_iou(b[best], b[rest])[0] <= iou]
+    return np.asarray(kept, dtype=np.int64)
 
 
 def weighted_box_fusion(predictions: Sequence[tuple[object, object, object]], iou: float = 0.55, *,

@@ -141,12 +141,14 @@ def average_precision(tp: np.ndarray, scores: np.ndarray, n_true: int, interpola
     """AP from pooled predictions (True = matched) and their scores; NaN when n_true == 0."""
     if n_true == 0:
         return float("nan")
+    if len(tp) == 0:  # true boxes but no predictions: nothing found at any recall
+        return 0.0
     order = np.argsort(-scores, kind="mergesort")
     hits = tp[order].astype(np.float64)
     cum_tp, cum_fp = np.cumsum(hits), np.cumsum(1 - hits)
     recall = cum_tp / n_true
     precision = cum_tp / np.maximum(cum_tp + cum_fp, np.finfo(np.float64).eps)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
     if interpolation == "coco101":
         points = np.linspace(0, 1, 101)
         idx = np.searchsorted(recall, points, side="left")
