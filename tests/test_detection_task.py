@@ -58,7 +58,8 @@ def test_nuclei_tiles_hold_every_nucleus(nuclei):
 
 
 def test_trains_evaluates_and_predicts_nuclei(tmp_path, nuclei, capsys):
-    scan = {"intensity": "minmax", "crop_foreground": False, "cache_dir": str(tmp_path / "cache")}
+    scan = {"intensity": "minmax", "crop_foreground": False, "cache_dir": str(tmp_path / "cache"),
+            "augment": {"flip": 0.5, "rotate90": 0.5, "rotate": 15.0, "scale": [0.9, 1.1]}}
     cfg = _config(tmp_path, {"modality": "image", "source": "msd", "path": str(nuclei),
                              "split": {"method": "random", "val": 0.125, "test": 0.25, "seed": 0},
                              "image": {"scan": scan}},

@@ -72,7 +72,7 @@ def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_
 
 def build_datasets(cfg: ExperimentConfig, modality: Modality, samples: Samples, targets: torch.Tensor,
                    splits: dict[str, np.ndarray]) -> tuple[dict[str, Dataset], dict[str, Any], dict[str, Any]]:
-    return data.build_datasets(cfg, samples, splits)
+    return data.build_datasets(cfg, samples, splits, modality.scan_settings(cfg)[0])
 
 
 def from_info(info: dict[str, Any]) -> DetectionTask:

@@ -24,8 +24,10 @@ from biomx.data.batching import batch_generator
 from biomx.data.cache import ArrayCache
 from biomx.data.cases import Case, CaseList, case_store, prepare_case, settings_from
 from biomx.data.samples import Samples
+from biomx.data.spatial_augment import is_active
 from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
+from biomx.tasks.detection.augment import augment_detection_batch
 from biomx.tasks.detection.boxes import boxes_from_instance_mask, clip_boxes
 from biomx.tasks.detection.model import size_divisible
 
@@ -158,10 +160,10 @@ class BoxPatches(Dataset):
 
     def __init__(self, root: Path, keys: list[str], boxes: list[np.ndarray], labels: list[np.ndarray],
                  patch_size: list[int], per_case: int, pos_ratio: float, max_boxes: int, seed: int = 0,
-                 fixed: bool = False):  # fmt: skip
+                 fixed: bool = False, augment: Any = None):  # fmt: skip
         self.root, self.keys, self.boxes, self.labels = Path(root), list(keys), list(boxes), list(labels)
         self.patch, self.per_case, self.pos_ratio, self.max_boxes = list(patch_size), per_case, pos_ratio, max_boxes
-        self.seed, self.fixed, self.epoch = seed, fixed, 0
+        self.seed, self.fixed, self.epoch, self.augment = seed, fixed, 0, augment
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -191,30 +193,46 @@ class BoxPatches(Dataset):
             centre = [float(torch.randint(n, (1,), generator=g)) for n in shape]
         return [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, self.patch, shape, strict=True)]
 
-    def target(self, boxes: np.ndarray, labels: np.ndarray, start: list[int]) -> np.ndarray:
+    def in_patch(self, boxes: np.ndarray, labels: np.ndarray, start: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The boxes in the patch at `start`, clipped to it (a box keeping less than half its size goes)."""
         d = len(start)
-        out = np.full((self.max_boxes, 2 * d + 1), -1.0, dtype=np.float32)
         if not len(boxes):
-            return out
+            return np.zeros((0, 2 * d)), np.zeros(0, dtype=np.int64)
         shifted = boxes - np.asarray(start * 2, dtype=np.float64)
         clipped = clip_boxes(shifted, self.patch)
         size = lambda b: np.clip(b[:, d:] - b[:, :d], 0, None).prod(axis=1)  # noqa: E731
-        keep = np.flatnonzero(size(clipped) >= 0.5 * np.maximum(size(shifted), 1e-9))[: self.max_boxes]
-        out[: len(keep), : 2 * d] = clipped[keep]
-        out[: len(keep), 2 * d] = labels[keep]
+        keep = np.flatnonzero(size(clipped) >= 0.5 * np.maximum(size(shifted), 1e-9))
+        return clipped[keep], np.asarray(labels)[keep]
+
+    def padded(self, boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(max_boxes, 2D + 1) rows of [corners..., class], -1 past the boxes (the first max_boxes kept)."""
+        d2 = 2 * len(self.patch)
+        out = np.full((self.max_boxes, d2 + 1), -1.0, dtype=np.float32)
+        n = min(len(boxes), self.max_boxes)
+        out[:n, :d2], out[:n, d2] = boxes[:n], labels[:n]
         return out
+
+    def target(self, boxes: np.ndarray, labels: np.ndarray, start: list[int]) -> np.ndarray:
+        return self.padded(*self.in_patch(boxes, labels, start))
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         g = batch_generator(self.seed, 0 if self.fixed else self.epoch, indices)
-        images, targets = [], []
+        images, boxes, labels = [], [], []
         for index in indices:
             case = index // self.per_case
             image = self.image(self.keys[case])
             start = self._start(image.shape[1:], self.boxes[case], g)
             window = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
             images.append(image[(slice(None), *window)])
-            targets.append(self.target(self.boxes[case], self.labels[case], start))
-        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets))
+            found = self.in_patch(self.boxes[case], self.labels[case], start)
+            boxes.append(found[0])
+            labels.append(found[1])
+        x = torch.from_numpy(np.stack(images))
+        if self.augment is not None:  # flips, turns, rotations, zooms move the boxes with the pixels
+            x, boxes, kept = augment_detection_batch(x, boxes, self.augment, g)
+            labels = [lab[k] for lab, k in zip(labels, kept, strict=True)]
+        y = np.stack([self.padded(b, lab) for b, lab in zip(boxes, labels, strict=True)])
+        return x, torch.from_numpy(y)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([index])
@@ -236,9 +254,9 @@ def anchor_shapes(cfg: ExperimentConfig, inputs: DetectionInputs, train: np.ndar
     return derive_anchor_shapes([inputs.boxes[i] for i in train], cfg.task.anchors_per_level, levels, patch)
 
 
-def build_datasets(cfg: ExperimentConfig, samples: Samples, splits: dict[str, np.ndarray]
+def build_datasets(cfg: ExperimentConfig, samples: Samples, splits: dict[str, np.ndarray], scan: Any
                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Training patches, fixed validation patches, whole test cases."""
+    """Training patches (augmented as `scan.augment` says), fixed validation patches, whole test cases."""
     inputs: DetectionInputs = samples.inputs
     task, patch = cfg.task, inputs.settings["patch_size"]
     divisor = size_divisible(returned_layers(cfg))
@@ -247,14 +265,16 @@ def build_datasets(cfg: ExperimentConfig, samples: Samples, splits: dict[str, np
                           f"feature map with model.args.returned_layers {returned_layers(cfg)}), got {patch}")
     shapes = anchor_shapes(cfg, inputs, splits["train"])
 
-    def patches(name: str, per_case: int, seed: int, fixed: bool) -> BoxPatches:
+    augment = scan.augment if is_active(scan.augment) else None
+
+    def patches(name: str, per_case: int, seed: int, fixed: bool, augment: Any = None) -> BoxPatches:
         idx = splits[name]
         return BoxPatches(inputs.root, [inputs.cases[i].key for i in idx], [inputs.boxes[i] for i in idx],
                           [inputs.labels[i] for i in idx], patch, per_case, task.pos_ratio,
-                          task.max_boxes_per_patch, seed=seed, fixed=fixed)  # fmt: skip
+                          task.max_boxes_per_patch, seed=seed, fixed=fixed, augment=augment)  # fmt: skip
 
     datasets = {
-        "train": patches("train", task.patches_per_case, cfg.train.seed, False),
+        "train": patches("train", task.patches_per_case, cfg.train.seed, False, augment),
         "val": patches("val", task.val_patches_per_case, cfg.train.seed + 1, True),
         "test": CaseList(inputs.root, [inputs.cases[i] for i in splits["test"]]),
     }

@@ -13,6 +13,7 @@ from matplotlib.patches import Rectangle
 from biomx.tasks.detection.scoring import FP_RATES, Found, Truth, froc_curve, match
 
 HIT, MISS, FALSE = "#2ca02c", "#d62728", "#ffbf00"
+SHOWN_SCORE = 0.5  # the overlays draw detections at least this sure
 
 
 def metric_sections(evaluation: dict[str, Any]) -> list[dict]:
@@ -37,7 +38,7 @@ def case_views(arrays: dict[str, np.ndarray], boxes: np.ndarray, scores: np.ndar
 
     image = np.asarray(arrays["image"][0], dtype=np.float32)
     truth, _ = mask_boxes(np.asarray(arrays["label"]), "auto", 1)
-    keep = scores >= max(threshold, 0.3)
+    keep = scores >= max(threshold, SHOWN_SCORE)
     found = boxes[keep]
     index = None
     if image.ndim == 3:
@@ -52,12 +53,19 @@ def case_views(arrays: dict[str, np.ndarray], boxes: np.ndarray, scores: np.ndar
     return {"image": grey, "truth": truth, "found": found, "scores": scores[keep], "slice": index}
 
 
+def _crossing(boxes: np.ndarray, index: int | None) -> np.ndarray:
+    """Which boxes cross slice `index` (all of them in 2D)."""
+    if index is None or not len(boxes):
+        return np.ones(len(boxes), dtype=bool)
+    return (boxes[:, 2] <= index + 0.5) & (boxes[:, 5] >= index + 0.5)
+
+
 def _flat(boxes: np.ndarray, index: int | None) -> np.ndarray:
     """2D rectangles (rows, cols) of the boxes crossing slice `index` (all boxes in 2D)."""
-    if index is None or not len(boxes):
-        return boxes.reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
-    crossing = (boxes[:, 2] <= index + 0.5) & (boxes[:, 5] >= index + 0.5)
-    return boxes[crossing][:, [0, 1, 3, 4]]
+    if not len(boxes):
+        return np.zeros((0, 4))
+    kept = boxes[_crossing(boxes, index)]
+    return kept if index is None else kept[:, [0, 1, 3, 4]]
 
 
 def overlay_figure(chosen: list[tuple[str, dict]]) -> Figure:
@@ -70,9 +78,10 @@ def overlay_figure(chosen: list[tuple[str, dict]]) -> Figure:
         found, truth = view["found"], view["truth"]
         hits, found_truth = match((found, view["scores"], np.zeros(len(found), dtype=int)),
                                   (truth, np.zeros(len(truth), dtype=int)))  # fmt: skip
-        for boxes, colours in ((truth, np.where(found_truth, HIT, MISS)), (found, np.where(hits, HIT, FALSE))):
+        for boxes, colours in ((truth, np.where(found_truth, HIT, MISS)), (found[~hits], [FALSE] * int((~hits).sum()))):
+            crossing = _crossing(boxes.reshape(-1, 2 * dims), view["slice"])
             flat = _flat(boxes.reshape(-1, 2 * dims), view["slice"])
-            for b, colour in zip(flat, colours[: len(flat)], strict=False):
+            for b, colour in zip(flat, np.asarray(colours)[crossing], strict=True):
                 ax.add_patch(Rectangle((b[1] - 0.5, b[0] - 0.5), b[3] - b[1], b[2] - b[0], fill=False,
                                        edgecolor=colour, linewidth=1.0))  # fmt: skip
         where = "" if view["slice"] is None else f", slice {view['slice']}"
@@ -114,7 +123,7 @@ def result_sections(evaluation: dict[str, Any], cases: list[dict], views: list[d
         order = np.argsort(-sens, kind="stable")
         picks = order[np.unique(np.linspace(0, len(order) - 1, min(n, len(order), 6)).round().astype(int))]
         sections.append({"title": "Detections", "text": "True boxes found (green), missed (red), and false "
-                         "positives (yellow) on the preprocessed test images, best case first; 3D: the axial slice "
+                         f"positives (yellow) among the detections scoring at least {SHOWN_SCORE}, on the preprocessed test images, best case first; 3D: the axial slice "
                          "crossing the most boxes.", "figures": [overlay_figure([(cases[i]["id"], views[i])
                                                                                   for i in picks])]})  # fmt: skip
     return sections
