@@ -164,8 +164,8 @@ class ShardStream(IterableDataset):
         index, start = self.index, self.index.shards[shard].start
         lo, span = first, 0
         for i in range(first, stop):
-            members = index.members[start + i].values()
-            size = max(o + s for o, s in members) - min(o for o, _ in members) + BLOCK
+            begin, end = index.members.span(start + i)
+            size = end - begin + BLOCK
             if i > lo and span + size > self.read_bytes:
                 yield lo, i
                 lo, span = i, 0

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from biomx.data.shard_columns import Keys, Members, MembersBuilder
 from biomx.errors import DataError
 
 INDEX_NAME = "index.json"
@@ -69,8 +70,8 @@ class ShardIndex:
 
     root: Path
     shards: list[ShardInfo]
-    keys: list[str]
-    members: list[dict[str, tuple[int, int]]]
+    keys: Keys  # a list of str is converted (shard_columns: arrays, shared by forked workers)
+    members: Members  # likewise a list of dicts
     meta: dict[str, Any] = field(default_factory=dict)
     checked: bool = True
     source: str = ""  # the index file, or the folder that was scanned (for messages)
@@ -78,6 +79,10 @@ class ShardIndex:
     _pid: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.keys, Keys):
+            self.keys = Keys(self.keys)
+        if not isinstance(self.members, Members):
+            self.members = Members.of(self.members)
         self._starts = np.array([s.start for s in self.shards], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -211,15 +216,15 @@ def read_index(path: str | Path) -> ShardIndex:
 
 
 def _from_records(root: Path, records: list[dict], meta: dict, source: str) -> ShardIndex:
-    shards, keys, members = [], [], []
+    shards, keys, members = [], [], MembersBuilder()
     for record in records:
         samples = record["samples"]
         shards.append(ShardInfo(str(record["name"]), int(record["size"]), record.get("sha256"), len(keys),
                                 len(samples)))  # fmt: skip
         for key, entry in samples:
             keys.append(str(key))
-            members.append({str(ext): (int(offset), int(size)) for ext, (offset, size) in entry.items()})
-    return ShardIndex(root, shards, keys, members, meta=dict(meta), checked=True, source=source)
+            members.add({str(ext): (offset, size) for ext, (offset, size) in entry.items()})
+    return ShardIndex(root, shards, Keys(keys), members.build(), meta=dict(meta), checked=True, source=source)
 
 
 def index_document(records: list[dict], meta: dict[str, Any]) -> dict[str, Any]:
