@@ -146,7 +146,7 @@ class Sharding:
 
     def finish(self, trainer: Any) -> None:
         """After training: the Trainer's model becomes an unsharded copy with the final weights on
-        every rank (evaluation, Grad-CAM and predictions run the whole model, as `biomx predict` does)."""
+        every rank (evaluation, explanations and predictions run the whole model, as `biomx predict` does)."""
         if not self.active:
             return
         full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))

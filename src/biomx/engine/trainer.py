@@ -132,8 +132,7 @@ class Trainer:
         self.model = model.to(self.device)
         if s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # train.strategy fsdp: shard the model in place before its optimizer is made (biomx.engine.fsdp)
-        self.sharding = fsdp.setup(self, extra) if s.strategy == "fsdp" else None
+        self.sharding = fsdp.setup(self, extra) if s.strategy == "fsdp" else None  # shards self.model, before its optimizer
         self.optimizer = build_optimizer(self.model, s.optimizer, s.lr_multipliers)
         self.extra = extra  # prepare(): its modules join the optimizer (before the scheduler); its sampler
         self.sampler = extra.prepare(self) if extra is not None else ResumableSampler(
@@ -150,8 +149,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, s.schedule, s.epochs * self.steps_per_epoch, self.steps_per_epoch
         )
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
-        self.autocast_dtype = amp
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
         scaler = fsdp.ShardedGradScaler if self.sharding else torch.amp.GradScaler  # FSDP: an inf on any rank's shard
         self.scaler = scaler(self.device.type, enabled=s.precision == "fp16")
 
