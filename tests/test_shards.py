@@ -255,10 +255,13 @@ def test_truncated_or_corrupt_shards_are_one_line_errors(shard_set, tmp_path, ca
     with pytest.raises(DataError, match=rf"shard-000002\.tar: member {key}\.png is not where the index says"):
         read_member(index, index.shards[2].start, "png")
     _flip(index.path(3), index.members[index.shards[3].start]["png"][0] + 100)  # a pixel byte
+    index.path(4).unlink()
+    with pytest.raises(DataError, match=r"shard-000004\.tar: shard listed in .*index\.json is missing"):
+        read_member(index, index.shards[4].start, "json")
     assert main(["shards", "verify", str(broken)]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(": ")[1].rsplit("/", 1)[-1] for line in lines] == [f"shard-00000{n}.tar" for n in (1, 2, 3)]
-    assert "corrupt" in lines[2] and "truncated" in lines[0]
+    assert [line.split(": ")[1].rsplit("/", 1)[-1] for line in lines] == [f"shard-00000{n}.tar" for n in (1, 2, 3, 4)]
+    assert "corrupt" in lines[2] and "truncated" in lines[0] and lines[3].endswith("missing")
 
 
 def test_bad_keys_and_missing_index_are_one_line_errors(tmp_path, capsys):
