@@ -122,15 +122,16 @@ def _match_case(boxes: np.ndarray, scores: np.ndarray, true: np.ndarray, thresho
     """COCO's greedy matching in one case and class: True for each prediction (in falling score
     order) that takes an unmatched true box (the highest IoU >= threshold)."""
     order = np.argsort(-scores, kind="mergesort")
-    ious = box_iou(boxes[order], true)
-    taken = np.zeros(len(true), dtype=bool)
     tp = np.zeros(len(order), dtype=bool)
-    for k in range(len(order)):
-        if len(true) == 0:
-            break
-        candidates = np.where(taken, -1.0, ious[k])
-        j = int(np.argmax(candidates))
-        if candidates[j] >= threshold:
+    if len(true) == 0 or len(order) == 0:
+        return tp
+    ious = box_iou(boxes[order], true)
+    ious[ious < threshold] = -1.0  # not a candidate
+    taken = np.zeros(len(true), dtype=bool)
+    for k in np.flatnonzero((ious >= 0).any(axis=1)):  # only predictions that could match
+        row = np.where(taken, -1.0, ious[k])
+        j = int(row.argmax())
+        if row[j] >= 0:
             taken[j], tp[k] = True, True
     out = np.zeros(len(order), dtype=bool)
     out[order] = tp
