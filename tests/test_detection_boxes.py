@@ -268,6 +268,15 @@ def test_monai_json_bad_input(tmp_path):
         read_monai_json(path, images=IMAGES)
     assert read_monai_json(path, images=IMAGES, on_error="skip") == ({}, [
         f"{path}: training[0]: image 'zz.nii.gz' is not in the dataset"])
+    # voxel coordinates where world millimetres belong: most boxes land outside the scan
+    far = np.array(AFFINE)
+    far[:3, 3] = [-300.0, 250.0, -900.0]
+    path.write_text('{"training": [{"image": "a.nii.gz", "box": [[20, 20, 10, 4, 4, 2], [30, 25, 12, 6, 6, 3]], '
+                    '"label": [0, 0]}]}')  # fmt: skip
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataError, match="2 of 2 boxes lie outside their images.*voxel coordinates"):
+            read_monai_json(path, images={"a.nii.gz": ((64, 64, 40), far)}, on_error=on_error)
+    path.write_text('{"training": [{"image": "zz.nii.gz", "box": [], "label": []}]}')
     with pytest.raises(DataError, match="no list under 'validation'"):
         read_monai_json(path, "validation", images=IMAGES)
 
