@@ -194,6 +194,9 @@ def test_csv_corners_centres_world_and_negatives(tmp_path):
     path = _csv(tmp_path, "image,x_min,y_min,x_max,y_max\nt1,0,0,3,4\n")
     found, _ = read_box_csv(path, images=lambda name: (32, 32) if name == "t1" else None)
     np.testing.assert_array_equal(found["t1"][0], [[0, 0, 3, 4]])
+    assert ImageGeometry((32, 32)).affine.shape == (3, 3)  # a 2D image's identity affine
+    with pytest.raises(ValueError, match="a 2D image needs a 3x3 affine"):
+        ImageGeometry((32, 32), np.eye(4))
 
 
 def test_csv_write_read_round_trip(tmp_path):

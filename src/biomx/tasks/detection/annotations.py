@@ -26,7 +26,7 @@ import csv
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,16 @@ class ImageGeometry:
     """What a box file needs of an image: its spatial shape and voxel-index -> world affine."""
 
     shape: tuple[int, ...]
-    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    affine: np.ndarray | None = None  # None: the identity ((D+1) x (D+1))
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(n) for n in self.shape)
+        affine = np.eye(len(shape) + 1) if self.affine is None else np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (len(shape) + 1, len(shape) + 1):
+            raise ValueError(f"a {len(shape)}D image needs a {len(shape) + 1}x{len(shape) + 1} affine, "
+                             f"got shape {affine.shape}")  # fmt: skip
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "affine", affine)
 
     @classmethod
     def of(cls, value: Any) -> ImageGeometry:
@@ -67,9 +76,7 @@ class ImageGeometry:
             shape, affine = value
         else:
             shape, affine = value, None
-        shape = tuple(int(n) for n in shape)
-        a = np.eye(len(shape) + 1) if affine is None else np.asarray(affine, dtype=np.float64)
-        return cls(shape, a)
+        return cls(tuple(shape), affine)
 
 
 Images = Mapping[str, Any] | Callable[[str], Any]
