@@ -128,18 +128,16 @@ def augment_detection_batch(x: Tensor, boxes: Sequence[object], cfg: Any, genera
         zoom = uniform(*cfg.scale) if cfg.scale is not None else None
         matrix = sampling_matrix(n, dims, flips, turns, angles, zoom)
         x, _ = resample(x, None, matrix)
-        moved = [affine_boxes(b, matrix[i].numpy(), spatial) for i, b in enumerate(sets)]
+        moved = [affine_boxes(b, matrix[i].cpu().numpy(), spatial) for i, b in enumerate(sets)]
     else:
         x, _ = flip_and_turn(x, None, flips, turns)
+        flipped = flips.cpu().numpy() if flips is not None else np.zeros((n, dims), dtype=bool)
+        quarters = turns.cpu().numpy() if turns is not None else np.zeros(n, dtype=np.int64)
         moved = []
         for i, b in enumerate(sets):
-            if flips is not None:
-                for axis in range(dims):
-                    if flips[i, axis]:
-                        b = flip_boxes(b, axis, spatial[axis])
-            if turns is not None and int(turns[i]):
-                b = rot90_boxes(b, int(turns[i]), spatial)
-            moved.append(b)
+            for axis in np.flatnonzero(flipped[i]):
+                b = flip_boxes(b, int(axis), spatial[axis])
+            moved.append(rot90_boxes(b, int(quarters[i]), spatial) if quarters[i] else b)
     if any(getattr(cfg, name) for name in INTENSITY):
         x = intensity(x, cfg, uniform, generator)
     kept = [_visible(b, spatial, min_visible) for b in moved]
