@@ -17,7 +17,8 @@ interrupted benchmark continues where it stopped):
    every layer trained);
 3. with --tune-trials N: `biomx tune` over the fine-tuned config's lr, weight decay, augmentation,
    epochs and label smoothing (seed 0, scored on the validation split only), then `tuned`: its
-   best_config.yaml trained with every seed;
+   best_config.yaml trained with every seed (seed 0: the best trial's own run, trained with
+   train.seed 0 already);
 4. with --ensemble K: `tuned` (else `finetuned`) as a deep ensemble of K members, seed 0 only.
 
 The split is the same for every run: data.split {method: predefined, test: 0.15, seed: 0}: the
@@ -48,7 +49,7 @@ TARGETS = {"breastmnist": {"auroc": 0.919, "accuracy": 0.863}, "retinamnist": {"
 TUNE_SPACE = {
     "train.optimizer.lr": {"log_uniform": [1.0e-4, 3.0e-3]},
     "train.optimizer.weight_decay": {"log_uniform": [1.0e-3, 0.2]},
-    "train.epochs": {"int": [15, 40]},
+    "train.epochs": {"int": [8, 20]},
     "task.label_smoothing": {"uniform": [0.0, 0.15]},
     "data.image.augment.rotate": {"int": [0, 20]},
     "data.image.augment.translate": {"uniform": [0.0, 0.12]},
@@ -105,6 +106,11 @@ def tune(config: Path, out: Path, dataset: str, parent: Path, trials: int, sets:
     return out / f"{dataset}-tune" / "best_config.yaml"
 
 
+def best_trial(best_config: Path) -> Path:
+    """The run of the study's best trial (seed 0, the config's train.seed), from tune_summary.json."""
+    return Path(json.loads((best_config.parent / "tune_summary.json").read_text())["best"]["run"])
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": len(rows)}
     for key in ("auroc", "accuracy"):
@@ -139,6 +145,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--tune-trials", type=int, default=8, help="0: no tuned arm")
+    ap.add_argument("--arms", nargs="+", default=["scratch", "finetuned", "tuned"],
+                    choices=["scratch", "finetuned", "tuned"], help="which arms (e.g. one process per arm)")
     ap.add_argument("--ensemble", type=int, default=0, help="K > 1: one deep ensemble of K members (seed 0)")
     ap.add_argument("--set", action="append", default=[], help="an override for every run (e.g. train.epochs=2)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "medmnist_transfer")
@@ -155,12 +163,12 @@ def main() -> None:
         fine = [f"model.init_from={parent}", "model.reinit=[head]"]
         arms: dict[str, tuple[Path, list[str]]] = {"scratch": (config, []), "finetuned": (config, fine)}
         runs: dict[str, Any] = results["datasets"].setdefault(dataset, {})
-        for arm in ["scratch", "finetuned", *(["tuned"] if args.tune_trials > 0 else [])]:
+        for arm in [a for a in args.arms if a != "tuned" or args.tune_trials > 0]:
             if arm == "tuned":  # after the plain arms: their table is written first
                 arms["tuned"] = (tune(config, args.out, dataset, parent, args.tune_trials, args.set), [])
             cfg, sets = arms[arm]
-            rows = [test_numbers(train(cfg, args.out, f"{dataset}-{arm}-s{seed}", [*args.set, *sets,
-                                                                                    f"train.seed={seed}"]))
+            rows = [test_numbers(best_trial(cfg) if arm == "tuned" and seed == 0 else
+                                 train(cfg, args.out, f"{dataset}-{arm}-s{seed}", [*args.set, *sets, f"train.seed={seed}"]))
                     for seed in range(args.seeds)]  # fmt: skip
             runs[arm] = {"summary": summarise(rows), "runs": rows}
             write(args.out, results)
@@ -175,11 +183,13 @@ def main() -> None:
 
 
 def write(out: Path, results: dict[str, Any]) -> None:
-    """The JSON and the table, atomically; datasets another invocation wrote (e.g. one process per
-    dataset on the same --out) are kept."""
+    """The JSON and the table, atomically; the datasets and arms another invocation wrote (e.g. one
+    process per dataset or arm on the same --out) are kept."""
     path = out / "medmnist_transfer.json"
     if path.is_file():
-        results = {**results, "datasets": {**json.loads(path.read_text())["datasets"], **results["datasets"]}}
+        old = json.loads(path.read_text())["datasets"]
+        merged = {d: {**old.get(d, {}), **results["datasets"].get(d, {})} for d in [*old, *results["datasets"]]}
+        results = {**results, "datasets": merged}
     for name, text in (("medmnist_transfer.json", json.dumps(results, indent=1)), ("medmnist_transfer.md", table(results))):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
