@@ -139,6 +139,8 @@ def test_streamed_and_in_memory_runs_train_the_same_model(folder, tmp_path):
     pre = [json.loads((runs / s / "run.json").read_text())["preprocessing"] for s in ("memory", "stream")]
     assert pre[0] == pre[1]
     assert (runs / "stream" / "report.html").is_file()
+    checks = {c["name"]: c["status"] for c in json.loads((runs / "stream" / "data_audit.json").read_text())["checks"]}
+    assert checks["exact duplicates"] == "ok"  # by file hash: streamed pixels are not read back to hash them
 
 
 def test_a_corrupt_file_found_mid_epoch_is_one_line_naming_it(folder, tmp_path, capsys):

@@ -15,12 +15,18 @@ import numpy as np
 from biomx.data.samples import Samples
 from biomx.data_audit.fingerprints import Fingerprints
 from biomx.modalities.common.case_audit import spatial_fingerprints, spatial_sizes
+from biomx.modalities.image.streaming import content_digests
 
 GRID, LOW = 32, 12  # pHash: 32x32 grey image, its 12x12 lowest DCT frequencies (144 bits)
 NEAR_BITS = 12  # at most this many of the 144 bits differ: a near duplicate
 
 
 def fingerprints(samples: Samples) -> Fingerprints | None:
+    """Streamed images (data.image.storage: stream): each file's sha256 for identity and no near
+    vectors (a perceptual hash would decode the whole dataset in this one process)."""
+    digests = content_digests(samples.inputs, samples.hashes)
+    if digests is not None:
+        return Fingerprints(list(digests), "sha256 of the file (streamed images: pixels not compared)")
     return spatial_fingerprints(samples, GRID, LOW, NEAR_BITS,
                                 f"{LOW * LOW}-bit perceptual hash (DCT of the {GRID}x{GRID} grey image)",
                                 "hash of the decoded pixels")
