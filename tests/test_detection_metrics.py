@@ -165,3 +165,28 @@ def test_bootstrap_ci_resamples_cases():
     assert bootstrap_ci(cpm, cases, n=300, seed=1) == out  # seeded
     both = bootstrap_ci(lambda c: {"cpm": cpm(c), "n": float(len(c))}, cases, n=50)
     assert both["n"]["ci_low"] == both["n"]["ci_high"] == 10
+
+
+def test_bootstrap_case_cache_changes_nothing():
+    from biomx.tasks.stats import percentile_ci
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for _ in range(8):
+        lo = rng.uniform(0, 40, (4, 2))
+        true = np.concatenate([lo, lo + 6], axis=1)
+        pred = np.concatenate([true[:3] + rng.normal(0, 1, (3, 4)), [[50, 50, 56, 56]]])
+        cases.append(((pred, rng.uniform(size=4), np.array([0, 1, 0, 1])), (true, np.array([0, 1, 1, 0]))))
+
+    def metric(chosen):
+        f, t = [c[0] for c in chosen], [c[1] for c in chosen]
+        return {"map": mean_average_precision(f, t)["map"],
+                "cpm": froc([(b, s) for b, s, _ in f], [x for x, _ in t])["mean_sensitivity"]}
+
+    cached = bootstrap_ci(metric, cases, n=40, seed=5)
+    draws_rng = np.random.default_rng(5)  # the same resamples, computed without the cache
+    draws = [metric([cases[i] for i in draws_rng.integers(0, 8, 8)]) for _ in range(40)]
+    for key in ("map", "cpm"):
+        expected = percentile_ci(np.array([d[key] for d in draws]), 0.95)
+        assert cached[key]["ci_low"] == expected["ci_low"] and cached[key]["ci_high"] == expected["ci_high"]
+        assert cached[key]["value"] == metric(cases)[key]

@@ -24,6 +24,7 @@ the envelope at every recall reached (interpolation="all", Pascal VOC 2010+).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,21 @@ from biomx.tasks.stats import percentile_ci
 
 LUNA_FPS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 Hit = str | float
+
+# While `bootstrap_ci` runs, each case's matching is computed once and reused by every resample
+# that draws the case: keyed by the identity of the case's arrays, which the cache holds (so an
+# identity cannot be reused by another array while the cache lives); dropped when it returns.
+_CASE_CACHE: ContextVar[dict | None] = ContextVar("detection_case_cache", default=None)
+
+
+def _per_case(arrays: tuple, settings: tuple, compute: Callable[[], Any]) -> Any:
+    cache = _CASE_CACHE.get()
+    if cache is None:
+        return compute()
+    key = (*(id(a) for a in arrays), *settings)
+    if key not in cache:
+        cache[key] = (arrays, compute())
+    return cache[key][1]
 
 
 def hit_matrix(pred_boxes: object, true_boxes: object, hit: Hit = "centre_in_box") -> np.ndarray:
@@ -55,15 +71,20 @@ def froc_matches(predictions: Sequence[tuple[object, object]], truths: Sequence[
         raise ValueError(f"{len(predictions)} cases of predictions but {len(truths)} cases of truths")
     detected, false_pos = [], []
     for (boxes, scores), true in zip(predictions, truths, strict=True):
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
-        hits = hit_matrix(boxes, true, hit)
-        n_true = len(as_boxes(true))
-        if len(s) != hits.shape[0]:
-            raise ValueError(f"{hits.shape[0]} boxes but {len(s)} scores in a case")
-        best = np.where(hits, s[:, None], -np.inf).max(axis=0) if len(s) else np.full(n_true, -np.inf)
+        best, fp = _per_case((boxes, scores, true), ("froc", hit), lambda b=boxes, s=scores, t=true: _froc_case(b, s, t, hit))
         detected.append(best)
-        false_pos.append(s[~hits.any(axis=1)] if n_true else s)
+        false_pos.append(fp)
     return np.concatenate(detected or [np.zeros(0)]), np.concatenate(false_pos or [np.zeros(0)]), len(truths)
+
+
+def _froc_case(boxes: object, scores: object, true: object, hit: Hit) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    hits = hit_matrix(boxes, true, hit)
+    n_true = len(as_boxes(true))
+    if len(s) != hits.shape[0]:
+        raise ValueError(f"{hits.shape[0]} boxes but {len(s)} scores in a case")
+    best = np.where(hits, s[:, None], -np.inf).max(axis=0) if len(s) else np.full(n_true, -np.inf)
+    return best, (s[~hits.any(axis=1)] if n_true else s)
 
 
 def froc_curve(detected: np.ndarray, false_pos: np.ndarray, n_cases: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +159,22 @@ def _match_case(boxes: np.ndarray, scores: np.ndarray, true: np.ndarray, thresho
     return out
 
 
+def _map_case(boxes: object, scores: object, labels: object, true: object, true_labels: object,
+              thresholds: tuple[float, ...]) -> dict[tuple[float, int], tuple[np.ndarray, np.ndarray, int]]:
+    """One case's matching: {(IoU threshold, class): (matched per prediction, scores, true boxes)}."""
+    b, t = as_boxes(boxes), as_boxes(true)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    lab, tlab = np.asarray(labels, dtype=np.int64).reshape(-1), np.asarray(true_labels, dtype=np.int64).reshape(-1)
+    if not (len(b) == len(s) == len(lab)) or len(t) != len(tlab):
+        raise ValueError("boxes, scores and labels differ in number in a case")
+    out = {}
+    for c in sorted({int(c) for c in np.concatenate([lab, tlab])}):
+        mine, theirs = lab == c, t[tlab == c]
+        for threshold in thresholds:
+            out[(threshold, c)] = (_match_case(b[mine], s[mine], theirs, threshold), s[mine], len(theirs))
+    return out
+
+
 def average_precision(tp: np.ndarray, scores: np.ndarray, n_true: int, interpolation: str = "coco101") -> float:
     """AP from pooled predictions (True = matched) and their scores; NaN when n_true == 0."""
     if n_true == 0:
@@ -176,27 +213,19 @@ def mean_average_precision(predictions: Sequence[tuple[object, object, object]],
     """
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} cases of predictions but {len(truths)} cases of truths")
-    cases = []
-    for (boxes, scores, labels), (true, true_labels) in zip(predictions, truths, strict=True):
-        b, t = as_boxes(boxes), as_boxes(true)
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
-        lab, tlab = np.asarray(labels, dtype=np.int64).reshape(-1), np.asarray(true_labels, dtype=np.int64).reshape(-1)
-        if not (len(b) == len(s) == len(lab)) or len(t) != len(tlab):
-            raise ValueError("boxes, scores and labels differ in number in a case")
-        cases.append((b, s, lab, t, tlab))
-    classes = sorted({int(c) for case in cases for c in np.concatenate([case[2], case[4]])})
+    thresholds = tuple(float(t) for t in iou_thresholds)
+    matched = [_per_case((*p, *t), ("map", thresholds), lambda p=p, t=t: _map_case(*p, *t, thresholds))
+               for p, t in zip(predictions, truths, strict=True)]  # fmt: skip
+    classes = sorted({c for case in matched for _, c in case})
     ap: dict[float, dict[int, float]] = {}
-    for threshold in iou_thresholds:
+    for threshold in thresholds:
         per_class = {}
         for c in classes:
-            tps, scores, n_true = [], [], 0
-            for b, s, lab, t, tlab in cases:
-                mine, theirs = lab == c, t[tlab == c]
-                n_true += len(theirs)
-                tps.append(_match_case(b[mine], s[mine], theirs, threshold))
-                scores.append(s[mine])
-            per_class[c] = average_precision(np.concatenate(tps), np.concatenate(scores), n_true, interpolation)
-        ap[float(threshold)] = per_class
+            parts = [case[(threshold, c)] for case in matched if (threshold, c) in case]
+            tps = np.concatenate([p[0] for p in parts])
+            scores = np.concatenate([p[1] for p in parts])
+            per_class[c] = average_precision(tps, scores, sum(p[2] for p in parts), interpolation)
+        ap[threshold] = per_class
     map_at = {}
     for threshold, per_class in ap.items():
         defined = [v for v in per_class.values() if not np.isnan(v)]
@@ -267,10 +296,14 @@ def bootstrap_ci(metric_fn: Callable[[list], float | Mapping[str, float]], cases
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     cases = list(cases)
-    full = metric_fn(cases)
-    rng = np.random.default_rng(seed)
-    draws = [metric_fn([cases[i] for i in rng.integers(0, len(cases), len(cases))]) for _ in range(n)] \
-        if cases else []
+    token = _CASE_CACHE.set({})
+    try:
+        full = metric_fn(cases)
+        rng = np.random.default_rng(seed)
+        draws = [metric_fn([cases[i] for i in rng.integers(0, len(cases), len(cases))]) for _ in range(n)] \
+            if cases else []
+    finally:
+        _CASE_CACHE.reset(token)
     if isinstance(full, Mapping):
         return {k: {"value": float(full[k]), **percentile_ci(np.array([d[k] for d in draws], dtype=np.float64), ci),
                     "n_boot": n} for k in full}  # fmt: skip
