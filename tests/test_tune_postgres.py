@@ -53,14 +53,14 @@ def test_two_workers_share_one_postgres_study(tmp_path, png_folder, database):
     engine = sqlalchemy.create_engine(database, poolclass=sqlalchemy.pool.NullPool)
     key = ask_lock_key("shared")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    make_study(Setup(configs[0], []), 0)  # the tables and the study, made once before the workers start
     logs = [(c.parent / "worker.log").open("w") for c in configs]
-    # The test holds the ask lock until both workers wait for it, so that both ask while the other
-    # trains (otherwise which worker runs which trial is a matter of start-up time).
+    # The test holds the server's lock until both workers wait for it, so that both ask while the other
+    # trains (otherwise which worker runs which trial is a matter of start-up time). The database is
+    # empty: both start by opening the study, and only one of them may create Optuna's tables.
     with engine.connect() as holder:
         holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        workers = [subprocess.Popen([sys.executable, "-m", "biomx", "tune", str(c), "--worker"], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT) for c, log in zip(configs, logs, strict=True)]  # fmt: skip
+        workers = [subprocess.Popen([sys.executable, "-m", "biomx", "tune", str(c), "--worker"], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT) for c, log in zip(configs, logs, strict=True)]  # fmt: skip
         deadline = time.monotonic() + TIMEOUT_S
         while _waiting(engine, key) < 2:
             assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "workers never asked"
@@ -87,8 +87,9 @@ def test_two_workers_share_one_postgres_study(tmp_path, png_folder, database):
 def test_a_study_database_that_cannot_be_opened_is_one_line(tmp_path, png_folder, database, capsys):
     missing = database.rsplit("/", 1)[0] + "/no_such_db"
     closed = f"postgresql+psycopg://biomx:secret@127.0.0.1:{free_port()}/optuna"  # nothing listens there
-    for url, says in ((missing, 'database "no_such_db" does not exist'), (closed, "Connection refused"),
-                      ("postgresql+nodriver://h/db", "Can't load plugin"), ("nonsense", "Could not parse")):  # fmt: skip
+    cases = [(missing, 'database "no_such_db" does not exist'), (closed, "Connection refused"),
+             ("postgresql+nodriver://h/db", "Can't load plugin"), ("nonsense", "Could not parse")]  # fmt: skip
+    for url, says in cases:
         path = _config(tmp_path, png_folder, storage=url)
         assert main(["tune", str(path)]) == 1
         err = capsys.readouterr().err.strip().splitlines()

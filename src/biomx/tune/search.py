@@ -132,8 +132,9 @@ def make_study(setup: Setup, seed: int):
                "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=setup.cfg.train.epochs),
                "none": optuna.pruners.NopPruner}  # fmt: skip
     try:
-        study = optuna.create_study(storage=storage(setup), study_name=setup.study_name, direction=setup.direction,
-                                    pruner=pruners[tune.pruner](), load_if_exists=True)  # fmt: skip
+        with _server_lock(setup):  # workers starting at once on an empty database: one makes the tables
+            study = optuna.create_study(storage=storage(setup), study_name=setup.study_name, direction=setup.direction,
+                                        pruner=pruners[tune.pruner](), load_if_exists=True)  # fmt: skip
     except Exception as err:
         if not tune.storage:
             raise
