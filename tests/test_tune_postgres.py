@@ -59,8 +59,9 @@ def test_two_workers_share_one_postgres_study(tmp_path, png_folder, database):
     # empty: both start by opening the study, and only one of them may create Optuna's tables.
     with engine.connect() as holder:
         holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        workers = [subprocess.Popen([sys.executable, "-m", "biomx", "tune", str(c), "--worker"], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT) for c, log in zip(configs, logs, strict=True)]  # fmt: skip
+        commands = [[sys.executable, "-m", "biomx", "tune", str(c), "--worker"] for c in configs]
+        workers = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+                   for command, log in zip(commands, logs, strict=True)]  # fmt: skip
         deadline = time.monotonic() + TIMEOUT_S
         while _waiting(engine, key) < 2:
             assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "workers never asked"
