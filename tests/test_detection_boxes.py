@@ -110,6 +110,8 @@ def test_weighted_box_fusion_hand_computed():
     np.testing.assert_allclose(boxes[0], [0.5, 0.5, 10.5, 10.5])
     np.testing.assert_allclose(scores, [0.6, 0.3])  # the lone box: 0.6 * 1/2 sources
     np.testing.assert_array_equal(labels, [1, 1])
+    _, scores, _ = weighted_box_fusion([a, b], iou=0.4, conf="max")
+    np.testing.assert_allclose(scores, [0.9, 0.6])  # the best member's score
     # different labels never fuse
     boxes, scores, labels = weighted_box_fusion([([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.4], [0, 1])], 0.5)
     assert len(boxes) == 2 and sorted(labels.tolist()) == [0, 1]

@@ -153,20 +153,24 @@ def nms(boxes: object, scores: object, iou: float, labels: object | None = None)
 
 
 def weighted_box_fusion(predictions: Sequence[tuple[object, object, object]], iou: float = 0.55, *,
-                        skip_score: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        skip_score: float = 0.0, conf: str = "avg") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted box fusion (Solovyev et al. 2021) of several sets of (boxes, scores, labels).
 
     Boxes of one label are taken in falling score order; each joins the first fused box it
     overlaps by IoU > `iou` (else starts a new one). A fused box is the score-weighted mean of its
     members' corners; its score is their mean score times min(members, sources) / sources, so a
     box found by only some of the sources (models, or overlapping windows passed as sources) is
-    down-weighted. With one source this is the plain mean score of the cluster.
+    down-weighted. With one source this is the plain mean score of the cluster. conf="max" takes
+    the best member's score instead (no down-weighting): for one source whose clusters hold many
+    weak duplicates (overlapping sliding windows before NMS), which would drag a mean down.
 
     Returns:
         (boxes (M, 2D), scores (M,), labels (M,)), highest score first.
     """
     if not predictions:
         raise ValueError("weighted_box_fusion needs at least one set of predictions")
+    if conf not in ("avg", "max"):
+        raise ValueError(f"conf must be 'avg' or 'max', got {conf!r}")
     sources = len(predictions)
     all_b, all_s, all_l = [], [], []
     for boxes, scores, labels in predictions:
@@ -203,7 +207,7 @@ def weighted_box_fusion(predictions: Sequence[tuple[object, object, object]], io
             members.append([i])
         for box, m in zip(fused, members, strict=True):
             out_b.append(box)
-            out_s.append(s[m].mean() * min(len(m), sources) / sources)
+            out_s.append(s[m].max() if conf == "max" else s[m].mean() * min(len(m), sources) / sources)
             out_l.append(label)
     if not out_b:
         return np.zeros((0, width)), np.zeros(0), np.zeros(0, dtype=np.int64)
