@@ -96,9 +96,9 @@ def test_trains_evaluates_and_predicts_nuclei(tmp_path, nuclei, capsys):
 
 def test_trains_and_predicts_on_synthetic_volumes(tmp_path):
     from biomx.modalities import get_modality
-    from biomx.modalities.volume.lesions import write_lesion_dataset
+    from biomx.tasks.detection.lesion_boxes import write_lesion_detection_dataset
 
-    spec = write_lesion_dataset(tmp_path / "lesions", n_cases=4, seed=1, shape=(32, 32, 16))
+    spec = write_lesion_detection_dataset(tmp_path / "lesions", n_cases=4, seed=1, shape=(32, 32, 16))["dataset"]
     scan = {"intensity": "ct", "ct_window": [-100, 150], "crop_foreground": False,
             "cache_dir": str(tmp_path / "cache")}  # fmt: skip
     cfg = _config(tmp_path, {"modality": "volume", "source": "msd", "path": str(spec.parent),
@@ -121,6 +121,53 @@ def test_trains_and_predicts_on_synthetic_volumes(tmp_path):
             voxels = float(r[f"voxel_{axis}_max"]) - float(r[f"voxel_{axis}_min"])
             world = float(r[f"world_{axis}_max"]) - float(r[f"world_{axis}_min"])
             assert world == pytest.approx(voxels * mm, rel=1e-4, abs=1e-4)
+    # The lesions from MONAI's JSON (world LPS, centre + size; one box per generated lesion, where the
+    # mask's components merge touching lesions): the same cases and split, at least as many boxes
+    cfg_json = yaml.safe_load(cfg.read_text())
+    cfg_json["task"]["boxes"] = str(spec.parent / "boxes.json")
+    cfg_json["output"]["dir"] = str(tmp_path / "runs_json")
+    (tmp_path / "json.yaml").write_text(yaml.safe_dump(cfg_json))
+    assert main(["train", str(tmp_path / "json.yaml")]) == 0
+    again = json.loads(next((tmp_path / "runs_json").iterdir()).joinpath("test_metrics.json").read_text())
+    assert again["n_true"] >= metrics["n_true"]
+    split_json, split_mask = _rows(next((tmp_path / "runs_json").iterdir()) / "split.csv"), _rows(run / "split.csv")
+    assert [(r["id"], r["split"]) for r in split_json] == [(r["id"], r["split"]) for r in split_mask]
+    count = lambda r: int(r["label"].split()[0]) if r["label"] != "none" else 0  # noqa: E731
+    assert all(count(a) >= count(b) for a, b in zip(split_json, split_mask, strict=True))
+    assert sum(map(count, split_json)) > sum(map(count, split_mask))  # lesion_001: two lesions touch
+
+
+def test_boxes_from_a_box_file_for_images_without_masks(tmp_path, nuclei, capsys):
+    """Images only (no label in dataset.json) and a CSV of voxel boxes: the same boxes as the masks."""
+    import tifffile
+
+    info = json.loads((nuclei / "dataset.json").read_text())
+    rows, n_boxes = ["image,x_min,y_min,x_max,y_max,label"], 0
+    for case in info["training"]:
+        boxes, _ = mask_boxes(tifffile.imread(nuclei / case["label"]), "instances", 1)
+        rows += [f"{case['image']}," + ",".join(f"{v:g}" for v in b) + ",0" for b in boxes] or [f"{case['image']},,,,,"]
+        n_boxes += len(boxes)
+        del case["label"]
+    (nuclei.parent / "images_only").mkdir()
+    only = nuclei.parent / "images_only"
+    (only / "imagesTr").symlink_to(nuclei / "imagesTr")
+    (only / "dataset.json").write_text(json.dumps(info))
+    (only / "boxes.csv").write_text("\n".join(rows) + "\n")
+    scan = {"intensity": "minmax", "crop_foreground": False, "cache_dir": str(tmp_path / "cache")}
+    data = {"modality": "image", "source": "msd", "path": str(only), "image": {"scan": scan},
+            "split": {"method": "random", "val": 0.125, "test": 0.25, "seed": 0}}  # fmt: skip
+    task = {"boxes": str(only / "boxes.csv"), "patch_size": [64, 64], "patches_per_case": 1, "val_patches_per_case": 1}
+    assert main(["train", str(_config(tmp_path, data, task, "from-file"))]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    split = _rows(run / "split.csv")
+    assert len(split) == 16 and sum(int(r["label"].split()[0]) for r in split if r["label"] != "none") == n_boxes
+    assert json.loads((run / "test_metrics.json").read_text())["n"] == 4
+    capsys.readouterr()
+    (only / "bad.csv").write_text("image,x_min,y_min,x_max,y_max\nimagesTr/nowhere.tif,1,1,5,5\n")
+    task["boxes"] = str(only / "bad.csv")
+    assert main(["train", str(_config(tmp_path, data, task, "bad-file"))]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.csv" in err[0] and "nowhere.tif" in err[0], err
 
 
 def test_bad_config_lines(tmp_path, nuclei, capsys):

@@ -19,6 +19,12 @@ class DetectionConfig(TaskConfig):
     # "components" (one box per connected component of each class), or "auto" (instances when a
     # mask holds more values than classes, else components)
     boxes_from: Literal["auto", "instances", "components"] = "auto"
+    # a box file instead of the masks: a CSV or MONAI's detection JSON (docs/detection.md, Box files);
+    # its images are the dataset's (a mask is then optional)
+    boxes: str | None = None
+    boxes_space: Literal["voxel", "world"] = "voxel"  # CSV rows without a `space` cell
+    world_frame: Literal["RAS", "LPS"] | None = None  # world coordinates' frame; default CSV RAS, JSON LPS
+    boxes_key: str = "training"  # the JSON's list of cases
     patch_size: Annotated[list[Size], Field(min_length=2, max_length=3)] | None = None  # required, e.g. [128, 128]
     pos_ratio: Fraction = 0.7  # share of training patches centred on a box (the rest: anywhere)
     patches_per_case: PositiveInt = 8  # training patches per case per epoch

@@ -28,6 +28,7 @@ from biomx.data.spatial_augment import is_active
 from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
 from biomx.tasks.detection.augment import augment_detection_batch
+from biomx.tasks.detection.box_source import prepare_image, read_file_boxes, to_preprocessed
 from biomx.tasks.detection.boxes import boxes_from_instance_mask, clip_boxes
 from biomx.tasks.detection.model import size_divisible
 
@@ -43,6 +44,7 @@ class DetectionInputs:
     settings: dict[str, Any]
     boxes: list[np.ndarray]  # per case: (N, 2D) corners in the preprocessed grid's voxels
     labels: list[np.ndarray]  # per case: (N,) class indices
+    truth: list[tuple[np.ndarray, np.ndarray]] | None = None  # a box file's boxes on each scan's grid
 
 
 def mask_boxes(mask: np.ndarray, mode: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,10 +71,12 @@ def mask_boxes(mask: np.ndarray, mode: str, n_classes: int) -> tuple[np.ndarray,
 
 
 def load(cfg: ExperimentConfig, modality: Any) -> Samples:
-    """Preprocess every (image, mask) case into the case cache and find its boxes.
+    """Preprocess every case into the case cache and find its boxes: from its mask, or from the box
+    file `task.boxes` (then images without a mask count too).
 
     Raises:
-        DataError: a bad case (unless `on_error: skip`), no labelled case, a mask that does not fit.
+        DataError: a bad case (unless `on_error: skip`), no case with boxes to learn from, a mask
+            or box file that does not fit.
         ConfigError: data of the wrong dimension for the modality.
     """
     data, dims = cfg.data, modality.spatial_dims
@@ -86,20 +90,24 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
                              modality.read_limits(cfg))  # fmt: skip
     store = case_store(scan)
     names = cfg.task.classes or list(dataset.classes[1:]) or ["object"]
-    labelled = [c for c in dataset.cases if c.label is not None]
-    if not labelled:
-        raise DataError(f"{data.path}: no cases with a mask to take boxes from")
+    from_file = cfg.task.boxes is not None
+    chosen = list(dataset.cases) if from_file else [c for c in dataset.cases if c.label is not None]
+    if not chosen:
+        raise DataError(f"{data.path}: no cases with a mask to take boxes from (or set task.boxes: a box file)")
 
-    def one(case) -> tuple[Case, np.ndarray, np.ndarray] | tuple[str, str]:
+    def one(case) -> tuple[Case, Any] | tuple[str, str]:
         try:
+            if case.label is None:
+                return prepare_image(case.id, case.image, settings, store, modality), None
             prepared = prepare_case(case.id, case.image, case.label, settings, store, scan.geometry_tolerance_mm,
                                     modality.read_pair, modality.scan_reference)  # fmt: skip
-            label = ArrayCache(store.root).get(prepared.key)["label"]
+            if from_file:
+                return prepared, None
             try:
-                boxes, labels = mask_boxes(label, cfg.task.boxes_from, len(names))
+                return prepared, mask_boxes(ArrayCache(store.root).get(prepared.key)["label"], cfg.task.boxes_from,
+                                            len(names))  # fmt: skip
             except DataError as err:
                 raise DataError(f"{case.label}: {err}") from None
-            return prepared, boxes, labels
         except DataError as err:
             if data.on_error == "skip":
                 return (str(case.image), str(err))
@@ -108,22 +116,50 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
     if scan.cache and not dist.is_main():
         dist.barrier()
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(one, labelled))
+        results = list(pool.map(one, chosen))
     if scan.cache and dist.is_main():
         dist.barrier()
     kept = [r for r in results if isinstance(r[0], Case)]
     skipped = [r for r in results if not isinstance(r[0], Case)]
-    cases = [c for c, _, _ in kept]
-    inputs = DetectionInputs(cases, store.root, {**settings, "classes": names}, [b for _, b, _ in kept],
-                             [lab for _, _, lab in kept])  # fmt: skip
+    cases = [c for c, _ in kept]
+    truth = None
+    if from_file:
+        cases, boxes, labels, truth, more = _file_cases(cfg, cases, names, store, dims)
+        skipped += more
+    else:
+        boxes, labels = [found[0] for _, found in kept], [found[1] for _, found in kept]
+    inputs = DetectionInputs(cases, store.root, {**settings, "classes": names}, boxes, labels, truth)
     return Samples(
-        labels=[f"{len(b)} boxes" if len(b) else "none" for _, b, _ in kept],
+        labels=[f"{len(b)} boxes" if len(b) else "none" for b in boxes],
         ids=[c.id for c in cases],
         default_classes=names,
         skipped=skipped,
         where={i: c.image_path for i, c in enumerate(cases)},
         inputs=inputs,
     )
+
+
+def _file_cases(cfg: ExperimentConfig, cases: list[Case], names: list[str], store: Any, dims: int) -> tuple:
+    """(cases the box file names, their boxes in the preprocessed grid, class indices, the file's
+    boxes on each scan's grid with classes, skipped (file, reason)); cases it does not name go."""
+    found, skipped = read_file_boxes(cfg.task, cases, dims, cfg.data.on_error)
+    kept, boxes, labels, truth = [], [], [], []
+    for i, case in enumerate(cases):
+        if i not in found:
+            skipped.append((case.image_path, f"not in the box file {cfg.task.boxes}"))
+            continue
+        scan_boxes, classes = found[i]
+        if len(classes) and (classes.min() < 0 or classes.max() >= len(names)):
+            raise DataError(f"{cfg.task.boxes}: {case.image_path} has box label {int(classes.max())} but "
+                            f"task.classes has {len(names)} class(es) {names}")  # fmt: skip
+        shape = ArrayCache(store.root).get(case.key)["image"].shape[1:]
+        kept.append(case)
+        boxes.append(to_preprocessed(scan_boxes, case.geometry, shape))
+        labels.append(classes)
+        truth.append((scan_boxes, classes))
+    if not kept:
+        raise DataError(f"{cfg.task.boxes}: names none of the dataset's images")
+    return kept, boxes, labels, truth, skipped
 
 
 def derive_anchor_shapes(boxes: list[np.ndarray], per_level: int, levels: int, patch: list[int]) -> list[list[float]]:

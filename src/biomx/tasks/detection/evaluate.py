@@ -30,17 +30,23 @@ def detect_test_cases(task: DetectionTask, run: TestRun) -> tuple[list[dict[str,
     models = members(run)
     test, pre, modality = run.datasets["test"], run.preprocessing, run.modality
     device, autocast = run.trainer.device, run.trainer._autocast
+    inputs = run.samples.inputs
     cases, views = [], []
-    for case in test.cases:
-        arrays = test.arrays(case)
-        boxes, scores, labels = detect_image(models, task, np.asarray(arrays["image"]), pre, device, autocast)
-        truth = modality.read_scan(case.label_path, mask=True, **pre.get("limits", {}))
-        true_boxes, true_labels = mask_boxes(truth.array, task.boxes_from, len(task.classes))
+    for i, case in zip(run.splits["test"], test.cases, strict=True):
+        image = np.asarray(test.arrays(case)["image"])
+        boxes, scores, labels = detect_image(models, task, image, pre, device, autocast)
+        if inputs.truth is not None:  # a box file's boxes, on the scan's grid
+            (true_boxes, true_labels), reference_spacing = inputs.truth[i], None
+        else:  # the mask as read from its file, not the resampled cached copy
+            truth = modality.read_scan(case.label_path, mask=True, **pre.get("limits", {}))
+            true_boxes, true_labels = mask_boxes(truth.array, task.boxes_from, len(task.classes))
+            reference_spacing = truth.spacing
         voxels = to_scan_voxels(boxes, case.geometry)
+        spacing = reference_spacing or tuple(case.geometry["spacing"])
         cases.append({"id": case.id, "image": case.image_path, "truth": true_boxes, "truth_labels": true_labels,
                       "boxes": voxels, "scores": scores, "labels": labels,
-                      "world": to_world(voxels, case.reference, truth.spacing)})  # fmt: skip
-        views.append(case_views(arrays, boxes, scores, task.score_threshold))
+                      "world": to_world(voxels, case.reference, spacing)})  # fmt: skip
+        views.append(case_views(image, inputs.boxes[i], boxes, scores, task.score_threshold))
     return cases, views
 
 

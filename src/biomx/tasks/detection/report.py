@@ -31,13 +31,10 @@ def metric_sections(evaluation: dict[str, Any]) -> list[dict]:
              "table": {"header": ["metric", "value", "CI low", "CI high"], "rows": rows, "numeric": True}}]
 
 
-def case_views(arrays: dict[str, np.ndarray], boxes: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    """What the overlay draws of one case, in its preprocessed grid: a 2D slice (3D: the axial
-    slice through the most boxes) of the image, the true boxes of its cached mask, the found ones."""
-    from biomx.tasks.detection.data import mask_boxes
-
-    image = np.asarray(arrays["image"][0], dtype=np.float32)
-    truth, _ = mask_boxes(np.asarray(arrays["label"]), "auto", 1)
+def case_views(image: np.ndarray, truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """What the overlay draws of one case, in its preprocessed grid (C, *S): a 2D slice (3D: the
+    axial slice through the most boxes) of the image, the true boxes, the found ones."""
+    image = np.asarray(image[0], dtype=np.float32)
     keep = scores >= max(threshold, SHOWN_SCORE)
     found = boxes[keep]
     index = None
