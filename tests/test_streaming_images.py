@@ -21,7 +21,7 @@ from biomx.data.batching import collate_batch
 from biomx.data.row_store import RowStore
 from biomx.engine.runtime import seed_everything
 from biomx.engine.trainer import Trainer, TrainingInterrupted
-from biomx.errors import ConfigError
+from biomx.errors import ConfigError, DataError
 from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image import pipeline
 from biomx.modalities.image.augment import Augment
@@ -188,3 +188,50 @@ def test_a_streamed_run_resumes_mid_epoch_to_the_same_weights(folder, tmp_path):
     resumed.fit(resume=True)
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+# ---- volumes (data.volume.storage) ------------------------------------------------------------
+
+
+def _volume_config(path: Path, out: Path, storage: str) -> dict:
+    return {
+        "name": "adrenal",
+        "data": {"source": "npz", "path": str(path), "modality": "volume", "split": {"method": "predefined",
+                 "holdout": "val"}, "volume": {"storage": storage, "augment": {"flip": 0.5, "rotate90": 0.5}}},
+        "model": {"name": "small_cnn", "args": {"width": 4, "depth": 1}},
+        "task": {"type": "binary"},
+        "train": {"epochs": 1, "batch_size": 16, "progress": False, "device": "cpu", "deterministic": True},
+        "eval": {"bootstrap": 20, "explain": 2},
+        "output": {"dir": str(out), "name": storage, "tensorboard": False},
+    }  # fmt: skip
+
+
+def test_volumes_streamed_from_an_npz_train_the_same_model(tmp_path, monkeypatch):
+    from biomx.config import validate
+    from biomx.data.row_store import StoredRows
+    from biomx.experiment import prepare, train
+    from data_paths import MEDMNIST
+
+    monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / "cache"))
+    with np.load(MEDMNIST / "adrenalmnist3d.npz") as a:  # 40 + 16 real AdrenalMNIST3D volumes (28^3 uint8)
+        arrays = {f"{s}_{k}": a[f"{s}_{k}"][:n] for s, n in (("train", 40), ("val", 16)) for k in ("images", "labels")}
+    path = tmp_path / "adrenal.npz"
+    np.savez_compressed(path, **arrays)
+    memory, streamed = (prepare(validate(_volume_config(path, tmp_path, s))) for s in ("memory", "stream"))
+    rows = streamed.data.inputs
+    assert isinstance(rows, StoredRows) and rows.store.filled().all() and rows.dtype == torch.uint8
+    assert torch.equal(rows[:], memory.data.inputs) and streamed.info == memory.info
+    x_mem, _ = memory.datasets["train"].__getitems__([3, 1, 30])
+    x_str, _ = streamed.datasets["train"].__getitems__([3, 1, 30])
+    assert torch.equal(x_mem, x_str)
+
+    runs = [train(validate(_volume_config(path, tmp_path / "runs", s))) for s in ("memory", "stream")]
+    a, b = (load_file(r / "checkpoints" / "best.safetensors") for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # Float volumes: NaN voxels are refused naming the array and row, as in memory.
+    arrays["train_images"] = arrays["train_images"].astype(np.float32)
+    arrays["train_images"][7, 0, 0, 0] = np.nan
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=r"train_images row 7 has NaN"):
+        prepare(validate(_volume_config(path, tmp_path, "stream")))

@@ -34,10 +34,12 @@ import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from biomx.data.cache import _KEY, _TMP
 
@@ -180,6 +182,50 @@ class RowStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def index_rows(index: Any, n: int) -> tuple[np.ndarray, bool]:
+    """What `rows[index]` asks of n rows, as (int64 row numbers, one row?): an int, a slice, a bool
+    mask, or a tensor/array/list of indices (negative from the end)."""
+    if isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0):
+        rows, single = np.array([int(index)]), True
+    elif isinstance(index, slice):
+        rows, single = np.arange(n)[index], False
+    else:
+        rows, single = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index), False
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+    rows = rows.astype(np.int64).reshape(-1)
+    rows[rows < 0] += n
+    return rows, single
+
+
+class StoredRows:
+    """A filled `RowStore` read like a tensor: `len`, `shape`, `ndim`, `dtype`, `rows[index]` (a
+    fresh tensor), `split(size)`; `info` is what the writer recorded beside the rows (e.g. the
+    value range). Every row must be filled: a missing or damaged one is a ValueError."""
+
+    def __init__(self, store: RowStore, info: dict[str, Any] | None = None) -> None:
+        self.store, self.info = store, info or {}
+        self.shape = torch.Size((store.n, *store.row_shape))
+        self.ndim = len(self.shape)
+        self.dtype = torch.from_numpy(np.empty(0, store.dtype)).dtype
+
+    def __len__(self) -> int:
+        return self.store.n
+
+    def __repr__(self) -> str:
+        return f"StoredRows({tuple(self.shape)}, {self.dtype}, {self.store.folder})"
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        rows, single = index_rows(index, len(self))
+        out = torch.from_numpy(self.store.read(rows))
+        return out[0] if single else out
+
+    def split(self, size: int) -> Iterator[torch.Tensor]:
+        """Consecutive chunks of `size` rows, read one at a time (as `Tensor.split` gives them)."""
+        for start in range(0, len(self), size):
+            yield self[start:start + size]
 
 
 def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from biomx.data.cache import cache_key, default_cache_dir
-from biomx.data.row_store import RowStore
+from biomx.data.row_store import RowStore, index_rows
 from biomx.data.samples import sha256_file
 from biomx.errors import DataError
 from biomx.modalities.image.decode import read_image, resize_image
@@ -108,17 +108,9 @@ class StreamedImages:
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         """float16 rows: (C, H, W) for an int, (k, C, H, W) for a slice or a tensor/array/list of indices."""
-        if isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0):
-            return self._rows(np.array([int(index)]))[0]
-        if isinstance(index, slice):
-            rows = np.arange(len(self))[index]
-        else:
-            rows = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
-            if rows.dtype == bool:
-                rows = np.flatnonzero(rows)
-        rows = rows.astype(np.int64).reshape(-1)
-        rows[rows < 0] += len(self)
-        return self._rows(rows)
+        rows, single = index_rows(index, len(self))
+        out = self._rows(rows)
+        return out[0] if single else out
 
     def split(self, size: int) -> Iterator[torch.Tensor]:
         """Consecutive chunks of `size` rows, read one at a time (as `Tensor.split` gives them)."""

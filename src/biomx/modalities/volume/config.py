@@ -17,6 +17,9 @@ class VolumeSettings(ScanConfig):
 
     normalize: bool = True  # npz classification: standardise with the training split's statistics
     max_voxels: PositiveInt = DEFAULT_MAX_VOXELS  # the most voxels (times channels) a volume file may declare
+    # npz classification: "memory" holds every volume in one tensor; "stream" extracts them once, row by row,
+    # into an on-disk row store and reads each batch from there (docs/large_data.md); "auto": stream above 2 GiB.
+    storage: Literal["auto", "memory", "stream"] = "auto"
 
 
 class VolumeData(DataConfig):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biomx.config import DataConfig, ExperimentConfig
+from biomx.data.row_store import StoredRows
 from biomx.data.samples import Samples, sha256_file
 from biomx.data.spatial_augment import augment_batch, is_active
 from biomx.errors import ConfigError, DataError
@@ -32,6 +33,7 @@ from biomx.modalities.common.npz import load_npz_splits, npz_labels_and_ids
 from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.volume.config import DEFAULT_MAX_VOXELS
 from biomx.modalities.volume.files import VOLUME_SUFFIXES, collect_volume_inputs, read_volume
+from biomx.modalities.volume.streaming import AUTO_STREAM_BYTES, load_streamed, stream_bytes
 from biomx.models.registry import get_entry
 from biomx.protocols import Task, TestView
 
@@ -66,8 +68,19 @@ def _read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return splits
 
 
+def _storage(storage: str, path: Path) -> str:
+    """`data.volume.storage` for this archive: auto streams volumes that would take over 2 GiB."""
+    if storage != "auto":
+        return storage
+    try:
+        return "stream" if stream_bytes(path) > AUTO_STREAM_BYTES else "memory"
+    except DataError:
+        return "memory"  # not a readable archive: the in-memory reader says why
+
+
 def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
-    """Read every volume of an .npz into one tensor (N, C, D, H, W), in its stored dtype.
+    """Read every volume of an .npz into one tensor (N, C, D, H, W), in its stored dtype, or
+    (`data.volume.storage: stream`) extract them once into the on-disk row store and read rows.
 
     Args:
         cfg: the experiment's `data:` section (source npz).
@@ -81,6 +94,8 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
         raise ConfigError(f"data.source: {cfg.source!r} does not hold volumes to classify; use npz "
                           "(segmentation reads msd folders with task.kind: segmentation)")  # fmt: skip
     path = Path(cfg.path)
+    if _storage(cfg.volume.storage, path) == "stream":
+        return load_streamed(path, classes)  # rows read from disk by each batch (docs/large_data.md)
     splits = _read_npz(path)
     labels, ids, predefined = npz_labels_and_ids(splits, classes, path)
     volumes = torch.from_numpy(np.concatenate([v for v, _ in splits.values()]))
@@ -88,11 +103,13 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
     return Samples(volumes, labels, ids, predefined=predefined, source_sha256=sha256_file(path))
 
 
-def _intensity_kind(volumes: torch.Tensor) -> str:
+def _intensity_kind(volumes: torch.Tensor | StoredRows) -> str:
     """'uint8' (stored 0-255, used as /255), 'unit' (floats in [0, 1]) or 'float' (other floats)."""
     if volumes.dtype == torch.uint8:
         return "uint8"
-    return "unit" if float(volumes.min()) >= 0 and float(volumes.max()) <= 1 else "float"
+    lo, hi = ((volumes.info["min"], volumes.info["max"]) if isinstance(volumes, StoredRows)
+              else (float(volumes.min()), float(volumes.max())))  # fmt: skip
+    return "unit" if lo >= 0 and hi <= 1 else "float"
 
 
 # ---------------------------------------------------------------------------------- datasets
