@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
+import postgres
 from biomx.cli import main
 from biomx.tune.search import Setup, ask_lock_key, make_study
-from postgres import postgres_server
 from servers import free_port
 from test_tune import _config
 
@@ -28,7 +28,7 @@ TIMEOUT_S = 180
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    with postgres_server() as url:
+    with postgres.postgres_server() as url:
         yield url
 
 
@@ -98,3 +98,13 @@ def test_a_study_database_that_cannot_be_opened_is_one_line(tmp_path, png_folder
         assert "secret" not in err[0]  # the URL is shown without its password
     assert not list((tmp_path / "runs").glob("tiny-tune/trial-*"))
 
+
+
+def test_no_postgres_skips_here_and_fails_in_ci(monkeypatch):
+    monkeypatch.setattr(postgres, "postgres_bin", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="make postgres"), postgres.postgres_server():
+        pass
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI installs it"), postgres.postgres_server():
+        pass

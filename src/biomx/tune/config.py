@@ -58,7 +58,7 @@ class TuneConfig(BaseModel):
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     # None: Optuna's journal file in the tune folder (several processes on one machine);
-    # a database URL (postgresql://user:pass@host/db): workers on several machines.
+    # a database URL (postgresql+psycopg://user@host/db): workers on several machines (docs/tuning.md).
     storage: str | None = None
     study: str | None = None  # the study name; None: the experiment's name
     seed: int = 0  # the sampler's seed (extra workers add their process id)
