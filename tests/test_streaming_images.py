@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 from biomx.cli import main
 from biomx.config import TrainConfig
 from biomx.data.batching import collate_batch
-from biomx.data.row_store import RowStore
 from biomx.engine.runtime import seed_everything
 from biomx.engine.trainer import Trainer, TrainingInterrupted
 from biomx.errors import ConfigError, DataError
@@ -88,22 +87,24 @@ def test_streamed_and_in_memory_batches_are_identical(folder):
     assert pipeline.channel_statistics(memory.inputs, train, 0) == pipeline.channel_statistics(streamed.inputs, train, 0)
 
 
-def _read_all(images: StreamedImages, seed: int) -> None:
+def _load_and_read_all(root: Path, seed: int) -> None:
+    images = _load(root, "stream").inputs  # both processes create the store: one rename wins
     images[torch.from_numpy(np.random.default_rng(seed).permutation(len(images)))]
 
 
 def test_a_store_filled_by_two_processes_is_complete_and_correct(folder):
-    memory, images = _load(folder, "memory").inputs, _load(folder, "stream").inputs
-    # Two processes decode every row at once, in different orders: each row has two writers.
-    processes = [multiprocessing.get_context("fork").Process(target=_read_all, args=(images, s)) for s in (1, 2)]
+    memory = _load(folder, "memory").inputs
+    # Two processes create the same store and decode every row at once, in different orders.
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_load_and_read_all, args=(folder, seed)) for seed in (1, 2)]
     for p in processes:
         p.start()
     for p in processes:
         p.join(60)
         assert p.exitcode == 0
-    store = RowStore(images.store.folder.parents[2], images.store.folder.name, len(images), (1, 24, 24), np.float16)
-    assert store.filled().all()
-    assert torch.equal(torch.from_numpy(store.read(np.arange(len(images)))), memory)  # no fill: every row is stored
+    images = _load(folder, "stream").inputs
+    assert images.store.filled().all() and len(list(images.store.folder.parent.iterdir())) == 1  # no leftovers
+    assert torch.equal(torch.from_numpy(images.store.read(np.arange(len(images)))), memory)  # no fill: all stored
 
     # DataLoader workers fill a fresh store (another image size) the same way.
     fresh = pipeline.load(ImageData(source="folder", path=str(folder), image=ImageSettings(size=(20, 20),
