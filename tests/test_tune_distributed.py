@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from biomx.cli import main
 from biomx.tune.search import Setup, make_study
 from test_tune import _config, _trials
 
@@ -70,3 +71,10 @@ def test_an_error_on_rank_0_ends_every_rank(tmp_path, png_folder):
     assert result.stderr.count("Traceback") == 1 and "ChildFailedError" in result.stderr  # torchrun's own, only
     trials = _trials(path)
     assert [t.state.name for t in trials] == ["FAIL"]  # the first trial, told by rank 0; no second
+
+
+def test_workers_are_refused_under_torchrun(tmp_path, png_folder, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; refused before joining any process group
+    assert main(["tune", str(_config(tmp_path, png_folder)), "--workers", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: tune --workers: not under torchrun"), err
