@@ -54,9 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from torch.distributed.fsdp.sharded_grad_scaler import (
-    ShardedGradScaler as ShardedGradScaler,  # the Trainer's, for fp16
-)
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.utils.data import Sampler
 
 from biomx.engine import distributed as dist
@@ -93,6 +91,12 @@ def setup(trainer: Any, extra: Any) -> Sharding:
     return sharding
 
 
+def grad_scaler(sharding: Sharding | None, device_type: str, enabled: bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler; with sharded gradients an inf in any rank's shard skips the step on every rank."""
+    sharded = sharding is not None and sharding.active
+    return (ShardedGradScaler if sharded else torch.amp.GradScaler)(device_type, enabled=enabled)
+
+
 def _units(module: nn.Module, min_params: int, shard: Any) -> int:
     """Shard every child holding >= min_params parameters outside its own inner units, innermost
     first; return how many parameters of `module` are not in a unit yet."""
@@ -111,14 +115,13 @@ class Sharding:
     `finish`), and the sharded checkpoints."""
 
     def __init__(self, model: nn.Module, device: torch.device, world: int, amp: torch.dtype | None):
-        self.active = world > 1
+        self.active, self.units = world > 1, 0
+        if not self.active:
+            return
         # Parameters on the meta device: the structure (and the small buffers) without a second copy
         # of the weights; `finish` fills it with the final weights for evaluation.
         memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in model.parameters()}
         self.template = copy.deepcopy(model, memo)
-        self.units = 0
-        if not self.active:
-            return
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -191,9 +194,12 @@ class Sharding:
         """Restore model, optimizer and RNG from the shards `path` names, on any number of ranks (DCP
         reshards: each rank reads the pieces of its own shards)."""
         record = extra["sharded"]
-        folder = path.parent / str(record.get("folder"))
-        if not _FOLDER.fullmatch(folder.name) or not (folder / ".metadata").is_file():
-            raise BiomxError(f"{path}: its sharded state {folder.name} is missing; restore the run folder or train again")
+        name = str(record.get("folder"))
+        if not _FOLDER.fullmatch(name):  # only a folder beside it, of the name biomx gives
+            raise BiomxError(f"{path}: names {name!r} as its sharded state, not a biomx sharded folder")
+        folder = path.parent / name
+        if not (folder / ".metadata").is_file():
+            raise BiomxError(f"{path}: its sharded state {name} is missing; restore the run folder or train again")
         model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer)  # shapes and shards to fill
         tensors: dict[str, torch.Tensor] = {}
         _split("", {"model": model_state, "optimizer": optim_state}, tensors)
@@ -280,15 +286,19 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata(folder: Path, sha256: str | None, owner: Path) -> Any:
     """A sharded folder's `.metadata`, if it is the one `owner` (last.safetensors) recorded."""
-    data = (folder / ".metadata").read_bytes()
+    try:
+        data = (folder / ".metadata").read_bytes()
+    except OSError as err:
+        raise BiomxError(f"{owner}: cannot read {folder.name}/.metadata ({err})") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise BiomxError(f"{owner}: {folder.name}/.metadata changed after it was written; restore the run folder "
                          "or train again")  # fmt: skip
     try:
         metadata = _MetadataUnpickler(io.BytesIO(data)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as err:
+        entries = metadata.state_dict_metadata.values()
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, TypeError, KeyError, IndexError) as err:
         raise BiomxError(f"{owner}: {folder.name}/.metadata is not a biomx checkpoint's ({err})") from None
-    if any(not hasattr(entry, "chunks") for entry in metadata.state_dict_metadata.values()):
+    if any(not hasattr(entry, "chunks") for entry in entries):
         raise BiomxError(f"{owner}: {folder.name} holds pickled objects, not only tensors; biomx never writes those")
     return metadata
 

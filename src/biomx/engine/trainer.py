@@ -150,8 +150,7 @@ class Trainer:
             self.optimizer, s.schedule, s.epochs * self.steps_per_epoch, self.steps_per_epoch
         )
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
-        scaler = fsdp.ShardedGradScaler if self.sharding else torch.amp.GradScaler  # FSDP: an inf on any rank's shard
-        self.scaler = scaler(self.device.type, enabled=s.precision == "fp16")
+        self.scaler = fsdp.grad_scaler(self.sharding, self.device.type, enabled=s.precision == "fp16")
 
         self.net = self._network()
         self.privacy = make_private(self) if s.privacy is not None else None  # DP-SGD: biomx.privacy.dp
