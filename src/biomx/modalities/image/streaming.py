@@ -45,11 +45,14 @@ def file_hashes(paths: list[Path], threads: int = 0) -> list[str | None]:
         except OSError:
             return None
 
+    def block(start: int) -> list[str | None]:
+        return [one(p) for p in paths[start:start + 256]]
+
     n = threads or min(8, 2 * (os.cpu_count() or 1))
-    if n <= 1 or len(paths) < 64:
+    if n <= 1 or len(paths) < 512:
         return [one(p) for p in paths]
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, paths, chunksize=256))
+    with ThreadPoolExecutor(n) as pool:  # blocks of 256 files: one future each, not one per file
+        return [h for hashes in pool.map(block, range(0, len(paths), 256)) for h in hashes]
 
 
 class StreamDecodeError(DataError):
