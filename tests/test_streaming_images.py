@@ -122,7 +122,7 @@ def _config(path: Path, root: Path, storage: str, workers: int = 0, name: str = 
         "augment: {hflip: 0.5, rotate: 10}}}\n"
         "model: {name: small_cnn, args: {width: 8, depth: 2}}\n"
         f"train: {{epochs: 2, batch_size: 16, progress: false, deterministic: true, num_workers: {workers}}}\n"
-        f"eval: {{bootstrap: 20, explain: 2}}\noutput: {{dir: {path.parent / 'runs'}, tensorboard: false}}\n"
+        f"eval: {{bootstrap: 20, explain: 2, subgroups: [mean_intensity]}}\noutput: {{dir: {path.parent / 'runs'}, tensorboard: false}}\n"
     )
     return path
 
@@ -137,6 +137,8 @@ def test_streamed_and_in_memory_runs_train_the_same_model(folder, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads((runs / s / "test_metrics.json").read_text()) for s in ("memory", "stream")]
     assert metrics[0] == metrics[1]
+    groups = [json.loads((runs / s / "subgroups.json").read_text()) for s in ("memory", "stream")]
+    assert groups[0] == groups[1]  # mean_intensity read from the streamed rows
     pre = [json.loads((runs / s / "run.json").read_text())["preprocessing"] for s in ("memory", "stream")]
     assert pre[0] == pre[1]
     assert (runs / "stream" / "report.html").is_file()
