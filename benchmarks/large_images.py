@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=10_000, help="images in the small folder (RSS against N)")
     ap.add_argument("--file-size", type=int, default=64, help="side of the generated files in pixels")
     ap.add_argument("--size", type=int, default=32, help="data.image.size: the side images are decoded to")
-    ap.add_argument("--steps", type=int, default=150, help="training steps timed (0: one whole epoch)")
+    ap.add_argument("--steps", type=int, default=100, help="training steps timed (0: one whole epoch)")
     ap.add_argument("--dicom-share", type=float, default=0.02, help="share of files written as DICOM")
     ap.add_argument("--base", type=Path, default=Path("/tmp/biomx_large"), help="folders and caches go here")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streamed runs")
