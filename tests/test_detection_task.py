@@ -16,9 +16,9 @@ import yaml
 
 from biomx.cli import main
 from biomx.data.cases import preprocess
+from biomx.models.detection import retinanet
 from biomx.tasks.detection.data import BoxPatches, derive_anchor_shapes, mask_boxes
 from biomx.tasks.detection.inference import to_scan_voxels
-from biomx.tasks.detection.model import columns, retinanet
 from biomx.tasks.detection.scoring import evaluate_detections, match
 from biomx.tasks.detection.starter import write_nuclei_instances
 from biomx.tasks.detection.task import build_detection_task
@@ -248,7 +248,7 @@ def test_scores_of_perfect_and_noisy_detections():
 def test_loss_is_finite_and_learns_a_box():
     torch.manual_seed(0)
     task = build_detection_task(["cell"], 2, 1, [32, 32])
-    model = retinanet(1, columns(1, 2), 2, [[8.0, 8.0]], **TINY)
+    model = retinanet(1, 1, 2, [[8.0, 8.0]], **TINY)
     x = torch.zeros(2, 1, 32, 32)
     x[:, :, 8:16, 8:16] = 1.0
     y = torch.full((2, 3, 5), -1.0)

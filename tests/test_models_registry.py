@@ -12,6 +12,7 @@ from biomx.models.registry import check_model_fits, get_entry, list_models, mode
 
 PIXEL_CLASSIFIERS = ["densenet121", "resnet18", "resnet34", "resnet50", "small_cnn"]
 SEGMENTERS = ["segresnet", "swin_unetr", "unet"]
+DETECTORS = ["retinanet"]
 SEQUENCE_MODELS = ["basset", "danq", "deepsea", "protein_cnn", "protein_lstm", "sequence_transformer"]
 MOLECULE_MODELS = ["attentive_fp", "dmpnn", "fingerprint_mlp", "gin", "lightgbm", "random_forest", "svm"]
 TABULAR_MODELS = ["ft_transformer", "tabular_mlp"]
@@ -31,8 +32,8 @@ def toy_model():
 
 
 def test_every_model_declares_what_it_serves() -> None:
-    assert registry.model_names() == sorted(PIXEL_CLASSIFIERS + SEGMENTERS + SEQUENCE_MODELS + MOLECULE_MODELS
-                                           + TABULAR_MODELS + HISTORY_MODELS)
+    assert registry.model_names() == sorted(PIXEL_CLASSIFIERS + SEGMENTERS + DETECTORS + SEQUENCE_MODELS
+                                           + MOLECULE_MODELS + TABULAR_MODELS + HISTORY_MODELS)
     for name in PIXEL_CLASSIFIERS:  # built 2D or 3D from spatial_dims (volumes: 3)
         entry = get_entry(name)
         assert (entry.modalities, entry.tasks) == (("image", "volume"), ("classification", "regression"))
@@ -85,7 +86,8 @@ def test_list_models_filters_by_modality_and_task() -> None:
     assert [row["name"] for row in list_models(task="segmentation")] == SEGMENTERS
     assert [row["name"] for row in list_models(modality="volume", task="regression")] == PIXEL_CLASSIFIERS
     assert list_models(modality="sequence", task="segmentation") == []
-    assert models_for("image") == sorted(PIXEL_CLASSIFIERS + SEGMENTERS)
+    assert models_for("image") == sorted(PIXEL_CLASSIFIERS + SEGMENTERS + DETECTORS)
+    assert models_for("volume", "detection") == DETECTORS
     rows = list_models(in_channels=3, out_dim=2, modality="image", task="segmentation")
     assert rows[0]["modalities"] == ("image", "volume") and rows[0]["tasks"] == ("segmentation",)
     # the in_channels given reaches the pixel models only (sequence models keep their own size)

@@ -22,7 +22,17 @@ from typing import Any
 from torch import nn
 
 from biomx.errors import ConfigError
-from biomx.models import history, image2d, molecule, segmentation, sequence, solvers, tabular, trees
+from biomx.models import (
+    detection,
+    history,
+    image2d,
+    molecule,
+    segmentation,
+    sequence,
+    solvers,
+    tabular,
+    trees,
+)
 from biomx.models.bounds import check_bounds
 from biomx.models.norms import batchnorm_to_groupnorm
 from biomx.models.stack import Stack
@@ -147,6 +157,8 @@ def _register_zoo() -> None:
     ]:  # fmt: skip
         register(name, builder, description=description, modalities=PIXELS, tasks=("segmentation",),
                  listing_inputs=given_in_channels)  # fmt: skip
+    register("retinanet", detection.retinanet, description="RetinaNet (MONAI), ResNet-FPN backbone, 2D/3D boxes",
+             modalities=PIXELS, tasks=("detection",), listing_inputs=given_in_channels)  # fmt: skip
     for name, builder, description in [
         ("tabular_mlp", tabular.tabular_mlp, "MLP with categorical embeddings, batch/layer norm (tables)"),
         ("ft_transformer", tabular.ft_transformer, "FT-Transformer: feature tokens + CLS (Gorishniy 2021)"),

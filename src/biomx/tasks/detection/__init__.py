@@ -3,7 +3,7 @@
 
 Reads image/mask pairs (a modality's paired source) into the case cache and takes one box per
 instance or connected component of each mask; trains MONAI's RetinaNet (`retinanet`, registered in
-the model zoo by this plug-in) on patches around boxes and at random; evaluates whole test scans
+the model zoo, `biomx.models.detection`) on patches around boxes and at random; evaluates whole test scans
 by sliding windows with the boxes of overlapping windows fused, and writes boxes in each scan's
 voxel and world coordinates. See docs/detection.md.
 """
@@ -19,21 +19,14 @@ from torch.utils.data import Dataset
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
 from biomx.errors import ConfigError
-from biomx.models.registry import PIXELS, given_in_channels, model_names, register
 from biomx.protocols import Modality, SpatialModality
 from biomx.tasks.detection import data
 from biomx.tasks.detection.config import DetectionConfig
-from biomx.tasks.detection.model import retinanet
 from biomx.tasks.detection.task import DETECTION_QUICK_METRICS, DetectionTask, build_detection_task
 
 name = "detection"
 config = DetectionConfig
 quick_metric_names = DETECTION_QUICK_METRICS
-
-if "retinanet" not in model_names():
-    register("retinanet", retinanet, description="RetinaNet (MONAI) with a ResNet-FPN backbone, 2D/3D detection",
-             modalities=PIXELS, tasks=("detection",), listing_inputs=given_in_channels)  # fmt: skip
-
 
 def _dims(cfg: ExperimentConfig, modality: Modality) -> int:
     if not isinstance(modality, SpatialModality):

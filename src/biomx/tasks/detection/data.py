@@ -27,10 +27,10 @@ from biomx.data.samples import Samples
 from biomx.data.spatial_augment import is_active
 from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
+from biomx.models.detection import size_divisible
 from biomx.tasks.detection.augment import augment_detection_batch
 from biomx.tasks.detection.box_source import prepare_image, read_file_boxes, to_preprocessed
 from biomx.tasks.detection.boxes import boxes_from_instance_mask, clip_boxes
-from biomx.tasks.detection.model import size_divisible
 
 DEFAULT_RETURNED_LAYERS = (1, 2)  # the model's default (model.args.returned_layers)
 

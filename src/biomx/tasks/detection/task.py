@@ -1,7 +1,7 @@
 """Detection: boxes (and a class per box) in 2D images and 3D volumes, with RetinaNet.
 
-The model (`model.retinanet`) returns one column per anchor: class logits, box regression, the
-anchor box and its feature-map level, (B, C + 4*D + 1, A). Targets are the patch's true boxes,
+The model (`biomx.models.detection.retinanet`) returns per class and anchor the class's logit, the
+box regression, the anchor box and its feature-map level, (B, C, A, 4*D + 2). Targets are the patch's true boxes,
 padded to a fixed count, (B, M, 2*D + 1): corners in the patch's voxels and the class index
 (-1 = padding). So the Trainer keeps plain tensors and this task does what MONAI's
 `RetinaNetDetector` does around the network: ATSS matching of anchors to boxes, hard-negative
@@ -21,7 +21,6 @@ from torch import nn
 from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
 from biomx.protocols import PredictRequest, TestRun
-from biomx.tasks.detection.model import columns
 
 DETECTION_QUICK_METRICS = ("ap50",)
 
@@ -98,8 +97,8 @@ class DetectionTask:
 
     @property
     def out_dim(self) -> int:
-        """Model columns per anchor: logits, box regression, anchor box, level."""
-        return columns(len(self.classes), self.spatial_dims)
+        """The model's classes: one logit per box class and anchor."""
+        return len(self.classes)
 
     @property
     def detector(self) -> Any:
@@ -123,13 +122,13 @@ class DetectionTask:
     def split(self, outputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]:
         """(head outputs as the detector reads them, anchors (A, 2D), anchor locations per level)."""
         c, d = len(self.classes), self.spatial_dims
-        if outputs.ndim != 3 or outputs.shape[1] != self.out_dim:
-            raise DataError(f"detection task: outputs {tuple(outputs.shape)} do not fit (N, {self.out_dim}, anchors); "
-                            "check the model's out_dim")  # fmt: skip
-        o = outputs.float().transpose(1, 2)
-        head = {"classification": o[..., :c], "box_regression": o[..., c:c + 2 * d]}
-        anchors = o[0, :, c + 2 * d:c + 4 * d]
-        levels = o[0, :, -1].round().long()
+        if outputs.ndim != 4 or outputs.shape[1] != c or outputs.shape[3] != 4 * d + 2:
+            raise DataError(f"detection task: outputs {tuple(outputs.shape)} do not fit (N, {c}, anchors, "
+                            f"{4 * d + 2}); check the model's out_dim")  # fmt: skip
+        o = outputs.float()
+        head = {"classification": o[..., 0].transpose(1, 2), "box_regression": o[:, 0, :, 1:1 + 2 * d]}
+        anchors = o[0, 0, :, 1 + 2 * d:1 + 4 * d]
+        levels = o[0, 0, :, -1].round().long()
         per_level = torch.bincount(levels).tolist()
         return head, anchors, [n // self.num_anchors for n in per_level]
 

@@ -1,12 +1,13 @@
-"""The detector network: MONAI's RetinaNet over a ResNet-FPN backbone (2D or 3D), as a zoo model.
+"""The detector network: MONAI's RetinaNet over a ResNet-FPN backbone (2D or 3D), in the zoo as
+`retinanet` (it serves the detection task).
 
 biomx's Trainer calls `model(x)` and then `task.loss(outputs, targets)`, and keeps outputs as one
-tensor per batch. So the network returns, per image, one column per anchor (channels first,
-(B, F, A)): the class logits (C), the box regression (2*D), the anchor box itself (2*D, voxels of
-the input) and the anchor's feature-map level (1): F = C + 4*D + 1 is the model's `out_dim`.
-The task then has all it needs (`biomx.tasks.detection.task`): ATSS matching, hard-negative
-sampling and the losses (MONAI's `RetinaNetDetector.compute_loss`), and the box decoding at
-inference (`postprocess_detections`), with no branch in the engine and nothing network-specific.
+tensor per batch. So the network returns, per image, per class (`out_dim` classes) and per anchor,
+one row (B, C, A, 4*D + 2): the class's logit, then the box regression (2*D), the anchor box itself
+(2*D, voxels of the input) and the anchor's feature-map level, these last the same for every class.
+The detection task then has all it needs: ATSS matching, hard-negative sampling and the losses
+(MONAI's `RetinaNetDetector.compute_loss`), and the box decoding at inference
+(`postprocess_detections`), with no branch in the engine and nothing network-specific.
 
 The anchors are `AnchorGeneratorWithAnchorShape`: the same `anchor_shapes` at every level, scaled by
 1, 2, 4, ... (one per level); `data.derive_anchor_shapes` picks the shapes from the training boxes.
@@ -28,14 +29,9 @@ DEPTHS = {10: ("basic", [1, 1, 1, 1]), 18: ("basic", [2, 2, 2, 2]), 34: ("basic"
 CONV1_STRIDE = 2  # the backbone's first convolution; its max-pool halves again
 
 
-def columns(num_classes: int, spatial_dims: int) -> int:
-    """Output columns per anchor: class logits, box regression, the anchor box, its level."""
-    return num_classes + 4 * spatial_dims + 1
-
-
-def classes_of(out_dim: int, spatial_dims: int) -> int:
-    """The number of box classes in a model of `out_dim` columns per anchor."""
-    return out_dim - 4 * spatial_dims - 1
+def row_width(spatial_dims: int) -> int:
+    """Values per class and anchor: the logit, box regression, the anchor box, its level."""
+    return 4 * spatial_dims + 2
 
 
 def size_divisible(returned_layers: Sequence[int]) -> int:
@@ -64,8 +60,9 @@ class ResNetFPN(nn.Module):
         return self.fpn(kept)
 
 
-class RetinaNetColumns(nn.Module):
-    """RetinaNet whose forward returns (B, C + 4*D + 1, A): logits, regression, anchors, levels."""
+class RetinaNetRows(nn.Module):
+    """RetinaNet whose forward returns (B, C, A, 4*D + 2): per class and anchor the logit, then the
+    regression, the anchor and its level (repeated for each class)."""
 
     def __init__(self, network: nn.Module, anchor_generator: nn.Module, spatial_dims: int, anchors_per_loc: int):
         super().__init__()
@@ -90,15 +87,16 @@ class RetinaNetColumns(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             anchors = self.anchor_generator(x[:1].float(), [m[:1].float() for m in cls_maps])[0]  # (A, 2D)
         levels = torch.cat([torch.full((c.shape[1],), float(i), device=x.device) for i, c in enumerate(cls)])
-        b = x.shape[0]
-        parts = [torch.cat(cls, 1).float(), torch.cat(box, 1).float(),
-                 anchors.float().unsqueeze(0).expand(b, -1, -1), levels.view(1, -1, 1).expand(b, -1, -1)]
-        return torch.cat(parts, dim=2).transpose(1, 2)
+        logits = torch.cat(cls, 1).float().transpose(1, 2)  # (B, C, A)
+        b, c, a = logits.shape
+        rest = torch.cat([torch.cat(box, 1).float(), anchors.float().unsqueeze(0).expand(b, -1, -1),
+                          levels.view(1, -1, 1).expand(b, -1, -1)], dim=2)  # (B, A, 4D + 1)
+        return torch.cat([logits.unsqueeze(-1), rest.unsqueeze(1).expand(b, c, a, rest.shape[-1])], dim=3)
 
 
 def retinanet(
     in_channels: InChannels = 1,
-    out_dim: OutDim = 10,
+    out_dim: OutDim = 1,
     spatial_dims: SpatialDims = 2,
     anchor_shapes: list[list[float]] | None = None,
     depth: Annotated[int, Between(10, 50)] = 18,
@@ -109,8 +107,8 @@ def retinanet(
     """RetinaNet (Lin et al. 2017) with a ResNet-`depth` backbone of `width` channels in its first
     stage, an FPN of `fpn_channels`, feature maps from `returned_layers` plus one max-pool level.
 
-    `out_dim` is the columns per anchor (`columns(classes, spatial_dims)`); `anchor_shapes` the
-    base anchor sizes (one [size per axis] each) at the finest level, doubled at each next level.
+    `out_dim` is the number of box classes; `anchor_shapes` the base anchor sizes (one [size per
+    axis] each) at the finest level, doubled at each next level (default: one 16-voxel cube).
     """
     from monai.apps.detection.networks.retinanet_network import RetinaNet
     from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
@@ -125,9 +123,7 @@ def retinanet(
     layers = sorted({int(k) for k in returned_layers})
     if not layers or layers[0] < 1 or layers[-1] > 4:
         raise ValueError(f"returned_layers {list(returned_layers)}: expected values from 1 to 4")
-    num_classes = classes_of(out_dim, spatial_dims)
-    if num_classes < 1:
-        raise ValueError(f"out_dim {out_dim}: at least {columns(1, spatial_dims)} columns per anchor in {spatial_dims}D")
+    num_classes = int(out_dim)
     shapes = [[float(v) for v in s] for s in (anchor_shapes or [[16.0] * spatial_dims])]
     if any(len(s) != spatial_dims for s in shapes):
         raise ValueError(f"anchor_shapes {shapes}: each needs {spatial_dims} sizes")
@@ -144,4 +140,4 @@ def retinanet(
                         feature_extractor=features, size_divisible=size_divisible(layers))  # fmt: skip
     generator = AnchorGeneratorWithAnchorShape(feature_map_scales=[2**i for i in range(len(layers) + 1)],
                                                base_anchor_shapes=shapes)  # fmt: skip
-    return RetinaNetColumns(network, generator, spatial_dims, len(shapes))
+    return RetinaNetRows(network, generator, spatial_dims, len(shapes))
