@@ -27,19 +27,15 @@ Truth = tuple[np.ndarray, np.ndarray]
 
 
 def match(found: Found, truth: Truth, hit: str | float = HIT) -> tuple[np.ndarray, np.ndarray]:
-    """(hit per detection, found per true box): detections in falling score order each take one
-    unmatched true box of their class that they hit (`metrics.hit_matrix`)."""
-    boxes, scores, labels = found
+    """(hit per detection, found per true box) by FROC's rule (`metrics.froc`): a detection hitting
+    any true box of its class (`metrics.hit_matrix`) is a hit, never a false positive, and every
+    true box it hits is found."""
+    boxes, _, labels = found
     true_boxes, true_labels = truth
-    hits, found_truth = np.zeros(len(boxes), dtype=bool), np.zeros(len(true_boxes), dtype=bool)
     if not len(boxes) or not len(true_boxes):
-        return hits, found_truth
+        return np.zeros(len(boxes), dtype=bool), np.zeros(len(true_boxes), dtype=bool)
     can = hit_matrix(boxes, true_boxes, hit) & (np.asarray(labels)[:, None] == np.asarray(true_labels)[None, :])
-    for i in np.argsort(-np.asarray(scores), kind="stable"):
-        free = np.flatnonzero(can[i] & ~found_truth)
-        if len(free):
-            hits[i], found_truth[free[0]] = True, True
-    return hits, found_truth
+    return can.any(axis=1), can.any(axis=0)
 
 
 def map_at(found: list[Found], truth: list[Truth], ious: tuple[float, ...]) -> dict[float, float]:
