@@ -179,6 +179,8 @@ def test_bad_config_lines(tmp_path, nuclei, capsys):
         ({"patch_size": [64, 64, 64]}, "task.patch_size: 3 values for 2D data"),
         ({"patch_size": [64, 64], "boxes_from": "components"}, "set task.boxes_from: instances"),
         ({"patch_size": [64, 64], "nms": 0.3}, "task.nms"),
+        ({"patch_size": [64, 64], "boxes": str(tmp_path / "missing.csv")}, "missing.csv: no such file"),
+        ({"patch_size": [64, 64], "boxes": str(nuclei / "dataset.json")}, "dataset.json: training[0]: 'box' and 'label'"),
     ]:
         assert main(["train", str(_config(tmp_path, data, task, "bad"))]) != 0
         err = capsys.readouterr().err.strip().splitlines()

@@ -38,8 +38,8 @@ def _dims(cfg: ExperimentConfig, modality: Modality) -> int:
 def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
     dims = _dims(cfg, modality)
     if cfg.data.source not in modality.pair_sources:
-        raise ConfigError(f"task.kind: detection takes boxes from the masks of image/mask pairs, data.source: "
-                          f"{' or '.join(modality.pair_sources)}; {cfg.data.source!r} has no masks")  # fmt: skip
+        raise ConfigError(f"task.kind: detection reads images (and masks, or task.boxes) from data.source: "
+                          f"{' or '.join(modality.pair_sources)}; not {cfg.data.source!r}")  # fmt: skip
     if cfg.task.patch_size is not None and len(cfg.task.patch_size) != dims:
         raise ConfigError(f"task.patch_size: {len(cfg.task.patch_size)} values for {dims}D data; give {dims}")
     if cfg.eval.mc_dropout:
