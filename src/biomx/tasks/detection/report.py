@@ -33,7 +33,7 @@ def metric_sections(evaluation: dict[str, Any]) -> list[dict]:
 
 def case_views(image: np.ndarray, truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """What the overlay draws of one case, in its preprocessed grid (C, *S): a 2D slice (3D: the
-    axial slice through the most boxes) of the image, the true boxes, the found ones."""
+    axial slice through the most true boxes) of the image, the true boxes, the found ones."""
     image = np.asarray(image[0], dtype=np.float32)
     keep = scores >= max(threshold, SHOWN_SCORE)
     found = boxes[keep]
@@ -41,8 +41,11 @@ def case_views(image: np.ndarray, truth: np.ndarray, boxes: np.ndarray, scores: 
     if image.ndim == 3:
         d = 3
         counts = np.zeros(image.shape[2])
-        for b in np.concatenate([truth, found]):
-            counts[int(b[2]):max(int(np.ceil(b[d + 2])), int(b[2]) + 1)] += 1
+        for b in truth if len(truth) else found:  # the slice through the most true boxes (none: found ones)
+            first, last = int(np.ceil(b[2] - 0.5)), int(np.floor(b[d + 2] - 0.5))  # slices whose centre is inside
+            if last < first:  # thinner than a slice: the one holding its middle
+                first = last = int((b[2] + b[d + 2]) / 2)
+            counts[max(first, 0):last + 1] += 1
         index = int(np.argmax(counts)) if counts.any() else image.shape[2] // 2
         image = image[..., index]
     low, high = np.percentile(image, [0.5, 99.5])
@@ -75,12 +78,13 @@ def overlay_figure(chosen: list[tuple[str, dict]]) -> Figure:
         found, truth = view["found"], view["truth"]
         hits, found_truth = match((found, view["scores"], np.zeros(len(found), dtype=int)),
                                   (truth, np.zeros(len(truth), dtype=int)))  # fmt: skip
-        for boxes, colours in ((truth, np.where(found_truth, HIT, MISS)), (found[~hits], [FALSE] * int((~hits).sum()))):
+        drawn = ((found[~hits], [FALSE] * int((~hits).sum()), 0.8), (truth, np.where(found_truth, HIT, MISS), 1.6))
+        for boxes, colours, width in drawn:  # the truth last, on top
             crossing = _crossing(boxes.reshape(-1, 2 * dims), view["slice"])
             flat = _flat(boxes.reshape(-1, 2 * dims), view["slice"])
             for b, colour in zip(flat, np.asarray(colours)[crossing], strict=True):
                 ax.add_patch(Rectangle((b[1] - 0.5, b[0] - 0.5), b[3] - b[1], b[2] - b[0], fill=False,
-                                       edgecolor=colour, linewidth=1.0))  # fmt: skip
+                                       edgecolor=colour, linewidth=width))  # fmt: skip
         where = "" if view["slice"] is None else f", slice {view['slice']}"
         ax.set_title(f"{case_id}{where}\n{int(found_truth.sum())}/{len(truth)} found, {int((~hits).sum())} FP",
                      fontsize=8)
@@ -121,6 +125,6 @@ def result_sections(evaluation: dict[str, Any], cases: list[dict], views: list[d
         picks = order[np.unique(np.linspace(0, len(order) - 1, min(n, len(order), 6)).round().astype(int))]
         sections.append({"title": "Detections", "text": "True boxes found (green), missed (red), and false "
                          f"positives (yellow) among the detections scoring at least {SHOWN_SCORE}, on the preprocessed test images, best case first; 3D: the axial slice "
-                         "crossing the most boxes.", "figures": [overlay_figure([(cases[i]["id"], views[i])
+                         "crossing the most true boxes.", "figures": [overlay_figure([(cases[i]["id"], views[i])
                                                                                   for i in picks])]})  # fmt: skip
     return sections
