@@ -34,8 +34,6 @@ class DetectionConfig(TaskConfig):
     # on log sizes), or given here in patch pixels/voxels as [[h, w(, d)], ...] (the same on every level)
     anchors_per_level: Annotated[int, Field(gt=0, le=9)] = 3
     anchor_shapes: list[list[Annotated[float, Field(gt=0)]]] | None = None
-    backbone_depth: Literal[10, 18, 34, 50] = 18  # the ResNet backbone
-    returned_layers: Annotated[list[Annotated[int, Field(ge=1, le=3)]], Field(min_length=1, max_length=3)] = [1, 2]
     # training samples per patch: the hard-negative sampler keeps this many anchors, a share positive
     samples_per_image: PositiveInt = 64
     positive_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
