@@ -156,7 +156,7 @@ def test_boxes_from_a_box_file_for_images_without_masks(tmp_path, nuclei, capsys
     scan = {"intensity": "minmax", "crop_foreground": False, "cache_dir": str(tmp_path / "cache")}
     data = {"modality": "image", "source": "msd", "path": str(only), "image": {"scan": scan},
             "split": {"method": "random", "val": 0.125, "test": 0.25, "seed": 0}}  # fmt: skip
-    task = {"boxes": str(only / "boxes.csv"), "patch_size": [64, 64], "patches_per_case": 1, "val_patches_per_case": 1}
+    task = {"boxes": "boxes.csv", "patch_size": [64, 64], "patches_per_case": 1, "val_patches_per_case": 1}  # in only/
     assert main(["train", str(_config(tmp_path, data, task, "from-file"))]) == 0
     run = next((tmp_path / "runs").iterdir())
     split = _rows(run / "split.csv")

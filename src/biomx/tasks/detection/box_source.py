@@ -53,7 +53,16 @@ def to_preprocessed(boxes: np.ndarray, geometry: dict[str, Any], shape: tuple[in
     return clip_boxes(moved, shape)
 
 
-def read_file_boxes(task: Any, cases: list[Case], spatial_dims: int, on_error: str
+def box_file(task: Any, data_path: str | Path) -> Path:
+    """`task.boxes`; a relative path is relative to the dataset folder (`data.path`)."""
+    path = Path(task.boxes).expanduser()
+    if path.is_absolute():
+        return path
+    root = Path(data_path)
+    return (root.parent if root.is_file() else root) / path
+
+
+def read_file_boxes(task: Any, cases: list[Case], spatial_dims: int, on_error: str, data_path: str | Path
                     ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], list[tuple[str, str]]]:  # fmt: skip
     """{case number: (boxes in the scan's voxels, class indices)} for the cases the box file names,
     and the skipped rows (file, reason) when `on_error: skip`.
@@ -62,7 +71,7 @@ def read_file_boxes(task: Any, cases: list[Case], spatial_dims: int, on_error: s
         ConfigError: a box file that is neither .csv nor .json, or is missing.
         DataError: a bad row (named by file and row), an image the dataset does not hold.
     """
-    path = Path(task.boxes)
+    path = box_file(task, data_path)
     if not path.is_file():
         raise ConfigError(f"task.boxes: {path}: no such file")
     names: dict[str, int] = {}

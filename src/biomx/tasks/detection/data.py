@@ -142,7 +142,7 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
 def _file_cases(cfg: ExperimentConfig, cases: list[Case], names: list[str], store: Any, dims: int) -> tuple:
     """(cases the box file names, their boxes in the preprocessed grid, class indices, the file's
     boxes on each scan's grid with classes, skipped (file, reason)); cases it does not name go."""
-    found, skipped = read_file_boxes(cfg.task, cases, dims, cfg.data.on_error)
+    found, skipped = read_file_boxes(cfg.task, cases, dims, cfg.data.on_error, cfg.data.path)
     kept, boxes, labels, truth = [], [], [], []
     for i, case in enumerate(cases):
         if i not in found:
