@@ -86,7 +86,7 @@ def test_moved_keys_name_their_new_place(raw, expected):
     ("raw", "expected"),
     [
         ({**MINIMAL, "task": {"target_name": "logS"}}, "task.target_name: unknown key; it belongs to task.kind: regression"),
-        ({**MINIMAL, "task": {"patch_size": [64, 64]}}, "task.patch_size: unknown key; it belongs to task.kind: segmentation"),
+        ({**MINIMAL, "task": {"patch_size": [64, 64]}}, "task.patch_size: unknown key; it belongs to task.kind: detection or segmentation"),
         ({**MINIMAL, "task": {"kind": "regression", "threshold": 0.3}}, "task.threshold: unknown key; it belongs to task.kind: classification"),
         ({**MINIMAL, "task": {"loss": "mse"}}, "it belongs to task.kind: regression or segmentation"),
         ({"data": {**MINIMAL["data"], "molecule": {"smiles_column": "smi"}}}, "data.molecule: unknown key; it belongs to data.modality: molecule"),
