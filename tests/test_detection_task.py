@@ -137,6 +137,31 @@ def test_trains_and_predicts_on_synthetic_volumes(tmp_path):
     assert sum(map(count, split_json)) > sum(map(count, split_mask))  # lesion_001: two lesions touch
 
 
+def test_world_boxes_agree_with_the_lesion_box_file(tmp_path):
+    """Mask boxes put in world coordinates through the scan's geometry are the RAS millimetres the
+    lesion writer stores in boxes.csv, for every case, stored in RAS or in another voxel order."""
+    from biomx.modalities import get_modality
+    from biomx.tasks.detection.inference import to_world
+    from biomx.tasks.detection.lesion_boxes import write_lesion_detection_dataset
+
+    files = write_lesion_detection_dataset(tmp_path / "l", n_cases=4, seed=2, shape=(32, 32, 16))
+    volume, root = get_modality("volume"), files["dataset"].parent
+    rows, compared = _rows(files["csv"]), 0
+    for k in range(4):
+        name = f"lesion_{k:03d}"
+        image = volume.read_scan(root / "imagesTr" / f"{name}.nii.gz")
+        mask = volume.read_scan(root / "labelsTr" / f"{name}.nii.gz", mask=True)
+        boxes, _ = mask_boxes(mask.array, "components", 1)
+        world = to_world(boxes, volume.scan_reference(image), image.spacing)
+        stored = np.array([[float(r[f"{a}_{e}"]) for e in ("min", "max") for a in "xyz"] for r in rows
+                           if name in r["image"]])  # fmt: skip
+        if len(world) == len(stored):  # touching lesions are one component but two rows
+            order = lambda b: b[np.lexsort(b.T[::-1])]  # noqa: E731
+            np.testing.assert_allclose(order(world), order(stored), atol=1e-3)
+            compared += 1
+    assert compared >= 2
+
+
 def test_boxes_from_a_box_file_for_images_without_masks(tmp_path, nuclei, capsys):
     """Images only (no label in dataset.json) and a CSV of voxel boxes: the same boxes as the masks."""
     import tifffile
