@@ -126,11 +126,14 @@ def test_trains_and_predicts_on_synthetic_volumes(tmp_path):
     cfg_json = yaml.safe_load(cfg.read_text())
     cfg_json["task"]["boxes"] = str(spec.parent / "boxes.json")
     cfg_json["output"]["dir"] = str(tmp_path / "runs_json")
+    cfg_json["model"]["ensemble"] = 2  # the members' boxes fused
     (tmp_path / "json.yaml").write_text(yaml.safe_dump(cfg_json))
     assert main(["train", str(tmp_path / "json.yaml")]) == 0
-    again = json.loads(next((tmp_path / "runs_json").iterdir()).joinpath("test_metrics.json").read_text())
-    assert again["n_true"] >= metrics["n_true"]
-    split_json, split_mask = _rows(next((tmp_path / "runs_json").iterdir()) / "split.csv"), _rows(run / "split.csv")
+    run_json = next((tmp_path / "runs_json").iterdir())
+    assert sorted(p.name for p in (run_json / "members").iterdir()) == ["0", "1"]
+    again = json.loads((run_json / "test_metrics.json").read_text())
+    assert again["n_true"] >= metrics["n_true"] and again["n_found"] == 5
+    split_json, split_mask = _rows(run_json / "split.csv"), _rows(run / "split.csv")
     assert [(r["id"], r["split"]) for r in split_json] == [(r["id"], r["split"]) for r in split_mask]
     count = lambda r: int(r["label"].split()[0]) if r["label"] != "none" else 0  # noqa: E731
     assert all(count(a) >= count(b) for a, b in zip(split_json, split_mask, strict=True))
