@@ -69,6 +69,11 @@ def test_streamed_rows_are_the_decoded_rows_and_are_kept(folder):
         f.write(b"\x00" * 16)
     assert torch.equal(again[6], memory.inputs[6])
 
+    # image.cache: false keeps no store: every read decodes its files.
+    uncached = pipeline.load(ImageData(source="folder", path=str(folder), image=ImageSettings(
+        size=(24, 24), storage="stream", cache=False))).inputs  # fmt: skip
+    assert uncached.store is None and torch.equal(uncached[rows], memory.inputs[rows])
+
 
 def test_streamed_and_in_memory_batches_are_identical(folder):
     memory, streamed = _load(folder, "memory"), _load(folder, "stream")
