@@ -295,3 +295,13 @@ def test_loss_is_finite_and_learns_a_box():
     model.eval()
     boxes, scores, _ = task.detect(model(x[:1]), [32, 32])[0]
     assert len(boxes) and np.abs(boxes[np.argmax(scores)] - [8, 8, 16, 16]).max() < 3
+
+
+def test_a_patch_without_boxes_is_a_negative():
+    task = build_detection_task(["cell"], 2, 1, [32, 32])
+    model = retinanet(1, 1, 2, [[8.0, 8.0]], **TINY)
+    none = torch.full((2, 3, 5), -1.0)
+    loss = task.loss(model(torch.rand(2, 1, 32, 32)), none)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0  # every sampled anchor is a negative
+    assert np.isnan(task.quick_metrics(model(torch.rand(2, 1, 32, 32)).detach().numpy(), none.numpy())["ap50"])
