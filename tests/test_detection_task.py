@@ -127,6 +127,7 @@ def test_trains_and_predicts_on_synthetic_volumes(tmp_path):
     cfg_json["task"]["boxes"] = str(spec.parent / "boxes.json")
     cfg_json["output"]["dir"] = str(tmp_path / "runs_json")
     cfg_json["model"]["ensemble"] = 2  # the members' boxes fused
+    cfg_json["task"]["fusion"] = "wbf"
     (tmp_path / "json.yaml").write_text(yaml.safe_dump(cfg_json))
     assert main(["train", str(tmp_path / "json.yaml")]) == 0
     run_json = next((tmp_path / "runs_json").iterdir())

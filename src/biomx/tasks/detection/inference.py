@@ -62,7 +62,8 @@ def fuse(sources: list[Found], task: DetectionTask, dims: int) -> Found:
     box fusion (`task.fusion`); the `detections_per_image` best kept."""
     boxes, scores, labels = _concat(sources, dims)
     if task.fusion == "wbf" and len(boxes):
-        boxes, scores, labels = weighted_box_fusion([(boxes, scores, labels)], iou=task.nms_iou)
+        # one source: overlapping windows' weak duplicates must not drag a cluster's score down
+        boxes, scores, labels = weighted_box_fusion([(boxes, scores, labels)], iou=task.nms_iou, conf="max")
     elif len(boxes):
         keep = nms(boxes, scores, task.nms_iou, labels)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
