@@ -39,10 +39,7 @@ def match(found: Found, truth: Truth, hit: str | float = HIT) -> tuple[np.ndarra
 
 
 def map_at(found: list[Found], truth: list[Truth], ious: tuple[float, ...]) -> dict[float, float]:
-    """`metrics.mean_average_precision`'s mAP per IoU; with no detection at all, 0 (NaN without a
-    true box), which it cannot compute from an empty ranking."""
-    if not any(len(f[0]) for f in found):
-        return {float(iou): 0.0 if any(len(t[0]) for t in truth) else float("nan") for iou in ious}
+    """`metrics.mean_average_precision`'s COCO mAP per IoU threshold (NaN without a true box)."""
     return mean_average_precision(found, truth, iou_thresholds=ious)["map_at"]
 
 
