@@ -40,7 +40,7 @@ class ImageSettings(Section):
     path_column: str = "path"  # csv source: the column of image files
     normalize: bool = True  # standardise with the training split's mean and std
     cache: bool = True  # image files: keep decoded images on disk, keyed by content and settings
-    # Image files (folder, csv): "memory" decodes every image up front into one tensor; "stream" decodes
+    # Image files (folder, csv, shards): "memory" decodes every image up front into one tensor; "stream" decodes
     # each image when a batch first needs it (DataLoader workers) into an on-disk row store and reads rows
     # back from there (docs/large_data.md); "auto": stream when the decoded images would exceed 2 GiB.
     storage: Literal["auto", "memory", "stream"] = "auto"
@@ -54,7 +54,7 @@ class ImageData(DataConfig):
     modality: Literal["image"] = "image"
     image: ImageSettings = ImageSettings()
 
-    sources: ClassVar[tuple[str, ...]] = ("folder", "csv", "npz", "dataset", "msd")
+    sources: ClassVar[tuple[str, ...]] = ("folder", "csv", "shards", "npz", "dataset", "msd")
     local_sources: ClassVar[tuple[str, ...]] = ("dataset",)
     path_keys: ClassVar[tuple[str, ...]] = ("scan.cache_dir",)
     moved: ClassVar[dict[str, str]] = {
@@ -66,6 +66,6 @@ class ImageData(DataConfig):
 
     @model_validator(mode="after")
     def _size_for_files(self) -> ImageData:
-        if self.source in ("folder", "csv") and self.image.size is None:
-            raise ValueError("image.size is required for folder and csv sources, e.g. [224, 224]")
+        if self.source in ("folder", "csv", "shards") and self.image.size is None:
+            raise ValueError("image.size is required for folder, csv and shards sources, e.g. [224, 224]")
         return self

@@ -10,6 +10,8 @@ Which files make up a dataset: `image.sources` (folders, CSV manifests) and `ima
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +81,50 @@ def read_image(path: str | Path, *, channels: int | None = None,
         ValueError: an invalid `dicom_frames`, `channels`, `window` width or `nan_policy`.
     """
     path = Path(path)
+    _check_arguments(channels, window, dicom_frames, nan_policy)
+    if not path.is_file():
+        raise DataError(f"{path}: cannot read image: file not found")
+    return _decode(path, None, channels, window, dicom_frames, nifti_slice, nan_policy, max_pixels)
+
+
+class NamedBytes(io.BytesIO):
+    """A packed file's bytes that the decoders open like a file and every message names by
+    `name` (e.g. `SET/shard-000003.tar: 00000017.png`): `f"{source}: ..."` prints it."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Source = Path | NamedBytes  # what the format readers open: a file, or a file's bytes
+
+
+def read_image_bytes(data: bytes, ext: str, name: str, *, channels: int | None = None,
+                     window: tuple[float, float] | None = None, dicom_frames: str = "first",
+                     nifti_slice: int | None = None, nan_policy: str = "raise",
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """`read_image` for a file's bytes held in memory (a tar shard's member): the same decoders
+    (Pillow, tifffile, pydicom read file objects; NIfTI from its bytes), the same scaling.
+
+    Args:
+        data: the file's bytes, unchanged.
+        ext: its extension without the dot ("png", "dcm", "nii.gz"; "" sniffs the magic bytes).
+        name: where the bytes come from, named in every error.
+        channels, window, dicom_frames, nifti_slice, nan_policy, max_pixels: as `read_image`.
+
+    Raises:
+        DataError: as `read_image`, naming `name`.
+    """
+    _check_arguments(channels, window, dicom_frames, nan_policy)
+    kind = _kind_of_name(f"x.{ext}") or _kind_of_magic(data[:132])
+    return _decode(NamedBytes(data, name), kind, channels, window, dicom_frames, nifti_slice, nan_policy, max_pixels)
+
+
+def _check_arguments(channels: int | None, window: tuple[float, float] | None, dicom_frames: str,
+                     nan_policy: str) -> None:
     if dicom_frames not in ("first", "all"):
         raise ValueError(f"dicom_frames must be 'first' or 'all', got {dicom_frames!r}")
     if channels is not None and channels < 1:
@@ -87,10 +133,13 @@ def read_image(path: str | Path, *, channels: int | None = None,
         raise ValueError(f"window width must be > 0, got window={window}")
     if nan_policy not in ("raise", "zero"):
         raise ValueError(f"nan_policy must be 'raise' or 'zero', got {nan_policy!r}")
-    if not path.is_file():
-        raise DataError(f"{path}: cannot read image: file not found")
+
+
+def _decode(path: Source, kind: str | None, channels: int | None, window: tuple[float, float] | None,
+            dicom_frames: str, nifti_slice: int | None, nan_policy: str, max_pixels: int | None) -> np.ndarray:
+    """One image from a file (`kind` None: found by `_format_of`) or its bytes -> float32 (C, H, W) in [0, 1]."""
     try:
-        kind = _format_of(path)
+        kind = kind or _format_of(path)
         if kind == "pillow":
             image = _scale(_finite(read_pillow(path, max_pixels), path, nan_policy))
         elif kind == "tiff":
@@ -110,12 +159,21 @@ def read_image(path: str | Path, *, channels: int | None = None,
 
 def _format_of(path: Path) -> str:
     """'pillow', 'tiff', 'dicom', 'nifti' or 'unknown', from the extension, else the magic."""
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        return "nifti"
-    if path.suffix.lower() in _SUFFIX_FORMAT:
-        return _SUFFIX_FORMAT[path.suffix.lower()]
+    kind = _kind_of_name(path.name)
+    if kind is not None:
+        return kind
     with open(path, "rb") as f:
-        head = f.read(132)
+        return _kind_of_magic(f.read(132))
+
+
+def _kind_of_name(name: str) -> str | None:
+    name = name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    return _SUFFIX_FORMAT.get(Path(name).suffix)
+
+
+def _kind_of_magic(head: bytes) -> str:
     if head[128:132] == b"DICM":
         return "dicom"
     if head.startswith((b"\x89PNG", b"\xff\xd8\xff")):  # not BMP's "BM": too many false hits
@@ -133,7 +191,7 @@ def is_image_file(path: Path) -> bool:
         return False
 
 
-def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
+def _read_tiff(path: Source, max_pixels: int | None) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]  # multi-page (stack, pyramid): the first page
         # The page's tags give its extent; nothing is decoded before asarray().
@@ -149,7 +207,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
     raise DataError(f"{path}: cannot read image: unsupported TIFF page layout {axes!r}")
 
 
-def _finite(arr: np.ndarray, path: Path, nan_policy: str) -> np.ndarray:
+def _finite(arr: np.ndarray, path: Source, nan_policy: str) -> np.ndarray:
     """`arr` if every pixel is finite; else a DataError ("raise") or a copy with them set to 0
     ("zero"). Without this, one NaN makes min/max NaN and the whole image silently zeros."""
     if not np.issubdtype(arr.dtype, np.floating):
@@ -185,12 +243,14 @@ def _rescale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _read_dicom(path: Path, window: tuple[float, float] | None, frames: str, nan_policy: str,
+def _read_dicom(path: Source, window: tuple[float, float] | None, frames: str, nan_policy: str,
                 max_pixels: int | None) -> np.ndarray:
     header = pydicom.dcmread(path, stop_before_pixels=True)  # the size check reads no pixel data
     n_frames = int(header.get("NumberOfFrames") or 1)
     read_frames = (n_frames,) if frames == "all" and n_frames > 1 else ()  # "first" decodes one frame
     check_pixels(path, (int(header.get("Columns") or 0), int(header.get("Rows") or 0), *read_frames), max_pixels)
+    if isinstance(path, NamedBytes):
+        path.seek(0)  # read again from the start
     ds = pydicom.dcmread(path)
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(f"{path}: cannot read image: DICOM file has no pixel data")
@@ -287,8 +347,12 @@ def _lut_lookup(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, int]:
     return out, 2 ** max(1, min(declared, int(entries.max()).bit_length())) - 1
 
 
-def _read_nifti(path: Path, index: int | None, nan_policy: str, max_pixels: int | None) -> np.ndarray:
-    img = nib.load(path)  # reads the header; the voxels stay on disk until sliced
+def _read_nifti(path: Source, index: int | None, nan_policy: str, max_pixels: int | None) -> np.ndarray:
+    if isinstance(path, NamedBytes):  # nibabel opens files by name; a packed file is parsed from its bytes
+        raw = path.getvalue()
+        img = nib.Nifti1Image.from_bytes(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    else:
+        img = nib.load(path)  # reads the header; the voxels stay on disk until sliced
     shape = img.shape
     check_pixels(path, shape[:2], max_pixels)  # one slice: voxel axes 0 and 1
     depth = shape[2] if len(shape) >= 3 else 1
@@ -302,7 +366,7 @@ def _read_nifti(path: Path, index: int | None, nan_policy: str, max_pixels: int 
     return _rescale(plane, plane.min(), plane.max())[None]
 
 
-def _to_channels(image: np.ndarray, channels: int | None, path: Path) -> np.ndarray:
+def _to_channels(image: np.ndarray, channels: int | None, path: Source) -> np.ndarray:
     c = image.shape[0]
     if channels is None or channels == c:
         return image

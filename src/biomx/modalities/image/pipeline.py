@@ -27,6 +27,7 @@ from biomx.modalities.common.planar import DEFAULT_MAX_PIXELS
 from biomx.modalities.common.tensor_dataset import ImageTensorDataset
 from biomx.modalities.image.augment import Augment
 from biomx.modalities.image.decode import decode_images
+from biomx.modalities.image.shard_source import load_shards
 from biomx.modalities.image.sources import image_files_under, records_from_csv, records_from_folder
 from biomx.modalities.image.streaming import (
     AUTO_STREAM_BYTES,
@@ -177,7 +178,7 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
         ConfigError: storage stream with on_error skip or an array source.
     """
     if cfg.source in ("dataset", "npz") and cfg.image.storage == "stream":
-        raise ConfigError(f"data.image.storage: stream reads image files (source folder or csv); a source "
+        raise ConfigError(f"data.image.storage: stream reads image files (source folder, csv or shards); a source "
                           f"{cfg.source} is one array read into memory: use storage: auto or memory")  # fmt: skip
     if cfg.source == "dataset":
         dataset = get_dataset(cfg.path)
@@ -188,10 +189,13 @@ def load(cfg: DataConfig, classes: list[str] | None = None) -> Samples:
         return _from_npz(Path(cfg.path), cfg, classes)
     if cfg.source in ("folder", "csv"):
         return _from_files(cfg)
+    if cfg.source == "shards":  # a set packed by `biomx shards write` (docs/shards.md)
+        return load_shards(Path(cfg.path), _settings(cfg), _decoding(cfg), lambda n: _storage(cfg, n),
+                           cfg.image.cache, cfg.on_error)  # fmt: skip
     if cfg.source == "msd":
         raise DataError("data.source: msd holds image/mask pairs, read by a task that labels pixels "
                         "(task.kind: segmentation); to classify images use folder, csv, npz or dataset")
-    raise DataError(f"data.source: {cfg.source!r} is not an image source; use folder, csv, npz or dataset")
+    raise DataError(f"data.source: {cfg.source!r} is not an image source; use folder, csv, shards, npz or dataset")
 
 
 # ---------------------------------------------------------------------------------- datasets

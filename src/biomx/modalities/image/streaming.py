@@ -16,7 +16,7 @@ them), so hashing every file up front is kept; it runs in a thread pool (`file_h
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from biomx.data.cache import cache_key, default_cache_dir
 from biomx.data.row_store import RowStore, index_rows
 from biomx.data.samples import sha256_file
 from biomx.errors import DataError
-from biomx.modalities.image.decode import read_image, resize_image
+from biomx.modalities.image.decode import read_image, read_image_bytes, resize_image
 
 STREAM_VERSION = "image-rows-v1"  # bump when decoding or resizing changes (as IMAGE_CACHE_VERSION)
 AUTO_STREAM_BYTES = 2 << 30  # storage auto: stream when the decoded images would take more (2 GiB)
@@ -79,9 +79,16 @@ class Decoding:
     max_pixels: int | None
 
     def decode(self, path: str) -> np.ndarray:
+        return self._row(read_image, path)
+
+    def decode_bytes(self, data: bytes, ext: str, name: str) -> np.ndarray:
+        """A packed file's bytes (a shard member, format from `ext`) decoded as `decode` decodes a file."""
+        return self._row(read_image_bytes, data, ext, name)
+
+    def _row(self, read: Callable[..., np.ndarray], *source: Any) -> np.ndarray:
         try:
-            image = read_image(path, channels=self.channels, window=self.window, dicom_frames=self.dicom_frames,
-                               nan_policy=self.nan_policy, max_pixels=self.max_pixels)  # fmt: skip
+            image = read(*source, channels=self.channels, window=self.window, dicom_frames=self.dicom_frames,
+                         nan_policy=self.nan_policy, max_pixels=self.max_pixels)  # fmt: skip
         except DataError as e:
             raise StreamDecodeError(str(e)) from None
         return resize_image(image, self.size).to(torch.float16).numpy()
@@ -137,12 +144,16 @@ class StreamedImages:
         with ThreadPoolExecutor(n) as pool:
             list(pool.map(self._rows, chunks))
 
+    def decode_row(self, i: int) -> np.ndarray:
+        """Row i decoded from its source (a file here; a shard member in `ShardImages`)."""
+        return self.decoding.decode(self.paths[i])
+
     def _rows(self, rows: np.ndarray) -> torch.Tensor:
         if self.store is None:
-            out = np.stack([self.decoding.decode(self.paths[i]) for i in rows.tolist()]) if len(rows) else \
+            out = np.stack([self.decode_row(i) for i in rows.tolist()]) if len(rows) else \
                 np.empty((0, *self.shape[1:]), np.float16)  # fmt: skip
         else:
-            out = self.store.read(rows, lambda i: self.decoding.decode(self.paths[i]))
+            out = self.store.read(rows, self.decode_row)
         return torch.from_numpy(out)
 
 
@@ -156,15 +167,19 @@ def streamed_images(paths: list[Path], hashes: list[str | None], settings: dict[
     for path, digest in zip(paths, hashes, strict=True):
         if digest is None:
             raise DataError(f"{path}: cannot read image: the file cannot be opened")
-    names = [str(p) for p in paths]
-    store = None
-    if use_cache:
-        key = cache_key(STREAM_VERSION, hashes, settings)
-        try:
-            store = RowStore(default_cache_dir(), key, len(paths), (decoding.channels, *decoding.size), np.float16)
-        except OSError:
-            store = None  # an unwritable cache folder: every read decodes
-    return StreamedImages(names, decoding, store)
+    return StreamedImages([str(p) for p in paths], decoding, open_store(hashes, settings, decoding, use_cache))
+
+
+def open_store(hashes: list[Any], settings: dict[str, Any], decoding: Decoding, use_cache: bool) -> RowStore | None:
+    """The row store for images with these content hashes (in row order) and settings; None
+    without `image.cache` or when the cache folder cannot be written (every read decodes)."""
+    if not use_cache:
+        return None
+    key = cache_key(STREAM_VERSION, hashes, settings)
+    try:
+        return RowStore(default_cache_dir(), key, len(hashes), (decoding.channels, *decoding.size), np.float16)
+    except OSError:
+        return None
 
 
 def decoded_bytes(n: int, size: tuple[int, int], channels: int) -> int:
