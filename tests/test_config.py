@@ -47,7 +47,7 @@ def test_nested_typo_and_several_problems_reported_together():
         ({**MINIMAL, "model": {"name": "resnet19"}}, "model.name: unknown model 'resnet19' (did you mean 'resnet18'?)"),
         ({**MINIMAL, "model": {"name": "resnet18", "args": {"stemm": "small"}}}, "model.args.stemm: resnet18 has no argument"),
         ({**MINIMAL, "train": {"monitor": "val_aurc"}}, "train.monitor: unknown metric 'val_aurc' (did you mean 'val_auroc'?)"),
-        ({"data": {"source": "folder", "path": "x"}}, "data: image.size is required for folder and csv sources"),
+        ({"data": {"source": "folder", "path": "x"}}, "data: image.size is required for folder, csv and shards sources"),
         ({"data": {"source": "dataset", "path": "x", "split": {"val": 1.5}}}, "data.split.val: Input should be less than 1"),
         ({"model": {}}, "data: required key is missing"),
         ({**MINIMAL, "task": {"min_component_size": 10}}, "task.min_component_size: unknown key; it belongs to task.kind: segmentation"),
