@@ -102,6 +102,26 @@ def test_nms_agrees_with_monai():
     np.testing.assert_array_equal(nms(boxes, scores, 0.3), reference)
 
 
+def test_nms_limit_stops_early_with_the_same_boxes():
+    from biomx.tasks.detection.inference import fuse
+    from biomx.tasks.detection.task import build_detection_task
+
+    rng = np.random.default_rng(3)
+    lo = rng.uniform(0, 200, size=(3000, 2))  # many overlapping window boxes, ties in score included
+    boxes = np.concatenate([lo, lo + rng.uniform(4, 20, size=(3000, 2))], axis=1)
+    scores, labels = rng.choice(rng.uniform(size=500), 3000), rng.integers(0, 2, 3000)
+    full = nms(boxes, scores, 0.2, labels)
+    assert len(full) > 100
+    for limit in (0, 1, 100, len(full), len(full) + 5):
+        np.testing.assert_array_equal(nms(boxes, scores, 0.2, labels, limit=limit), full[:limit])
+    task = build_detection_task(["a", "b"], 2, 1, [32, 32], nms_iou=0.2, detections_per_image=100)
+    found = fuse([(boxes[:1000], scores[:1000], labels[:1000]), (boxes[1000:], scores[1000:], labels[1000:])],
+                 task, 2)  # fmt: skip
+    order = np.argsort(-scores[full], kind="stable")[:100]  # fuse as it was: full NMS, then the best 100
+    for got, want in zip(found, (boxes[full][order], scores[full][order], labels[full][order]), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_weighted_box_fusion_hand_computed():
     a = ([[0, 0, 10, 10]], [0.9], [1])
     b = ([[2, 2, 12, 12], [50, 50, 60, 60]], [0.3, 0.6], [1, 1])

@@ -298,6 +298,40 @@ def test_loss_is_finite_and_learns_a_box():
     assert len(boxes) and np.abs(boxes[np.argmax(scores)] - [8, 8, 16, 16]).max() < 3
 
 
+def test_detached_anchors_leave_the_loss_and_head_gradients_unchanged():
+    torch.manual_seed(0)
+    task = build_detection_task(["cell"], 2, 1, [32, 32])
+    model = retinanet(1, 1, 2, [[8.0, 8.0]], **TINY)
+    x = torch.rand(2, 1, 32, 32)
+    y = torch.full((2, 3, 5), -1.0)
+    y[:, 0] = torch.tensor([8.0, 8, 16, 16, 0])
+    y[1, 1] = torch.tensor([18.0, 4, 30, 14, 0])
+
+    def grads(attached: bool) -> tuple[float, list[torch.Tensor], torch.Tensor]:
+        model.zero_grad()
+        out = model(x)
+        head, anchors, per_level = task.split(out)
+        if attached:  # as before: the anchor columns of the output itself, in the graph
+            anchors = out.float()[0, 0, :, 5:9]
+            assert anchors.requires_grad
+        else:
+            assert not anchors.requires_grad
+        torch.manual_seed(1)  # the hard-negative sampler draws from the global generator
+        losses = task.detector.compute_loss(head, task.target_dicts(y), [anchors] * 2, per_level)
+        loss = losses["classification"] + losses["box_regression"]
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()], anchors
+
+    loss_before, before, _ = grads(True)
+    loss_after, after, anchors = grads(False)
+    assert loss_after == loss_before > 0
+    assert sum(float(g.abs().sum()) for g in after) > 0
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.manual_seed(1)
+    assert task.loss(model(x), y).item() == loss_after  # task.loss is the detached path
+
+
 def test_a_patch_without_boxes_is_a_negative():
     task = build_detection_task(["cell"], 2, 1, [32, 32])
     model = retinanet(1, 1, 2, [[8.0, 8.0]], **TINY)

@@ -127,11 +127,14 @@ def box_iou(a: object, b: object) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def nms(boxes: object, scores: object, iou: float, labels: object | None = None) -> np.ndarray:
+def nms(boxes: object, scores: object, iou: float, labels: object | None = None,
+        limit: int | None = None) -> np.ndarray:  # fmt: skip
     """Greedy non-maximum suppression: indices kept, highest score first.
 
     A box is dropped when it overlaps a kept, higher-scoring box by IoU > `iou`. With `labels`,
-    only boxes of the same label suppress each other.
+    only boxes of the same label suppress each other. With `limit`, it stops once `limit` boxes are
+    kept: the result is the first `limit` of the full one (greedy NMS keeps in score order), but
+    thousands of weak window boxes are never compared when only the best hundred are wanted.
     """
     b = as_boxes(boxes)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -145,7 +148,7 @@ def nms(boxes: object, scores: object, iou: float, labels: object | None = None)
         b = b + (np.unique(lab, return_inverse=True)[1] * span)[:, None]
     rest = np.argsort(-s, kind="stable")
     kept = []
-    while len(rest):  # memory O(N): one row of IoUs at a time, not the N x N matrix
+    while len(rest) and (limit is None or len(kept) < limit):  # memory O(N): one row of IoUs at a time, not the N x N matrix
         best, rest = rest[0], rest[1:]
         kept.append(best)
         rest = rest[box_iou(b[best], b[rest])[0] <= iou]

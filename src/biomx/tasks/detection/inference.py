@@ -65,7 +65,7 @@ def fuse(sources: list[Found], task: DetectionTask, dims: int) -> Found:
         # one source: overlapping windows' weak duplicates must not drag a cluster's score down
         boxes, scores, labels = weighted_box_fusion([(boxes, scores, labels)], iou=task.nms_iou, conf="max")
     elif len(boxes):
-        keep = nms(boxes, scores, task.nms_iou, labels)
+        keep = nms(boxes, scores, task.nms_iou, labels, limit=task.detections_per_image)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     order = np.argsort(-scores, kind="stable")[: task.detections_per_image]
     return boxes[order], scores[order], labels[order]

@@ -127,7 +127,9 @@ class DetectionTask:
                             f"{4 * d + 2}); check the model's out_dim")  # fmt: skip
         o = outputs.float()
         head = {"classification": o[..., 0].transpose(1, 2), "box_regression": o[:, 0, :, 1:1 + 2 * d]}
-        anchors = o[0, 0, :, 1 + 2 * d:1 + 4 * d]
+        # The anchors are constants the model appends to its output: detached, so that autograd does not
+        # record anchor matching and box encoding (no parameter's gradient depends on them).
+        anchors = o[0, 0, :, 1 + 2 * d:1 + 4 * d].detach()
         levels = o[0, 0, :, -1].round().long()
         per_level = torch.bincount(levels).tolist()
         return head, anchors, [n // self.num_anchors for n in per_level]
