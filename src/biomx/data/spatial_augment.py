@@ -12,12 +12,13 @@ an image and its mask are extended the same way and no artificial constant plane
 Intensity transforms touch images only, with strengths in units of each sample's own standard
 deviation, so they mean the same on z-scored CT patches and on [0, 1] MedMNIST volumes.
 
-`sampling_matrix`, `resample`, `flip_and_turn` and `intensity` are public for tasks that move
+`spatial_draws`, `resample`, `flip_and_turn` and `intensity` are public for tasks that move
 their own annotations with the images (detection's boxes draw and transform exactly as here).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,29 +65,43 @@ def augment_batch(x: Tensor, labels: Tensor | None, cfg: Any,
         return x, labels
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    n, spatial = x.shape[0], tuple(x.shape[2:])
-    dims = len(spatial)
-
-    def uniform(lo: float, hi: float, *shape: int) -> Tensor:  # draws on the generator's device
-        return torch.rand(n, *shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
-
-    # Every draw happens in this fixed order, whatever is drawn later.
-    flips = uniform(0, 1, dims) < cfg.flip if cfg.flip > 0 else None
-    turns = None
-    if cfg.rotate90 > 0 and spatial[0] == spatial[1]:
-        chosen = uniform(0, 1) < cfg.rotate90
-        k = torch.randint(1, 4, (n,), generator=generator)
-        turns = torch.where(chosen, k, 0)
-    if cfg.rotate > 0 or cfg.scale is not None:
-        angles = uniform(-cfg.rotate, cfg.rotate, 3 if dims == 3 else 1).deg2rad() if cfg.rotate > 0 else None
-        zoom = uniform(*cfg.scale) if cfg.scale is not None else None
-        matrix = sampling_matrix(n, dims, flips, turns, angles, zoom)
+    uniform, flips, turns, matrix = spatial_draws(cfg, x.shape[0], tuple(x.shape[2:]), generator)
+    if matrix is not None:
         x, labels = resample(x, labels, matrix)
     else:
         x, labels = flip_and_turn(x, labels, flips, turns)
     if any(getattr(cfg, name) for name in INTENSITY):
         x = intensity(x, cfg, uniform, generator)
     return x, labels
+
+
+Uniform = Callable[..., Tensor]
+
+
+def spatial_draws(cfg: Any, n: int, spatial: tuple[int, ...], generator: torch.Generator
+                  ) -> tuple[Uniform, Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
+    """The spatial parameters of a batch of `n` samples shaped `spatial`, drawn in one fixed order:
+    (uniform(lo, hi, *shape), the sampler the intensity draws continue with; flips (n, D) or None;
+    quarter turns (n,) or None; the per-sample sampling matrix when a rotation or zoom is on, else
+    None (flips and turns are then applied exactly by `flip_and_turn`). One function for every
+    caller, so images and whatever moves with them (masks, detection's boxes) see the same draws."""
+    dims = len(spatial)
+
+    def uniform(lo: float, hi: float, *shape: int) -> Tensor:  # draws on the generator's device
+        return torch.rand(n, *shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
+
+    flips = uniform(0, 1, dims) < cfg.flip if cfg.flip > 0 else None
+    turns = None
+    if cfg.rotate90 > 0 and spatial[0] == spatial[1]:
+        chosen = uniform(0, 1) < cfg.rotate90
+        k = torch.randint(1, 4, (n,), generator=generator)
+        turns = torch.where(chosen, k, 0)
+    matrix = None
+    if cfg.rotate > 0 or cfg.scale is not None:
+        angles = uniform(-cfg.rotate, cfg.rotate, 3 if dims == 3 else 1).deg2rad() if cfg.rotate > 0 else None
+        zoom = uniform(*cfg.scale) if cfg.scale is not None else None
+        matrix = sampling_matrix(n, dims, flips, turns, angles, zoom)
+    return uniform, flips, turns, matrix
 
 
 # ---- spatial -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from biomx.data.spatial_augment import (
     intensity,
     is_active,
     resample,
-    sampling_matrix,
+    spatial_draws,
 )
 from biomx.tasks.detection.boxes import as_boxes, box_volume, clip_boxes
 
@@ -112,21 +112,8 @@ def augment_detection_batch(x: Tensor, boxes: Sequence[object], cfg: Any, genera
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     n = x.shape[0]
-
-    def uniform(lo: float, hi: float, *shape: int) -> Tensor:
-        return torch.rand(n, *shape, generator=generator, dtype=torch.float64) * (hi - lo) + lo
-
-    # The draws of spatial_augment.augment_batch, in its order.
-    flips = uniform(0, 1, dims) < cfg.flip if cfg.flip > 0 else None
-    turns = None
-    if cfg.rotate90 > 0 and spatial[0] == spatial[1]:
-        chosen = uniform(0, 1) < cfg.rotate90
-        k = torch.randint(1, 4, (n,), generator=generator)
-        turns = torch.where(chosen, k, 0)
-    if cfg.rotate > 0 or cfg.scale is not None:
-        angles = uniform(-cfg.rotate, cfg.rotate, 3 if dims == 3 else 1).deg2rad() if cfg.rotate > 0 else None
-        zoom = uniform(*cfg.scale) if cfg.scale is not None else None
-        matrix = sampling_matrix(n, dims, flips, turns, angles, zoom)
+    uniform, flips, turns, matrix = spatial_draws(cfg, n, spatial, generator)  # augment_batch's draws
+    if matrix is not None:
         x, _ = resample(x, None, matrix)
         moved = [affine_boxes(b, matrix[i].cpu().numpy(), spatial) for i, b in enumerate(sets)]
     else:
