@@ -15,12 +15,14 @@ cache -> patches. Nothing here reads a file format: a modality reads each scan (
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,10 +32,12 @@ from torch.utils.data import Dataset
 from biomx.data.batching import batch_generator
 from biomx.data.cache import ArrayCache, cache_key, default_cache_dir, file_digest
 from biomx.data.spatial_augment import augment_batch
+from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
 
 PREPROCESS_VERSION = "segmentation-case-v1"  # bump when preprocessing changes: old entries miss
 _MAX_FOREGROUND_INDICES = 50_000  # positive patch centres kept per case (a random subset)
+T = TypeVar("T")
 
 
 # ---- 1. Scans -------------------------------------------------------------------------------
@@ -227,11 +231,28 @@ def prepare_case(case_id: str, image_path: Path, label_path: Path, settings: dic
     return Case(case_id, key, str(image_path), str(label_path), meta["geometry"], meta["present"], meta["reference"])
 
 
+def prepare_all(one: Callable[[Any], T], cases: Sequence[Any], shared_cache: bool) -> list[T]:
+    """`one(case)` for every case (typically a `prepare_case` call), in order.
+
+    Under torchrun with a shared cache (`shared_cache`), rank 0 fills the cache while the other
+    ranks wait, then they read it. Decompression and resampling release the GIL, so a few threads
+    overlap them on a cold cache.
+    """
+    if shared_cache and not dist.is_main():
+        dist.barrier()
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        results = list(pool.map(one, cases))
+    if shared_cache and dist.is_main():
+        dist.barrier()
+    return results
+
+
 # ---- 4. Patches ------------------------------------------------------------------------------
 
 
-class PatchDataset(Dataset):
-    """`per_case` patches per case per epoch, cut from the cached memory maps a batch at a time.
+class CachedPatches(Dataset):
+    """`per_case` patches per case per epoch, cut from the cached memory maps a batch at a time
+    (`__getitems__`, which subclasses define: what a patch's target is).
 
     Training: centres are drawn from `batch_generator(seed, epoch, indices)` (the same batch with
     any number of workers and after a resume). `fixed=True` (validation): the same patches
@@ -263,21 +284,38 @@ class PatchDataset(Dataset):
             self._arrays[key] = found
         return self._arrays[key]
 
+    def clamp_start(self, centre: Sequence[float], shape: Sequence[int]) -> list[int]:
+        """The corner of the patch centred (as near as fits) on `centre` in an array of `shape`."""
+        return [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, self.patch, shape, strict=True)]
+
+    def window(self, start: list[int]) -> tuple[slice, ...]:
+        return tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+class PatchDataset(CachedPatches):
+    """Image patches and their label-map patches (a share `pos_ratio` centred on a foreground voxel)."""
+
     def _start(self, label: np.ndarray, foreground: np.ndarray, g: torch.Generator) -> list[int]:
         shape = label.shape
         if len(foreground) and float(torch.rand(1, generator=g)) < self.pos_ratio:
             centre = np.unravel_index(int(foreground[int(torch.randint(len(foreground), (1,), generator=g))]), shape)
         else:
             centre = [int(torch.randint(n, (1,), generator=g)) for n in shape]
-        return [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, self.patch, shape, strict=True)]
+        return self.clamp_start(centre, shape)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         g = batch_generator(self.seed, 0 if self.fixed else self.epoch, indices)
         images, labels = [], []
         for index in indices:
             arrays = self.arrays(self.keys[index // self.per_case])
-            start = self._start(arrays["label"], arrays["foreground"], g)
-            window = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
+            window = self.window(self._start(arrays["label"], arrays["foreground"], g))
             images.append(arrays["image"][(slice(None), *window)])
             labels.append(arrays["label"][window])
         x = torch.from_numpy(np.stack(images))
@@ -285,10 +323,6 @@ class PatchDataset(Dataset):
         if self.augment is not None:
             x, y = augment_batch(x, y, self.augment, g)
         return x, y
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
 
 
 class CaseList(Dataset):

@@ -8,8 +8,6 @@ component of each class (`task.boxes_from`). A case without boxes is a valid neg
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +15,21 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.utils.data import Dataset
 
 from biomx.config import ExperimentConfig
 from biomx.data.batching import batch_generator
 from biomx.data.cache import ArrayCache
-from biomx.data.cases import Case, CaseList, case_store, prepare_case, settings_from
+from biomx.data.cases import (
+    CachedPatches,
+    Case,
+    CaseList,
+    case_store,
+    prepare_all,
+    prepare_case,
+    settings_from,
+)
 from biomx.data.samples import Samples
 from biomx.data.spatial_augment import is_active
-from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
 from biomx.models.detection import size_divisible
 from biomx.tasks.detection.augment import augment_detection_batch
@@ -113,12 +117,7 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
                 return (str(case.image), str(err))
             raise
 
-    if scan.cache and not dist.is_main():
-        dist.barrier()
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(one, chosen))
-    if scan.cache and dist.is_main():
-        dist.barrier()
+    results = prepare_all(one, chosen, scan.cache)
     kept = [r for r in results if isinstance(r[0], Case)]
     skipped = [r for r in results if not isinstance(r[0], Case)]
     cases = [c for c, _ in kept]
@@ -192,35 +191,20 @@ def derive_anchor_shapes(boxes: list[np.ndarray], per_level: int, levels: int, p
     return [[round(float(v), 2) for v in s] for s in shapes]
 
 
-class BoxPatches(Dataset):
-    """`per_case` patches per case per epoch: a share `pos_ratio` centred inside a random box of the
-    case, the rest anywhere. Targets: the boxes in the patch (clipped to it; a box that keeps less
-    than half its size is dropped), padded to `max_boxes` rows of [corners..., class] (-1: none)."""
+class BoxPatches(CachedPatches):
+    """`per_case` patches per case per epoch (`CachedPatches`): a share `pos_ratio` centred inside a
+    random box of the case, the rest anywhere. Targets: the boxes in the patch (clipped to it; a box
+    that keeps less than half its size is dropped), padded to `max_boxes` rows of [corners..., class]
+    (-1: none)."""
 
     def __init__(self, root: Path, keys: list[str], boxes: list[np.ndarray], labels: list[np.ndarray],
                  patch_size: list[int], per_case: int, pos_ratio: float, max_boxes: int, seed: int = 0,
                  fixed: bool = False, augment: Any = None):  # fmt: skip
-        self.root, self.keys, self.boxes, self.labels = Path(root), list(keys), list(boxes), list(labels)
-        self.patch, self.per_case, self.pos_ratio, self.max_boxes = list(patch_size), per_case, pos_ratio, max_boxes
-        self.seed, self.fixed, self.epoch, self.augment = seed, fixed, 0, augment
-        self._arrays: dict[str, dict[str, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self.keys) * self.per_case
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": {}}
+        super().__init__(root, keys, patch_size, per_case, pos_ratio, augment, seed, fixed)
+        self.boxes, self.labels, self.max_boxes = list(boxes), list(labels), max_boxes
 
     def image(self, key: str) -> np.ndarray:
-        if key not in self._arrays:
-            found = ArrayCache(self.root).get(key)
-            if found is None:
-                raise DataError(f"{self.root}: cached case {key[:12]} is missing or damaged; run again to rebuild it")
-            self._arrays[key] = found
-        return self._arrays[key]["image"]
+        return self.arrays(key)["image"]
 
     def _start(self, shape: tuple[int, ...], boxes: np.ndarray, g: torch.Generator) -> list[int]:
         d = len(shape)
@@ -230,7 +214,7 @@ class BoxPatches(Dataset):
             centre = box[:d] + u * (box[d:] - box[:d])
         else:
             centre = [float(torch.randint(n, (1,), generator=g)) for n in shape]
-        return [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, self.patch, shape, strict=True)]
+        return self.clamp_start(centre, shape)
 
     def in_patch(self, boxes: np.ndarray, labels: np.ndarray, start: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The boxes in the patch at `start`, clipped to it (a box keeping less than half its size goes)."""
@@ -261,8 +245,7 @@ class BoxPatches(Dataset):
             case = index // self.per_case
             image = self.image(self.keys[case])
             start = self._start(image.shape[1:], self.boxes[case], g)
-            window = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
-            images.append(image[(slice(None), *window)])
+            images.append(image[(slice(None), *self.window(start))])
             found = self.in_patch(self.boxes[case], self.labels[case], start)
             boxes.append(found[0])
             labels.append(found[1])
@@ -272,10 +255,6 @@ class BoxPatches(Dataset):
             labels = [lab[k] for lab, k in zip(labels, kept, strict=True)]
         y = np.stack([self.padded(b, lab) for b, lab in zip(boxes, labels, strict=True)])
         return x, torch.from_numpy(y)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
 
 
 def returned_layers(cfg: ExperimentConfig) -> list[int]:

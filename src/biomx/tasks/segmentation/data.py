@@ -3,8 +3,6 @@ training patches (augmented), fixed validation patches, whole test cases."""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -17,12 +15,12 @@ from biomx.data.cases import (
     CaseList,
     PatchDataset,
     case_store,
+    prepare_all,
     prepare_case,
     settings_from,
 )
 from biomx.data.samples import Samples
 from biomx.data.spatial_augment import is_active
-from biomx.engine import distributed as dist
 from biomx.errors import ConfigError, DataError
 from biomx.modalities import MODALITIES, get_modality
 from biomx.models.segmentation import required_divisor
@@ -59,14 +57,7 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
                 return (str(case.image), str(err))
             raise
 
-    # Under torchrun, rank 0 fills the shared cache while the other ranks wait, then they read it.
-    if scan.cache and not dist.is_main():
-        dist.barrier()
-    # Decompression and resampling release the GIL: threads overlap them on a cold cache.
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(one, labelled))
-    if scan.cache and dist.is_main():
-        dist.barrier()
+    results = prepare_all(one, labelled, scan.cache)
     cases = [r for r in results if isinstance(r, Case)]
     skipped = [r for r in results if not isinstance(r, Case)]
     for case in cases:
