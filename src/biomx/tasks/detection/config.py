@@ -43,3 +43,6 @@ class DetectionConfig(TaskConfig):
     fusion: Literal["nms", "wbf"] = "nms"  # how boxes of overlapping windows are merged
     overlap: Fraction = 0.25  # sliding-window inference: overlap of neighbouring windows
     sw_batch_size: PositiveInt = 4  # sliding-window inference: windows per forward pass
+    # a trained segmentation run's folder (relative to the working directory): its masks' connected
+    # components as boxes, scored beside the detector on the test split (docs/detection.md, Baseline)
+    baseline: str | None = None

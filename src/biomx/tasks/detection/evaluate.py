@@ -59,6 +59,13 @@ def evaluate_cases(task: DetectionTask, run: TestRun) -> tuple[dict[str, Any], l
         classes=task.classes, n_bootstrap=cfg.eval.bootstrap, ci=cfg.eval.ci, seed=cfg.train.seed)  # fmt: skip
     evaluation.update({"kind": task.kind, "headline": list(task.headline), "n": len(cases),
                        "score_threshold": task.score_threshold, "fusion": task.fusion})  # fmt: skip
+    baseline = getattr(cfg.task, "baseline", None)
+    if baseline:
+        from biomx.tasks.detection.baseline import evaluate_baseline
+
+        evaluation["baseline"] = evaluate_baseline(run, task, baseline,
+                                                   [(c["boxes"], c["scores"], c["labels"]) for c in cases],
+                                                   [(c["truth"], c["truth_labels"]) for c in cases])  # fmt: skip
     write_json(run_dir / "test_metrics.json", evaluation)
     rows = box_rows("", (np.zeros((0, 2 * dims)), np.zeros(0), np.zeros(0, dtype=int)), np.zeros((0, 2 * dims)),
                     task.classes, dims)  # fmt: skip

@@ -27,8 +27,35 @@ def metric_sections(evaluation: dict[str, Any]) -> list[dict]:
             f"inside a true box, as in LUNA16) and their mean (CPM); COCO mAP at IoU 0.1 and 0.5; sensitivity at 1 "
             f"false positive per case per size tercile of the true boxes (equivalent diameter, edges "
             f"{evaluation.get('size_edges')} voxels). CIs: bootstrap over cases.")
-    return [{"title": "Detection metrics", "text": text,
-             "table": {"header": ["metric", "value", "CI low", "CI high"], "rows": rows, "numeric": True}}]
+    sections = [{"title": "Detection metrics", "text": text,
+                 "table": {"header": ["metric", "value", "CI low", "CI high"], "rows": rows, "numeric": True}}]
+    baseline = evaluation.get("baseline")
+    return sections + (baseline_sections(metrics, baseline) if baseline else [])
+
+
+def _cell(m: dict[str, float] | None) -> list[str]:
+    if not m:
+        return ["", ""]
+    return [f"{m['value']:.4f}", f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]"]
+
+
+def baseline_sections(metrics: dict[str, Any], baseline: dict[str, Any]) -> list[dict]:
+    """The detector beside the segmentation-derived baseline, metric by metric, and their agreement."""
+    other = baseline.get("metrics") or {}
+    rows = [[name, *_cell(metrics.get(name)), *_cell(other.get(name))] for name in dict.fromkeys([*metrics, *other])]
+    a = baseline.get("agreement") or {}
+    agree = (f"At {a.get('at_fp_per_case', 1):g} false positive(s) per case each (score thresholds: detector "
+             f"{a.get('detector_threshold', float('nan')):.3g}, baseline {a.get('baseline_threshold', float('nan')):.3g}), "
+             f"of {a.get('n_true', 0)} true boxes both found {a.get('both', 0)}, only the detector "
+             f"{a.get('detector_only', 0)}, only the baseline {a.get('baseline_only', 0)}, neither "
+             f"{a.get('neither', 0)} (agreement {a.get('agree', float('nan')):.3f}).")  # fmt: skip
+    text = (f"Baseline: the segmentation run {baseline.get('run')} ({baseline.get('model')}, "
+            f"{baseline.get('members', 1)} model(s)); every connected component of its predicted mask is a box "
+            f"scored by the mean class probability over the component, {baseline.get('n_found', 0)} boxes in all, "
+            f"scored as the detector's (same cases, same bootstrap). {baseline.get('split_check', '')}. {agree}")
+    return [{"title": "Detector vs segmentation baseline", "text": text,
+             "table": {"header": ["metric", "detector", "detector CI", "baseline", "baseline CI"], "rows": rows,
+                       "numeric": True}}]  # fmt: skip
 
 
 def case_views(image: np.ndarray, truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float) -> dict:

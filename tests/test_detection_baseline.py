@@ -1,0 +1,121 @@
+"""The segmentation-derived baseline beside the detector (`task.baseline`): components of a mask as
+scored boxes, the operating point and agreement counts on hand-made cases, the leak check against
+the baseline's split, and end to end: a tiny UNet run on the real nuclei tiles (binary masks)
+scored beside a tiny RetinaNet run on the same tiles (instance masks), same split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from biomx.cli import main
+from biomx.errors import ConfigError
+from biomx.tasks.detection.baseline import (
+    agreement,
+    baseline_run,
+    check_split,
+    class_map,
+    component_boxes,
+    threshold_at,
+)
+from biomx.tasks.detection.starter import write_nuclei_instances
+
+SPLIT = {"method": "random", "val": 0.125, "test": 0.25, "seed": 0}
+
+
+def test_components_become_boxes_scored_by_mean_probability():
+    probs = np.zeros((2, 8, 10))
+    fg = np.zeros((8, 10))
+    fg[1:3, 1:4] = 0.9  # a 2 x 3 blob
+    fg[5:8, 6:8] = 0.6  # a 3 x 2 blob
+    fg[5, 6] = 0.8
+    probs[1], probs[0] = fg, 1.0 - fg
+    boxes, scores, labels = component_boxes(probs, {1: 0})
+    np.testing.assert_array_equal(boxes, [[1, 1, 3, 4], [5, 6, 8, 8]])
+    np.testing.assert_allclose(scores, [0.9, (0.6 * 5 + 0.8) / 6])
+    np.testing.assert_array_equal(labels, [0, 0])
+    none = component_boxes(np.stack([np.ones((4, 4)), np.zeros((4, 4))]), {1: 0})
+    assert none[0].shape == (0, 4) and len(none[1]) == 0
+
+
+def test_class_map_by_name_or_to_the_one_class():
+    assert class_map(["background", "tumour", "cyst"], ["lesion"]) == {1: 0, 2: 0}
+    assert class_map(["background", "tumour", "cyst"], ["cyst", "tumour"]) == {1: 1, 2: 0}
+    with pytest.raises(ConfigError, match="task.baseline"):
+        class_map(["background", "a", "b"], ["x", "y"])
+
+
+def _found(boxes, scores):
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return b, np.asarray(scores, dtype=np.float64), np.zeros(len(b), dtype=np.int64)
+
+
+def test_operating_point_and_agreement():
+    truth = [(np.array([[0, 0, 4, 4], [10, 10, 14, 14]], dtype=float), np.zeros(2, dtype=int)),
+             (np.array([[20, 20, 24, 24]], dtype=float), np.zeros(1, dtype=int))]  # fmt: skip
+    # detector: hits box 0 (0.9), a FP (0.8), hits box 2 (0.7), a FP (0.6), hits box 1 (0.3)
+    detector = [_found([[1, 1, 3, 3], [30, 30, 32, 32], [11, 11, 13, 13]], [0.9, 0.8, 0.3]),
+                _found([[21, 21, 23, 23], [40, 40, 41, 41]], [0.7, 0.6])]  # fmt: skip
+    # at most 1 FP per case over 2 cases: 2 FPs allowed, so everything down to 0.3 is kept
+    assert threshold_at(detector, truth, fps=1.0) == pytest.approx(0.3)
+    assert threshold_at(detector, truth, fps=0.5) == pytest.approx(0.7)  # one FP: the 0.6 one is out
+    baseline = [_found([[0, 0, 4, 4]], [0.95]), _found(np.zeros((0, 4)), [])]
+    a = agreement(detector, baseline, truth, fps=0.5)
+    assert (a["both"], a["detector_only"], a["baseline_only"], a["neither"]) == (1, 1, 0, 1)
+    assert a["n_true"] == 3 and a["agree"] == pytest.approx(2 / 3)
+    assert threshold_at([_found([[50, 50, 51, 51]], [0.9])], truth[:1], fps=0.5) == float("inf")
+
+
+def test_refuses_a_baseline_that_saw_a_test_case(tmp_path):
+    (tmp_path / "split.csv").write_text("id,label,split\na,x,train\nb,x,test\nc,x,val\n")
+    assert check_split(tmp_path, ["b", "z"]) == "1 of 2 detection test cases are test cases of the baseline run too"
+    with pytest.raises(ConfigError, match=r"task.baseline: .*trained or validated on detection test case\(s\) a, c"):
+        check_split(tmp_path, ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="not a run folder"):
+        baseline_run(str(tmp_path))
+
+
+def _write(tmp_path: Path, name: str, cfg: dict) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_detection_run_scores_a_unet_baseline_beside_it(tmp_path):
+    scan = {"intensity": "minmax", "crop_foreground": False}
+    assert main(["datasets", "--name", "nuclei2d", "--export", str(tmp_path / "semantic")]) == 0
+    unet = _write(tmp_path, "unet", {
+        "name": "unet", "data": {"modality": "image", "source": "msd", "path": str(tmp_path / "semantic"),
+                                 "split": SPLIT, "image": {"scan": scan}},
+        "task": {"kind": "segmentation", "patch_size": [64, 64], "patches_per_case": 2, "val_patches_per_case": 1},
+        "model": {"name": "unet", "args": {"channels": [8, 16], "strides": [2], "num_res_units": 0}},
+        "train": {"epochs": 1, "batch_size": 4, "num_workers": 0}, "eval": {"bootstrap": 10, "explain": 0},
+        "output": {"dir": str(tmp_path / "seg")}})  # fmt: skip
+    assert main(["train", str(unet)]) == 0
+    seg_run = next((tmp_path / "seg").iterdir())
+    instances = write_nuclei_instances(tmp_path / "instances").parent
+    det = _write(tmp_path, "det", {
+        "name": "det", "data": {"modality": "image", "source": "msd", "path": str(instances), "split": SPLIT,
+                                "image": {"scan": scan}},
+        "task": {"kind": "detection", "boxes_from": "instances", "patch_size": [64, 64], "patches_per_case": 2,
+                 "val_patches_per_case": 1, "score_threshold": 0.0, "detections_per_image": 20,
+                 "baseline": str(seg_run)},
+        "model": {"name": "retinanet", "args": {"depth": 10, "width": 8, "fpn_channels": 16,
+                                                "returned_layers": [1, 2]}},
+        "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "monitor": "val_ap50"},
+        "eval": {"bootstrap": 10, "explain": 0}, "output": {"dir": str(tmp_path / "det_runs")}})  # fmt: skip
+    assert main(["train", str(det)]) == 0
+    run = next((tmp_path / "det_runs").iterdir())
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    base = metrics["baseline"]
+    assert base["run"] == str(seg_run) and base["split_check"].startswith("4 of 4")
+    assert set(base["metrics"]) == set(metrics["metrics"])
+    for m in base["metrics"].values():
+        assert np.isnan(m["value"]) or 0.0 <= m["value"] <= 1.0
+    a = base["agreement"]
+    assert a["both"] + a["detector_only"] + a["baseline_only"] + a["neither"] == a["n_true"] == metrics["n_true"]
+    assert "Detector vs segmentation baseline" in (run / "report.html").read_text()
