@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,16 @@ def png_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("png")
     export_images("pneumoniamnist", root, "png", limit=160)
     return root
+
+
+@pytest.fixture
+def xray_pngs(tmp_path, png_folder, monkeypatch) -> Path:
+    """A private copy of `png_folder` (without its manifest: labels from the folder names) and a
+    private cache, for tests that write next to the images or damage one."""
+    monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(png_folder, tmp_path / "xrays")
+    (tmp_path / "xrays" / "manifest.csv").unlink()
+    return tmp_path / "xrays"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ set keeps the folder's order, and a corrupt member fails in one line naming the 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from biomx.modalities.image.decode import read_image, read_image_bytes
 from biomx.modalities.image.shard_source import ShardImages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def folder(tmp_path, png_folder, monkeypatch) -> Path:
-    """A private copy of 160 real X-ray PNGs (folder per class) and a private cache."""
-    monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / "cache"))
-    shutil.copytree(png_folder, tmp_path / "xrays")
-    (tmp_path / "xrays" / "manifest.csv").unlink()
-    return tmp_path / "xrays"
 
 
 def _pack(folder: Path, out: Path, *flags: str) -> Path:
@@ -52,11 +42,11 @@ def test_bytes_decode_as_the_file_does(png_folder, dicom_folder):
         read_image_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "png", "SET: x.png")
 
 
-def test_a_packed_folder_reads_as_the_folder(folder, tmp_path):
-    kept = _pack(folder, tmp_path / "kept", "--no-shuffle")  # the folder's order
-    shuffled = _pack(folder, tmp_path / "shuffled")  # the default: shuffled once at write time
-    files = _load("folder", folder, "memory")
-    relative = [Path(p).relative_to(folder).as_posix() for p in files.ids]
+def test_a_packed_folder_reads_as_the_folder(xray_pngs, tmp_path):
+    kept = _pack(xray_pngs, tmp_path / "kept", "--no-shuffle")  # the folder's order
+    shuffled = _pack(xray_pngs, tmp_path / "shuffled")  # the default: shuffled once at write time
+    files = _load("folder", xray_pngs, "memory")
+    relative = [Path(p).relative_to(xray_pngs).as_posix() for p in files.ids]
 
     streamed = _load("shards", kept, "stream", cache=False)  # every row decoded from its member's bytes
     assert isinstance(streamed.inputs, ShardImages) and streamed.inputs.store is None
@@ -90,9 +80,9 @@ def _config(path: Path, source: str, root: Path, workers: int) -> Path:
     return path
 
 
-def test_shards_and_folder_train_the_same_model(folder, tmp_path, monkeypatch):
-    kept = _pack(folder, tmp_path / "kept", "--no-shuffle")
-    for source, root, workers in (("folder", folder, 0), ("shards", kept, 2)):
+def test_shards_and_folder_train_the_same_model(xray_pngs, tmp_path, monkeypatch):
+    kept = _pack(xray_pngs, tmp_path / "kept", "--no-shuffle")
+    for source, root, workers in (("folder", xray_pngs, 0), ("shards", kept, 2)):
         monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / f"cache-{source}"))  # the shard run decodes its own rows
         cfg = _config(tmp_path / f"{source}.yaml", source, root, workers)
         assert main(["train", str(cfg), "--set", f"output.name={source}"]) == 0
@@ -107,8 +97,8 @@ def test_shards_and_folder_train_the_same_model(folder, tmp_path, monkeypatch):
     assert checks["exact duplicates"] == "ok"
 
 
-def test_a_corrupt_member_is_one_line_naming_it(folder, tmp_path, capsys):
-    kept = _pack(folder, tmp_path / "kept", "--no-shuffle")
+def test_a_corrupt_member_is_one_line_naming_it(xray_pngs, tmp_path, capsys):
+    kept = _pack(xray_pngs, tmp_path / "kept", "--no-shuffle")
     index = open_shards(kept)
     i = 120  # in the third shard
     offset, size = index.members[i]["png"]

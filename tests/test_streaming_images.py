@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +32,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TASK = build_task("binary", ["normal", "pneumonia"])
 
 
-@pytest.fixture
-def folder(tmp_path, png_folder, monkeypatch) -> Path:
-    """A private copy of 160 real X-ray PNGs (folder per class) and a private cache."""
-    monkeypatch.setenv("BIOMX_CACHE", str(tmp_path / "cache"))
-    shutil.copytree(png_folder, tmp_path / "xrays")
-    (tmp_path / "xrays" / "manifest.csv").unlink()
-    return tmp_path / "xrays"
-
-
 def _load(root: Path, storage: str, **data):
     return pipeline.load(ImageData(source="folder", path=str(root), image=ImageSettings(size=(24, 24), storage=storage),
                                    **data))  # fmt: skip
 
 
-def test_streamed_rows_are_the_decoded_rows_and_are_kept(folder):
-    memory, streamed = _load(folder, "memory"), _load(folder, "stream")
+def test_streamed_rows_are_the_decoded_rows_and_are_kept(xray_pngs):
+    memory, streamed = _load(xray_pngs, "memory"), _load(xray_pngs, "stream")
     images = streamed.inputs
     assert isinstance(images, StreamedImages) and images.shape == memory.inputs.shape
     assert streamed.ids == memory.ids and streamed.labels == memory.labels and streamed.hashes == memory.hashes
@@ -59,7 +49,7 @@ def test_streamed_rows_are_the_decoded_rows_and_are_kept(folder):
     assert torch.equal(images[:], memory.inputs) and images.store.filled().all()
 
     # A later load reads the store: a row rewritten consistently (bytes and mark) is served as stored...
-    again = _load(folder, "stream").inputs
+    again = _load(xray_pngs, "stream").inputs
     assert again.store.folder == images.store.folder
     again.store.write(5, np.full((1, 24, 24), 0.5, np.float16))
     assert bool((again[5] == 0.5).all())
@@ -70,13 +60,13 @@ def test_streamed_rows_are_the_decoded_rows_and_are_kept(folder):
     assert torch.equal(again[6], memory.inputs[6])
 
     # image.cache: false keeps no store: every read decodes its files.
-    uncached = pipeline.load(ImageData(source="folder", path=str(folder), image=ImageSettings(
+    uncached = pipeline.load(ImageData(source="folder", path=str(xray_pngs), image=ImageSettings(
         size=(24, 24), storage="stream", cache=False))).inputs  # fmt: skip
     assert uncached.store is None and torch.equal(uncached[rows], memory.inputs[rows])
 
 
-def test_streamed_and_in_memory_batches_are_identical(folder):
-    memory, streamed = _load(folder, "memory"), _load(folder, "stream")
+def test_streamed_and_in_memory_batches_are_identical(xray_pngs):
+    memory, streamed = _load(xray_pngs, "memory"), _load(xray_pngs, "stream")
     targets = torch.arange(len(memory.ids), dtype=torch.float32)
     index = torch.arange(10, 150)
     augment = Augment(hflip=0.5, rotate=10, noise=0.02)
@@ -97,22 +87,22 @@ def _load_and_read_all(root: Path, seed: int) -> None:
     images[torch.from_numpy(np.random.default_rng(seed).permutation(len(images)))]
 
 
-def test_a_store_filled_by_two_processes_is_complete_and_correct(folder):
-    memory = _load(folder, "memory").inputs
+def test_a_store_filled_by_two_processes_is_complete_and_correct(xray_pngs):
+    memory = _load(xray_pngs, "memory").inputs
     # Two processes create the same store and decode every row at once, in different orders.
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_load_and_read_all, args=(folder, seed)) for seed in (1, 2)]
+    processes = [context.Process(target=_load_and_read_all, args=(xray_pngs, seed)) for seed in (1, 2)]
     for p in processes:
         p.start()
     for p in processes:
         p.join(60)
         assert p.exitcode == 0
-    images = _load(folder, "stream").inputs
+    images = _load(xray_pngs, "stream").inputs
     assert images.store.filled().all() and len(list(images.store.folder.parent.iterdir())) == 1  # no leftovers
     assert torch.equal(torch.from_numpy(images.store.read(np.arange(len(images)))), memory)  # no fill: all stored
 
     # DataLoader workers fill a fresh store (another image size) the same way.
-    fresh = pipeline.load(ImageData(source="folder", path=str(folder), image=ImageSettings(size=(20, 20),
+    fresh = pipeline.load(ImageData(source="folder", path=str(xray_pngs), image=ImageSettings(size=(20, 20),
                                                                                            storage="stream"))).inputs
     data = ImageTensorDataset(fresh, torch.zeros(len(fresh)))
     loader = DataLoader(data, batch_size=16, num_workers=2, collate_fn=collate_batch, shuffle=True)
@@ -133,9 +123,9 @@ def _config(path: Path, root: Path, storage: str, workers: int = 0, name: str = 
 
 
 @pytest.mark.slow
-def test_streamed_and_in_memory_runs_train_the_same_model(folder, tmp_path):
+def test_streamed_and_in_memory_runs_train_the_same_model(xray_pngs, tmp_path):
     for storage, workers in (("memory", 0), ("stream", 2)):
-        cfg = _config(tmp_path / f"{storage}.yaml", folder, storage, workers)
+        cfg = _config(tmp_path / f"{storage}.yaml", xray_pngs, storage, workers)
         assert main(["train", str(cfg), "--set", f"output.name={storage}"]) == 0
     runs = tmp_path / "runs"
     a, b = (load_file(runs / s / "checkpoints" / "best.safetensors") for s in ("memory", "stream"))
@@ -151,10 +141,10 @@ def test_streamed_and_in_memory_runs_train_the_same_model(folder, tmp_path):
     assert checks["exact duplicates"] == "ok"  # by file hash: streamed pixels are not read back to hash them
 
 
-def test_a_corrupt_file_found_mid_epoch_is_one_line_naming_it(folder, tmp_path, capsys):
-    broken = sorted(folder.glob("pneumonia/*.png"))[3]
+def test_a_corrupt_file_found_mid_epoch_is_one_line_naming_it(xray_pngs, tmp_path, capsys):
+    broken = sorted(xray_pngs.glob("pneumonia/*.png"))[3]
     broken.write_bytes(broken.read_bytes()[:60])  # a truncated PNG: the header reads, the pixels do not
-    cfg = _config(tmp_path / "exp.yaml", folder, "stream", workers=2)
+    cfg = _config(tmp_path / "exp.yaml", xray_pngs, "stream", workers=2)
     # Found by the normalisation sample (decoded in the main process) or by a DataLoader worker:
     for normalize in ("true", "false"):
         assert main(["train", str(cfg), "--set", "train.epochs=1", "--set", f"data.image.normalize={normalize}"]) == 1
@@ -163,8 +153,8 @@ def test_a_corrupt_file_found_mid_epoch_is_one_line_naming_it(folder, tmp_path, 
         assert errors == err[-1:] and errors[0].startswith(f"error: {broken}: cannot read image"), err
         assert not any("Traceback" in line for line in err)
     with pytest.raises(ConfigError, match="on_error: skip"):
-        _load(folder, "stream", on_error="skip")
-    assert len(_load(folder, "auto", on_error="skip").skipped) == 1  # auto keeps skipping (in memory)
+        _load(xray_pngs, "stream", on_error="skip")
+    assert len(_load(xray_pngs, "auto", on_error="skip").skipped) == 1  # auto keeps skipping (in memory)
 
 
 def _trainer(images: StreamedImages, run_dir: Path, seed_model: int = 0) -> Trainer:
@@ -179,8 +169,8 @@ def _trainer(images: StreamedImages, run_dir: Path, seed_model: int = 0) -> Trai
                    tensorboard=False)  # fmt: skip
 
 
-def test_a_streamed_run_resumes_mid_epoch_to_the_same_weights(folder, tmp_path):
-    images = _load(folder, "stream").inputs
+def test_a_streamed_run_resumes_mid_epoch_to_the_same_weights(xray_pngs, tmp_path):
+    images = _load(xray_pngs, "stream").inputs
     reference = _trainer(images, tmp_path / "a")
     reference.fit()
 
@@ -192,7 +182,7 @@ def test_a_streamed_run_resumes_mid_epoch_to_the_same_weights(folder, tmp_path):
     interrupted.step_hook = interrupt
     with pytest.raises(TrainingInterrupted):
         interrupted.fit()
-    resumed = _trainer(_load(folder, "stream").inputs, tmp_path / "b", seed_model=123)
+    resumed = _trainer(_load(xray_pngs, "stream").inputs, tmp_path / "b", seed_model=123)
     resumed.fit(resume=True)
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
