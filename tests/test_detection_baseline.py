@@ -75,6 +75,7 @@ def test_refuses_a_baseline_that_saw_a_test_case(tmp_path):
     assert check_split(tmp_path, ["b", "z"]) == "1 of 2 detection test cases are test cases of the baseline run too"
     with pytest.raises(ConfigError, match=r"task.baseline: .*trained or validated on detection test case\(s\) a, c"):
         check_split(tmp_path, ["a", "b", "c"])
+    assert "not checked" in check_split(tmp_path / "elsewhere", ["a"])
     with pytest.raises(ConfigError, match="not a run folder"):
         baseline_run(str(tmp_path))
 
