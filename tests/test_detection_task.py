@@ -15,8 +15,12 @@ import torch
 import yaml
 
 from biomx.cli import main
+from biomx.config import validate
 from biomx.data.cases import preprocess
+from biomx.errors import ConfigError
+from biomx.modalities import get_modality
 from biomx.models.detection import retinanet
+from biomx.tasks.detection import check_config
 from biomx.tasks.detection.data import BoxPatches, derive_anchor_shapes, mask_boxes
 from biomx.tasks.detection.inference import to_scan_voxels
 from biomx.tasks.detection.scoring import evaluate_detections, match
@@ -214,6 +218,17 @@ def test_bad_config_lines(tmp_path, nuclei, capsys):
         assert main(["train", str(_config(tmp_path, data, task, "bad"))]) != 0
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
+    # the checks shared with segmentation (tasks/spatial.py), in detection's words
+    wrong = {**data, "source": "folder", "image": {**data["image"], "size": [64, 64]}}
+    assert main(["train", str(_config(tmp_path, wrong, {"patch_size": [64, 64]}, "bad"))]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: task.kind: detection reads images (and masks, or task.boxes) from data.source: msd; "
+                   "not 'folder'"]  # fmt: skip
+    tabular = validate({"data": {"modality": "tabular", "source": "csv", "path": "rows.csv", "label_column": "y"},
+                        "task": {"kind": "detection", "patch_size": [64, 64]}})  # fmt: skip
+    with pytest.raises(ConfigError, match="^task.kind: detection needs images or volumes; data.modality 'tabular' "
+                                          "has no pixels to put boxes on$"):  # fmt: skip
+        check_config(tabular, get_modality("tabular"))
 
 
 def test_anchor_shapes_follow_the_boxes():

@@ -367,3 +367,21 @@ def test_build_errors_are_config_errors(classes, loss):
         build_segmentation_task(classes, loss)
     with pytest.raises(ConfigError, match="task.min_component_size"):
         build_segmentation_task(CLASSES, None, -1.0)
+
+
+def test_config_checks_shared_with_detection_keep_segmentation_words():
+    """tasks/spatial.py's checks, as segmentation words them."""
+    from biomx.config import validate
+    from biomx.modalities import get_modality
+    from biomx.tasks.segmentation import check_config
+
+    tabular = validate({"data": {"modality": "tabular", "source": "csv", "path": "rows.csv", "label_column": "y"},
+                        "task": {"kind": "segmentation"}})  # fmt: skip
+    with pytest.raises(ConfigError, match="^task.kind: segmentation needs images or volumes; data.modality "
+                                          "'tabular' has no pixels to label$"):  # fmt: skip
+        check_config(tabular, get_modality("tabular"))
+    folder = validate({"data": {"modality": "image", "source": "folder", "path": "xrays", "image": {"size": [32, 32]}},
+                       "task": {"kind": "segmentation"}})  # fmt: skip
+    with pytest.raises(ConfigError, match="^task.kind: segmentation reads image/mask pairs from data.source: msd; "
+                                          "'folder' has no masks$"):  # fmt: skip
+        check_config(folder, get_modality("image"))

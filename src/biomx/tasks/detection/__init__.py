@@ -19,27 +19,23 @@ from torch.utils.data import Dataset
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
 from biomx.errors import ConfigError
-from biomx.protocols import Modality, SpatialModality
+from biomx.protocols import Modality
 from biomx.tasks.detection import data
 from biomx.tasks.detection.config import DetectionConfig
 from biomx.tasks.detection.task import DETECTION_QUICK_METRICS, DetectionTask, build_detection_task
+from biomx.tasks.spatial import case_numbers, check_pair_source, spatial_dims
 
 name = "detection"
 config = DetectionConfig
 quick_metric_names = DETECTION_QUICK_METRICS
 
 def _dims(cfg: ExperimentConfig, modality: Modality) -> int:
-    if not isinstance(modality, SpatialModality):
-        raise ConfigError(f"task.kind: detection needs images or volumes; data.modality {cfg.data.modality!r} "
-                          "has no pixels to put boxes on")  # fmt: skip
-    return modality.spatial_dims
+    return spatial_dims(cfg, modality, "to put boxes on")
 
 
 def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
     dims = _dims(cfg, modality)
-    if cfg.data.source not in modality.pair_sources:
-        raise ConfigError(f"task.kind: detection reads images (and masks, or task.boxes) from data.source: "
-                          f"{' or '.join(modality.pair_sources)}; not {cfg.data.source!r}")  # fmt: skip
+    check_pair_source(cfg, modality, "images (and masks, or task.boxes)", "not {source}")
     if cfg.task.patch_size is not None and len(cfg.task.patch_size) != dims:
         raise ConfigError(f"task.patch_size: {len(cfg.task.patch_size)} values for {dims}D data; give {dims}")
     if cfg.eval.mc_dropout:
@@ -51,9 +47,7 @@ def load(cfg: ExperimentConfig, modality: Modality) -> Samples:
     return data.load(cfg, modality)
 
 
-def targets(cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Case numbers: the images stay in the case cache, the boxes in `samples.inputs`."""
-    return torch.arange(len(samples.ids)), None
+targets = case_numbers  # the images stay in the case cache, the boxes in `samples.inputs`
 
 
 def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_index: np.ndarray) -> DetectionTask:

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from biomx.config import ExperimentConfig
 from biomx.data.samples import Samples
 from biomx.errors import ConfigError
-from biomx.protocols import Modality, SpatialModality
+from biomx.protocols import Modality
 from biomx.tasks.segmentation import data
 from biomx.tasks.segmentation.config import SegmentationConfig
 from biomx.tasks.segmentation.task import (
@@ -24,6 +24,7 @@ from biomx.tasks.segmentation.task import (
     SegmentationTask,
     build_segmentation_task,
 )
+from biomx.tasks.spatial import case_numbers, check_pair_source, spatial_dims
 
 name = "segmentation"
 config = SegmentationConfig
@@ -31,17 +32,12 @@ quick_metric_names = SEGMENTATION_QUICK_METRICS
 
 
 def _dims(cfg: ExperimentConfig, modality: Modality) -> int:
-    if not isinstance(modality, SpatialModality):
-        raise ConfigError(f"task.kind: segmentation needs images or volumes; data.modality {cfg.data.modality!r} "
-                          "has no pixels to label")  # fmt: skip
-    return modality.spatial_dims
+    return spatial_dims(cfg, modality, "to label")
 
 
 def check_config(cfg: ExperimentConfig, modality: Modality) -> None:
     _dims(cfg, modality)
-    if cfg.data.source not in modality.pair_sources:
-        raise ConfigError(f"task.kind: segmentation reads image/mask pairs from data.source: "
-                          f"{' or '.join(modality.pair_sources)}; {cfg.data.source!r} has no masks")  # fmt: skip
+    check_pair_source(cfg, modality, "image/mask pairs", "{source} has no masks")
     if cfg.eval.mc_dropout:
         raise ConfigError("eval.mc_dropout: not available for segmentation yet; use model.ensemble")
 
@@ -52,9 +48,7 @@ def load(cfg: ExperimentConfig, modality: Modality) -> Samples:
     return data.load(cfg, modality)
 
 
-def targets(cfg: ExperimentConfig, samples: Samples) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Case numbers: the masks stay in the case cache. Splits are drawn at random."""
-    return torch.arange(len(samples.ids)), None
+targets = case_numbers  # the masks stay in the case cache; splits are drawn at random
 
 
 def build(cfg: ExperimentConfig, samples: Samples, targets: torch.Tensor, train_index: np.ndarray) -> SegmentationTask:
