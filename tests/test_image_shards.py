@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from biomx.cli import main
 from biomx.data.shards import open_shards
@@ -18,6 +17,7 @@ from biomx.modalities.image import pipeline
 from biomx.modalities.image.config import ImageData, ImageSettings
 from biomx.modalities.image.decode import read_image, read_image_bytes
 from biomx.modalities.image.shard_source import ShardImages
+from run_helpers import assert_same_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,10 +87,7 @@ def test_shards_and_folder_train_the_same_model(xray_pngs, tmp_path, monkeypatch
         cfg = _config(tmp_path / f"{source}.yaml", source, root, workers)
         assert main(["train", str(cfg), "--set", f"output.name={source}"]) == 0
     runs = tmp_path / "runs"
-    a, b = (load_file(runs / s / "checkpoints" / "best.safetensors") for s in ("folder", "shards"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    metrics = [json.loads((runs / s / "test_metrics.json").read_text()) for s in ("folder", "shards")]
-    assert metrics[0] == metrics[1]
+    assert_same_runs(runs, "folder", "shards")
     splits = [(runs / s / "split.csv").read_text().splitlines() for s in ("folder", "shards")]
     assert len(splits[0]) == len(splits[1]) == 161
     checks = {c["name"]: c["status"] for c in json.loads((runs / "shards" / "data_audit.json").read_text())["checks"]}

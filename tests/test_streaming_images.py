@@ -27,6 +27,7 @@ from biomx.modalities.image.config import ImageData, ImageSettings
 from biomx.modalities.image.streaming import StreamedImages
 from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task
+from run_helpers import assert_same_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TASK = build_task("binary", ["normal", "pneumonia"])
@@ -128,10 +129,7 @@ def test_streamed_and_in_memory_runs_train_the_same_model(xray_pngs, tmp_path):
         cfg = _config(tmp_path / f"{storage}.yaml", xray_pngs, storage, workers)
         assert main(["train", str(cfg), "--set", f"output.name={storage}"]) == 0
     runs = tmp_path / "runs"
-    a, b = (load_file(runs / s / "checkpoints" / "best.safetensors") for s in ("memory", "stream"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    metrics = [json.loads((runs / s / "test_metrics.json").read_text()) for s in ("memory", "stream")]
-    assert metrics[0] == metrics[1]
+    assert_same_runs(runs, "memory", "stream")
     groups = [json.loads((runs / s / "subgroups.json").read_text()) for s in ("memory", "stream")]
     assert groups[0] == groups[1]  # mean_intensity read from the streamed rows
     pre = [json.loads((runs / s / "run.json").read_text())["preprocessing"] for s in ("memory", "stream")]
