@@ -29,6 +29,7 @@ name = "detection"
 config = DetectionConfig
 quick_metric_names = DETECTION_QUICK_METRICS
 
+
 def _dims(cfg: ExperimentConfig, modality: Modality) -> int:
     return spatial_dims(cfg, modality, "to put boxes on")
 
