@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
            "config": {k: v for k, v in vars(args).items() if k not in ("json", "child")},
            "results": results, "summary": summary}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.json)
+    # imported here: the measured child processes import biomx late, after their baseline
+    from biomx.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -50,6 +50,7 @@ import torch
 from biomx import experiment
 from biomx.config import load_config
 from biomx.engine import logging as biomx_logging
+from biomx.engine.checkpoint import atomic_write_text
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import seed_everything
 from biomx.models.registry import build_recorded
@@ -271,9 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
            "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
            "overrides": args.overrides, "results": results}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.json)
+    atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
     return out
 
 
