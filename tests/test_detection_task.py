@@ -291,9 +291,12 @@ def test_scores_of_perfect_and_noisy_detections():
     assert result["sensitivity_at_0.125_fp"]["value"] == 0.0
 
 
-def test_loss_is_finite_and_learns_a_box():
+@pytest.mark.parametrize("settings", [{}, {"box_loss": "giou", "cls_loss": "focal", "atss_candidates": 6}])
+def test_loss_is_finite_and_learns_a_box(settings):
     torch.manual_seed(0)
-    task = build_detection_task(["cell"], 2, 1, [32, 32])
+    task = build_detection_task(["cell"], 2, 1, [32, 32], **settings)
+    assert {k: task.info()[k] for k in settings} == settings  # run.json keeps them for predict
+    assert task.detector.decode_pred == (settings.get("box_loss") == "giou")  # GIoU scores decoded boxes
     model = retinanet(1, 1, 2, [[8.0, 8.0]], **TINY)
     x = torch.zeros(2, 1, 32, 32)
     x[:, :, 8:16, 8:16] = 1.0

@@ -37,6 +37,11 @@ class DetectionConfig(TaskConfig):
     # training samples per patch: the hard-negative sampler keeps this many anchors, a share positive
     samples_per_image: PositiveInt = 64
     positive_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    # training losses and matching (docs/detection.md, Tuning): ATSS candidates per level and box,
+    # the box loss (smooth L1 on encoded deltas, or GIoU on decoded boxes), the classification loss
+    atss_candidates: Annotated[int, Field(gt=0, le=64)] = 4
+    box_loss: Literal["smooth_l1", "giou"] = "smooth_l1"
+    cls_loss: Literal["bce", "focal"] = "bce"
     score_threshold: Fraction = 0.05  # boxes below this score are dropped
     nms_iou: Annotated[float, Field(gt=0.0, le=1.0)] = 0.22  # IoU above which overlapping boxes are suppressed
     detections_per_image: Annotated[int, Field(gt=0, le=10_000)] = 100

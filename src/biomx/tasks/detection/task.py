@@ -37,9 +37,12 @@ class _Head(nn.Module):
 
 def make_detector(spatial_dims: int, num_classes: int, num_anchors: int, *, samples_per_image: int,
                   positive_fraction: float, score_threshold: float, nms_iou: float,
-                  detections_per_image: int) -> Any:  # fmt: skip
-    """MONAI's RetinaNetDetector around a stand-in network: ATSS matcher, hard-negative sampler,
-    focal-free BCE + smooth-L1 losses (MONAI's defaults), and the box selector for inference."""
+                  detections_per_image: int, atss_candidates: int = 4, box_loss: str = "smooth_l1",
+                  cls_loss: str = "bce") -> Any:  # fmt: skip
+    """MONAI's RetinaNetDetector around a stand-in network: ATSS matcher (`atss_candidates` anchors
+    per level and box), hard-negative sampler, the classification loss (`bce`, MONAI's default, or
+    `focal`, gamma 2) and the box loss (`smooth_l1` on encoded deltas, MONAI's default, or `giou` on
+    decoded boxes, which scores the box's overlap itself), and the box selector for inference."""
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
     from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
@@ -59,7 +62,15 @@ def make_detector(spatial_dims: int, num_classes: int, num_anchors: int, *, samp
     shapes = [[8.0] * spatial_dims] * num_anchors  # only their number matters here
     detector = Detector(_Head(spatial_dims, num_classes, num_anchors),
                         AnchorGeneratorWithAnchorShape((1,), shapes))  # fmt: skip
-    detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
+    detector.set_atss_matcher(num_candidates=atss_candidates, center_in_gt=False)
+    if box_loss == "giou":
+        from monai.losses.giou_loss import BoxGIoULoss
+
+        detector.set_box_regression_loss(BoxGIoULoss(reduction="mean"), encode_gt=False, decode_pred=True)
+    if cls_loss == "focal":
+        from monai.losses import FocalLoss
+
+        detector.set_cls_loss(FocalLoss(reduction="mean", gamma=2.0))
     detector.set_hard_negative_sampler(batch_size_per_image=samples_per_image, positive_fraction=positive_fraction,
                                        pool_size=20, min_neg=16)  # fmt: skip
     detector.set_box_selector_parameters(score_thresh=score_threshold, topk_candidates_per_level=1000,
@@ -82,6 +93,9 @@ class DetectionTask:
     nms_iou: float = 0.22
     detections_per_image: int = 100
     fusion: str = "nms"
+    atss_candidates: int = 4
+    box_loss: str = "smooth_l1"
+    cls_loss: str = "bce"
     kind: ClassVar[str] = "detection"
     name: ClassVar[str] = "detection"
     threshold: ClassVar[None] = None
@@ -107,7 +121,9 @@ class DetectionTask:
                                            samples_per_image=self.samples_per_image,
                                            positive_fraction=self.positive_fraction,
                                            score_threshold=self.score_threshold, nms_iou=self.nms_iou,
-                                           detections_per_image=self.detections_per_image)  # fmt: skip
+                                           detections_per_image=self.detections_per_image,
+                                           atss_candidates=self.atss_candidates, box_loss=self.box_loss,
+                                           cls_loss=self.cls_loss)  # fmt: skip
         return self._detector
 
     def info(self) -> dict[str, Any]:
@@ -115,7 +131,9 @@ class DetectionTask:
                 "num_anchors": self.num_anchors, "patch_size": self.patch_size, "boxes_from": self.boxes_from,
                 "samples_per_image": self.samples_per_image, "positive_fraction": self.positive_fraction,
                 "score_threshold": self.score_threshold, "nms_iou": self.nms_iou,
-                "detections_per_image": self.detections_per_image, "fusion": self.fusion}  # fmt: skip
+                "detections_per_image": self.detections_per_image, "fusion": self.fusion,
+                "atss_candidates": self.atss_candidates, "box_loss": self.box_loss,
+                "cls_loss": self.cls_loss}  # fmt: skip
 
     # ------------------------------------------------------------------ outputs and targets
 
@@ -204,7 +222,7 @@ class DetectionTask:
 
 
 SETTINGS = ("boxes_from", "samples_per_image", "positive_fraction", "score_threshold", "nms_iou",
-            "detections_per_image", "fusion")
+            "detections_per_image", "fusion", "atss_candidates", "box_loss", "cls_loss")
 
 
 def build_detection_task(classes: list[str], spatial_dims: int, num_anchors: int, patch_size: list[int],
