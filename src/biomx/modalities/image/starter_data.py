@@ -122,6 +122,7 @@ def export_images(name: str, out_dir: str | Path, fmt: str = "png", limit: int |
         split: "train", "val" or "test" (if the archive has it); default the held-out split
             (`held_out_split`). "train" prints a warning: the demo trains on those images.
         overwrite: replace files already there (else ConfigError naming the first, nothing written).
+        instances: keep the nucleus ids (touching nuclei stay apart) instead of a binary mask.
 
     Returns:
         The manifest path (columns path, label, patient_id; see README.txt for patient_id).
@@ -174,17 +175,20 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_nuclei_dataset(out_dir: str | Path, tile: int = 128, *, overwrite: bool = False) -> Path:
+def write_nuclei_dataset(out_dir: str | Path, tile: int = 128, *, overwrite: bool = False,
+                         instances: bool = False) -> Path:
     """Write the real nuclei image as non-overlapping 2D TIFF tiles in the MSD layout.
 
     imagesTr/nuclei_r{row}_c{col}.tif: uint16 fluorescence (values as recorded);
-    labelsTr/nuclei_r{row}_c{col}.tif: uint8, 1 = nucleus (the instance mask made binary).
+    labelsTr/nuclei_r{row}_c{col}.tif: uint8, 1 = nucleus (the instance mask made binary), or with
+    `instances` the instance mask itself (one id per nucleus, 0 = background: detection's boxes).
     Tile (row, col) covers pixels [row * tile, (row + 1) * tile) x [col * tile, (col + 1) * tile).
 
     Args:
         out_dir: destination folder.
         tile: tile side in pixels; must divide 512.
         overwrite: replace files already there (else ConfigError naming the first, nothing written).
+        instances: keep the nucleus ids (touching nuclei stay apart) instead of a binary mask.
 
     Returns:
         the dataset.json path.
@@ -192,7 +196,10 @@ def write_nuclei_dataset(out_dir: str | Path, tile: int = 128, *, overwrite: boo
     Raises:
         ConfigError: a tile size that does not divide the 512x512 image (or is below 16).
     """
-    image, instances = tifffile.imread(NUCLEI_IMAGE), tifffile.imread(NUCLEI_MASK)
+    image, ids = tifffile.imread(NUCLEI_IMAGE), tifffile.imread(NUCLEI_MASK)
+    if instances and ids.max() > 255:
+        raise ConfigError("the nuclei instance mask has more than 255 ids")
+    labels = ids.astype(np.uint8) if instances else (ids > 0).astype(np.uint8)
     height, width = image.shape
     if tile < 16 or height % tile or width % tile:
         raise ConfigError(f"tile {tile}: must be at least 16 and divide {height}x{width} (e.g. 64, 128, 256)")
@@ -204,12 +211,13 @@ def write_nuclei_dataset(out_dir: str | Path, tile: int = 128, *, overwrite: boo
     for row, col, name in tiles:
         window = (slice(row * tile, (row + 1) * tile), slice(col * tile, (col + 1) * tile))
         _write_tiff(out / "imagesTr" / f"{name}.tif", np.ascontiguousarray(image[window], dtype=np.uint16))
-        _write_tiff(out / "labelsTr" / f"{name}.tif", (instances[window] > 0).astype(np.uint8))
+        _write_tiff(out / "labelsTr" / f"{name}.tif", np.ascontiguousarray(labels[window]))
         names.append(name)
     info = {
-        "name": "Nuclei2D",
+        "name": "Nuclei2DInstances" if instances else "Nuclei2D",
         "description": f"Fluorescence microscopy of cell nuclei (2018 Data Science Bowl sample, 125 "
-                       f"hand-annotated nuclei) cut into {tile}x{tile} tiles; 1 = nucleus",
+                       f"hand-annotated nuclei) cut into {tile}x{tile} tiles; "
+                       f"{'label values are nucleus ids' if instances else '1 = nucleus'}",
         "reference": "https://github.com/stardist/stardist (BSD-3-Clause)", "licence": "BSD-3-Clause",
         "release": "1.0", "tensorImageSize": "2D", "modality": {"0": "fluorescence"},
         "labels": {"0": "background", "1": "nucleus"},
