@@ -149,3 +149,27 @@ def densenet121(
     return DenseNet121(
         spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_dim, dropout_prob=dropout
     )
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: the mean of a model's outputs over flipped copies of its input.
+
+    `flips` lists the image axes to mirror ("hflip": width, "vflip": height); every combination
+    is one view (two flips: 4 views, the identity included). Outputs (logits) are averaged, as
+    `StrandAveraged` does for DNA, so the task turns the mean logit into its prediction and an
+    exported graph carries the same views. For a model trained with the same flips as
+    augmentations the views are equally likely inputs, and their mean is a steadier prediction.
+    Row outputs only: a dense output (a mask) would have to be flipped back first.
+    """
+
+    def __init__(self, model: nn.Module, flips: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        axes = [{"hflip": -1, "vflip": -2}[f] for f in flips]
+        self.views = [[a for k, a in enumerate(axes) if mask >> k & 1] for mask in range(2 ** len(axes))]
+
+    def forward(self, x):  # noqa: ANN001, ANN201 - any tensor batch in, the model's output out
+        total = self.model(x)
+        for dims in self.views[1:]:  # the first view is the identity
+            total = total + self.model(x.flip(dims))
+        return total / len(self.views)

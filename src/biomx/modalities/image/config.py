@@ -45,6 +45,9 @@ class ImageSettings(Section):
     # back from there (docs/large_data.md); "auto": stream when the decoded images would exceed 2 GiB.
     storage: Literal["auto", "memory", "stream"] = "auto"
     augment: AugmentConfig = AugmentConfig()
+    # Test-time augmentation for classification/regression: predictions average over these flips
+    # of each image (every combination), at evaluation, predict, serve and export alike.
+    tta: list[Literal["hflip", "vflip"]] = []
     scan: ScanConfig = ScanConfig()  # source msd: image/mask pairs read as 2D scans (segmentation)
 
 

@@ -37,6 +37,7 @@ from biomx.modalities.image.streaming import (
     file_hashes,
     streamed_images,
 )
+from biomx.models.image2d import FlipAveraged
 from biomx.models.registry import get_entry
 from biomx.protocols import Task, TestView
 
@@ -248,12 +249,15 @@ def build_datasets(
         "modality": "image", "image_size": [h, w], "channels": c, "window": cfg.data.image.window,
         "dicom_frames": cfg.data.image.dicom_frames, "nan_policy": cfg.data.image.nan_policy,
         "max_pixels": cfg.data.image.max_pixels, "mean": mean, "std": std,
+        "tta": sorted(set(cfg.data.image.tta)),
     }  # fmt: skip
     return datasets, preprocessing, {"in_channels": c}
 
 
 def inference_model(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
-    return model
+    """The model as evaluated and deployed: averaged over flipped views with `data.image.tta`."""
+    flips = preprocessing.get("tta") or []  # runs from before tta existed have no key
+    return FlipAveraged(model, flips) if flips else model
 
 
 # ---------------------------------------------------------------------------------- explanations
