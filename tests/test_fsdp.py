@@ -123,6 +123,7 @@ def test_refused_with_dp_solver_and_fairness(tmp_path, png_folder, capsys):
     err = capsys.readouterr().err
     assert "error: train.strategy: fsdp cannot be combined with train.privacy (DP-SGD" in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # refused before any run file is written
 
     data = ImageTensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4))
     solver = build_model("svm", feature_dim=8, out_dim=1, fingerprint_dim=8)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from biomx import selection
@@ -23,6 +24,7 @@ from biomx.data.samples import Samples
 from biomx.data.splits import predefined_splits, split_indices, warn_if_duplicated, warn_if_leaking
 from biomx.data_audit.audit import audit_sections, write_run_audit
 from biomx.engine import distributed as dist
+from biomx.engine import fsdp
 from biomx.engine.callbacks import Callback
 from biomx.engine.checkpoint import atomic_write_text, load_checkpoint
 from biomx.engine.logging import console
@@ -211,10 +213,12 @@ def check_model_runs(p: Prepared) -> None:
     if not len(data):
         return
     for name, args in selection.member_specs(p.info):
-        _check_model_runs(name, args, data)
+        model = _check_model_runs(name, args, data)
+        if p.cfg.train.strategy == "fsdp":  # DP, solvers, fairness: refused before run.json too
+            fsdp.check_settings(p.cfg.train, model)
 
 
-def _check_model_runs(name: str, args: dict[str, Any], data: Dataset) -> None:
+def _check_model_runs(name: str, args: dict[str, Any], data: Dataset) -> nn.Module:
     getitems = getattr(data, "__getitems__", None)
     x, shape = None, "no input"
     try:
@@ -235,6 +239,7 @@ def _check_model_runs(name: str, args: dict[str, Any], data: Dataset) -> None:
         if got != out_dim:
             raise ConfigError(f"model.args: {name} gives {got} outputs per sample on this data ({shape}); "
                               f"the task needs {out_dim}")  # fmt: skip
+    return model
 
 
 def _check_same_model(run_dir: Path, p: Prepared) -> None:

@@ -60,29 +60,35 @@ from torch.utils.data import Sampler
 from biomx.engine import distributed as dist
 from biomx.engine.logging import console
 from biomx.errors import BiomxError, ConfigError
+from biomx.protocols import FittedModel
 
 UNIT_FRACTION = 16  # a module holding >= 1/16 of the parameters (outside inner units) is its own FSDP unit
 _FOLDER = re.compile(r"sharded-[0-9a-f]{16}")
 _TMP = ".biomx-tmp"
 
 
-def setup(trainer: Any, extra: Any) -> Sharding:
-    """Check that this run can be sharded and shard `trainer.model` in place (before its optimizer).
+def check_settings(settings: Any, model: nn.Module, extra: Any = None) -> None:
+    """Refuse what FSDP cannot shard; `biomx train` calls this before any run file is written.
 
     Raises:
         ConfigError: DP-SGD (`train.privacy`), a model fitted by a solver, or `train.fairness`.
     """
-    s = trainer.settings
-    if s.privacy is not None:
+    if settings.privacy is not None:
         raise ConfigError("train.strategy: fsdp cannot be combined with train.privacy (DP-SGD clips each sample's "
                           "gradient of whole parameters, which FSDP shards); use train.strategy: ddp")  # fmt: skip
-    if trainer.solver:
-        name = trainer.model_config.get("model", {}).get("name", type(trainer.model).__name__)
-        raise ConfigError(f"train.strategy: fsdp: model {name!r} is fitted by a solver in one call (no gradient "
-                          "steps to shard); use train.strategy: ddp")  # fmt: skip
-    if extra is not None or s.fairness is not None:
+    if isinstance(model, FittedModel):
+        raise ConfigError(f"train.strategy: fsdp: model {type(model).__name__!r} is fitted by a solver in one call "
+                          "(no gradient steps to shard); use train.strategy: ddp")  # fmt: skip
+    if extra is not None or settings.fairness is not None:
         raise ConfigError("train.strategy: fsdp cannot be combined with train.fairness (its sampler and adversary "
                           "are not sharded); use train.strategy: ddp")  # fmt: skip
+
+
+def setup(trainer: Any, extra: Any) -> Sharding:
+    """Check that this run can be sharded (`check_settings`) and shard `trainer.model` in place
+    (before its optimizer)."""
+    s = trainer.settings
+    check_settings(s, trainer.model, extra)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
     sharding = Sharding(trainer.model, trainer.device, trainer.world, amp)
     if trainer.world == 1 and dist.is_main():
