@@ -5,6 +5,7 @@ scored beside a tiny RetinaNet run on the same tiles (instance masks), same spli
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -120,3 +121,72 @@ def test_detection_run_scores_a_unet_baseline_beside_it(tmp_path):
     a = base["agreement"]
     assert a["both"] + a["detector_only"] + a["baseline_only"] + a["neither"] == a["n_true"] == metrics["n_true"]
     assert "Detector vs segmentation baseline" in (run / "report.html").read_text()
+
+
+def _unet_3d(tmp_path: Path, data: dict, name: str) -> Path:
+    """A tiny 3D UNet run (1 epoch) on the lesion masks; returns its run folder."""
+    cfg = _write(tmp_path, name, {
+        "name": name, "data": data,
+        "task": {"kind": "segmentation", "patch_size": [32, 32, 16], "patches_per_case": 2,
+                 "val_patches_per_case": 1, "sw_batch_size": 2},
+        "model": {"name": "unet", "args": {"channels": [8, 16], "strides": [2], "num_res_units": 0}},
+        "train": {"epochs": 1, "batch_size": 4, "num_workers": 0}, "eval": {"bootstrap": 10, "explain": 0},
+        "output": {"dir": str(tmp_path / name)}})  # fmt: skip
+    assert main(["train", str(cfg)]) == 0
+    return next((tmp_path / name).iterdir())
+
+
+def _split(run: Path) -> dict[str, str]:
+    with open(run / "split.csv", newline="") as f:
+        return {row["id"]: row["split"] for row in csv.DictReader(f)}
+
+
+def test_3d_detection_run_scores_a_unet_baseline_and_refuses_a_leaky_one(tmp_path, capsys):
+    """The 3D path end to end: synthetic lesion volumes (boxes from MONAI's JSON, one per lesion),
+    a tiny 3D UNet on their masks as the baseline of a tiny RetinaNet run on the same split; a UNet
+    trained on another split (so on a detection test case) is refused before any training."""
+    from biomx.tasks.detection.lesion_boxes import write_lesion_detection_dataset
+
+    folder = write_lesion_detection_dataset(tmp_path / "lesions", n_cases=8, seed=1, shape=(32, 32, 16))["json"].parent
+    volume = {"intensity": "ct", "ct_window": [-100, 150], "crop_foreground": False,
+              "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    split = {"method": "random", "val": 0.25, "test": 0.25, "seed": 0}
+    data = {"modality": "volume", "source": "msd", "path": str(folder), "split": split, "volume": volume}
+    seg_run = _unet_3d(tmp_path, data, "seg")
+    leaky_run = _unet_3d(tmp_path, {**data, "split": {**split, "seed": 1}}, "leaky")
+
+    def detection(name: str, baseline: Path) -> Path:
+        return _write(tmp_path, name, {
+            "name": name, "data": data,
+            "task": {"kind": "detection", "boxes": "boxes.json", "patch_size": [32, 32, 16], "patches_per_case": 2,
+                     "val_patches_per_case": 1, "sw_batch_size": 2, "score_threshold": 0.0,
+                     "detections_per_image": 10, "baseline": str(baseline)},
+            "model": {"name": "retinanet", "args": {"depth": 10, "width": 8, "fpn_channels": 16,
+                                                    "returned_layers": [1, 2]}},
+            "train": {"epochs": 1, "batch_size": 4, "num_workers": 0, "monitor": "val_ap50"},
+            "eval": {"bootstrap": 10, "explain": 1}, "output": {"dir": str(tmp_path / name)}})  # fmt: skip
+
+    assert main(["train", str(detection("det", seg_run))]) == 0
+    run = next((tmp_path / "det").iterdir())
+    assert _split(run) == _split(seg_run)
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    base, n_true = metrics["baseline"], metrics["n_true"]
+    assert metrics["n"] == 2 and n_true >= 2 and base["split_check"].startswith("2 of 2")
+    assert base["run"] == str(seg_run) and set(base["metrics"]) == set(metrics["metrics"])
+    for m in base["metrics"].values():
+        assert np.isnan(m["value"]) or 0.0 <= m["value"] <= 1.0
+    a = base["agreement"]
+    assert a["both"] + a["detector_only"] + a["baseline_only"] + a["neither"] == a["n_true"] == n_true
+    # each side's found boxes are its sensitivity at 1 false positive per case (the same operating point)
+    assert (a["both"] + a["detector_only"]) / n_true == pytest.approx(metrics["metrics"]["sensitivity_at_1_fp"]["value"])
+    assert (a["both"] + a["baseline_only"]) / n_true == pytest.approx(base["metrics"]["sensitivity_at_1_fp"]["value"])
+    assert a["agree"] == pytest.approx((a["both"] + a["neither"]) / n_true)
+    assert "Detector vs segmentation baseline" in (run / "report.html").read_text()
+
+    leaked = sorted(i for i, s in _split(run).items() if s == "test" and _split(leaky_run)[i] != "test")
+    assert leaked  # split seed 1 trains or validates on some of seed 0's test cases
+    capsys.readouterr()
+    assert main(["train", str(detection("det_leaky", leaky_run))]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "task.baseline" in err and f"detection test case(s) {', '.join(leaked)}" in err
+    assert not list((tmp_path / "det_leaky").glob("*/checkpoints/*"))  # refused before any training

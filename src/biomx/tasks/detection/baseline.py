@@ -30,20 +30,40 @@ from biomx.tasks.detection.inference import to_scan_voxels
 from biomx.tasks.detection.scoring import Found, Truth, match
 
 
-def baseline_run(path: str) -> tuple[list[Any], dict[str, Any], Path]:
-    """The baseline's model(s) and run info; one ConfigError line for anything but a run folder
-    of a mask-predicting (segmentation) run."""
-    from biomx.runs import load_run_models
-
-    folder = Path(path).expanduser()
-    if not (folder / "run.json").is_file():
-        raise ConfigError(f"task.baseline: {path}: not a run folder (no run.json); give a segmentation run's folder")
-    models, info = load_run_models(folder)
+def _check_kind(path: str, info: dict[str, Any]) -> None:
     task, pre = info.get("task") or {}, info.get("preprocessing") or {}
     classes = task.get("classes") or []
     if task.get("kind") != "segmentation" or len(classes) < 2 or "patch_size" not in pre:
         raise ConfigError(f"task.baseline: {path}: a {task.get('kind', 'unknown')} run; the baseline needs a "
                           "segmentation run (masks with a background and at least one foreground class)")  # fmt: skip
+
+
+def _run_folder(path: str) -> Path:
+    folder = Path(path).expanduser()
+    if not (folder / "run.json").is_file():
+        raise ConfigError(f"task.baseline: {path}: not a run folder (no run.json); give a segmentation run's folder")
+    return folder
+
+
+def preflight(path: str, test_ids: list[str]) -> str:
+    """Before training: refuse a baseline that is no segmentation run folder or that trained or
+    validated on a detection test case (else that would only show after the whole training);
+    returns what the split check found."""
+    from biomx.runs import read_json
+
+    folder = _run_folder(path)
+    _check_kind(path, read_json(folder / "run.json"))
+    return check_split(folder, test_ids)
+
+
+def baseline_run(path: str) -> tuple[list[Any], dict[str, Any], Path]:
+    """The baseline's model(s) and run info; one ConfigError line for anything but a run folder
+    of a mask-predicting (segmentation) run."""
+    from biomx.runs import load_run_models
+
+    folder = _run_folder(path)
+    models, info = load_run_models(folder)
+    _check_kind(path, info)
     return models, info, folder
 
 

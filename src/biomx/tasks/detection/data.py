@@ -282,6 +282,10 @@ def build_datasets(cfg: ExperimentConfig, samples: Samples, splits: dict[str, np
         raise ConfigError(f"task.patch_size: every size must divide by {divisor} (the detector's coarsest "
                           f"feature map with model.args.returned_layers {returned_layers(cfg)}), got {patch}")
     shapes = anchor_shapes(cfg, inputs, splits["train"])
+    if task.baseline:  # refused now rather than after the whole training
+        from biomx.tasks.detection.baseline import preflight
+
+        preflight(task.baseline, [inputs.cases[i].id for i in splits["test"]])
 
     augment = scan.augment if is_active(scan.augment) else None
 
