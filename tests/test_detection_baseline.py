@@ -181,6 +181,12 @@ def test_3d_detection_run_scores_a_unet_baseline_and_refuses_a_leaky_one(tmp_pat
     assert (a["both"] + a["detector_only"]) / n_true == pytest.approx(metrics["metrics"]["sensitivity_at_1_fp"]["value"])
     assert (a["both"] + a["baseline_only"]) / n_true == pytest.approx(base["metrics"]["sensitivity_at_1_fp"]["value"])
     assert a["agree"] == pytest.approx((a["both"] + a["neither"]) / n_true)
+    # the paired difference: detector minus baseline on the same cases, an interval from the same resamples
+    assert set(base["difference"]) == set(metrics["metrics"])
+    for name, d in base["difference"].items():
+        own, other = metrics["metrics"][name]["value"], base["metrics"][name]["value"]
+        assert d["value"] == pytest.approx(own - other, nan_ok=True) and d["n_boot"] == 10
+    assert "difference CI" in (run / "report.html").read_text()
     assert "Detector vs segmentation baseline" in (run / "report.html").read_text()
 
     leaked = sorted(i for i, s in _split(run).items() if s == "test" and _split(leaky_run)[i] != "test")

@@ -186,10 +186,13 @@ def agreement(detector: list[Found], baseline: list[Found], truth: list[Truth], 
 
 
 def evaluate_baseline(run: TestRun, task: Any, path: str, detector: list[Found], truth: list[Truth]) -> dict[str, Any]:
-    """The baseline's metrics (as the detector's, same bootstrap seed and cases) and the agreement."""
+    """The baseline's metrics (as the detector's, same bootstrap seed and cases), the detector's minus
+    the baseline's with a paired bootstrap CI, and the agreement."""
     cfg = run.cfg
     found, about = baseline_detections(run, task, path)
     scored = scoring.evaluate_detections(found, truth, classes=task.classes, n_bootstrap=cfg.eval.bootstrap,
                                          ci=cfg.eval.ci, seed=cfg.train.seed)  # fmt: skip
-    return {**about, "n_found": scored["n_found"], "metrics": scored["metrics"],
+    difference = scoring.paired_difference(detector, found, truth, n_bootstrap=cfg.eval.bootstrap, ci=cfg.eval.ci,
+                                           seed=cfg.train.seed)  # fmt: skip
+    return {**about, "n_found": scored["n_found"], "metrics": scored["metrics"], "difference": difference,
             "agreement": agreement(detector, found, truth)}  # fmt: skip

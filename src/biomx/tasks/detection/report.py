@@ -41,8 +41,9 @@ def _cell(m: dict[str, float] | None) -> list[str]:
 
 def baseline_sections(metrics: dict[str, Any], baseline: dict[str, Any]) -> list[dict]:
     """The detector beside the segmentation-derived baseline, metric by metric, and their agreement."""
-    other = baseline.get("metrics") or {}
-    rows = [[name, *_cell(metrics.get(name)), *_cell(other.get(name))] for name in dict.fromkeys([*metrics, *other])]
+    other, diff = baseline.get("metrics") or {}, baseline.get("difference") or {}
+    rows = [[name, *_cell(metrics.get(name)), *_cell(other.get(name)), *_cell(diff.get(name))]
+            for name in dict.fromkeys([*metrics, *other])]  # fmt: skip
     a = baseline.get("agreement") or {}
     agree = (f"At {a.get('at_fp_per_case', 1):g} false positive(s) per case each (score thresholds: detector "
              f"{a.get('detector_threshold', float('nan')):.3g}, baseline {a.get('baseline_threshold', float('nan')):.3g}), "
@@ -52,9 +53,12 @@ def baseline_sections(metrics: dict[str, Any], baseline: dict[str, Any]) -> list
     text = (f"Baseline: the segmentation run {baseline.get('run')} ({baseline.get('model')}, "
             f"{baseline.get('members', 1)} model(s)); every connected component of its predicted mask is a box "
             f"scored by the mean class probability over the component, {baseline.get('n_found', 0)} boxes in all, "
-            f"scored as the detector's (same cases, same bootstrap). {baseline.get('split_check', '')}. {agree}")
+            f"scored as the detector's (same cases, same bootstrap). {baseline.get('split_check', '')}. {agree} "
+            "The difference (detector minus baseline) has a paired CI: the same resampled cases for both; "
+            "an interval that holds 0 means this test set cannot tell the two apart on that metric.")
     return [{"title": "Detector vs segmentation baseline", "text": text,
-             "table": {"header": ["metric", "detector", "detector CI", "baseline", "baseline CI"], "rows": rows,
+             "table": {"header": ["metric", "detector", "detector CI", "baseline", "baseline CI", "difference",
+                                  "difference CI"], "rows": rows,
                        "numeric": True}}]  # fmt: skip
 
 

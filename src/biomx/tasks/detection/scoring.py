@@ -55,6 +55,30 @@ def _metrics(cases: list[tuple[Found, Truth]], size_bins: list[float]) -> dict[s
     return out
 
 
+def _size_bins(truth: list[Truth]) -> tuple[np.ndarray, list[float]]:
+    """The true boxes' equivalent diameters and the size bins at their terciles."""
+    sizes = np.concatenate([box_diameters(t) for t, _ in truth] or [np.zeros(0)])
+    bins = [0.0, *(np.quantile(sizes, [1 / 3, 2 / 3]).tolist() if len(sizes) else [1.0, 2.0]), float("inf")]
+    return sizes, bins
+
+
+def paired_difference(found_a: list[Found], found_b: list[Found], truth: list[Truth], *, n_bootstrap: int = 1000,
+                      ci: float = 0.95, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Every metric of `found_a` minus the same metric of `found_b` on the same cases, with a
+    percentile CI from resamples that draw the same cases for both (a paired bootstrap): whether two
+    methods differ is read from this interval, not from whether their own intervals overlap, since
+    the same hard or easy cases move both."""
+    _, bins = _size_bins(truth)
+    cases = list(zip(found_a, found_b, truth, strict=True))
+
+    def difference(chosen: list[tuple[Found, Found, Truth]]) -> dict[str, float]:
+        a = _metrics([(c[0], c[2]) for c in chosen], bins)
+        b = _metrics([(c[1], c[2]) for c in chosen], bins)
+        return {k: a[k] - b[k] for k in a}
+
+    return bootstrap_ci(difference, cases, n=n_bootstrap, ci=ci, seed=seed)
+
+
 def evaluate_detections(found: list[Found], truth: list[Truth], *, classes: list[str], n_bootstrap: int = 1000,
                         ci: float = 0.95, seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Metrics of the test cases with percentile CIs from `n_bootstrap` resamples of the cases.
@@ -63,8 +87,7 @@ def evaluate_detections(found: list[Found], truth: list[Truth], *, classes: list
     cases (fixed for the resamples; "sensitivity_size_1" the smallest), each bin's sensitivity at
     one false positive per case.
     """
-    sizes = np.concatenate([box_diameters(t) for t, _ in truth] or [np.zeros(0)])
-    bins = [0.0, *(np.quantile(sizes, [1 / 3, 2 / 3]).tolist() if len(sizes) else [1.0, 2.0]), float("inf")]
+    sizes, bins = _size_bins(truth)
     cases = list(zip(found, truth, strict=True))
     metrics = bootstrap_ci(lambda chosen: _metrics(chosen, bins), cases, n=n_bootstrap, ci=ci, seed=seed)
     return {"classes": classes, "ci": float(ci), "n_bootstrap": int(n_bootstrap), "hit": HIT,
