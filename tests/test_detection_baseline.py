@@ -21,6 +21,7 @@ from biomx.tasks.detection.baseline import (
     check_split,
     class_map,
     component_boxes,
+    preflight,
     threshold_at,
 )
 from biomx.tasks.detection.starter import write_nuclei_instances
@@ -79,6 +80,10 @@ def test_refuses_a_baseline_that_saw_a_test_case(tmp_path):
     assert "not checked" in check_split(tmp_path / "elsewhere", ["a"])
     with pytest.raises(ConfigError, match="not a run folder"):
         baseline_run(str(tmp_path))
+    with pytest.raises(ConfigError, match="not a run folder"):
+        preflight(str(tmp_path), ["b"])
+    # Gone after training (export, drift and resume rebuild the datasets): a warning, not a refusal.
+    assert preflight(str(tmp_path / "removed"), ["b"]) == "missing"
 
 
 def _write(tmp_path: Path, name: str, cfg: dict) -> Path:

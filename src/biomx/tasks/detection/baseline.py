@@ -48,9 +48,15 @@ def _run_folder(path: str) -> Path:
 def preflight(path: str, test_ids: list[str]) -> str:
     """Before training: refuse a baseline that is no segmentation run folder or that trained or
     validated on a detection test case (else that would only show after the whole training);
-    returns what the split check found."""
+    returns what the split check found. A folder that is not there is a warning only: the datasets
+    are rebuilt by export, drift and resume too, long after a user may have removed the baseline
+    (evaluation, which needs it, refuses then in one line)."""
+    from biomx.engine.logging import console
     from biomx.runs import read_json
 
+    if not Path(path).expanduser().exists():
+        console.print(f"[yellow]warning: task.baseline: {path}: no such folder; the test evaluation will need it[/]")
+        return "missing"
     folder = _run_folder(path)
     _check_kind(path, read_json(folder / "run.json"))
     return check_split(folder, test_ids)
