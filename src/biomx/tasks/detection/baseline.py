@@ -199,6 +199,6 @@ def evaluate_baseline(run: TestRun, task: Any, path: str, detector: list[Found],
     scored = scoring.evaluate_detections(found, truth, classes=task.classes, n_bootstrap=cfg.eval.bootstrap,
                                          ci=cfg.eval.ci, seed=cfg.train.seed)  # fmt: skip
     difference = scoring.paired_difference(detector, found, truth, n_bootstrap=cfg.eval.bootstrap, ci=cfg.eval.ci,
-                                           seed=cfg.train.seed)  # fmt: skip
+                                           seed=cfg.train.seed, classes=task.classes)  # fmt: skip
     return {**about, "n_found": scored["n_found"], "metrics": scored["metrics"], "difference": difference,
             "agreement": agreement(detector, found, truth)}  # fmt: skip

@@ -2,8 +2,9 @@
 boxes of each case's mask (in the preprocessed grid) -> training patches around boxes and at
 random, with the boxes that fall in them; whole test cases for sliding-window inference.
 
-Boxes come from the masks: one per instance id (a hand-drawn instance mask) or one per connected
-component of each class (`task.boxes_from`). A case without boxes is a valid negative case.
+Boxes come from the masks: one per instance id (a hand-drawn instance mask; its class from
+nnDetection's JSON beside the mask, else class 0) or one per connected component of each class
+(`task.boxes_from`). A case without boxes is a valid negative case.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from biomx.models.detection import size_divisible
 from biomx.tasks.detection.augment import augment_detection_batch
 from biomx.tasks.detection.box_source import prepare_image, read_file_boxes, to_preprocessed
 from biomx.tasks.detection.boxes import boxes_from_instance_mask, clip_boxes
+from biomx.tasks.detection.instance_classes import (
+    InstanceClassError,
+    instance_labels,
+    read_instance_classes,
+)
 
 DEFAULT_RETURNED_LAYERS = (1, 2)  # the model's default (model.args.returned_layers)
 
@@ -51,15 +57,24 @@ class DetectionInputs:
     truth: list[tuple[np.ndarray, np.ndarray]] | None = None  # a box file's boxes on each scan's grid
 
 
-def mask_boxes(mask: np.ndarray, mode: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes, class indices) of a label map: one box per instance id ("instances", every box of
-    class 0), or per 8/26-connected component of each class value k >= 1 (class k - 1);
-    "auto" reads ids as instances when the mask holds more values than there are classes."""
+def mask_boxes(mask: np.ndarray, mode: str, n_classes: int, label_path: str | Path | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(boxes, class indices) of a label map: one box per instance id ("instances"), or per
+    8/26-connected component of each class value k >= 1 (class k - 1); "auto" reads ids as
+    instances when the mask holds more values than there are classes, or when the mask's file
+    (`label_path`) has nnDetection's class JSON beside it. An instance takes its class from that
+    JSON (`instance_classes`); without one every instance is class 0.
+
+    Raises:
+        InstanceClassError: a bad class JSON (one line naming it and the id).
+        DataError: a mask value beyond the classes in "components" mode.
+    """
     mask = np.asarray(mask)
     top = int(mask.max(initial=0))
-    if mode == "instances" or (mode == "auto" and top > n_classes):
-        boxes, _ = boxes_from_instance_mask(mask)
-        return boxes, np.zeros(len(boxes), dtype=np.int64)
+    found = read_instance_classes(label_path, n_classes) if label_path and mode != "components" else None
+    if mode == "instances" or (mode == "auto" and (top > n_classes or found is not None)):
+        boxes, ids = boxes_from_instance_mask(mask)
+        return boxes, instance_labels(ids, found)
     if top > n_classes:
         raise DataError(f"a mask holds value {top} but task.classes has {n_classes} class(es); "
                         "set task.boxes_from: instances for an instance mask")  # fmt: skip
@@ -109,7 +124,9 @@ def load(cfg: ExperimentConfig, modality: Any) -> Samples:
                 return prepared, None
             try:
                 return prepared, mask_boxes(ArrayCache(store.root).get(prepared.key)["label"], cfg.task.boxes_from,
-                                            len(names))  # fmt: skip
+                                            len(names), case.label)  # fmt: skip
+            except InstanceClassError:  # names its JSON already
+                raise
             except DataError as err:
                 raise DataError(f"{case.label}: {err}") from None
         except DataError as err:

@@ -39,7 +39,8 @@ def detect_test_cases(task: DetectionTask, run: TestRun) -> tuple[list[dict[str,
             (true_boxes, true_labels), reference_spacing = inputs.truth[i], None
         else:  # the mask as read from its file, not the resampled cached copy
             truth = modality.read_scan(case.label_path, mask=True, **pre.get("limits", {}))
-            true_boxes, true_labels = mask_boxes(truth.array, task.boxes_from, len(task.classes))
+            true_boxes, true_labels = mask_boxes(truth.array, task.boxes_from, len(task.classes),
+                                                 case.label_path)  # classes from its JSON, read afresh
             reference_spacing = truth.spacing
         voxels = to_scan_voxels(boxes, case.geometry)
         spacing = reference_spacing or tuple(case.geometry["spacing"])

@@ -43,13 +43,19 @@ def map_at(found: list[Found], truth: list[Truth], ious: tuple[float, ...]) -> d
     return mean_average_precision(found, truth, iou_thresholds=ious)["map_at"]
 
 
-def _metrics(cases: list[tuple[Found, Truth]], size_bins: list[float]) -> dict[str, float]:
+def _metrics(cases: list[tuple[Found, Truth]], size_bins: list[float], classes: list[str] | None = None
+             ) -> dict[str, float]:  # fmt: skip
+    """The metrics of some cases; with two or more `classes` also each class's AP at IoU 0.5
+    ("ap_50_<class name>", NaN where the cases hold no true box of the class)."""
     found, truth = [c[0] for c in cases], [c[1] for c in cases]
     curve = froc([(b, s) for b, s, _ in found], [t for t, _ in truth], hit=HIT)
     out = {f"sensitivity_at_{r:g}_fp": v for r, v in curve["sensitivity_at"].items()}
     out["froc_mean"] = curve["mean_sensitivity"]
-    maps = map_at(found, truth, MAP_IOUS)
-    out.update({f"map_{round(iou * 100)}": v for iou, v in maps.items()})
+    result = mean_average_precision(found, truth, iou_thresholds=MAP_IOUS)
+    out.update({f"map_{round(iou * 100)}": v for iou, v in result["map_at"].items()})
+    if classes is not None and len(classes) > 1:  # one class: its AP is map_50 already
+        per_class = result["ap"][0.5]
+        out.update({f"ap_50_{name}": float(per_class.get(k, float("nan"))) for k, name in enumerate(classes)})
     sizes = per_size_sensitivity([(b, s) for b, s, _ in found], [t for t, _ in truth], bins=size_bins, hit=HIT)
     out.update({f"sensitivity_size_{k + 1}": b["sensitivity"] for k, b in enumerate(sizes)})
     return out
@@ -63,7 +69,7 @@ def _size_bins(truth: list[Truth]) -> tuple[np.ndarray, list[float]]:
 
 
 def paired_difference(found_a: list[Found], found_b: list[Found], truth: list[Truth], *, n_bootstrap: int = 1000,
-                      ci: float = 0.95, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+                      ci: float = 0.95, seed: int = 0, classes: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Every metric of `found_a` minus the same metric of `found_b` on the same cases, with a
     percentile CI from resamples that draw the same cases for both (a paired bootstrap): whether two
     methods differ is read from this interval, not from whether their own intervals overlap, since
@@ -72,8 +78,8 @@ def paired_difference(found_a: list[Found], found_b: list[Found], truth: list[Tr
     cases = list(zip(found_a, found_b, truth, strict=True))
 
     def difference(chosen: list[tuple[Found, Found, Truth]]) -> dict[str, float]:
-        a = _metrics([(c[0], c[2]) for c in chosen], bins)
-        b = _metrics([(c[1], c[2]) for c in chosen], bins)
+        a = _metrics([(c[0], c[2]) for c in chosen], bins, classes)
+        b = _metrics([(c[1], c[2]) for c in chosen], bins, classes)
         return {k: a[k] - b[k] for k in a}
 
     return bootstrap_ci(difference, cases, n=n_bootstrap, ci=ci, seed=seed)
@@ -89,7 +95,7 @@ def evaluate_detections(found: list[Found], truth: list[Truth], *, classes: list
     """
     sizes, bins = _size_bins(truth)
     cases = list(zip(found, truth, strict=True))
-    metrics = bootstrap_ci(lambda chosen: _metrics(chosen, bins), cases, n=n_bootstrap, ci=ci, seed=seed)
+    metrics = bootstrap_ci(lambda chosen: _metrics(chosen, bins, classes), cases, n=n_bootstrap, ci=ci, seed=seed)
     return {"classes": classes, "ci": float(ci), "n_bootstrap": int(n_bootstrap), "hit": HIT,
             "size_edges": [round(b, 3) for b in bins[1:-1]], "n_true": int(len(sizes)),
             "n_found": int(sum(len(f[0]) for f in found)), "metrics": metrics}  # fmt: skip
