@@ -11,7 +11,7 @@ from typing import Annotated
 
 from monai.networks.nets import DenseNet121, ResNet
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
-from torch import nn
+from torch import Tensor, nn
 
 from biomx.errors import ConfigError
 from biomx.models.bounds import Between, InChannels, OutDim, Rate, SpatialDims
@@ -168,7 +168,7 @@ class FlipAveraged(nn.Module):
         axes = [{"hflip": -1, "vflip": -2}[f] for f in flips]
         self.views = [[a for k, a in enumerate(axes) if mask >> k & 1] for mask in range(2 ** len(axes))]
 
-    def forward(self, x):  # noqa: ANN001, ANN201 - any tensor batch in, the model's output out
+    def forward(self, x: Tensor) -> Tensor:
         total = self.model(x)
         for dims in self.views[1:]:  # the first view is the identity
             total = total + self.model(x.flip(dims))
