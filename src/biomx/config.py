@@ -176,6 +176,7 @@ class TrainConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     grad_clip: PositiveFloat | None = 1.0  # max gradient norm
+    ema: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # average the weights, this decay per step (engine/ema.py)
     accumulate: PositiveInt = 1  # gradient accumulation steps
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False  # torch.compile

@@ -216,6 +216,9 @@ def check_model_runs(p: Prepared) -> None:
         model = _check_model_runs(name, args, data)
         if p.cfg.train.strategy == "fsdp":  # DP, solvers, fairness: refused before run.json too
             fsdp.check_settings(p.cfg.train, model)
+        if p.cfg.train.ema is not None and isinstance(model, FittedModel):
+            raise ConfigError(f"train.ema: model {name!r} is fitted by a solver in one call, with no steps to "
+                              "average; remove train.ema")  # fmt: skip
 
 
 def _check_model_runs(name: str, args: dict[str, Any], data: Dataset) -> nn.Module:

@@ -71,7 +71,7 @@ def check_settings(settings: Any, model: nn.Module, extra: Any = None) -> None:
     """Refuse what FSDP cannot shard; `biomx train` calls this before any run file is written.
 
     Raises:
-        ConfigError: DP-SGD (`train.privacy`), a model fitted by a solver, or `train.fairness`.
+        ConfigError: DP-SGD (`train.privacy`), a model fitted by a solver, `train.fairness` or `train.ema`.
     """
     if settings.privacy is not None:
         raise ConfigError("train.strategy: fsdp cannot be combined with train.privacy (DP-SGD clips each sample's "
@@ -82,6 +82,9 @@ def check_settings(settings: Any, model: nn.Module, extra: Any = None) -> None:
     if extra is not None or settings.fairness is not None:
         raise ConfigError("train.strategy: fsdp cannot be combined with train.fairness (its sampler and adversary "
                           "are not sharded); use train.strategy: ddp")  # fmt: skip
+    if settings.ema is not None:
+        raise ConfigError("train.strategy: fsdp cannot be combined with train.ema (the average would need its own "
+                          "shards); use train.strategy: ddp")  # fmt: skip
 
 
 def setup(trainer: Any, extra: Any) -> Sharding:

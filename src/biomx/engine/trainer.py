@@ -3,8 +3,8 @@
 It knows nothing about images or molecules. It takes a model, a loss function `loss_fn(outputs,
 targets)`, datasets yielding `(inputs, targets)` batches, and a `TrainConfig`. It owns the loop,
 precision, torch.compile, DDP, checkpoints (every epoch, atomic, resumable mid-epoch), best-model
-tracking, early stopping and the logs (callbacks hook in: `biomx.engine.callbacks`). A model fitted
-by a solver (`protocols.FittedModel`) is fitted in one call instead of epochs.
+tracking, weight averaging (`biomx.engine.ema`), early stopping and the logs (callbacks hook in:
+`biomx.engine.callbacks`). A model fitted by a solver (`protocols.FittedModel`) is fitted in one call.
 
     trainer = Trainer(model, loss_fn, train_ds, val_data=val_ds, settings=TrainConfig(epochs=3),
                       run_dir="runs/try1", metrics_fn=my_metrics)
@@ -32,6 +32,7 @@ from biomx.engine import fsdp
 from biomx.engine.callbacks import Callback, MetricsFile, TensorBoardLogger
 from biomx.engine.checkpoint import load_checkpoint, save_checkpoint
 from biomx.engine.dropout import enable_dropout
+from biomx.engine.ema import WeightAverage, averaged
 from biomx.engine.logging import EpochProgress, console, format_epoch
 from biomx.engine.optim import build_optimizer, build_scheduler
 from biomx.engine.runtime import select_device, set_deterministic
@@ -154,6 +155,7 @@ class Trainer:
 
         self.net = self._network()
         self.privacy = make_private(self) if s.privacy is not None else None  # DP-SGD: biomx.privacy.dp
+        self.ema = WeightAverage(_unwrap(self.net), s.ema) if s.ema is not None and not self.solver else None
 
         self.state: dict[str, Any] = {
             "epoch": 0,  # epochs completed
@@ -233,9 +235,8 @@ class Trainer:
             return self._emit("on_checkpoint", path) if path is not None else None
         if self.checkpoint_dir is None or not dist.is_main():
             return
-        extra = {**self._progress(rng), "optimizer": self.optimizer.state_dict()}
-        path = self.checkpoint_dir / f"{name}.safetensors"
-        save_checkpoint(path, _unwrap(self.net).state_dict(), extra)
+        extra = {**self._progress(rng), "optimizer": self.optimizer.state_dict(), **(self.ema.checkpoint() if self.ema else {})}
+        save_checkpoint(path := self.checkpoint_dir / f"{name}.safetensors", _unwrap(self.net).state_dict(), extra)
         self._emit("on_checkpoint", path)
 
     def _progress(self, rng: dict[str, Any]) -> dict[str, Any]:
@@ -273,6 +274,8 @@ class Trainer:
                 raise BiomxError(f"{path}: saved with {extra['world_size']} processes; resume with the same number "
                                  f"(got {self.world})")  # fmt: skip
             _unwrap(self.net).load_state_dict(weights)
+            if self.ema is not None:
+                self.ema.restore(extra, path)
             self.optimizer.load_state_dict(extra["optimizer"])
             # clone: torch 2.13's set_rng_state reads a row of the stacked states from its storage's start
             torch.set_rng_state(extra["rng"]["torch"][self.rank].clone())  # (rank >= 1: a crash)
@@ -321,6 +324,8 @@ class Trainer:
                 self._train_epoch()
         if self.sharding is not None:
             self.sharding.finish(self)  # evaluation runs the whole model on every rank
+        if self.ema is not None:  # trained to the end: the averaged weights are the model from here on
+            _unwrap(self.net).load_state_dict(self.ema.average)
         return self.history
 
     @contextlib.contextmanager
@@ -413,6 +418,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state["step"] += 1
+        if self.ema is not None:
+            self.ema.update(_unwrap(self.net))
 
     def _stop(self) -> None:
         reason = self._stop_reason or "stop requested"
@@ -427,17 +434,16 @@ class Trainer:
         st = self.state
         train_loss = dist.mean_across_ranks(torch.tensor(st["loss_sum"] / max(st["samples"], 1))).item()
         row: dict[str, Any] = {"epoch": st["epoch"] + 1, "step": st["step"], "train_loss": train_loss}
-        if self.val_data is not None:
-            outputs, targets = self.predict(self.val_data)
-            row["val_loss"] = float(self.loss_fn(outputs, targets))
-            if self.metrics_fn is not None:
-                row.update({f"val_{k}": float(v) for k, v in self.metrics_fn(outputs, targets).items()})
-        row["lr"] = self.scheduler.get_last_lr()[0]
-        row["samples_per_s"] = samples_per_s
-        row["time_s"] = train_time
-        st.update(epoch=st["epoch"] + 1, batch_in_epoch=0, loss_sum=0.0, samples=0)
-        self.history.append(row)
-        self._track_best(row)
+        with averaged(self.ema, _unwrap(self.net)):  # train.ema: the averaged weights are validated and kept
+            if self.val_data is not None:
+                outputs, targets = self.predict(self.val_data)
+                row["val_loss"] = float(self.loss_fn(outputs, targets))
+                if self.metrics_fn is not None:
+                    row.update({f"val_{k}": float(v) for k, v in self.metrics_fn(outputs, targets).items()})
+            row.update(lr=self.scheduler.get_last_lr()[0], samples_per_s=samples_per_s, time_s=train_time)
+            st.update(epoch=st["epoch"] + 1, batch_in_epoch=0, loss_sum=0.0, samples=0)
+            self.history.append(row)
+            self._track_best(row)
         self.save()
         self._emit("on_epoch_end", row)
         if dist.is_main():
