@@ -212,13 +212,15 @@ def check_model_runs(p: Prepared) -> None:
     data = p.datasets["train"]
     if not len(data):
         return
+    stepped = []  # models trained by gradient steps (a stack may mix them with solver-fitted ones)
     for name, args in selection.member_specs(p.info):
         model = _check_model_runs(name, args, data)
         if p.cfg.train.strategy == "fsdp":  # DP, solvers, fairness: refused before run.json too
             fsdp.check_settings(p.cfg.train, model)
-        if p.cfg.train.ema is not None and isinstance(model, FittedModel):
-            raise ConfigError(f"train.ema: model {name!r} is fitted by a solver in one call, with no steps to "
-                              "average; remove train.ema")  # fmt: skip
+        stepped += [] if isinstance(model, FittedModel) else [name]
+    if p.cfg.train.ema is not None and not stepped:
+        raise ConfigError(f"train.ema: model {name!r} is fitted by a solver in one call, with no steps to "
+                          "average; remove train.ema")  # fmt: skip
 
 
 def _check_model_runs(name: str, args: dict[str, Any], data: Dataset) -> nn.Module:
