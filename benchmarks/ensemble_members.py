@@ -2,6 +2,7 @@
 whole ensemble, with and without the run's `data.image.tta`, for an image run trained on an npz.
 
     python benchmarks/ensemble_members.py RUN [RUN ...]      # prints a table, writes RUN/members.json
+    python benchmarks/ensemble_members.py --first 3 RUN      # and the ensemble of its first 3 members
 
 The test rows are the run's own (`split.csv`, ids "<npz split>:<row>"), read from the npz named in
 its config, and predicted through `biomx.predictor` exactly as `biomx predict` would (the same
@@ -42,6 +43,8 @@ def auroc(p: Predictor, images: np.ndarray, labels: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--first", type=int, default=None,
+                    help="also score the ensemble of the first K members (to compare with a smaller ensemble)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     for run in args.runs:
@@ -61,6 +64,9 @@ def main() -> None:
                 result["members"][k][key] = auroc(one, images, labels)
             result[f"ensemble_{key}"] = auroc(Predictor(run, whole._models, info, whole.modality, whole.task,  # noqa: SLF001
                                                         torch.device("cpu")), images, labels)  # fmt: skip
+            if args.first:
+                first = Predictor(run, whole._models[: args.first], info, whole.modality, whole.task, torch.device("cpu"))  # noqa: SLF001
+                result[f"ensemble_first{args.first}_{key}"] = auroc(first, images, labels)
         (run / "members.json").write_text(json.dumps(result, indent=1))
         singles = [m["no_tta"] for m in result["members"]]
         print(f"{run.name}: members {np.mean(singles):.3f} ± {np.std(singles, ddof=1) if len(singles) > 1 else 0:.3f} "
