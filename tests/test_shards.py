@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from biomx.cli import main
-from biomx.data import shards as shards_module
 from biomx.data.shard_cli import parse_size, source_samples
 from biomx.data.shard_stream import ShardStream, epoch_plan
 from biomx.data.shard_writer import PARTIAL, tar_bytes, write_shards
@@ -71,21 +70,6 @@ def test_round_trip_keeps_every_file_byte_for_byte(shard_set, png_folder):
     digests = sample_digests(index)
     assert digests[9] == hashlib.sha256((png_folder / table["id"][9]).read_bytes()).hexdigest()
     assert member_where(index, 30, "png").endswith(f"shard-000001.tar: {index.keys[30]}.png")
-
-
-def test_digests_in_threads_match_the_files_in_order_and_raise_the_same_error(shard_set, png_folder, tmp_path,
-                                                                              monkeypatch):
-    monkeypatch.setattr(shards_module, "DIGEST_CHUNK", 16)  # 160 samples: 10 chunks over 3 threads
-    index = read_index(shard_set)
-    table = sample_table(index)
-    expected = [hashlib.sha256((png_folder / name).read_bytes()).hexdigest() for name in table["id"]]
-    assert sample_digests(index, threads=3) == expected == sample_digests(index, threads=1)
-
-    broken = read_index(_copy(shard_set, tmp_path / "broken"))
-    i = broken.shards[5].start + 2
-    _flip(broken.path(5), broken.members[i]["png"][0] - 512 + 3)  # a header byte, in a late chunk
-    with pytest.raises(DataError, match=rf"shard-000005\.tar: member {broken.keys[i]}\.png is not where the index says"):
-        sample_digests(broken, threads=3)
 
 
 def test_tars_open_with_tarfile_in_webdataset_layout(shard_set):

@@ -25,7 +25,6 @@ import os
 import posixpath
 import tarfile
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,27 +397,8 @@ def member_where(index: ShardIndex, i: int, ext: str | None = None) -> str:
     return f"{index.path(index.shard_for(i))}: {index.keys[i]}" + (f".{ext}" if ext else "")
 
 
-DIGEST_CHUNK = 512  # samples per thread task: few enough tasks that scheduling them costs nothing
-
-
-def sample_digests(index: ShardIndex, threads: int | None = None) -> list[str]:
+def sample_digests(index: ShardIndex) -> list[str]:
     """Per sample, the SHA-256 of its data member's bytes: the content key a packed file keeps
     (the same digest as the file's own, so duplicate checks and caches keyed by file hashes
-    agree whether the images come from files or from shards). Reads every data member once.
-
-    threads: read and hash chunks of samples in this many threads (default: one per core, at
-    most 8). Both `os.pread` and hashlib (on members over 2 KiB) release the GIL, so the threads
-    overlap the reads of a shared filesystem and hash on several cores.
-    """
-    def chunk(start: int) -> list[str]:
-        stop = min(start + DIGEST_CHUNK, len(index))
-        return [hashlib.sha256(payload_member(index, i)[1]).hexdigest() for i in range(start, stop)]
-
-    starts = range(0, len(index), DIGEST_CHUNK)
-    workers = min(threads or min(8, os.cpu_count() or 1), len(starts))
-    if workers <= 1:
-        return [digest for start in starts for digest in chunk(start)]
-    for shard in range(len(index.shards)):  # opened (and size-checked) once, before the threads share them
-        index.descriptor(shard)
-    with ThreadPoolExecutor(workers) as pool:
-        return [digest for part in pool.map(chunk, starts) for digest in part]
+    agree whether the images come from files or from shards). Reads every data member once."""
+    return [hashlib.sha256(payload_member(index, i)[1]).hexdigest() for i in range(len(index))]
