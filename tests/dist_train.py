@@ -2,6 +2,7 @@
 
 Trains a small CNN on real X-rays with a fixed global batch and writes this rank's final
 weights and the per-step global loss to OUT_DIR/rank<r>.safetensors and losses<r>.json.
+An optional second argument is `train.ema` (the final weights are then the average).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from biomx.models.registry import build_model
 from biomx.tasks.classification.task import build_task
 
 
-def main(out_dir: Path) -> None:
+def main(out_dir: Path, ema: float | None = None) -> None:
     with np.load(get_dataset("pneumoniamnist").path) as arrays:
         images = torch.from_numpy(arrays["train_images"][:512]).unsqueeze(1)
         labels = torch.from_numpy(arrays["train_labels"][:512, 0]).float()
@@ -34,7 +35,7 @@ def main(out_dir: Path) -> None:
     seed_everything(0)
     # No BatchNorm: per-rank batch statistics would differ from one big batch by design.
     model = build_model("small_cnn", in_channels=1, out_dim=1, width=8, depth=2, dropout=0.0, norm="none")
-    settings = TrainConfig(epochs=2, batch_size=64, progress=False, device="cpu", grad_clip=None)
+    settings = TrainConfig(epochs=2, batch_size=64, progress=False, device="cpu", grad_clip=None, ema=ema)
     losses: list[float] = []
 
     def record(trainer: Trainer) -> None:
@@ -55,4 +56,4 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -27,9 +27,10 @@ def _torchrun(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    _run(_torchrun(str(HERE / "dist_train.py"), str(tmp_path / "ddp")), tmp_path)
-    _run([sys.executable, str(HERE / "dist_train.py"), str(tmp_path / "single")], tmp_path)
+@pytest.mark.parametrize("ema", [[], ["0.9"]], ids=["plain", "ema"])  # ema: the final weights are the average
+def test_two_processes_match_one(tmp_path, ema):
+    _run(_torchrun(str(HERE / "dist_train.py"), str(tmp_path / "ddp"), *ema), tmp_path)
+    _run([sys.executable, str(HERE / "dist_train.py"), str(tmp_path / "single"), *ema], tmp_path)
 
     rank0, rank1 = load_file(tmp_path / "ddp" / "rank0.safetensors"), load_file(tmp_path / "ddp" / "rank1.safetensors")
     for key in rank0:  # DDP keeps replicas identical
