@@ -52,7 +52,7 @@ def main(out_dir: Path, ema: float | None = None) -> None:
     (out_dir / f"losses{rank}.json").write_text(json.dumps({"steps": losses, "history": history}))
     if torch_dist.is_initialized():
         torch_dist.barrier()  # both ranks done with their files and collectives before teardown
-        torch_dist.destroy_process_group()
+        dist.cleanup()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ sets RANK/WORLD_SIZE/LOCAL_RANK and we join the process group it describes.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -113,5 +114,10 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
+    """Leave the process group."""
     if is_distributed():
+        # First let gloo's worker threads release the collectives they finished: releasing a tensor
+        # made in Python takes the GIL, and destroying the group joins those threads while holding
+        # it. Without the pause the end of a run deadlocked under CPU load (torch 2.13; sleep frees the GIL).
+        time.sleep(0.2)
         dist.destroy_process_group()
