@@ -212,13 +212,13 @@ def check_model_runs(p: Prepared) -> None:
     data = p.datasets["train"]
     if not len(data):
         return
-    stepped = []  # models trained by gradient steps (a stack may mix them with solver-fitted ones)
+    solvers_only = True  # no model of the run takes gradient steps (a stack may mix both kinds)
     for name, args in selection.member_specs(p.info):
         model = _check_model_runs(name, args, data)
         if p.cfg.train.strategy == "fsdp":  # DP, solvers, fairness: refused before run.json too
             fsdp.check_settings(p.cfg.train, model)
-        stepped += [] if isinstance(model, FittedModel) else [name]
-    if p.cfg.train.ema is not None and not stepped:
+        solvers_only = solvers_only and isinstance(model, FittedModel)
+    if p.cfg.train.ema is not None and solvers_only:
         raise ConfigError(f"train.ema: model {name!r} is fitted by a solver in one call, with no steps to "
                           "average; remove train.ema")  # fmt: skip
 
